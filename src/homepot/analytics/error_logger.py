@@ -1,0 +1,86 @@
+"""Categorised error logging into ``error_logs``, through the recorder (never blocking)."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Final
+
+from homepot.analytics.models import ErrorLog
+from homepot.analytics.recorder import Recorder, get_recorder
+
+CATEGORIES: Final = ("api", "database", "external_service", "validation")
+SEVERITIES: Final = ("critical", "error", "warning", "info")
+
+
+def _validated(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def record_error(
+    *,
+    category: str,
+    severity: str,
+    error_code: str | None,
+    error_message: str,
+    exception: BaseException | None = None,
+    endpoint: str | None = None,
+    user_id: str | None = None,
+    device_id: str | None = None,
+    context: dict[str, Any] | None = None,
+    recorder: Recorder | None = None,
+) -> str | None:
+    """Synchronous form of :func:`log_error` for code that cannot await (middleware)."""
+    _validated("category", category, CATEGORIES)
+    _validated("severity", severity, SEVERITIES)
+    stack_trace = None
+    context = dict(context or {})
+    if exception is not None:
+        stack_trace = "".join(
+            traceback.format_exception(type(exception), exception, exception.__traceback__)
+        )
+        context.setdefault("exception_type", type(exception).__name__)
+    return (recorder or get_recorder()).record(
+        ErrorLog,
+        category=category,
+        severity=severity,
+        error_code=error_code,
+        error_message=error_message,
+        stack_trace=stack_trace,
+        endpoint=endpoint,
+        user_id=user_id,
+        device_id=device_id,
+        context=context or None,
+    )
+
+
+async def log_error(
+    category: str,
+    severity: str,
+    error_code: str | None,
+    error_message: str,
+    exception: BaseException | None = None,
+    endpoint: str | None = None,
+    user_id: str | None = None,
+    device_id: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> str | None:
+    """Log a categorised error (the spec's integration point); returns the event id.
+
+    ``category`` is one of api, database, external_service, validation and ``severity`` one
+    of critical, error, warning, info; anything else is a ValueError. The stack trace is
+    taken from ``exception``. The row is queued, not written: this never waits on the
+    database, so it is safe inside an exception handler whose database just failed.
+    """
+    return record_error(
+        category=category,
+        severity=severity,
+        error_code=error_code,
+        error_message=error_message,
+        exception=exception,
+        endpoint=endpoint,
+        user_id=user_id,
+        device_id=device_id,
+        context=context,
+    )

@@ -1,0 +1,274 @@
+"""Pure ASGI middleware: one ``api_request_logs`` row per API request, and the last line of
+defence against unhandled exceptions (an ``error_logs`` row and a clean JSON 500).
+
+It measures the bytes actually received and sent by wrapping ``receive`` and ``send``, so
+streaming bodies are counted too, and it never buffers a response: only the first 16 KiB of
+an error response are kept, to read its ``detail``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from prometheus_client import CollectorRegistry, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from homepot.analytics.error_logger import record_error
+from homepot.analytics.models import APIRequestLog
+from homepot.analytics.recorder import Recorder
+from homepot.config import Settings
+from homepot.kit.redaction import redact_pairs
+
+logger = logging.getLogger(__name__)
+
+_ERROR_BODY_LIMIT = 16 * 1024
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def describe_error_detail(body: bytes) -> str | None:
+    """A one-line message from a JSON error body's ``detail`` (FastAPI's convention)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:1000] or None
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                location = ".".join(str(p) for p in item.get("loc", ()))
+                parts.append(f"{location}: {item.get('msg', '')}".strip(": "))
+        return "; ".join(parts) or None
+    return None if detail is None else json.dumps(detail)[:1000]
+
+
+class ClientAddress:
+    """The client's IP, believing X-Forwarded-For only when the peer is a trusted proxy."""
+
+    def __init__(self, trusted_proxies: list[str]) -> None:
+        self.trusted: list[IPNetwork] = [
+            ipaddress.ip_network(p, strict=False) for p in trusted_proxies
+        ]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def __call__(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if peer is None or not self.trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = [
+            value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name == b"x-forwarded-for"
+        ]
+        hops = [h.strip() for h in ",".join(forwarded).split(",") if h.strip()]
+        # Walk from the nearest hop; the first address that is not one of ours is the client.
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop[:45]
+        return hops[0][:45] if hops else peer
+
+
+class RequestLogMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        recorder: Callable[[], Recorder | None],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.app = app
+        self.analytics = settings.analytics
+        self.recorder = recorder
+        self.client_address = ClientAddress(settings.trusted_proxies)
+        self.latency = Histogram(
+            "homepot_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["method", "route", "status"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+    def _should_record(self, path: str) -> bool:
+        analytics = self.analytics
+        return (
+            analytics.enabled
+            and analytics.record_requests
+            and any(path.startswith(p) for p in analytics.request_path_prefixes)
+            and not any(path.startswith(p) for p in analytics.skip_paths)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        received = 0
+        sent = 0
+        status = 500
+        response_started = False
+        error_body = bytearray()
+        exception: BaseException | None = None
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal sent, status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                sent += len(body)
+                if status >= 400 and len(error_body) < _ERROR_BODY_LIMIT:
+                    error_body.extend(body[: _ERROR_BODY_LIMIT - len(error_body)])
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except Exception as exc:
+            exception = exc
+            status = 500
+            self._log_unhandled(scope, exc, request_id)
+            if response_started:
+                raise  # too late for a clean answer; the server closes the connection
+            body = json.dumps(
+                {
+                    "detail": "internal server error; the error has been logged",
+                    "request_id": request_id,
+                }
+            ).encode()
+            await counting_send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await counting_send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            route_path: str | None = getattr(route, "path", None)
+            self.latency.labels(scope["method"], route_path or "unmatched", str(status)).observe(
+                elapsed
+            )
+            if self._should_record(scope["path"]):
+                self._record(
+                    scope,
+                    request_id,
+                    status,
+                    elapsed,
+                    route_path,
+                    received,
+                    sent,
+                    error_body,
+                    exception,
+                )
+
+    def _record(
+        self,
+        scope: Scope,
+        request_id: str,
+        status: int,
+        elapsed: float,
+        route_path: str | None,
+        received: int,
+        sent: int,
+        error_body: bytearray,
+        exception: BaseException | None,
+    ) -> None:
+        recorder = self.recorder()
+        if recorder is None:
+            return
+        user_agent = None
+        content_length = 0
+        for name, value in scope.get("headers", ()):
+            if name == b"user-agent":
+                user_agent = value.decode("latin-1")[:512]
+            elif name == b"content-length" and value.isdigit():
+                content_length = int(value)
+        error_message = None
+        if exception is not None:
+            error_message = f"{type(exception).__name__}: {exception}"[:2000]
+        elif status >= 400:
+            error_message = describe_error_detail(bytes(error_body))
+        query_string = scope.get("query_string", b"")
+        recorder.record(
+            APIRequestLog,
+            request_id=request_id,
+            endpoint=scope["path"][:2048],
+            route=route_path,
+            method=scope["method"],
+            status_code=status,
+            response_time_ms=round(elapsed * 1000, 3),
+            user_id=scope["state"].get("user_id"),
+            ip_address=self.client_address(scope),
+            user_agent=user_agent,
+            error_message=error_message,
+            # A body the handler never read still crossed the wire: fall back to its length.
+            request_size_bytes=received or content_length,
+            response_size_bytes=sent,
+            query_params=(
+                redact_pairs(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+                if query_string
+                else None
+            ),
+        )
+
+    def _log_unhandled(self, scope: Scope, exc: Exception, request_id: str) -> None:
+        logger.error(
+            "unhandled exception in %s %s (request %s)",
+            scope["method"],
+            scope["path"],
+            request_id,
+            exc_info=exc,
+        )
+        recorder = self.recorder()
+        if recorder is None or not self.analytics.enabled:
+            return
+        route = getattr(scope.get("route"), "path", None)
+        record_error(
+            category="api",
+            severity="error",
+            error_code="API_UNHANDLED_EXCEPTION",
+            error_message=f"{type(exc).__name__}: {exc}"[:2000],
+            exception=exc,
+            endpoint=scope["path"][:2048],
+            user_id=scope["state"].get("user_id"),
+            context={"request_id": request_id, "method": scope["method"], "route": route},
+            recorder=recorder,
+        )

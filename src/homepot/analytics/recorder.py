@@ -1,0 +1,412 @@
+"""The one writer of analytics events.
+
+Producers (the request middleware, the error logger, device events, job outcomes, activity
+ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
+in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
+in batches, one multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` per table per batch.
+
+When the database cannot be reached, a batch is retried with exponential backoff and then
+spilled to an on-disk spool (one JSON-lines file per batch). While a spool backlog exists,
+newer batches join the end of it, so that replay keeps the original order. The backlog is
+replayed oldest first as soon as the database answers again. Every event carries a unique
+``event_id``, so a batch that reached the database before its acknowledgement was lost is
+not stored twice when replayed.
+
+At the memory bound (``queue_max_events``) a new event is dropped and counted in
+``dropped``: the queue only grows that far when both the database and the spool fail to keep
+up, and dropping the newest event there keeps the process alive and its memory bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time as monotonic_time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.schema import ColumnDefault
+
+from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent
+from homepot.config import AnalyticsSettings
+from homepot.db import UTCDateTime, new_event_id, utcnow
+from homepot.kit.redaction import mask_text, redact
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+QueuedEvent = tuple[str, Row]  # (table name, complete row)
+
+# Parameters per statement stay under SQLite's and PostgreSQL's limit of 32,766/32,767.
+_MAX_BIND_PARAMS = 30_000
+
+
+@dataclass(frozen=True)
+class _TableShape:
+    """What the recorder needs to know about one event table, computed once."""
+
+    model: type[AnalyticsEvent]
+    table: Table
+    columns: tuple[str, ...]
+    static_defaults: dict[str, Any]
+    json_columns: frozenset[str]
+    text_columns: frozenset[str]
+    datetime_columns: frozenset[str]
+
+    @classmethod
+    def of(cls, model: type[AnalyticsEvent]) -> _TableShape:
+        table = model.__table__
+        assert isinstance(table, Table)
+        columns = tuple(c.name for c in table.columns if c.name != "id")
+        static_defaults: dict[str, Any] = {}
+        for column in table.columns:
+            default = column.default
+            if isinstance(default, ColumnDefault) and not default.is_callable:
+                static_defaults[column.name] = default.arg
+        return cls(
+            model=model,
+            table=table,
+            columns=columns,
+            static_defaults=static_defaults,
+            json_columns=frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
+            text_columns=frozenset(model.free_text_columns),
+            datetime_columns=frozenset(
+                c.name for c in table.columns if isinstance(c.type, UTCDateTime)
+            ),
+        )
+
+    def complete(self, fields: Row) -> Row:
+        """A full, redacted row: every column present, defaults applied, secrets removed."""
+        unknown = fields.keys() - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
+        row: Row = {}
+        for name in self.columns:
+            value = fields.get(name, self.static_defaults.get(name))
+            if value is not None:
+                if name in self.json_columns:
+                    value = redact(value)
+                elif name in self.text_columns and isinstance(value, str):
+                    value = mask_text(value)
+            row[name] = value
+        if row["event_id"] is None:
+            row["event_id"] = new_event_id()
+        if row["timestamp"] is None:
+            row["timestamp"] = utcnow()
+        elif row["timestamp"].tzinfo is None:
+            raise ValueError("timestamp must be timezone-aware (UTC)")
+        return row
+
+
+_SHAPES: dict[str, _TableShape] = {m.__tablename__: _TableShape.of(m) for m in EVENT_MODELS}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    raise TypeError(f"cannot spool a value of type {type(value).__name__}")
+
+
+def _decode_row(shape: _TableShape, row: Row) -> Row:
+    for name in shape.datetime_columns:
+        if isinstance(row.get(name), str):
+            row[name] = datetime.fromisoformat(row[name]).astimezone(UTC)
+    return row
+
+
+@dataclass
+class RecorderStats:
+    enqueued: int = 0
+    written: int = 0
+    duplicates_skipped: int = 0
+    retried: int = 0
+    spilled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+    flushes: int = 0
+    last_flush_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    written_by_table: dict[str, int] = field(default_factory=dict)
+
+
+class Spool:
+    """Batches that could not be written, one JSON-lines file each, replayed in order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        files = self._files()
+        # Counted in memory so that the flush loop does not list a directory every tick.
+        self._pending = len(files)
+        self._sequence = itertools.count(int(files[-1].stem) + 1 if files else 1)
+
+    def _files(self) -> list[Path]:
+        if not self.directory.exists():
+            return []
+        return sorted(self.directory.glob("*.jsonl"))
+
+    def pending_files(self) -> int:
+        return self._pending
+
+    def has_backlog(self) -> bool:
+        return self._pending > 0
+
+    def write(self, batch: list[QueuedEvent]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{next(self._sequence):012d}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for table_name, row in batch:
+                handle.write(json.dumps({"t": table_name, "r": row}, default=_encode))
+                handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self._pending += 1
+
+    def remove(self, path: Path) -> None:
+        path.unlink()
+        self._pending -= 1
+
+    def oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
+        files = self._files()
+        if not files:
+            return None
+        path = files[0]
+        batch: list[QueuedEvent] = []
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                shape = _SHAPES[item["t"]]
+                batch.append((item["t"], _decode_row(shape, item["r"])))
+        return path, batch
+
+
+class Recorder:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: AnalyticsSettings,
+        *,
+        clock: Callable[[], float] = monotonic_time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.enabled = settings.enabled
+        self.stats = RecorderStats()
+        self.spool = Spool(settings.spool_dir)
+        self._queue: deque[QueuedEvent] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._clock = clock
+        self._next_replay_at = 0.0
+        self._last_drop_warning = 0.0
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = insert
+
+    # -- producers -------------------------------------------------------------------------
+
+    def record(self, model: type[AnalyticsEvent], /, **fields: Any) -> str | None:
+        """Queue one event for writing; returns its event_id (None when recording is off).
+
+        Synchronous and I/O-free, so it is safe on the request path. Raises ValueError for a
+        column the table does not have, which is a programming error in the producer.
+        """
+        if not self.enabled:
+            return None
+        row = _SHAPES[model.__tablename__].complete(fields)
+        if len(self._queue) >= self.settings.queue_max_events:
+            self.stats.dropped += 1
+            now = self._clock()
+            if now - self._last_drop_warning > 10:
+                self._last_drop_warning = now
+                logger.warning(
+                    "analytics queue full (%d events): dropping new events; %d dropped so far",
+                    len(self._queue),
+                    self.stats.dropped,
+                )
+            return None
+        self._queue.append((model.__tablename__, row))
+        self.stats.enqueued += 1
+        if len(self._queue) >= self.settings.batch_size:
+            self._wake.set()
+        return str(row["event_id"])
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="analytics-recorder")
+
+    async def stop(self) -> None:
+        """Drain everything: write what the database takes, spool the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write (or spool) every queued event now, after trying to replay the spool."""
+        async with self._lock:
+            self._next_replay_at = 0.0
+            await self._drain()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=self.settings.flush_interval_seconds
+                )
+            self._wake.clear()
+            try:
+                async with self._lock:
+                    await self._drain()
+            except Exception:  # the writer must outlive any single failure
+                logger.exception("analytics recorder flush failed unexpectedly")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self._clock() >= self._next_replay_at and self.spool.has_backlog():
+            await self._replay_spool()
+        while self._queue:
+            batch = [
+                self._queue.popleft()
+                for _ in range(min(self.settings.batch_size, len(self._queue)))
+            ]
+            if self.spool.has_backlog() or not await self._write_with_retry(batch):
+                await asyncio.to_thread(self.spool.write, batch)
+                self.stats.spilled += len(batch)
+        self.stats.flushes += 1
+        self.stats.last_flush_at = utcnow()
+
+    async def _write_with_retry(self, batch: list[QueuedEvent]) -> bool:
+        delay = self.settings.retry_backoff_seconds
+        for attempt in range(self.settings.retry_attempts + 1):
+            if attempt:
+                self.stats.retried += 1
+                await asyncio.sleep(delay)
+                delay *= 2
+            try:
+                await self._write(batch)
+                return True
+            except Exception as exc:
+                self._note_error(exc)
+        self._next_replay_at = self._clock() + self.settings.spool_replay_interval_seconds
+        return False
+
+    async def _replay_spool(self) -> None:
+        while True:
+            oldest = await asyncio.to_thread(self.spool.oldest)
+            if oldest is None:
+                return
+            path, batch = oldest
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                self._note_error(exc)
+                self._next_replay_at = self._clock() + self.settings.spool_replay_interval_seconds
+                return
+            await asyncio.to_thread(self.spool.remove, path)
+            self.stats.replayed += len(batch)
+            logger.info("replayed %d spooled analytics events from %s", len(batch), path.name)
+
+    async def _write(self, batch: list[QueuedEvent]) -> None:
+        by_table: dict[str, list[Row]] = {}
+        for table_name, row in batch:
+            by_table.setdefault(table_name, []).append(row)
+        inserted_by_table: dict[str, int] = {}
+        async with self.engine.begin() as connection:
+            for table_name, rows in by_table.items():
+                shape = _SHAPES[table_name]
+                inserted = 0
+                for chunk in _chunks(rows, max(1, _MAX_BIND_PARAMS // len(shape.columns))):
+                    statement = (
+                        self._insert(shape.table)
+                        .values(chunk)
+                        .on_conflict_do_nothing(index_elements=["event_id"])
+                    )
+                    result = await connection.execute(statement)
+                    inserted += max(result.rowcount, 0)
+                inserted_by_table[table_name] = inserted
+        for table_name, inserted in inserted_by_table.items():
+            self.stats.written += inserted
+            self.stats.duplicates_skipped += len(by_table[table_name]) - inserted
+            self.stats.written_by_table[table_name] = (
+                self.stats.written_by_table.get(table_name, 0) + inserted
+            )
+
+    def _note_error(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        if message != self.stats.last_error:
+            logger.warning("analytics write failed: %s", message)
+        self.stats.last_error = message
+        self.stats.last_error_at = utcnow()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "enabled": self.enabled,
+            "running": self._task is not None and not self._task.done(),
+            "queued": len(self._queue),
+            "queue_capacity": self.settings.queue_max_events,
+            "enqueued": s.enqueued,
+            "written": s.written,
+            "duplicates_skipped": s.duplicates_skipped,
+            "retried": s.retried,
+            "spilled": s.spilled,
+            "replayed": s.replayed,
+            "dropped": s.dropped,
+            "spool_pending_batches": self.spool.pending_files(),
+            "flushes": s.flushes,
+            "last_flush_at": s.last_flush_at.isoformat() if s.last_flush_at else None,
+            "last_error": s.last_error,
+            "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
+            "written_by_table": dict(s.written_by_table),
+        }
+
+
+def _chunks(rows: list[Row], size: int) -> Iterable[list[Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+_current: Recorder | None = None
+
+
+def set_recorder(recorder: Recorder | None) -> None:
+    """Make ``recorder`` the one that module-level producers (log_error, agents) use."""
+    global _current
+    _current = recorder
+
+
+def get_recorder() -> Recorder:
+    if _current is None:
+        raise RuntimeError(
+            "no analytics recorder is running; start the app (or Recorder.start()) first"
+        )
+    return _current

@@ -1,0 +1,1 @@
+"""Compatibility package for the spec's documented import paths."""

@@ -1,0 +1,1 @@
+"""Compatibility package: ``homepot.app.models.AnalyticsModel``."""

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy import select
+
+from homepot.auth import service
+from homepot.auth.deps import AdminUser, CurrentUser
+from homepot.auth.models import User
+from homepot.auth.schemas import Token, UserCreate, UserRead
+from homepot.db import SessionDep
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post(
+    "/auth/token",
+    response_model=Token,
+    summary="Log in with e-mail and password (OAuth2 password form)",
+)
+async def login(
+    request: Request,
+    session: SessionDep,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+) -> Token:
+    user = await service.authenticate(session, form.username, form.password)
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "incorrect e-mail or password",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    request.state.user_id = user.id
+    auth = request.app.state.settings.auth
+    return Token(
+        access_token=service.create_access_token(user, auth),
+        expires_in=auth.access_token_expire_minutes * 60,
+    )
+
+
+@router.get("/users/me", response_model=UserRead, summary="The user the token belongs to")
+async def read_me(user: CurrentUser) -> User:
+    return user
+
+
+@router.post(
+    "/users",
+    response_model=UserRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a user (admin only)",
+)
+async def create_user(body: UserCreate, session: SessionDep, _admin: AdminUser) -> User:
+    try:
+        return await service.create_user(
+            session,
+            email=body.email,
+            password=body.password,
+            role=body.role,
+            full_name=body.full_name,
+        )
+    except service.EmailTaken as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.get("/users", response_model=list[UserRead], summary="List users (admin only)")
+async def list_users(session: SessionDep, _admin: AdminUser) -> list[User]:
+    return list(await session.scalars(select(User).order_by(User.created_at)))

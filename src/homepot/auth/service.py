@@ -1,0 +1,112 @@
+"""Password hashing (argon2), access tokens (JWT) and user management."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.auth.models import Role, User
+from homepot.config import AuthSettings
+from homepot.db import utcnow
+
+_hasher = PasswordHasher()
+
+# Verified against when the e-mail is unknown, so that a login takes as long either way.
+_DUMMY_HASH = _hasher.hash("homepot-timing-equaliser")
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, expired or signed with another key."""
+
+
+class EmailTaken(Exception):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"a user with e-mail {email} already exists")
+        self.email = email
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def create_access_token(user: User, settings: AuthSettings) -> str:
+    now = utcnow()
+    claims = {
+        "sub": user.id,
+        "role": user.role.value,
+        "iat": now,
+        "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
+    }
+    return jwt.encode(claims, settings.secret_key.get_secret_value(), settings.algorithm)
+
+
+def decode_access_token(token: str, settings: AuthSettings) -> str:
+    """The user id the token was issued to."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret_key.get_secret_value(),
+            algorithms=[settings.algorithm],
+            options={"require": ["sub", "exp"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    return str(claims["sub"])
+
+
+async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(User.email == normalise_email(email)))
+
+
+async def authenticate(session: AsyncSession, email: str, password: str) -> User | None:
+    user = await get_user_by_email(session, email)
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        return None
+    if not user.is_active or not verify_password(user.password_hash, password):
+        return None
+    user.last_login_at = utcnow()
+    return user
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    role: Role,
+    full_name: str | None = None,
+) -> User:
+    email = normalise_email(email)
+    if await get_user_by_email(session, email) is not None:
+        raise EmailTaken(email)
+    user = User(email=email, password_hash=hash_password(password), role=role, full_name=full_name)
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def ensure_user(
+    session: AsyncSession, *, email: str, password: str, role: Role
+) -> tuple[User, bool]:
+    """Create the user unless that e-mail exists; returns (user, created). Idempotent."""
+    existing = await get_user_by_email(session, email)
+    if existing is not None:
+        return existing, False
+    return await create_user(session, email=email, password=password, role=role), True

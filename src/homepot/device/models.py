@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Enum, Float, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from homepot.db import Base, BigIntId, utcnow
+
+
+class DeviceStatus(enum.StrEnum):
+    online = "online"
+    offline = "offline"
+    error = "error"
+    maintenance = "maintenance"
+    updating = "updating"
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sites.site_id", ondelete="RESTRICT"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    device_type: Mapped[str] = mapped_column(String(64), default="pos_terminal", index=True)
+    status: Mapped[DeviceStatus] = mapped_column(
+        Enum(DeviceStatus, native_enum=False, length=16, validate_strings=True),
+        default=DeviceStatus.offline,
+        index=True,
+    )
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    last_seen_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class HealthCheck(Base):
+    __tablename__ = "health_checks"
+    __table_args__ = (Index("ix_health_checks_device_id_timestamp", "device_id", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("devices.device_id", ondelete="CASCADE")
+    )
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(32))
+    response_time_ms: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any] | None]

@@ -1,0 +1,62 @@
+"""The application factory and its lifespan. No logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from homepot import __version__
+from homepot.analytics.metrics import RecorderCollector
+from homepot.analytics.middleware import RequestLogMiddleware
+from homepot.analytics.recorder import Recorder, set_recorder
+from homepot.auth.router import router as auth_router
+from homepot.config import Settings, get_settings
+from homepot.db import create_engine, create_session_factory
+from homepot.system.router import router as system_router
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, echo=settings.database_echo)
+        recorder = Recorder(engine, settings.analytics)
+        app.state.engine = engine
+        app.state.session_factory = create_session_factory(engine)
+        app.state.recorder = recorder
+        set_recorder(recorder)
+        await recorder.start()
+        try:
+            yield
+        finally:
+            await recorder.stop()
+            set_recorder(None)
+            app.state.recorder = None
+            await engine.dispose()
+
+    app = FastAPI(
+        title="HOMEPOT",
+        version=__version__,
+        summary="Fleet management and analytics for point-of-sale terminals",
+        lifespan=lifespan,
+    )
+    registry = CollectorRegistry()
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.recorder = None
+    registry.register(RecorderCollector(lambda: app.state.recorder))
+    app.add_middleware(
+        RequestLogMiddleware,
+        settings=settings,
+        recorder=lambda: app.state.recorder,
+        registry=registry,
+    )
+    app.include_router(system_router)
+    app.include_router(auth_router, prefix=API_PREFIX)
+    return app

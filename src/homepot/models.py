@@ -1,0 +1,49 @@
+"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 14 tables."""
+
+from homepot.analytics.models import (
+    EVENT_MODELS,
+    AnalyticsEvent,
+    APIRequestLog,
+    ConfigurationHistory,
+    DeviceMetrics,
+    DeviceStateHistory,
+    ErrorLog,
+    JobOutcome,
+    SiteOperatingSchedule,
+    UserActivity,
+)
+from homepot.audit.models import AuditLog
+from homepot.auth.models import User
+from homepot.db import Base
+from homepot.device.models import Device, HealthCheck
+from homepot.job.models import Job
+from homepot.site.models import Site
+
+CORE_MODELS: tuple[type[Base], ...] = (Site, Device, User, Job, HealthCheck, AuditLog)
+ANALYTICS_MODELS: tuple[type[Base], ...] = (*EVENT_MODELS, SiteOperatingSchedule)
+ALL_MODELS: tuple[type[Base], ...] = CORE_MODELS + ANALYTICS_MODELS
+MODELS_BY_TABLE: dict[str, type[Base]] = {m.__tablename__: m for m in ALL_MODELS}
+metadata = Base.metadata
+
+__all__ = [
+    "ALL_MODELS",
+    "ANALYTICS_MODELS",
+    "CORE_MODELS",
+    "MODELS_BY_TABLE",
+    "APIRequestLog",
+    "AnalyticsEvent",
+    "AuditLog",
+    "ConfigurationHistory",
+    "Device",
+    "DeviceMetrics",
+    "DeviceStateHistory",
+    "ErrorLog",
+    "HealthCheck",
+    "Job",
+    "JobOutcome",
+    "Site",
+    "SiteOperatingSchedule",
+    "User",
+    "UserActivity",
+    "metadata",
+]

@@ -1,0 +1,128 @@
+"""Test fixtures: every storage test runs against a real SQLite file AND a real PostgreSQL.
+
+PostgreSQL is reached at HOMEPOT_TEST_PG_URL (default: the local server, user postgres); a
+database of its own is created for the run and dropped afterwards. Set
+HOMEPOT_TEST_BACKENDS=sqlite to run against SQLite only.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+
+from homepot.config import AnalyticsSettings, AuthSettings, Settings
+from homepot.db import create_engine, run_migrations
+from homepot.main import create_app
+from homepot.models import ALL_MODELS
+
+PG_ADMIN_URL = os.environ.get(
+    "HOMEPOT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = [
+    b.strip() for b in os.environ.get("HOMEPOT_TEST_BACKENDS", "sqlite,postgresql").split(",")
+]
+TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+
+@pytest.fixture(scope="session")
+def _migrated_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    urls: dict[str, str] = {}
+    cleanup: list[str] = []
+    if "sqlite" in BACKENDS:
+        path = tmp_path_factory.mktemp("sqlite") / "homepot-test.db"
+        urls["sqlite"] = f"sqlite+aiosqlite:///{path}"
+        run_migrations(urls["sqlite"])
+    if "postgresql" in BACKENDS:
+        name = f"homepot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        _pg_admin(f'CREATE DATABASE "{name}"')
+        cleanup.append(name)
+        base = PG_ADMIN_URL.rsplit("/", 1)[0]
+        urls["postgresql"] = f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+        run_migrations(urls["postgresql"])
+    yield urls
+    for name in cleanup:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pg_admin(statement: str) -> None:
+    """Run one statement on the server's maintenance database (asyncpg, autocommit)."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(backend: str, _migrated_urls: dict[str, str]) -> str:
+    """A migrated, empty database of the current backend."""
+    url = _migrated_urls[backend]
+    engine = create_engine(url)
+    names = [m.__tablename__ for m in ALL_MODELS]
+    async with engine.begin() as connection:
+        if backend == "postgresql":
+            await connection.execute(
+                text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+            )
+        else:
+            for name in reversed(_delete_order(names)):
+                await connection.execute(text(f"DELETE FROM {name}"))
+    await engine.dispose()
+    return url
+
+
+def _delete_order(names: list[str]) -> list[str]:
+    # Parents first; the caller reverses it so that children go first.
+    parents = ["sites", "users", "devices", "jobs"]
+    return parents + [n for n in names if n not in parents]
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        auth=AuthSettings(secret_key=TEST_SECRET),
+        analytics=AnalyticsSettings(
+            spool_dir=tmp_path / "spool",
+            flush_interval_seconds=0.05,
+            retry_backoff_seconds=0.01,
+            spool_replay_interval_seconds=0.05,
+        ),
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
