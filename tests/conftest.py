@@ -32,7 +32,6 @@ BACKENDS = [
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
 
-
 @pytest.fixture(scope="session")
 def _migrated_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
@@ -82,9 +81,7 @@ async def database_url(backend: str, _migrated_urls: dict[str, str]) -> str:
     names = [m.__tablename__ for m in ALL_MODELS]
     async with engine.begin() as connection:
         if backend == "postgresql":
-            await connection.execute(
-                text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
-            )
+            await connection.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
         else:
             for name in reversed(_delete_order(names)):
                 await connection.execute(text(f"DELETE FROM {name}"))
@@ -124,5 +121,3 @@ async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     transport = ASGITransport(app=app, client=("203.0.113.7", 50000))
     async with AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
-
-

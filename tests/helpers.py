@@ -13,7 +13,11 @@ from homepot.auth.service import create_user as create_user_row
 
 
 async def create_user(
-    app: FastAPI, *, role: Role = Role.viewer, email: str | None = None, password: str = "s3cret-pass!"
+    app: FastAPI,
+    *,
+    role: Role = Role.viewer,
+    email: str | None = None,
+    password: str = "s3cret-pass!",
 ) -> dict[str, str]:
     """A user in the database; returns id, email and password."""
     email = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.com"

@@ -13,6 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Every API route lives under this prefix. Routers carry it in their own APIRouter(prefix=...),
+# because FastAPI does not bake an include_router prefix into route.path, and the request log
+# reads the route template from route.path.
+API_PREFIX = "/api/v1"
+
 DEFAULT_SECRET_KEY = "homepot-development-secret-change-me"
 
 DEFAULT_SKIP_PATHS = (

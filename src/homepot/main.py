@@ -17,8 +17,6 @@ from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
 from homepot.system.router import router as system_router
 
-API_PREFIX = "/api/v1"
-
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -58,5 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry=registry,
     )
     app.include_router(system_router)
-    app.include_router(auth_router, prefix=API_PREFIX)
+    app.include_router(auth_router)
     return app

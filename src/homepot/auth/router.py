@@ -10,9 +10,10 @@ from homepot.auth import service
 from homepot.auth.deps import AdminUser, CurrentUser
 from homepot.auth.models import User
 from homepot.auth.schemas import Token, UserCreate, UserRead
+from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(prefix=API_PREFIX, tags=["auth"])
 
 
 @router.post(

@@ -1,0 +1,246 @@
+"""The recorder under load, outage, restart and shutdown: no loss, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from homepot.analytics.models import DeviceMetrics, ErrorLog
+from homepot.analytics.recorder import Recorder
+from homepot.config import AnalyticsSettings
+from homepot.db import create_engine
+
+
+def _settings(tmp_path: Path, **overrides: object) -> AnalyticsSettings:
+    values: dict[str, object] = {
+        "spool_dir": tmp_path / "spool",
+        "flush_interval_seconds": 0.05,
+        "retry_attempts": 2,
+        "retry_backoff_seconds": 0.01,
+        "spool_replay_interval_seconds": 0.05,
+    }
+    values.update(overrides)
+    return AnalyticsSettings.model_validate(values)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+def _unreachable_url(backend: str, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        return "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    return f"sqlite+aiosqlite:///{tmp_path}/missing-dir/homepot.db"
+
+
+async def _metric_ids(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        result = await connection.execute(select(DeviceMetrics.event_id).order_by(DeviceMetrics.id))
+        return [row[0] for row in result]
+
+
+def _record_metrics(recorder: Recorder, count: int, start: int = 0) -> list[str]:
+    ids = []
+    for n in range(start, start + count):
+        event_id = recorder.record(
+            DeviceMetrics, device_id=f"pos-terminal-{n % 7:03d}", cpu_percent=float(n % 100)
+        )
+        assert event_id is not None
+        ids.append(event_id)
+    return ids
+
+
+async def test_batches_are_written_in_order_without_waiting(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path, batch_size=100))
+    await recorder.start()
+    ids = _record_metrics(recorder, 1234)
+    assert recorder.queued > 0  # record() returned before anything was written
+    await recorder.stop()
+    assert await _metric_ids(engine) == ids
+    snapshot = recorder.snapshot()
+    assert snapshot["written"] == 1234
+    assert snapshot["written_by_table"] == {"device_metrics": 1234}
+    assert snapshot["queued"] == 0
+
+
+async def test_outage_spills_to_disk_and_replays_in_order_without_loss_or_duplicates(
+    engine: AsyncEngine, backend: str, tmp_path: Path
+) -> None:
+    healthy = engine
+    broken = create_engine(_unreachable_url(backend, tmp_path))
+    recorder = Recorder(broken, _settings(tmp_path, batch_size=50))
+    await recorder.start()
+
+    before = _record_metrics(recorder, 120)
+    await recorder.flush()
+    snapshot = recorder.snapshot()
+    assert snapshot["spilled"] == 120
+    assert snapshot["retried"] >= 2
+    assert snapshot["spool_pending_batches"] == 3
+    assert snapshot["last_error"]
+    assert await _metric_ids(healthy) == []
+
+    # More events while the database is still down join the end of the backlog.
+    during = _record_metrics(recorder, 30, start=120)
+    await recorder.flush()
+    assert recorder.snapshot()["spilled"] == 150
+
+    # The database comes back: the backlog is replayed first, then new events follow.
+    recorder.engine = healthy
+    after = _record_metrics(recorder, 10, start=150)
+    await recorder.stop()
+    assert await _metric_ids(healthy) == before + during + after
+    snapshot = recorder.snapshot()
+    assert snapshot["replayed"] == snapshot["spilled"] >= 150  # everything spilled came back
+    assert snapshot["spool_pending_batches"] == 0
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    await broken.dispose()
+
+
+async def test_spool_survives_a_restart(engine: AsyncEngine, backend: str, tmp_path: Path) -> None:
+    broken = create_engine(_unreachable_url(backend, tmp_path))
+    first = Recorder(broken, _settings(tmp_path, retry_attempts=0))
+    await first.start()
+    ids = _record_metrics(first, 25)
+    await first.stop()  # shutdown during the outage: everything goes to the spool
+    assert first.snapshot()["spilled"] == 25
+    await broken.dispose()
+
+    second = Recorder(engine, _settings(tmp_path))
+    assert second.snapshot()["spool_pending_batches"] == 1
+    await second.start()
+    await second.stop()
+    assert await _metric_ids(engine) == ids
+
+
+async def test_a_batch_replayed_after_it_was_already_written_is_stored_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    ids = _record_metrics(recorder, 5)
+    batch = list(recorder._queue)
+    await recorder.flush()
+    # The acknowledgement was lost: the same batch is spooled and replayed.
+    recorder.spool.write(batch)
+    await recorder.flush()
+    assert await _metric_ids(engine) == ids
+    assert recorder.snapshot()["duplicates_skipped"] == 5
+
+
+async def test_shutdown_drains_everything_queued(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path, flush_interval_seconds=60, batch_size=10_000))
+    await recorder.start()
+    ids = _record_metrics(recorder, 2500)
+    await asyncio.sleep(0)
+    await recorder.stop()
+    assert await _metric_ids(engine) == ids
+
+
+async def test_memory_bound_drops_new_events_and_counts_them(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path, queue_max_events=10))
+    kept = [
+        recorder.record(ErrorLog, category="api", severity="info", error_message="m")
+        for _ in range(10)
+    ]
+    assert None not in kept
+    assert recorder.record(ErrorLog, category="api", severity="info", error_message="m") is None
+    assert recorder.snapshot()["dropped"] == 1
+    await recorder.flush()
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(ErrorLog)) == 10
+
+
+async def test_unknown_column_is_a_programming_error(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    with pytest.raises(ValueError, match="no column"):
+        recorder.record(DeviceMetrics, device_id="d", cpu=1.0)
+
+
+async def test_disabled_recorder_records_nothing(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path, enabled=False))
+    assert recorder.record(DeviceMetrics, device_id="d") is None
+    assert recorder.queued == 0
+
+
+class TcpProxy:
+    """A loopback TCP proxy to PostgreSQL that can be cut and restored: a real outage."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
+
+
+async def test_postgres_outage_through_a_cut_connection(
+    engine: AsyncEngine, backend: str, database_url: str, tmp_path: Path
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("a network outage needs a database reached over the network")
+    proxy = TcpProxy(engine.url.port or 5432)
+    await proxy.start()
+    proxied = create_engine(
+        database_url.replace(f":{engine.url.port or 5432}/", f":{proxy.port}/", 1)
+    )
+    recorder = Recorder(proxied, _settings(tmp_path, batch_size=40))
+    await recorder.start()
+    first = _record_metrics(recorder, 40)
+    await recorder.flush()
+    assert await _metric_ids(engine) == first
+
+    await proxy.cut()
+    during = _record_metrics(recorder, 100, start=40)
+    await recorder.flush()
+    assert recorder.snapshot()["spilled"] == 100
+    assert await _metric_ids(engine) == first
+
+    await proxy.start()  # same port: the database is back
+    after = _record_metrics(recorder, 5, start=140)
+    await recorder.stop()
+    assert await _metric_ids(engine) == first + during + after
+    await proxied.dispose()
+    await proxy.cut()
