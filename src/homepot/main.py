@@ -28,13 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         app.state.recorder = recorder
-        set_recorder(recorder)
+        previous_recorder = set_recorder(recorder)
         await recorder.start()
         try:
             yield
         finally:
             await recorder.stop()
-            set_recorder(None)
+            set_recorder(previous_recorder)
             app.state.recorder = None
             await engine.dispose()
 

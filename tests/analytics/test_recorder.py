@@ -244,3 +244,21 @@ async def test_postgres_outage_through_a_cut_connection(
     assert await _metric_ids(engine) == first + during + after
     await proxied.dispose()
     await proxy.cut()
+
+
+async def test_a_claim_left_by_a_dead_process_is_released(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    ids = _record_metrics(recorder, 3)
+    recorder.spool.write(list(recorder._queue))
+    recorder._queue.clear()
+    (spooled,) = (tmp_path / "spool").glob("*.jsonl")
+    # A process (pid 2**22 + 1 is above Linux's pid_max) claimed it and died mid-replay.
+    spooled.rename(spooled.with_name(f"{spooled.stem}.{2**22 + 1}.replaying"))
+
+    restarted = Recorder(engine, _settings(tmp_path))
+    assert restarted.snapshot()["spool_pending_batches"] == 1
+    await restarted.flush()
+    assert await _metric_ids(engine) == ids
+    assert not list((tmp_path / "spool").iterdir())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 from sqlalchemy import JSON, Table
@@ -142,19 +142,34 @@ class RecorderStats:
 
 
 class Spool:
-    """Batches that could not be written, one JSON-lines file each, replayed in order."""
+    """Batches that could not be written, one JSON-lines file each, replayed in order.
+
+    Several server processes may share one spool directory. File names start with a
+    nanosecond timestamp, so that they sort in the order they were written, and end with
+    the writer's pid. A process claims a file for replay by renaming it (atomic), so no two
+    processes replay the same batch; a claim left by a process that died is released at
+    start-up.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        files = self._files()
+        self._release_stale_claims()
         # Counted in memory so that the flush loop does not list a directory every tick.
-        self._pending = len(files)
-        self._sequence = itertools.count(int(files[-1].stem) + 1 if files else 1)
+        self._pending = len(self._files())
+        self._last_name = 0
 
     def _files(self) -> list[Path]:
         if not self.directory.exists():
             return []
         return sorted(self.directory.glob("*.jsonl"))
+
+    def _release_stale_claims(self) -> None:
+        if not self.directory.exists():
+            return
+        for claimed in self.directory.glob("*.replaying"):
+            owner = int(claimed.suffixes[-2].lstrip("."))
+            if owner == os.getpid() or not _process_alive(owner):
+                claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
 
     def pending_files(self) -> int:
         return self._pending
@@ -164,7 +179,9 @@ class Spool:
 
     def write(self, batch: list[QueuedEvent]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{next(self._sequence):012d}.jsonl"
+        stamp = max(time_ns(), self._last_name + 1)  # strictly increasing within a process
+        self._last_name = stamp
+        path = self.directory / f"{stamp:020d}-{os.getpid()}.jsonl"
         tmp = path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as handle:
             for table_name, row in batch:
@@ -175,24 +192,42 @@ class Spool:
         os.replace(tmp, path)
         self._pending += 1
 
-    def remove(self, path: Path) -> None:
-        path.unlink()
-        self._pending -= 1
+    def claim_oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
+        """Take the oldest batch for replay; None when the spool is empty."""
+        for path in self._files():
+            claimed = path.with_name(f"{path.stem}.{os.getpid()}.replaying")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:  # another process claimed it first
+                self._pending = max(0, self._pending - 1)
+                continue
+            batch: list[QueuedEvent] = []
+            with claimed.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        item = json.loads(line)
+                        batch.append((item["t"], _decode_row(_SHAPES[item["t"]], item["r"])))
+            return claimed, batch
+        self._pending = 0
+        return None
 
-    def oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
-        files = self._files()
-        if not files:
-            return None
-        path = files[0]
-        batch: list[QueuedEvent] = []
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                shape = _SHAPES[item["t"]]
-                batch.append((item["t"], _decode_row(shape, item["r"])))
-        return path, batch
+    def done(self, claimed: Path) -> None:
+        claimed.unlink()
+        self._pending = max(0, self._pending - 1)
+
+    def release(self, claimed: Path) -> None:
+        """Put a claimed batch back, unchanged, for a later replay."""
+        claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Recorder:
@@ -319,17 +354,18 @@ class Recorder:
 
     async def _replay_spool(self) -> None:
         while True:
-            oldest = await asyncio.to_thread(self.spool.oldest)
-            if oldest is None:
+            claimed = await asyncio.to_thread(self.spool.claim_oldest)
+            if claimed is None:
                 return
-            path, batch = oldest
+            path, batch = claimed
             try:
                 await self._write(batch)
             except Exception as exc:
+                await asyncio.to_thread(self.spool.release, path)
                 self._note_error(exc)
                 self._next_replay_at = self._clock() + self.settings.spool_replay_interval_seconds
                 return
-            await asyncio.to_thread(self.spool.remove, path)
+            await asyncio.to_thread(self.spool.done, path)
             self.stats.replayed += len(batch)
             logger.info("replayed %d spooled analytics events from %s", len(batch), path.name)
 
@@ -398,10 +434,14 @@ def _chunks(rows: list[Row], size: int) -> Iterable[list[Row]]:
 _current: Recorder | None = None
 
 
-def set_recorder(recorder: Recorder | None) -> None:
-    """Make ``recorder`` the one that module-level producers (log_error, agents) use."""
+def set_recorder(recorder: Recorder | None) -> Recorder | None:
+    """Make ``recorder`` the one that module-level producers (log_error, agents) use.
+
+    Returns the previous one, so that a nested app (tests run several) can restore it.
+    """
     global _current
-    _current = recorder
+    previous, _current = _current, recorder
+    return previous
 
 
 def get_recorder() -> Recorder:

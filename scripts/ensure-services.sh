@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Start the local services the tests use, if they are not answering already.
+# PostgreSQL (127.0.0.1:5432, user postgres) is required; the tests create their own databases.
+set -euo pipefail
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {
+  local port=$1 name=$2
+  for _ in $(seq 1 60); do
+    answers "$port" && return 0
+    sleep 0.5
+  done
+  echo "ensure-services: $name is not answering on 127.0.0.1:$port" >&2
+  return 1
+}
+
+if ! answers 5432; then
+  echo "ensure-services: starting PostgreSQL"
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  else
+    echo "ensure-services: PostgreSQL is not installed; install postgresql (Debian) first" >&2
+    exit 1
+  fi
+  wait_for 5432 PostgreSQL
+fi
