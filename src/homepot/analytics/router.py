@@ -1,0 +1,219 @@
+"""The analytics API: eight admin-only read endpoints and the dashboard's ingestion."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+
+from homepot.analytics import queries
+from homepot.analytics.models import ErrorLog
+from homepot.analytics.schemas import (
+    MAX_ACTIVITY_BATCH,
+    ActivityBatchAccepted,
+    APIRequestLogRead,
+    ClientErrorAccepted,
+    ClientErrorCreate,
+    ConfigHistoryQuery,
+    ConfigurationHistoryRead,
+    DeviceMetricsQuery,
+    DeviceMetricsRead,
+    DeviceStateHistoryRead,
+    DeviceStateQuery,
+    ErrorLogQuery,
+    ErrorLogRead,
+    ErrorLogUpdate,
+    JobOutcomeQuery,
+    JobOutcomeRead,
+    RequestQuery,
+    SiteOperatingScheduleRead,
+    SiteScheduleQuery,
+    UserActivityBatch,
+    UserActivityQuery,
+    UserActivityRead,
+)
+from homepot.auth.deps import AdminUser, CurrentUser
+from homepot.config import API_PREFIX
+from homepot.db import SessionDep
+from homepot.kit.pagination import CursorPage
+
+router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No valid bearer token"},
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
+    403: {"description": "The token's user is not an admin"},
+}
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ADMIN_ERRORS,
+    422: {
+        "description": "An unknown parameter, a malformed value (the error names it), or "
+        "start_date after end_date"
+    },
+}
+_PAGING = (
+    "Newest first, as `{items, next_cursor}`: pass `next_cursor` back as `cursor` for the "
+    "next page (null on the last). `start_date`/`end_date` take a date (an end date includes "
+    "that whole UTC day) or an ISO 8601 datetime. Any other parameter name is refused with "
+    "422, so a mistyped filter cannot silently return unfiltered data. Admin only."
+)
+
+
+@router.get(
+    "/requests",
+    summary="API request log",
+    description=f"Every API call: route, status, timing, sizes, caller. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_requests(
+    _admin: AdminUser, session: SessionDep, params: Annotated[RequestQuery, Query()]
+) -> CursorPage[APIRequestLogRead]:
+    return await queries.read_page(session, queries.REQUESTS, params)
+
+
+@router.get(
+    "/device-states",
+    summary="Device state history",
+    description=f"Each change of a device's state, who made it and why. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_device_states(
+    _admin: AdminUser, session: SessionDep, params: Annotated[DeviceStateQuery, Query()]
+) -> CursorPage[DeviceStateHistoryRead]:
+    return await queries.read_page(session, queries.DEVICE_STATES, params)
+
+
+@router.get(
+    "/jobs",
+    summary="Job outcomes",
+    description=f"How each job ended on each device, with duration and errors. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_job_outcomes(
+    _admin: AdminUser, session: SessionDep, params: Annotated[JobOutcomeQuery, Query()]
+) -> CursorPage[JobOutcomeRead]:
+    return await queries.read_page(session, queries.JOBS, params)
+
+
+@router.get(
+    "/errors",
+    summary="Error log",
+    description=f"Categorised errors from the API, devices and the dashboard. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_errors(
+    _admin: AdminUser, session: SessionDep, params: Annotated[ErrorLogQuery, Query()]
+) -> CursorPage[ErrorLogRead]:
+    return await queries.read_page(session, queries.ERRORS, params)
+
+
+@router.get(
+    "/user-activities",
+    summary="Dashboard user activity",
+    description=f"Page views, clicks, searches and form submissions. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_user_activities(
+    _admin: AdminUser, session: SessionDep, params: Annotated[UserActivityQuery, Query()]
+) -> CursorPage[UserActivityRead]:
+    return await queries.read_page(session, queries.USER_ACTIVITIES, params)
+
+
+@router.get(
+    "/device-metrics",
+    summary="Device performance metrics",
+    description=f"CPU, memory, disk, latency and transaction samples per device. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_device_metrics(
+    _admin: AdminUser, session: SessionDep, params: Annotated[DeviceMetricsQuery, Query()]
+) -> CursorPage[DeviceMetricsRead]:
+    return await queries.read_page(session, queries.DEVICE_METRICS, params)
+
+
+@router.get(
+    "/config-history",
+    summary="Configuration history",
+    description=f"Configuration changes with old and new values and their effect. {_PAGING}",
+    responses=_READ_ERRORS,
+)
+async def list_config_history(
+    _admin: AdminUser, session: SessionDep, params: Annotated[ConfigHistoryQuery, Query()]
+) -> CursorPage[ConfigurationHistoryRead]:
+    return await queries.read_page(session, queries.CONFIG_HISTORY, params)
+
+
+@router.get(
+    "/site-schedules",
+    summary="Site operating schedules",
+    description="Each site's hours per weekday (times local to the site), most recently "
+    "changed first; `start_date`/`end_date` filter on `updated_at`. " + _PAGING,
+    responses=_READ_ERRORS,
+)
+async def list_site_schedules(
+    _admin: AdminUser, session: SessionDep, params: Annotated[SiteScheduleQuery, Query()]
+) -> CursorPage[SiteOperatingScheduleRead]:
+    return await queries.read_page(session, queries.SITE_SCHEDULES, params)
+
+
+@router.post(
+    "/user-activities",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Record dashboard user activity",
+    description=f"A batch of 1 to {MAX_ACTIVITY_BATCH} events from the logged-in user, queued "
+    "for storage. The user is always the token's: an event carrying `user_id` is refused "
+    "(422). Events with an `event_id` already stored are stored once. Any logged-in user.",
+    responses={
+        **_AUTH_ERRORS,
+        413: {"description": f"More than {MAX_ACTIVITY_BATCH} events in one batch"},
+        422: {"description": "An invalid event; the error names the event and field"},
+    },
+)
+async def record_user_activities(
+    request: Request, user: CurrentUser, batch: UserActivityBatch
+) -> ActivityBatchAccepted:
+    if len(batch.events) > MAX_ACTIVITY_BATCH:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"a batch holds at most {MAX_ACTIVITY_BATCH} events; got {len(batch.events)}: "
+            "send them in several batches",
+        )
+    accepted = queries.record_user_activities(request.app.state.recorder, user.id, batch.events)
+    return ActivityBatchAccepted(accepted=accepted)
+
+
+@router.post(
+    "/errors",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Report a client-side error",
+    description="An error caught in the dashboard, stored in the error log with category "
+    "`api` and `context.source = frontend`, the page and the browser. Any logged-in user.",
+    responses=_AUTH_ERRORS,
+)
+async def report_client_error(
+    request: Request, user: CurrentUser, report: ClientErrorCreate
+) -> ClientErrorAccepted:
+    user_agent = request.headers.get("user-agent", "")[:512] or None
+    event_id = queries.record_client_error(request.app.state.recorder, user.id, report, user_agent)
+    return ClientErrorAccepted(event_id=event_id)
+
+
+@router.patch(
+    "/errors/{id}",
+    summary="Mark an error resolved or open",
+    description="`resolved: true` sets `resolved_at` to now (an error already resolved keeps "
+    "its first resolution time); `false` clears it. Admin only.",
+    responses={**_ADMIN_ERRORS, 404: {"description": "No error with this id"}},
+)
+async def update_error(
+    error_id: Annotated[int, Path(alias="id", ge=1, le=2**63 - 1, description="The error's `id`")],
+    body: ErrorLogUpdate,
+    _admin: AdminUser,
+    session: SessionDep,
+) -> ErrorLogRead:
+    error: ErrorLog | None = await queries.set_error_resolved(session, error_id, body.resolved)
+    if error is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no error log entry with id {error_id}")
+    return ErrorLogRead.model_validate(error)

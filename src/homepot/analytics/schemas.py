@@ -1,0 +1,452 @@
+"""What the analytics API reads and accepts: query parameters, rows, ingested events.
+
+Query parameter models refuse names they do not know: a mistyped filter (``?devce_id=x``)
+would otherwise be ignored and the answer would look like data for that device.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
+
+from homepot.db import utcnow
+from homepot.kit.pagination import Cursor
+from homepot.kit.timeranges import TimeBound, TimeRange
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_ACTIVITY_BATCH = 100
+MAX_JSON_BYTES = 4096
+# How far a client's clock may run ahead, and how old an event a client may still send.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+MAX_EVENT_AGE = timedelta(days=7)
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+Category = Literal["api", "database", "external_service", "validation"]
+Severity = Literal["critical", "error", "warning", "info"]
+JobOutcomeStatus = Literal["success", "failed", "timeout", "cancelled"]
+EntityType = Literal["device", "site", "system"]
+ChangeType = Literal["manual", "automated", "ai_recommended"]
+
+Id64 = Annotated[str, Field(min_length=1, max_length=64)]
+State = Annotated[str, Field(min_length=1, max_length=32)]
+ActivityType = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="page_view, click, search, form_submit, or another short lowercase "
+        "identifier (letters, digits, underscores; at most 32 characters)",
+        examples=["page_view", "click", "search", "form_submit"],
+    ),
+]
+ErrorCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _json_within_limit(name: str, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and (size := len(to_json(value))) > MAX_JSON_BYTES:
+        raise ValueError(f"{name} is {size} bytes as JSON; at most {MAX_JSON_BYTES} are accepted")
+    return value
+
+
+# -- query parameters -----------------------------------------------------------------------
+
+
+class StreamQuery(BaseModel):
+    """The parameters every analytics read endpoint takes; subclasses add the filters."""
+
+    model_config = ConfigDict(extra="forbid")
+    common_parameters: ClassVar[tuple[str, ...]] = ("start_date", "end_date", "limit", "cursor")
+
+    start_date: TimeBound | None = Field(
+        default=None,
+        description="Only rows at or after this time. A date (2025-12-01) means 00:00 UTC "
+        "of that day; a datetime without an offset is UTC.",
+    )
+    end_date: TimeBound | None = Field(
+        default=None,
+        description="Only rows up to this time. A date (2025-12-05) includes that whole UTC "
+        "day; a datetime is inclusive.",
+    )
+    limit: int = Field(
+        default=DEFAULT_LIMIT,
+        ge=1,
+        le=MAX_LIMIT,
+        description=f"Rows per page, newest first (1 to {MAX_LIMIT})",
+    )
+    cursor: Cursor | None = Field(
+        default=None,
+        description="The next_cursor of the previous page, to read the page after it",
+    )
+
+    @classmethod
+    def filter_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls.model_fields if name not in cls.common_parameters)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_parameters(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = [name for name in data if name not in cls.model_fields]
+        if unknown:
+            allowed = ", ".join(cls.model_fields)
+            errors = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "unknown_parameter",
+                        "unknown query parameter '{name}'; this endpoint accepts: {allowed}",
+                        {"name": name, "allowed": allowed},
+                    ),
+                    loc=(name,),
+                    input=data[name],
+                )
+                for name in unknown
+            ]
+            # Raised as a ValidationError so that each error keeps its parameter's location.
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+    @model_validator(mode="after")
+    def _nonempty_time_range(self) -> StreamQuery:
+        try:
+            TimeRange.between(self.start_date, self.end_date)
+        except ValueError as exc:
+            raise PydanticCustomError("time_range", "{problem}", {"problem": str(exc)}) from None
+        return self
+
+    @property
+    def time_range(self) -> TimeRange:
+        return TimeRange.between(self.start_date, self.end_date)
+
+    def filters(self) -> dict[str, Any]:
+        """The filters given, by name (absent ones left out)."""
+        return {
+            name: value
+            for name in self.filter_names()
+            if (value := getattr(self, name)) is not None
+        }
+
+
+class RequestQuery(StreamQuery):
+    endpoint: str | None = Field(
+        default=None, min_length=1, max_length=2048, description="Exact path as requested"
+    )
+    route: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Path template, e.g. /api/v1/devices/{device_id}",
+    )
+    method: Annotated[HttpMethod | None, BeforeValidator(_upper)] = Field(
+        default=None, description="HTTP method (case-insensitive)"
+    )
+    status_code: int | None = Field(default=None, ge=100, le=599, description="HTTP status")
+    user_id: Id64 | None = Field(default=None, description="The authenticated caller's id")
+    min_response_time_ms: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Only requests that took at least this long",
+    )
+
+
+class DeviceStateQuery(StreamQuery):
+    device_id: Id64 | None = Field(default=None, description="Device, e.g. pos-terminal-001")
+    previous_state: State | None = Field(default=None, description="State before the change")
+    new_state: State | None = Field(default=None, description="State after the change")
+    changed_by: Id64 | None = Field(default=None, description="A user id, or system")
+
+
+class JobOutcomeQuery(StreamQuery):
+    job_id: Id64 | None = Field(default=None, description="The job")
+    job_type: Id64 | None = Field(default=None, description="e.g. firmware_update, restart")
+    device_id: Id64 | None = Field(default=None, description="Target device")
+    status: JobOutcomeStatus | None = Field(default=None, description="How the job ended")
+
+
+class ErrorLogQuery(StreamQuery):
+    category: Category | None = Field(default=None, description="Where the error arose")
+    severity: Severity | None = Field(default=None, description="How bad it is")
+    error_code: ErrorCode | None = Field(default=None, description="e.g. DB_CONN_001")
+    device_id: Id64 | None = Field(default=None, description="Device the error concerns")
+    resolved: bool | None = Field(default=None, description="true or false")
+
+
+class UserActivityQuery(StreamQuery):
+    user_id: Id64 | None = Field(default=None, description="The user")
+    session_id: Id64 | None = Field(default=None, description="Browser session")
+    activity_type: ActivityType | None = Field(
+        default=None, description="e.g. page_view, click, search, form_submit"
+    )
+    page_url: str | None = Field(
+        default=None, min_length=1, max_length=2048, description="Exact page URL"
+    )
+
+
+class DeviceMetricsQuery(StreamQuery):
+    device_id: list[Id64] | None = Field(
+        default=None,
+        max_length=100,
+        description="Device; repeat for several (?device_id=a&device_id=b), at most 100",
+    )
+
+
+class ConfigHistoryQuery(StreamQuery):
+    entity_type: EntityType | None = Field(default=None, description="What was configured")
+    entity_id: Id64 | None = Field(default=None, description="Its id, e.g. pos-terminal-005")
+    parameter_name: str | None = Field(
+        default=None, min_length=1, max_length=128, description="e.g. config_version"
+    )
+    change_type: ChangeType | None = Field(default=None, description="Who decided the change")
+
+
+class SiteScheduleQuery(StreamQuery):
+    site_id: Id64 | None = Field(default=None, description="Site, e.g. site-001")
+    day_of_week: int | None = Field(default=None, ge=0, le=6, description="0 = Monday ... 6")
+
+
+# -- rows -----------------------------------------------------------------------------------
+
+
+class EventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    event_id: str
+    timestamp: datetime
+
+
+class APIRequestLogRead(EventRead):
+    request_id: str | None
+    endpoint: str
+    route: str | None
+    method: str
+    status_code: int
+    response_time_ms: float
+    user_id: str | None
+    ip_address: str | None
+    user_agent: str | None
+    error_message: str | None
+    request_size_bytes: int
+    response_size_bytes: int
+    query_params: JsonValue
+
+
+class DeviceStateHistoryRead(EventRead):
+    device_id: str
+    previous_state: str | None
+    new_state: str
+    changed_by: str
+    reason: str | None
+    extra_data: JsonValue
+
+
+class JobOutcomeRead(EventRead):
+    job_id: str
+    job_type: str
+    device_id: str | None
+    status: str
+    duration_ms: int | None
+    error_code: str | None
+    error_message: str | None
+    retry_count: int
+    initiated_by: str | None
+    extra_data: JsonValue
+
+
+class ErrorLogRead(EventRead):
+    category: str
+    severity: str
+    error_code: str | None
+    error_message: str
+    stack_trace: str | None
+    endpoint: str | None
+    user_id: str | None
+    device_id: str | None
+    context: JsonValue
+    resolved: bool
+    resolved_at: datetime | None
+
+
+class UserActivityRead(EventRead):
+    user_id: str | None
+    session_id: str | None
+    activity_type: str
+    page_url: str | None
+    element_id: str | None
+    search_query: str | None
+    extra_data: JsonValue
+    duration_ms: int | None
+
+
+class DeviceMetricsRead(EventRead):
+    device_id: str
+    cpu_percent: float | None
+    memory_percent: float | None
+    disk_percent: float | None
+    network_latency_ms: float | None
+    transaction_count: int | None
+    transaction_volume: float | None
+    error_rate: float | None
+    active_connections: int | None
+    queue_depth: int | None
+    extra_metrics: JsonValue
+    collection_interval_seconds: float | None
+
+
+class ConfigurationHistoryRead(EventRead):
+    entity_type: str
+    entity_id: str
+    parameter_name: str
+    old_value: JsonValue
+    new_value: JsonValue
+    changed_by: str
+    change_reason: str | None
+    change_type: str
+    performance_before: JsonValue
+    performance_after: JsonValue
+    was_successful: bool | None
+    was_rolled_back: bool
+    rollback_reason: str | None
+
+
+class SiteOperatingScheduleRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    site_id: str
+    day_of_week: int
+    open_time: time | None
+    close_time: time | None
+    is_closed: bool
+    is_maintenance_window: bool
+    expected_transaction_volume: int | None
+    peak_hours_start: time | None
+    peak_hours_end: time | None
+    notes: str | None
+    special_considerations: JsonValue
+    created_at: datetime
+    updated_at: datetime
+
+
+# -- ingestion ------------------------------------------------------------------------------
+
+
+class UserActivityCreate(BaseModel):
+    """One dashboard event. The user is the token's; an event naming a user_id is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: UUID | None = Field(
+        default=None,
+        description="A UUID the client makes (crypto.randomUUID()), so that a batch sent "
+        "twice is stored once",
+    )
+    timestamp: AwareDatetime | None = Field(
+        default=None,
+        description="When it happened, with an offset; at most 7 days old and not in the "
+        "future. Defaults to the time it is received.",
+    )
+    activity_type: ActivityType
+    session_id: Id64 | None = None
+    page_url: str | None = Field(default=None, max_length=2048)
+    element_id: str | None = Field(default=None, max_length=256)
+    search_query: str | None = Field(default=None, max_length=512)
+    duration_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    extra_data: dict[str, JsonValue] | None = Field(
+        default=None, description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_user_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "user_id" in data:
+            raise PydanticCustomError(
+                "user_id_not_accepted",
+                "user_id is not accepted: events are recorded for the user of the token",
+            )
+        return data
+
+    @field_validator("timestamp")
+    @classmethod
+    def _recent(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        now = utcnow()
+        if value > now + MAX_CLOCK_SKEW:
+            raise ValueError(f"timestamp {value.isoformat()} is in the future")
+        if value < now - MAX_EVENT_AGE:
+            raise ValueError(
+                f"timestamp {value.isoformat()} is more than {MAX_EVENT_AGE.days} days old"
+            )
+        return value
+
+    @field_validator("extra_data")
+    @classmethod
+    def _small_extra_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _json_within_limit("extra_data", value)
+
+
+class UserActivityBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[UserActivityCreate] = Field(
+        min_length=1, description=f"1 to {MAX_ACTIVITY_BATCH} events"
+    )
+
+
+class ActivityBatchAccepted(BaseModel):
+    accepted: int = Field(description="Events queued for storage")
+
+
+class ClientErrorCreate(BaseModel):
+    """An error the dashboard caught in the browser."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, max_length=10_000)
+    stack: str | None = Field(default=None, max_length=50_000)
+    page_url: str | None = Field(default=None, max_length=2048)
+    user_agent: str | None = Field(
+        default=None, max_length=512, description="Defaults to the request's User-Agent"
+    )
+    severity: Severity = "error"
+    error_code: ErrorCode = "FRONTEND_ERROR"
+    context: dict[str, JsonValue] | None = Field(
+        default=None, description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON"
+    )
+
+    @field_validator("context")
+    @classmethod
+    def _small_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _json_within_limit("context", value)
+
+
+class ClientErrorAccepted(BaseModel):
+    event_id: str | None = Field(
+        description="The stored error's event_id (null when analytics recording is off)"
+    )
+
+
+class ErrorLogUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resolved: bool = Field(description="true sets resolved_at to now; false clears it")
