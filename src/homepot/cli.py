@@ -1,0 +1,490 @@
+"""The ``homepot`` command: serve the API, set up and inspect the database, manage users.
+
+Each command is a thin call into a module (``homepot.db``, ``homepot.sample_data``,
+``homepot.dbtools``, ``homepot.auth.service``); async work runs with ``asyncio.run``. The
+database comes from the settings (HOMEPOT_DATABASE_URL, default ``./homepot.db``) unless the
+global ``--database-url`` option overrides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from alembic.util import CommandError
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from homepot import dbtools, sample_data
+from homepot.auth import service as auth_service
+from homepot.auth.models import Role
+from homepot.auth.schemas import UserCreate
+from homepot.config import Settings, get_settings
+from homepot.db import create_engine, create_session_factory, run_migrations
+
+T = TypeVar("T")
+
+# Exit codes: 1 = the operation failed, 2 = the command line asked for something impossible.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_URL_FORMS = (
+    "use sqlite:///path/to/file.db or postgresql://user@host:5432/dbname "
+    "(in HOMEPOT_DATABASE_URL or --database-url)"
+)
+# Characters shown per value by `db show`, in a table and one row per block; --json shows all.
+CELL_WIDTH = 40
+RECORD_CELL_WIDTH = 400
+
+app = typer.Typer(
+    name="homepot",
+    help="HOMEPOT: fleet management and analytics for point-of-sale terminals.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(
+    help="Set up and inspect the database (migrations, sample data, counts, rows).",
+    no_args_is_help=True,
+)
+users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+# --- plumbing ------------------------------------------------------------------------------
+
+
+def _out() -> Console:
+    # Made per call so that COLUMNS and the current stdout are honoured.
+    return Console(highlight=False, markup=False)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    Console(stderr=True, highlight=False, markup=False, soft_wrap=True).print(
+        Text("Error: ", style="bold red") + message
+    )
+    return typer.Exit(code)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """A database that is unreachable or not set up is an error message, not a traceback."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        hint = ""
+        if "no such table" in detail or ("relation" in detail and "does not exist" in detail):
+            hint = " (is the database initialised? run `homepot db init`)"
+        raise _fail(f"database {_safe_url(settings.database_url)}: {detail}{hint}") from None
+
+
+def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``work`` with an engine of its own, disposed of afterwards."""
+
+    async def main() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    with _database_errors(settings):
+        return asyncio.run(main())
+
+
+def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one session and commit it: the command is the edge that owns it."""
+
+    async def transaction(engine: AsyncEngine) -> T:
+        async with create_session_factory(engine)() as session, session.begin():
+            return await work(session)
+
+    return _run(settings, transaction)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Database to use, overriding HOMEPOT_DATABASE_URL "
+            "(e.g. sqlite:///./homepot.db or postgresql://user@host/homepot).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    try:
+        settings = Settings(database_url=database_url) if database_url else Settings()
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        raise _fail(f"invalid settings: {problems}", EXIT_USAGE) from None
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise _fail(f"the database URL is not a URL; {_URL_FORMS}", EXIT_USAGE) from None
+    if url.drivername not in SUPPORTED_DRIVERS:
+        shown = url.render_as_string(hide_password=True)
+        raise _fail(f"unsupported database URL {shown}; {_URL_FORMS}", EXIT_USAGE)
+    ctx.obj = settings
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def _serve(settings: Settings, host: str, port: int, reload: bool) -> None:
+    import uvicorn
+
+    # The app factory reads its settings from the environment, also in a reloader's child.
+    os.environ["HOMEPOT_DATABASE_URL"] = settings.database_url
+    get_settings.cache_clear()
+    uvicorn.run(
+        "homepot.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        reload_dirs=[str(Path(__file__).parent)] if reload else None,
+        # Client addresses are the app's business (HOMEPOT_TRUSTED_PROXIES), so uvicorn must
+        # not rewrite them from X-Forwarded-For on its own.
+        proxy_headers=False,
+    )
+
+
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    reload: Annotated[
+        bool, typer.Option("--reload/--no-reload", help="Restart when the code changes.")
+    ] = False,
+) -> None:
+    """Run the API server (uvicorn)."""
+    _serve(_settings(ctx), host, port, reload)
+
+
+# --- db ------------------------------------------------------------------------------------
+
+
+def _print_credentials(credentials: list[sample_data.Credentials]) -> None:
+    if not credentials:
+        return
+    table = Table(title="New users (passwords are shown only now)")
+    for heading in ("E-mail", "Role", "Password"):
+        table.add_column(heading)
+    for user in credentials:
+        table.add_row(user.email, user.role.value, user.password)
+    _out().print(table)
+
+
+def _init_database(settings: Settings, *, with_sample_data: bool) -> list[sample_data.Credentials]:
+    """Migrate, and load the sample set once; returns the users it created."""
+    console = _out()
+    with _database_errors(settings):
+        try:
+            run_migrations(settings.database_url)
+        except CommandError as exc:
+            raise _fail(f"migrations failed: {exc}") from None
+    console.print(f"Database {_safe_url(settings.database_url)} is at the latest schema.")
+    if not with_sample_data:
+        return []
+    result = _in_transaction(settings, sample_data.load_sample_data)
+    if not result.loaded:
+        console.print(
+            f"Sample data already present (loaded {result.loaded_at.isoformat()}); nothing added."
+        )
+        return []
+    added = sum(result.added.values())
+    tables = sum(1 for rows in result.added.values() if rows)
+    console.print(
+        f"Sample data loaded: {added:,} rows in {tables} tables (see them with `homepot db count`)."
+    )
+    _print_credentials(result.credentials)
+    return result.credentials
+
+
+@db_app.command("init")
+def db_init(
+    ctx: typer.Context,
+    with_sample_data: Annotated[
+        bool,
+        typer.Option(
+            "--sample-data",
+            help="Also add sample rows to all 14 tables, once (running it again adds nothing).",
+        ),
+    ] = False,
+) -> None:
+    """Create or upgrade the schema (Alembic migrations), optionally with sample data."""
+    _init_database(_settings(ctx), with_sample_data=with_sample_data)
+
+
+def _count_table(counts: list[dbtools.TableCount]) -> Table:
+    table = Table(title=f"HOMEPOT database: {len(counts)} tables")
+    table.add_column("Group")
+    table.add_column("Table")
+    table.add_column("Rows", justify="right")
+    group = None
+    for count in counts:
+        if group is not None and count.group != group:
+            table.add_section()
+        group = count.group
+        table.add_row(count.group, count.table, f"{count.rows:,}")
+    table.add_section()
+    table.add_row("", "total", f"{sum(count.rows for count in counts):,}")
+    return table
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@db_app.command("count")
+def db_count(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Row counts of all 14 tables (core, analytics, AI-focused)."""
+
+    async def count(engine: AsyncEngine) -> list[dbtools.TableCount]:
+        async with engine.connect() as connection:
+            return await dbtools.count_rows(connection)
+
+    counts = _run(_settings(ctx), count)
+    if as_json:
+        typer.echo(json.dumps({c.table: c.rows for c in counts}, indent=2))
+        return
+    _out().print(_count_table(counts))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    raise TypeError(f"cannot show a value of type {type(value).__name__}")
+
+
+def _cell(value: Any, width: int = CELL_WIDTH) -> Text:
+    if value is None:
+        return Text("null", style="dim")
+    if isinstance(value, datetime | time):
+        text = value.isoformat(timespec="seconds")
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, default=_json_value, separators=(",", ":"))
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    text = " ".join(text.split())  # stack traces and notes on one line
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return Text(text)  # a Text, so that "[...]" in stored data is not read as markup
+
+
+@db_app.command("show")
+def db_show(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Argument(help="Table name, e.g. device_metrics.")],
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=10_000, help="Rows to show.")
+    ] = 20,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            "-w",
+            help="Filter column=value; repeat it and every filter must match.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The newest rows of one table (newest first where the table has a timestamp)."""
+    settings = _settings(ctx)
+    filters = where or []
+    try:
+        dbtools.parse_filters(table, filters)  # names and values, before any connection
+    except dbtools.InspectionError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+    async def show(engine: AsyncEngine) -> dbtools.TableRows:
+        async with engine.connect() as connection:
+            return await dbtools.show_rows(connection, table, limit=limit, where=filters)
+
+    result = _run(settings, show)
+    if as_json:
+        typer.echo(json.dumps(result.rows, default=_json_value, indent=2))
+        return
+    condition = f" where {' and '.join(filters)}" if filters else ""
+    count = f"{len(result.rows)} row{'' if len(result.rows) == 1 else 's'}"
+    title = f"{result.table}{condition}: {count}, {result.order}"
+    console = _out()
+    view = _rows_table(result, title)
+    unconstrained = console.options.update_width(1_000_000)
+    if console.measure(view, options=unconstrained).maximum <= console.width:
+        console.print(view)
+    else:
+        _print_records(console, result, title)
+
+
+def _rows_table(result: dbtools.TableRows, title: str) -> Table:
+    """One line per row, one column per table column."""
+    view = Table(title=Text(title))
+    for column in result.columns:
+        view.add_column(column, no_wrap=True)
+    for row in result.rows:
+        view.add_row(*(_cell(row[column]) for column in result.columns))
+    return view
+
+
+def _print_records(console: Console, result: dbtools.TableRows, title: str) -> None:
+    """One block per row, one line per column: what fits when the columns do not."""
+    console.print(Text(title, style="bold"))
+    for number, row in enumerate(result.rows, start=1):
+        record = Table.grid(padding=(0, 2))
+        record.add_column(style="bold")
+        record.add_column(overflow="fold")
+        for column in result.columns:
+            record.add_row(column, _cell(row[column], RECORD_CELL_WIDTH))
+        console.rule(f"row {number}", align="left")
+        console.print(record)
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+def _valid_user(email: str, password: str, role: Role) -> UserCreate:
+    """The same rules as the API (a valid e-mail, a password of at least 8 characters)."""
+    try:
+        return UserCreate(email=email, password=password, role=role)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise _fail(problems, EXIT_USAGE) from None
+
+
+EmailOption = Annotated[str, typer.Option("--email", help="The user's e-mail (the login name).")]
+PasswordOption = Annotated[
+    str,
+    typer.Option(
+        "--password",
+        prompt=True,
+        hide_input=True,
+        confirmation_prompt=True,
+        help="At least 8 characters; asked for when left out.",
+    ),
+]
+
+
+@users_app.command("create-admin")
+def users_create_admin(ctx: typer.Context, email: EmailOption, password: PasswordOption) -> None:
+    """Create an admin; does nothing if a user with that e-mail exists (safe to repeat)."""
+    body = _valid_user(email, password, Role.admin)
+
+    async def ensure(session: AsyncSession) -> tuple[str, Role, bool]:
+        user, created = await auth_service.ensure_user(
+            session, email=body.email, password=body.password, role=Role.admin
+        )
+        return user.email, user.role, created
+
+    stored_email, role, created = _in_transaction(_settings(ctx), ensure)
+    if created:
+        _out().print(f"Created admin {stored_email}.")
+    elif role is Role.admin:
+        _out().print(f"Admin {stored_email} already exists; nothing changed (password unchanged).")
+    else:
+        raise _fail(
+            f"{stored_email} already exists with role {role.value}, not admin; nothing changed"
+        )
+
+
+@users_app.command("create")
+def users_create(
+    ctx: typer.Context,
+    email: EmailOption,
+    password: PasswordOption,
+    role: Annotated[Role, typer.Option("--role", help="What the user may do.")] = Role.viewer,
+) -> None:
+    """Create a user with a role (admin, operator or viewer)."""
+    body = _valid_user(email, password, role)
+
+    async def create(session: AsyncSession) -> str:
+        user = await auth_service.create_user(
+            session, email=body.email, password=body.password, role=body.role
+        )
+        return user.email
+
+    try:
+        stored_email = _in_transaction(_settings(ctx), create)
+    except auth_service.EmailTaken as exc:
+        raise _fail(str(exc)) from None
+    _out().print(f"Created {body.role.value} {stored_email}.")
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def _print_demo_login(credentials: sample_data.Credentials | None, host: str, port: int) -> None:
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown_host}:{port}"
+    email = sample_data.DEMO_ADMIN_EMAIL
+    console = _out()
+    console.print()
+    console.print(Text(f"API docs:  {base}/docs", style="bold"))
+    if credentials is None:
+        console.print(
+            f"Log in as {email} with the password printed when it was created, or make "
+            "another admin:\n  homepot users create-admin --email you@example.com"
+        )
+        password = "PASSWORD"
+    else:
+        console.print(f"Log in as {email} with password {credentials.password}")
+        password = credentials.password
+    console.print(
+        "Get a token:\n"
+        f"  TOKEN=$(curl -s -X POST {base}/api/v1/auth/token -d username={email} "
+        f"-d password={password} | python3 -c 'import json,sys; "
+        'print(json.load(sys.stdin)["access_token"])\')\n'
+        "Use it:\n"
+        f'  curl -H "Authorization: Bearer $TOKEN" "{base}/api/v1/analytics/requests"',
+        markup=False,
+        soft_wrap=True,  # commands stay on one line, ready to copy
+    )
+    console.print()
+
+
+@app.command()
+def demo(ctx: typer.Context, host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+    """Set up a database with sample data and a demo admin, then serve the API."""
+    settings = _settings(ctx)
+    created = _init_database(settings, with_sample_data=True)
+    admin = next((c for c in created if c.email == sample_data.DEMO_ADMIN_EMAIL), None)
+    if admin is None:
+        admin = _in_transaction(settings, sample_data.ensure_demo_admin)
+    _print_demo_login(admin, host, port)
+    _serve(settings, host, port, reload=False)
