@@ -48,3 +48,59 @@ async def flush(app: FastAPI) -> None:
 def rows(response: Any) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     return list(response.json()["items"])
+
+
+async def create_site(
+    app: FastAPI,
+    *,
+    site_id: str | None = None,
+    name: str = "Test store",
+    timezone: str = "UTC",
+    config: dict[str, Any] | None = None,
+) -> str:
+    """A site in the database; returns its site_id."""
+    from homepot.site.models import Site
+
+    site_id = site_id or f"site-{uuid.uuid4().hex[:8]}"
+    async with app.state.session_factory() as session:
+        session.add(Site(site_id=site_id, name=name, timezone=timezone, config=config or {}))
+        await session.commit()
+    return site_id
+
+
+async def create_device(
+    app: FastAPI,
+    *,
+    site_id: str | None = None,
+    device_id: str | None = None,
+    name: str = "Test terminal",
+    device_type: str = "pos_terminal",
+    status: str = "offline",
+    config: dict[str, Any] | None = None,
+) -> str:
+    """A device in the database (and its site, unless given); returns its device_id."""
+    from homepot.device.models import Device, DeviceStatus
+
+    site_id = site_id or await create_site(app)
+    device_id = device_id or f"pos-terminal-{uuid.uuid4().hex[:8]}"
+    async with app.state.session_factory() as session:
+        session.add(
+            Device(
+                device_id=device_id,
+                site_id=site_id,
+                name=name,
+                device_type=device_type,
+                status=DeviceStatus(status),
+                config=config or {},
+            )
+        )
+        await session.commit()
+    return device_id
+
+
+async def db_rows(app: FastAPI, model: type[Any], **filters: Any) -> list[Any]:
+    """Rows of ``model`` as stored (flush the recorder first for analytics tables)."""
+    from sqlalchemy import select
+
+    async with app.state.session_factory() as session:
+        return list(await session.scalars(select(model).filter_by(**filters)))

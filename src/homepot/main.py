@@ -12,9 +12,14 @@ from homepot import __version__
 from homepot.analytics.metrics import RecorderCollector
 from homepot.analytics.middleware import RequestLogMiddleware
 from homepot.analytics.recorder import Recorder, set_recorder
+from homepot.analytics.router import router as analytics_router
 from homepot.auth.router import router as auth_router
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
+from homepot.device.router import router as device_router
+from homepot.job.router import router as job_router
+from homepot.site.router import router as site_router
+from homepot.system.errors import install_error_handlers
 from homepot.system.router import router as system_router
 
 
@@ -55,6 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recorder=lambda: app.state.recorder,
         registry=registry,
     )
+    install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(auth_router)
+    app.include_router(analytics_router)
+    app.include_router(site_router)
+    app.include_router(device_router)
+    app.include_router(job_router)
     return app

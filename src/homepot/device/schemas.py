@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from homepot.device.models import DeviceStatus
+from homepot.site.schemas import ConfigObject, SiteId, public_id_check
+
+DeviceId = Annotated[
+    str,
+    AfterValidator(public_id_check("device_id", "pos-terminal-001")),
+    Field(examples=["pos-terminal-001"]),
+]
+DeviceType = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$", examples=["pos_terminal"])
+]
+
+
+class DeviceCreate(BaseModel):
+    # JSON values only: NaN and Infinity cannot be stored as JSON.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    device_id: DeviceId
+    site_id: SiteId = Field(description="The site the device belongs to; it must exist")
+    name: str = Field(min_length=1, max_length=200)
+    device_type: DeviceType = "pos_terminal"
+    status: DeviceStatus = DeviceStatus.offline
+    config: ConfigObject = Field(default_factory=dict)
+    firmware_version: str | None = Field(default=None, max_length=64)
+
+
+class DeviceUpdate(BaseModel):
+    """Fields to change; omitted fields keep their value."""
+
+    # JSON values only: NaN and Infinity cannot be stored as JSON.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    site_id: SiteId | None = Field(default=None, description="Move the device to this site")
+    device_type: DeviceType | None = None
+    status: DeviceStatus | None = Field(
+        default=None,
+        description="A new status is recorded in device_state_history when it differs",
+    )
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Why the status changes (stored in history)"
+    )
+    config: ConfigObject | None = Field(
+        default=None,
+        description=(
+            "A merge patch of the device's config: each key given replaces that key, a key set"
+            " to null is removed, keys not given are kept. Every changed key is recorded in"
+            " configuration_history."
+        ),
+    )
+    change_reason: str | None = Field(
+        default=None, max_length=1000, description="Why the config changes (stored in history)"
+    )
+    firmware_version: str | None = Field(default=None, max_length=64)
+
+    @field_validator("name", "site_id", "device_type", "status", "config")
+    @classmethod
+    def _refuse_null(cls, value: Any) -> Any:
+        # Runs only for values the client sent: an omitted field keeps its value.
+        if value is None:
+            raise ValueError("may be omitted but not null")
+        return value
+
+    @model_validator(mode="after")
+    def _reasons_need_their_change(self) -> Self:
+        if self.reason is not None and self.status is None:
+            raise ValueError("reason explains a status change; send it with status")
+        if self.change_reason is not None and self.config is None:
+            raise ValueError("change_reason explains a config change; send it with config")
+        return self
+
+
+class DeviceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    device_id: str
+    site_id: str
+    name: str
+    device_type: str
+    status: DeviceStatus
+    config: dict[str, Any]
+    firmware_version: str | None
+    ip_address: str | None
+    last_seen_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
