@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from homepot.analytics.models import DeviceMetrics, ErrorLog
+from homepot.analytics.models import (
+    ConfigurationHistory,
+    DeviceMetrics,
+    DeviceStateHistory,
+    ErrorLog,
+)
 from homepot.analytics.recorder import Recorder
 from homepot.config import AnalyticsSettings
 from homepot.db import create_engine
@@ -262,3 +267,98 @@ async def test_a_claim_left_by_a_dead_process_is_released(
     await restarted.flush()
     assert await _metric_ids(engine) == ids
     assert not list((tmp_path / "spool").iterdir())
+
+
+async def test_values_the_database_cannot_take_are_cleaned_before_queueing(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    recorder.record(
+        ErrorLog,
+        category="api",
+        severity="error",
+        error_message="nul\x00byte",
+        device_id="d" * 500,  # longer than the column
+        context={"k\x00": ["v\x00"]},
+    )
+    await recorder.flush()
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(ErrorLog.__table__))).one()
+    assert row.error_message == "nulbyte"
+    assert row.device_id == "d" * 64
+    assert row.context == {"k": ["v"]}
+    assert recorder.snapshot()["rejected"] == 0
+
+
+async def test_a_row_the_database_refuses_does_not_stall_the_rest(
+    engine: AsyncEngine, backend: str, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    good_before = _record_metrics(recorder, 3)
+    recorder.record(DeviceMetrics, device_id=None)  # violates NOT NULL
+    poison = 1
+    if backend == "postgresql":  # SQLite stores any integer; PostgreSQL's int4 does not
+        recorder.record(DeviceMetrics, device_id="pos-terminal-bad", transaction_count=2**40)
+        poison += 1
+    good_after = _record_metrics(recorder, 3, start=3)
+    await recorder.flush()
+    assert await _metric_ids(engine) == good_before + good_after
+    snapshot = recorder.snapshot()
+    assert snapshot["rejected"] == poison
+    assert snapshot["spool_pending_batches"] == 0
+
+
+async def test_secret_configuration_parameters_keep_no_values(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    for name, old, new in [("payment_api_key", "old-key", "new-key"), ("max_connections", 10, 15)]:
+        recorder.record(
+            ConfigurationHistory,
+            entity_type="device",
+            entity_id="pos-terminal-001",
+            parameter_name=name,
+            old_value={"value": old},
+            new_value={"value": new},
+        )
+    await recorder.flush()
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(ConfigurationHistory.__table__).order_by(ConfigurationHistory.id)
+            )
+        ).all()
+    assert [(r.old_value, r.new_value) for r in rows] == [
+        ({"value": "[REDACTED]"}, {"value": "[REDACTED]"}),
+        ({"value": 10}, {"value": 15}),
+    ]
+
+
+async def test_events_tied_to_a_transaction_follow_its_outcome(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    factory = async_sessionmaker(engine)
+    async with factory() as session:
+        await session.execute(select(1))  # producers record after a flush: inside a transaction
+        kept = recorder.record_after_commit(
+            session, DeviceStateHistory, device_id="pos-1", new_state="online"
+        )
+        assert recorder.queued == 0  # nothing is queued before the commit
+        await session.commit()
+    async with factory() as session:
+        await session.execute(select(1))
+        recorder.record_after_commit(
+            session, DeviceStateHistory, device_id="pos-2", new_state="error"
+        )
+        await session.rollback()
+        await session.commit()  # a later commit must not resurrect the rolled-back event
+    async with factory() as session:
+        await session.execute(select(1))
+        recorder.record_after_commit(
+            session, DeviceStateHistory, device_id="pos-3", new_state="error"
+        )  # closed without a commit
+    await recorder.flush()
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(DeviceStateHistory.event_id))).scalars().all()
+    assert stored == [kept]

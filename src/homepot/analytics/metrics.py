@@ -17,6 +17,7 @@ _COUNTERS = {
     "spilled": "Events spilled to the on-disk spool",
     "replayed": "Spooled events written after the database came back",
     "dropped": "Events dropped because the in-memory queue was full",
+    "rejected": "Events the database refused as data (written to the log, not stored)",
     "flushes": "Flush passes of the recorder",
 }
 

@@ -32,6 +32,29 @@ _ERROR_BODY_LIMIT = 16 * 1024
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_NUL_IN_URL = "the URL must not contain NUL (%00) characters"
+_NUL_IN_BODY = "the request body must not contain NUL (\\u0000) characters"
+
+
+class NulInBody(Exception):
+    """Raised from ``receive`` when a body chunk carries a NUL character."""
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def describe_error_detail(body: bytes) -> str | None:
     """A one-line message from a JSON error body's ``detail`` (FastAPI's convention)."""
     try:
@@ -130,15 +153,33 @@ class RequestLogMiddleware:
         response_started = False
         error_body = bytearray()
         exception: BaseException | None = None
+        nul_in_body = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, nul_in_body
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                # PostgreSQL stores no NUL in text or JSON; refuse it at the door, on every
+                # backend alike, rather than fail deep inside a handler.
+                if b"\x00" in chunk or b"\\u0000" in chunk:
+                    nul_in_body = True
+                    raise NulInBody
             return message
 
-        async def counting_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if nul_in_body and message.get("status") != 422 and not response_started:
+                # The framework turned our refusal into a vague 400; answer with the reason.
+                response_started = True
+                await _send_json(measured_send, 422, {"detail": _NUL_IN_BODY})
+                return
+            if nul_in_body and response_started and message["type"] == "http.response.body":
+                return
+            await measured_send(message)
+
+        async def measured_send(message: Message) -> None:
             nonlocal sent, status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -155,30 +196,28 @@ class RequestLogMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, counting_send)
+            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+                await _send_json(guarded_send, 422, {"detail": _NUL_IN_URL})
+            else:
+                await self.app(scope, counting_receive, guarded_send)
+        except NulInBody:
+            if response_started:
+                raise
+            await _send_json(guarded_send, 422, {"detail": _NUL_IN_BODY})
         except Exception as exc:
             exception = exc
             status = 500
             self._log_unhandled(scope, exc, request_id)
             if response_started:
                 raise  # too late for a clean answer; the server closes the connection
-            body = json.dumps(
+            await _send_json(
+                guarded_send,
+                500,
                 {
                     "detail": "internal server error; the error has been logged",
                     "request_id": request_id,
-                }
-            ).encode()
-            await counting_send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
+                },
             )
-            await counting_send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

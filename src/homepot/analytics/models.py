@@ -33,6 +33,9 @@ class AnalyticsEvent(Base):
     __abstract__ = True
     # Free-text columns that get card numbers and inline secrets masked before storage.
     free_text_columns: ClassVar[tuple[str, ...]] = ()
+    # A column naming the parameter whose *_value columns are stored; when that name is
+    # secret-like (api_key, password...), the values are withheld.
+    secret_parameter_column: ClassVar[str | None] = None
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True, sort_order=-3)
     event_id: Mapped[str] = mapped_column(
@@ -188,6 +191,7 @@ class ConfigurationHistory(AnalyticsEvent):
         Index("ix_configuration_history_change_type_timestamp", "change_type", "timestamp"),
     )
     free_text_columns = ("change_reason", "rollback_reason")
+    secret_parameter_column = "parameter_name"
 
     entity_type: Mapped[str] = mapped_column(String(16))
     entity_id: Mapped[str] = mapped_column(String(64))

@@ -33,15 +33,17 @@ from pathlib import Path
 from time import time_ns
 from typing import Any
 
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, String, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.schema import ColumnDefault
 
 from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent
 from homepot.config import AnalyticsSettings
 from homepot.db import UTCDateTime, new_event_id, utcnow
-from homepot.kit.redaction import mask_text, redact
+from homepot.kit.redaction import REDACTED, is_sensitive_key, mask_text, redact
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class _TableShape:
     json_columns: frozenset[str]
     text_columns: frozenset[str]
     datetime_columns: frozenset[str]
+    max_lengths: dict[str, int]
 
     @classmethod
     def of(cls, model: type[AnalyticsEvent]) -> _TableShape:
@@ -84,6 +87,11 @@ class _TableShape:
             datetime_columns=frozenset(
                 c.name for c in table.columns if isinstance(c.type, UTCDateTime)
             ),
+            max_lengths={
+                c.name: c.type.length
+                for c in table.columns
+                if isinstance(c.type, String) and c.type.length and c.name != "event_id"
+            },
         )
 
     def complete(self, fields: Row) -> Row:
@@ -96,10 +104,22 @@ class _TableShape:
             value = fields.get(name, self.static_defaults.get(name))
             if value is not None:
                 if name in self.json_columns:
-                    value = redact(value)
-                elif name in self.text_columns and isinstance(value, str):
-                    value = mask_text(value)
+                    value = _storable(redact(value))
+                elif isinstance(value, str):
+                    if name in self.text_columns:
+                        value = mask_text(value)
+                    value = _storable(value)
+                    limit = self.max_lengths.get(name)
+                    if limit is not None and len(value) > limit:
+                        value = value[:limit]
             row[name] = value
+        secret_parameter = self.model.secret_parameter_column
+        if secret_parameter and is_sensitive_key(str(row.get(secret_parameter) or "")):
+            # The parameter itself is a secret (e.g. a config key "api_key"): keep that it
+            # changed, never what it changed from or to.
+            for name in self.json_columns:
+                if row[name] is not None and name.endswith("_value"):
+                    row[name] = {"value": REDACTED}
         if row["event_id"] is None:
             row["event_id"] = new_event_id()
         if row["timestamp"] is None:
@@ -107,6 +127,26 @@ class _TableShape:
         elif row["timestamp"].tzinfo is None:
             raise ValueError("timestamp must be timezone-aware (UTC)")
         return row
+
+
+def _storable(value: Any) -> Any:
+    """Strip NUL characters, which PostgreSQL cannot store in text or JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
+_PENDING_KEY = "homepot.analytics.pending_events"
+
+
+def _forget_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    # Runs after after_commit, so whatever is still pending here was rolled back or closed.
+    if transaction.parent is None:
+        session.info[_PENDING_KEY] = []
 
 
 _SHAPES: dict[str, _TableShape] = {m.__tablename__: _TableShape.of(m) for m in EVENT_MODELS}
@@ -134,6 +174,7 @@ class RecorderStats:
     spilled: int = 0
     replayed: int = 0
     dropped: int = 0
+    rejected: int = 0
     flushes: int = 0
     last_flush_at: datetime | None = None
     last_error: str | None = None
@@ -265,6 +306,37 @@ class Recorder:
         if not self.enabled:
             return None
         row = _SHAPES[model.__tablename__].complete(fields)
+        return str(row["event_id"]) if self._enqueue(model.__tablename__, row) else None
+
+    def record_after_commit(
+        self, session: AsyncSession, model: type[AnalyticsEvent], /, **fields: Any
+    ) -> str | None:
+        """Queue the event when ``session`` commits; forget it if the session rolls back.
+
+        For events that describe a change made in the same transaction (a device's new
+        state, a configuration change): a change that never happened leaves no history.
+        The row is completed and redacted now, so a bad field fails here, not at commit.
+        """
+        if not self.enabled:
+            return None
+        if not session.in_transaction():
+            raise RuntimeError("record_after_commit needs a session inside a transaction")
+        row = _SHAPES[model.__tablename__].complete(fields)
+        info = session.sync_session.info
+        if _PENDING_KEY not in info:
+            info[_PENDING_KEY] = []
+            event.listen(session.sync_session, "after_commit", self._enqueue_pending)
+            event.listen(session.sync_session, "after_transaction_end", _forget_uncommitted)
+        info[_PENDING_KEY].append((model.__tablename__, row))
+        return str(row["event_id"])
+
+    def _enqueue_pending(self, session: Session) -> None:
+        pending: list[QueuedEvent] = session.info.get(_PENDING_KEY, [])
+        session.info[_PENDING_KEY] = []
+        for table_name, row in pending:
+            self._enqueue(table_name, row)
+
+    def _enqueue(self, table_name: str, row: Row) -> bool:
         if len(self._queue) >= self.settings.queue_max_events:
             self.stats.dropped += 1
             now = self._clock()
@@ -275,12 +347,12 @@ class Recorder:
                     len(self._queue),
                     self.stats.dropped,
                 )
-            return None
-        self._queue.append((model.__tablename__, row))
+            return False
+        self._queue.append((table_name, row))
         self.stats.enqueued += 1
         if len(self._queue) >= self.settings.batch_size:
             self._wake.set()
-        return str(row["event_id"])
+        return True
 
     @property
     def queued(self) -> int:
@@ -345,7 +417,7 @@ class Recorder:
                 await asyncio.sleep(delay)
                 delay *= 2
             try:
-                await self._write(batch)
+                await self._write_isolating_bad_rows(batch)
                 return True
             except Exception as exc:
                 self._note_error(exc)
@@ -359,7 +431,7 @@ class Recorder:
                 return
             path, batch = claimed
             try:
-                await self._write(batch)
+                await self._write_isolating_bad_rows(batch)
             except Exception as exc:
                 await asyncio.to_thread(self.spool.release, path)
                 self._note_error(exc)
@@ -368,6 +440,34 @@ class Recorder:
             await asyncio.to_thread(self.spool.done, path)
             self.stats.replayed += len(batch)
             logger.info("replayed %d spooled analytics events from %s", len(batch), path.name)
+
+    async def _write_isolating_bad_rows(self, batch: list[QueuedEvent]) -> None:
+        """Write a batch; rows the database refuses as data are rejected one by one.
+
+        Without this, one bad row (a value the database cannot take) would fail its batch
+        forever and stall every event behind it in the spool. Connection failures are
+        raised, so that the whole batch is retried or spooled; rows already written are not
+        stored twice when it comes back, thanks to their event ids.
+        """
+        try:
+            await self._write(batch)
+            return
+        except DBAPIError as exc:
+            if not _is_about_the_data(exc):
+                raise
+            self._note_error(exc)
+        for queued in batch:
+            try:
+                await self._write([queued])
+            except DBAPIError as exc:
+                if not _is_about_the_data(exc):
+                    raise
+                self.stats.rejected += 1
+                logger.error(
+                    "analytics event %s rejected by the database and dropped: %s",
+                    queued[0],
+                    str(exc).splitlines()[0][:300],
+                )
 
     async def _write(self, batch: list[QueuedEvent]) -> None:
         by_table: dict[str, list[Row]] = {}
@@ -417,6 +517,7 @@ class Recorder:
             "spilled": s.spilled,
             "replayed": s.replayed,
             "dropped": s.dropped,
+            "rejected": s.rejected,
             "spool_pending_batches": self.spool.pending_files(),
             "flushes": s.flushes,
             "last_flush_at": s.last_flush_at.isoformat() if s.last_flush_at else None,
@@ -424,6 +525,17 @@ class Recorder:
             "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
             "written_by_table": dict(s.written_by_table),
         }
+
+
+def _is_about_the_data(exc: DBAPIError) -> bool:
+    """True when the database refused the values, False when it could not be reached or used.
+
+    A lost connection, a locked SQLite file or a missing table (migrations not applied yet)
+    is worth waiting for; a value out of range or a violated NOT NULL will never go in.
+    """
+    if exc.connection_invalidated:
+        return False
+    return not isinstance(exc, OperationalError | InterfaceError | ProgrammingError)
 
 
 def _chunks(rows: list[Row], size: int) -> Iterable[list[Row]]:
