@@ -32,6 +32,22 @@ BACKENDS = [
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """Argon2 at production cost takes ~0.2 s a hash; tests log in hundreds of times.
+
+    The hashes stay real argon2id (parameters travel inside each hash); only their cost drops.
+    """
+    from argon2 import PasswordHasher
+
+    from homepot.auth import service
+
+    production = service._hasher
+    service._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    service._hasher = production
+
+
 @pytest.fixture(scope="session")
 def _migrated_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
