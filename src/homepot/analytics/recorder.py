@@ -26,7 +26,7 @@ import logging
 import os
 import time as monotonic_time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -50,8 +50,9 @@ logger = logging.getLogger(__name__)
 Row = dict[str, Any]
 QueuedEvent = tuple[str, Row]  # (table name, complete row)
 
-# Parameters per statement stay under SQLite's and PostgreSQL's limit of 32,766/32,767.
-_MAX_BIND_PARAMS = 30_000
+# Rows per INSERT statement: small enough that building one page holds the event loop for
+# about a millisecond, large enough to amortise the round trip.
+_PAGE_ROWS = 25
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,14 @@ class Recorder:
         self._next_replay_at = 0.0
         self._last_drop_warning = 0.0
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        self._insert = insert
+        self._statements = {
+            name: insert(shape.table)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            # RETURNING counts what was inserted (rowcount is unknown for executemany).
+            .returning(shape.table.c.id)
+            .execution_options(insertmanyvalues_page_size=_PAGE_ROWS)
+            for name, shape in _SHAPES.items()
+        }
 
     # -- producers -------------------------------------------------------------------------
 
@@ -476,17 +484,10 @@ class Recorder:
         inserted_by_table: dict[str, int] = {}
         async with self.engine.begin() as connection:
             for table_name, rows in by_table.items():
-                shape = _SHAPES[table_name]
-                inserted = 0
-                for chunk in _chunks(rows, max(1, _MAX_BIND_PARAMS // len(shape.columns))):
-                    statement = (
-                        self._insert(shape.table)
-                        .values(chunk)
-                        .on_conflict_do_nothing(index_elements=["event_id"])
-                    )
-                    result = await connection.execute(statement)
-                    inserted += max(result.rowcount, 0)
-                inserted_by_table[table_name] = inserted
+                # One cached statement executed with many rows: SQLAlchemy sends it as
+                # multi-row INSERTs of _PAGE_ROWS rows each, compiled once per table.
+                result = await connection.execute(self._statements[table_name], rows)
+                inserted_by_table[table_name] = len(result.all())
         for table_name, inserted in inserted_by_table.items():
             self.stats.written += inserted
             self.stats.duplicates_skipped += len(by_table[table_name]) - inserted
@@ -536,11 +537,6 @@ def _is_about_the_data(exc: DBAPIError) -> bool:
     if exc.connection_invalidated:
         return False
     return not isinstance(exc, OperationalError | InterfaceError | ProgrammingError)
-
-
-def _chunks(rows: list[Row], size: int) -> Iterable[list[Row]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 _current: Recorder | None = None
