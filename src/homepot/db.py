@@ -68,8 +68,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-# JSON everywhere, JSONB on PostgreSQL.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# JSON everywhere, JSONB on PostgreSQL. Python None is SQL NULL (not the JSON value null),
+# so that "IS NULL" finds what was never set.
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # 64-bit ids on PostgreSQL; SQLite only autoincrements INTEGER PRIMARY KEY.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 

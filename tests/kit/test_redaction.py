@@ -67,3 +67,12 @@ def test_redact_pairs_keeps_repeated_keys() -> None:
         "device_id": ["a", "b"],
         "token": REDACTED,
     }
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["a1234567890123456b", "9f3c1234567890123456789abcdef012", "ord_4111111111111111"],
+)
+def test_ids_with_long_digit_runs_are_not_mistaken_for_cards(identifier: str) -> None:
+    assert mask_text(f"event {identifier} failed") == f"event {identifier} failed"
+    assert redact({"event_id": identifier}) == {"event_id": identifier}

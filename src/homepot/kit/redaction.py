@@ -27,8 +27,9 @@ _HARMLESS_KEY = re.compile(
     re.IGNORECASE,
 )
 
-# 13-19 digits, optionally separated by single spaces or dashes, not part of a longer number.
-_CARD_NUMBER = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+# 13-19 digits, optionally separated by single spaces or dashes, standing alone: not part of
+# a longer number or of a word, so that hex ids (event ids, user ids) are left intact.
+_CARD_NUMBER = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w])")
 # key=value / key: value / "key": "value" pairs whose key is sensitive.
 _INLINE_SECRET = re.compile(
     r"""(?P<key>["']?[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|authori[sz]ation"""
