@@ -50,6 +50,33 @@ class AnalyticsSettings(BaseModel):
     spool_replay_interval_seconds: float = Field(default=2.0, gt=0)
 
 
+class FleetSettings(BaseModel):
+    """The device protocol, the orchestrator and the watchdog."""
+
+    # e.g. mqtt://127.0.0.1:1883; empty: no broker, jobs are pushed through an in-process
+    # channel (the embedded demo) and devices fall back to polling.
+    mqtt_url: str = ""
+    heartbeat_interval_seconds: float = Field(default=30, gt=0)
+    telemetry_interval_seconds: float = Field(default=30, gt=0)
+    # A device whose heartbeats stop for this long is marked offline by the watchdog.
+    offline_after_seconds: float = Field(default=90, gt=0)
+    watchdog_interval_seconds: float = Field(default=5, gt=0)
+    # How long a pushed job waits for the device's acknowledgement before it is left for
+    # the device to poll.
+    ack_timeout_seconds: float = Field(default=10, gt=0)
+    orchestrator_interval_seconds: float = Field(default=1, gt=0)
+    retry_backoff_seconds: float = Field(default=30, ge=0)
+    # Configuration impact: metrics windows before and after a change, and the rollback policy.
+    impact_window_seconds: float = Field(default=600, gt=0)
+    impact_evaluator_interval_seconds: float = Field(default=30, gt=0)
+    rollback_enabled: bool = True
+    # A change is unsuccessful when the error rate rises by more than this many points
+    # (absolute) and this fraction (relative), or latency by more than latency_margin.
+    error_rate_margin_points: float = Field(default=0.5, ge=0)
+    error_rate_margin_ratio: float = Field(default=0.2, ge=0)
+    latency_margin_ratio: float = Field(default=0.2, ge=0)
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -73,6 +100,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=90, ge=1)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
     @field_validator("database_url")
     @classmethod

@@ -34,6 +34,9 @@ class Device(Base):
     )
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     firmware_version: Mapped[str | None] = mapped_column(String(64))
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    # SHA-256 of the device's API key: one indexed lookup authenticates a request.
+    api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     ip_address: Mapped[str | None] = mapped_column(String(45))
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

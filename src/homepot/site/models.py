@@ -18,5 +18,7 @@ class Site(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     address: Mapped[str | None] = mapped_column(String(500))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # SHA-256 of the key new terminals of this site register with (see homepot.fleet.auth).
+    bootstrap_key_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,1 @@
+"""The fleet: the device protocol, push channels, the terminal agent and the simulator."""

@@ -1,0 +1,85 @@
+"""Device credentials: site bootstrap keys and per-device API keys.
+
+Keys carry 256 bits of randomness, so a plain SHA-256 of the key is a safe verifier: it is
+stored in an indexed, unique column and a request is authenticated with one index lookup,
+never with a slow password hash per telemetry call. Keys themselves are never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.db import SessionDep
+from homepot.device.models import Device
+from homepot.site.models import Site
+
+DEVICE_KEY_PREFIX = "hpd_"
+BOOTSTRAP_KEY_PREFIX = "hpb_"
+
+
+def new_device_key() -> str:
+    return DEVICE_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_bootstrap_key() -> str:
+    return BOOTSTRAP_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def bootstrap_key_matches(site: Site, key: str) -> bool:
+    if site.bootstrap_key_hash is None:
+        return False
+    return hmac.compare_digest(site.bootstrap_key_hash, hash_key(key))
+
+
+async def device_for_key(session: AsyncSession, key: str) -> Device | None:
+    return await session.scalar(select(Device).where(Device.api_key_hash == hash_key(key)))
+
+
+def _key_from(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.startswith(DEVICE_KEY_PREFIX):
+        return value.strip()
+    return request.headers.get("x-device-key")
+
+
+async def get_current_device(request: Request, session: SessionDep) -> Device:
+    key = _key_from(request)
+    if not key:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "not authenticated: send the device's API key as 'Authorization: Bearer hpd_...'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    device = await device_for_key(session, key)
+    if device is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked device API key; register the device again",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    request.state.device_id = device.device_id
+    return device
+
+
+CurrentDevice = Annotated[Device, Depends(get_current_device)]
+
+
+def ensure_own_device(device: Device, claimed_device_id: str | None) -> None:
+    """A message naming another device than its credential's is refused (403)."""
+    if claimed_device_id is not None and claimed_device_id != device.device_id:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this key belongs to {device.device_id}; it cannot act for {claimed_device_id}",
+        )

@@ -1,0 +1,189 @@
+"""The device protocol's messages, shared by the server, the agent and the simulator.
+
+The same schemas travel over HTTP (``/api/v1/agent/...``) and MQTT (see :mod:`topics`).
+Validation here is the contract: a percent above 100 or a negative count is refused with a
+422 that names the field, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_SAMPLES_PER_BATCH = 500
+# Samples older than this are refused: the agent's retry queue keeps at most a week.
+MAX_SAMPLE_AGE = timedelta(days=8)
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-4c55-9a2e-1d4f0b7e9c31")
+
+
+def _aware_recent(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp needs a UTC offset, e.g. 2025-12-11T14:00:00Z")
+    value = value.astimezone(UTC)
+    now = datetime.now(UTC)
+    if value > now + MAX_CLOCK_SKEW:
+        raise ValueError("timestamp is in the future; check the device clock")
+    if value < now - MAX_SAMPLE_AGE:
+        raise ValueError(f"timestamp is older than {MAX_SAMPLE_AGE.days} days")
+    return value
+
+
+SampleTime = Annotated[datetime, AfterValidator(_aware_recent)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Count = Annotated[int, Field(ge=0, le=2_147_483_647)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused, NaN and Infinity too: a typo must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def device_event_id(device_id: str, client_event_id: uuid.UUID) -> str:
+    """A stored event id unique per device, so two devices' ids can never collide."""
+    return uuid.uuid5(_DEVICE_EVENT_NAMESPACE, f"{device_id}/{client_event_id}").hex
+
+
+class RegisterRequest(Strict):
+    site_id: str = Field(min_length=1, max_length=64)
+    device_id: str = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")
+    bootstrap_key: str = Field(min_length=16, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    device_type: str = Field(default="pos_terminal", max_length=64, pattern=r"^[a-z0-9_]+$")
+    firmware_version: str | None = Field(default=None, max_length=64)
+    agent_version: str | None = Field(default=None, max_length=64)
+
+
+class MqttInfo(BaseModel):
+    host: str
+    port: int
+    topic_prefix: str
+
+
+class RegisterResponse(BaseModel):
+    device_id: str
+    site_id: str
+    api_key: str = Field(description="The device's own key; shown once, stored only hashed")
+    heartbeat_interval_seconds: float
+    telemetry_interval_seconds: float
+    mqtt: MqttInfo | None = None
+
+
+class DeviceScoped(Strict):
+    # Optional: when given, it must be the credential's own device (else 403).
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+class Heartbeat(DeviceScoped):
+    status: str | None = Field(
+        default=None, max_length=16, description="The device's own view: ok, degraded, error"
+    )
+    firmware_version: str | None = Field(default=None, max_length=64)
+    config_version: str | None = Field(default=None, max_length=64)
+    uptime_seconds: float | None = Field(default=None, ge=0)
+    response_time_ms: float | None = Field(default=None, ge=0)
+
+
+class MetricSample(Strict):
+    event_id: uuid.UUID = Field(description="Client-generated; a resent sample is stored once")
+    timestamp: SampleTime
+    collection_interval_seconds: float = Field(gt=0, le=86_400)
+    cpu_percent: Percent | None = None
+    memory_percent: Percent | None = None
+    disk_percent: Percent | None = None
+    network_latency_ms: float | None = Field(default=None, ge=0, le=600_000)
+    transaction_count: Count | None = None
+    transaction_volume: float | None = Field(default=None, ge=0)
+    error_rate: Percent | None = None
+    active_connections: Count | None = None
+    queue_depth: Count | None = None
+    extra_metrics: dict[str, Any] | None = None
+
+
+class TelemetryBatch(DeviceScoped):
+    samples: list[MetricSample] = Field(min_length=1, max_length=MAX_SAMPLES_PER_BATCH)
+
+
+class TelemetryAccepted(BaseModel):
+    accepted: int
+
+
+class JobCommand(BaseModel):
+    """What a device is asked to do: one execution of a job on this device."""
+
+    execution_id: int
+    job_id: str
+    job_type: str
+    payload: dict[str, Any]
+    timeout_seconds: int
+    attempt: int
+    issued_at: datetime
+
+
+class JobAck(DeviceScoped):
+    execution_id: int
+
+
+class JobResultStatus(StrEnum):
+    success = "success"
+    failed = "failed"
+
+
+class JobResult(DeviceScoped):
+    execution_id: int
+    status: JobResultStatus
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, max_length=2000)
+    output: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _failure_has_a_code(self) -> Self:
+        if self.status is JobResultStatus.failed and not self.error_code:
+            raise ValueError("a failed result needs an error_code")
+        return self
+
+
+class Envelope(Strict):
+    """An MQTT message from a device: its key (the broker is not trusted) and the payload."""
+
+    api_key: str = Field(min_length=16, max_length=200)
+    payload: dict[str, Any]
+
+
+class topics:  # noqa: N801 - a namespace of topic builders, read as topics.jobs(...)
+    PREFIX = "homepot/v1/devices"
+
+    @staticmethod
+    def jobs(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/jobs"
+
+    @staticmethod
+    def job_ack(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/jobs/ack"
+
+    @staticmethod
+    def job_result(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/jobs/result"
+
+    @staticmethod
+    def telemetry(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/telemetry"
+
+    @staticmethod
+    def heartbeat(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/heartbeat"
+
+    # What the server subscribes to: every device's uplink messages.
+    UPLINK = (
+        f"{PREFIX}/+/jobs/ack",
+        f"{PREFIX}/+/jobs/result",
+        f"{PREFIX}/+/telemetry",
+        f"{PREFIX}/+/heartbeat",
+    )

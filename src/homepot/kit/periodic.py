@@ -1,0 +1,54 @@
+"""Background work that repeats: one pass every interval, stopped without cutting a pass short.
+
+Cancelling a pass in the middle of a query strands its database connection (aiosqlite then
+complains from its thread after the loop is gone), so stopping sets an event and waits for
+the pass under way to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def run_periodically(
+    name: str,
+    interval_seconds: float,
+    run_pass: Callable[[], Awaitable[object]],
+    on_failure: Callable[[Exception], None],
+) -> AsyncIterator[None]:
+    """Run ``run_pass`` every ``interval_seconds`` (the first one interval after start).
+
+    A failing pass is logged with its traceback and the next one runs as usual;
+    ``on_failure`` is called once per streak of failures (not every interval while, say,
+    the database is down), so that error_logs get one row per incident.
+    """
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_seconds)
+            if stop.is_set():
+                return
+            try:
+                await run_pass()
+                failing = False
+            except Exception as exc:
+                logger.exception("%s: pass failed", name)
+                if not failing:
+                    on_failure(exc)
+                failing = True
+
+    task = asyncio.create_task(loop(), name=name)
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
