@@ -104,3 +104,45 @@ async def db_rows(app: FastAPI, model: type[Any], **filters: Any) -> list[Any]:
 
     async with app.state.session_factory() as session:
         return list(await session.scalars(select(model).filter_by(**filters)))
+
+
+async def create_bootstrap_key(app: FastAPI, site_id: str) -> str:
+    """Give an existing site a bootstrap key (stored hashed, as the API does); returns it."""
+    from homepot.fleet.auth import hash_key, new_bootstrap_key
+    from homepot.site.models import Site
+
+    key = new_bootstrap_key()
+    async with app.state.session_factory() as session:
+        site = await session.get(Site, site_id)
+        assert site is not None, f"no site {site_id}"
+        site.bootstrap_key_hash = hash_key(key)
+        await session.commit()
+    return key
+
+
+async def create_registered_device(
+    app: FastAPI,
+    client: AsyncClient,
+    *,
+    site_id: str | None = None,
+    device_id: str | None = None,
+    **register_fields: Any,
+) -> tuple[str, dict[str, str]]:
+    """A device registered through POST /api/v1/agent/register (its site made unless given).
+
+    Returns the device_id and the headers that authenticate as it. The device is offline
+    until its first heartbeat. Extra keyword arguments go into the RegisterRequest body.
+    """
+    site_id = site_id or await create_site(app)
+    device_id = device_id or f"pos-terminal-{uuid.uuid4().hex[:8]}"
+    response = await client.post(
+        "/api/v1/agent/register",
+        json={
+            "site_id": site_id,
+            "device_id": device_id,
+            "bootstrap_key": await create_bootstrap_key(app, site_id),
+            **register_fields,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return device_id, {"Authorization": f"Bearer {response.json()['api_key']}"}

@@ -13,6 +13,7 @@ from homepot.kit.page import Page, PageQuery
 from homepot.site import service
 from homepot.site.models import Site
 from homepot.site.schemas import (
+    BootstrapKeyRead,
     ScheduleRead,
     ScheduleWrite,
     SiteCreate,
@@ -86,7 +87,12 @@ async def update_site(
     session: SessionDep,
 ) -> Site:
     return await service.update_site(
-        session, request.app.state.recorder, Actor.of(request, user), site, body
+        session,
+        request.app.state.recorder,
+        Actor.of(request, user),
+        site,
+        body,
+        settings=request.app.state.settings,
     )
 
 
@@ -102,6 +108,19 @@ async def delete_site(
         await service.delete_site(session, Actor.of(request, user), site)
     except service.SiteHasDevices as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.post(
+    "/sites/{site_id}/bootstrap-key",
+    response_model=BootstrapKeyRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create or replace the key the site's terminals register with (operator or admin)",
+)
+async def rotate_bootstrap_key(
+    user: OperatorUser, site: SiteFromPath, request: Request, session: SessionDep
+) -> BootstrapKeyRead:
+    key, replaced = await service.rotate_bootstrap_key(session, Actor.of(request, user), site)
+    return BootstrapKeyRead(site_id=site.site_id, bootstrap_key=key, replaced_previous_key=replaced)
 
 
 def _week(site: Site, schedules: list[SiteOperatingSchedule]) -> WeekSchedule:

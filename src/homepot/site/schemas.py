@@ -243,3 +243,16 @@ class WeekSchedule(BaseModel):
     site_id: str
     timezone: str
     days: list[ScheduleRead] = Field(description="The days that have a schedule, Monday first")
+
+
+class BootstrapKeyRead(BaseModel):
+    site_id: str
+    bootstrap_key: str = Field(
+        description=(
+            "The key the site's terminals register with (POST /api/v1/agent/register). Shown"
+            " once: only its hash is stored. Asking again replaces it."
+        )
+    )
+    replaced_previous_key: bool = Field(
+        description="True when a previous key existed; it no longer registers devices"
+    )

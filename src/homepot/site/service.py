@@ -11,14 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import SiteOperatingSchedule
 from homepot.analytics.recorder import Recorder
-from homepot.audit.service import (
-    Actor,
-    apply_changes,
-    merge_config,
-    record_config_changes,
-    write_audit_log,
-)
+from homepot.audit.service import Actor, apply_changes, write_audit_log
+from homepot.config import Settings
+from homepot.device.config import change_config
 from homepot.device.models import Device
+from homepot.fleet.auth import hash_key, new_bootstrap_key
 from homepot.kit.page import PageParams, fetch_page
 from homepot.site.models import Site
 from homepot.site.schemas import DAY_NAMES, ScheduleDayWrite, ScheduleWrite, SiteCreate, SiteUpdate
@@ -94,15 +91,32 @@ async def create_site(session: AsyncSession, actor: Actor, data: SiteCreate) -> 
 
 
 async def update_site(
-    session: AsyncSession, recorder: Recorder, actor: Actor, site: Site, data: SiteUpdate
+    session: AsyncSession,
+    recorder: Recorder,
+    actor: Actor,
+    site: Site,
+    data: SiteUpdate,
+    *,
+    settings: Settings,
 ) -> Site:
     values: dict[str, Any] = data.model_dump(
         exclude_unset=True, exclude={"config", "change_reason"}
     )
-    old_config = dict(site.config)
-    if data.config is not None:
-        values["config"] = merge_config(old_config, data.config)
     changes = apply_changes(site, values)
+    if data.config is not None:
+        old_config = dict(site.config)
+        if await change_config(
+            session,
+            recorder,
+            entity_type="site",
+            entity=site,
+            patch=data.config,
+            changed_by=actor.user_id,
+            reason=data.change_reason,
+            change_type="manual",
+            settings=settings,
+        ):
+            changes["config"] = {"old": old_config, "new": site.config}
     if not changes:
         return site
     details: dict[str, Any] = dict(changes)
@@ -117,17 +131,6 @@ async def update_site(
         details=details,
     )
     await session.flush()
-    if "config" in changes:
-        record_config_changes(
-            session,
-            recorder,
-            actor,
-            entity_type="site",
-            entity_id=site.site_id,
-            old=old_config,
-            new=site.config,
-            reason=data.change_reason,
-        )
     return site
 
 
@@ -154,6 +157,27 @@ async def delete_site(session: AsyncSession, actor: Actor, site: Site) -> None:
         await session.flush()
     except IntegrityError as exc:  # a device was added by a concurrent request
         raise SiteHasDevices(site.site_id, 1) from exc
+
+
+async def rotate_bootstrap_key(session: AsyncSession, actor: Actor, site: Site) -> tuple[str, bool]:
+    """A new bootstrap key for the site's terminals; returns it and whether one was replaced.
+
+    Only the key's hash is stored, and the audit row records that the key changed, never
+    the key. Devices already registered keep their own API keys.
+    """
+    replaced = site.bootstrap_key_hash is not None
+    key = new_bootstrap_key()
+    site.bootstrap_key_hash = hash_key(key)
+    write_audit_log(
+        session,
+        actor,
+        action="site.bootstrap_key.rotate" if replaced else "site.bootstrap_key.create",
+        resource_type="site",
+        resource_id=site.site_id,
+        details={"replaced_previous_key": replaced},
+    )
+    await session.flush()
+    return key, replaced
 
 
 async def list_schedules(session: AsyncSession, site: Site) -> Sequence[SiteOperatingSchedule]:

@@ -1,0 +1,100 @@
+"""The device protocol over HTTP: registration, heartbeats and telemetry.
+
+Registration is authenticated with the site's bootstrap key; everything else with the
+device's own API key (``Authorization: Bearer hpd_...``). A body naming another device than
+the key's is refused with 403.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, Field
+
+from homepot.analytics.middleware import ClientAddress
+from homepot.config import API_PREFIX
+from homepot.db import SessionDep
+from homepot.device.models import DeviceStatus
+from homepot.fleet import service
+from homepot.fleet.auth import CurrentDevice, ensure_own_device
+from homepot.fleet.protocol import (
+    Heartbeat,
+    RegisterRequest,
+    RegisterResponse,
+    TelemetryAccepted,
+    TelemetryBatch,
+)
+from homepot.site.service import SiteNotFound
+
+router = APIRouter(prefix=f"{API_PREFIX}/agent", tags=["agent"])
+
+
+class HeartbeatAccepted(BaseModel):
+    device_id: str
+    status: DeviceStatus = Field(
+        description="The device's state on the server after this heartbeat"
+    )
+
+
+def _client_ip(request: Request) -> str | None:
+    return ClientAddress(request.app.state.settings.trusted_proxies)(request.scope)
+
+
+@router.post(
+    "/register",
+    response_model=RegisterResponse,
+    summary="Register a terminal with its site's bootstrap key; returns its own API key once",
+    responses={
+        401: {"description": "Wrong bootstrap key, or the site has none"},
+        404: {"description": "Unknown site"},
+        409: {"description": "The device id belongs to another site"},
+    },
+)
+async def register(
+    body: RegisterRequest, request: Request, session: SessionDep
+) -> RegisterResponse:
+    try:
+        return await service.register_device(
+            session, body, settings=request.app.state.settings, ip_address=_client_ip(request)
+        )
+    except SiteNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except service.BootstrapKeyRejected as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from exc
+    except (service.DeviceOfAnotherSite, service.RegistrationConflict) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.post(
+    "/heartbeat",
+    response_model=HeartbeatAccepted,
+    summary="A device's heartbeat: stored as a health check, it drives the device's state",
+)
+async def heartbeat(
+    device: CurrentDevice, body: Heartbeat, request: Request, session: SessionDep
+) -> HeartbeatAccepted:
+    ensure_own_device(device, body.device_id)
+    await service.record_heartbeat(
+        session, request.app.state.recorder, device, body, ip_address=_client_ip(request)
+    )
+    return HeartbeatAccepted(device_id=device.device_id, status=device.status)
+
+
+@router.post(
+    "/telemetry",
+    response_model=TelemetryAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="A batch of metric samples (at most 500); a resent sample is stored once",
+    responses={503: {"description": "The server is busy; send the same batch again later"}},
+)
+async def telemetry(
+    device: CurrentDevice, body: TelemetryBatch, request: Request
+) -> TelemetryAccepted:
+    # The device was loaded in the request's session, which saves its last_seen_at.
+    ensure_own_device(device, body.device_id)
+    try:
+        accepted = service.ingest_telemetry(request.app.state.recorder, device, body)
+    except service.TelemetryNotQueued as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
+        ) from exc
+    return TelemetryAccepted(accepted=accepted)

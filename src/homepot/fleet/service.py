@@ -1,0 +1,278 @@
+"""The device protocol's server side, independent of the transport.
+
+HTTP (:mod:`homepot.fleet.router`) and the MQTT bridge call the same three functions with a
+session, the recorder and the authenticated device. The caller owns the transaction (these
+functions flush, never commit) and has already checked that a message naming a device names
+the credential's own device (:func:`homepot.fleet.auth.ensure_own_device`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.analytics.models import DeviceMetrics
+from homepot.analytics.recorder import Recorder
+from homepot.audit.service import Actor, write_audit_log
+from homepot.config import Settings
+from homepot.db import utcnow
+from homepot.device.models import Device, DeviceStatus, HealthCheck
+from homepot.device.states import SYSTEM, describe_duration, transition
+from homepot.fleet.auth import bootstrap_key_matches, hash_key, new_device_key
+from homepot.fleet.protocol import (
+    Heartbeat,
+    MqttInfo,
+    RegisterRequest,
+    RegisterResponse,
+    TelemetryBatch,
+    device_event_id,
+    topics,
+)
+from homepot.site.service import get_site
+
+# What a heartbeat says when it says nothing, and the report that clears an error state.
+HEALTHY = "ok"
+FAILING = "error"
+# States someone else ends (an operator, a job): heartbeats do not move a device out of them.
+_HELD_STATES = (DeviceStatus.maintenance, DeviceStatus.updating)
+_METRIC_FIELDS = {
+    "cpu_percent",
+    "memory_percent",
+    "disk_percent",
+    "network_latency_ms",
+    "transaction_count",
+    "transaction_volume",
+    "error_rate",
+    "active_connections",
+    "queue_depth",
+    "extra_metrics",
+    "collection_interval_seconds",
+}
+
+
+class BootstrapKeyRejected(Exception):
+    """The registration's bootstrap key is not the site's current one (or it has none)."""
+
+
+class DeviceOfAnotherSite(Exception):
+    def __init__(self, device_id: str, site_id: str) -> None:
+        super().__init__(
+            f"device {device_id!r} is registered at another site than {site_id!r}; move it"
+            " with PATCH /api/v1/devices/{device_id} or register it with its own site's key"
+        )
+
+
+class TelemetryNotQueued(Exception):
+    """The recorder's queue is full: the samples were not taken and should be sent again."""
+
+    def __init__(self, refused: int, total: int) -> None:
+        super().__init__(
+            f"the server is busy: {refused} of {total} samples could not be queued; send the"
+            " batch again shortly (samples already stored are not stored twice)"
+        )
+
+
+class RegistrationConflict(Exception):
+    def __init__(self, device_id: str) -> None:
+        super().__init__(
+            f"device {device_id!r} was registered by a concurrent request; register again"
+        )
+
+
+def mqtt_info(settings: Settings) -> MqttInfo | None:
+    """Where devices reach the broker, from ``fleet.mqtt_url``; None without a broker."""
+    if not settings.fleet.mqtt_url:
+        return None
+    url = urlsplit(settings.fleet.mqtt_url)
+    default_port = 8883 if url.scheme in ("mqtts", "ssl", "tls") else 1883
+    return MqttInfo(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or default_port,
+        topic_prefix=topics.PREFIX,
+    )
+
+
+async def register_device(
+    session: AsyncSession,
+    data: RegisterRequest,
+    *,
+    settings: Settings,
+    ip_address: str | None = None,
+) -> RegisterResponse:
+    """Create the device in its site, or give an existing device of that site a new key.
+
+    The new API key is returned once and only its hash is stored; the previous key stops
+    working. Raises SiteNotFound (unknown site), BootstrapKeyRejected (wrong key, or the site
+    has none), DeviceOfAnotherSite and RegistrationConflict.
+    """
+    site = await get_site(session, data.site_id)
+    if site.bootstrap_key_hash is None:
+        raise BootstrapKeyRejected(
+            f"site {site.site_id!r} has no bootstrap key yet; an operator creates one with"
+            f" POST /api/v1/sites/{site.site_id}/bootstrap-key"
+        )
+    if not bootstrap_key_matches(site, data.bootstrap_key):
+        raise BootstrapKeyRejected(
+            f"the bootstrap key is not valid for site {site.site_id!r}; ask an operator for"
+            " the site's current key"
+        )
+    api_key = new_device_key()
+    device = await session.get(Device, data.device_id)
+    details: dict[str, Any] = {"site_id": site.site_id}
+    if device is None:
+        device = Device(
+            device_id=data.device_id,
+            site_id=site.site_id,
+            name=data.name or data.device_id,
+            device_type=data.device_type,
+            # Online at its first heartbeat.
+            status=DeviceStatus.offline,
+            config={},
+            firmware_version=data.firmware_version,
+            agent_version=data.agent_version,
+            ip_address=ip_address,
+        )
+        session.add(device)
+        action = "device.register"
+        details |= data.model_dump(include={"name", "device_type", "firmware_version"})
+        details["agent_version"] = data.agent_version
+    else:
+        if device.site_id != site.site_id:
+            raise DeviceOfAnotherSite(device.device_id, site.site_id)
+        action = "device.rekey"
+        for name in ("name", "device_type", "firmware_version", "agent_version"):
+            value = getattr(data, name)
+            if name in data.model_fields_set and value is not None:
+                if getattr(device, name) != value:
+                    details[name] = {"old": getattr(device, name), "new": value}
+                setattr(device, name, value)
+        if ip_address is not None:
+            device.ip_address = ip_address
+    device.api_key_hash = hash_key(api_key)
+    write_audit_log(
+        session,
+        Actor(user_id=SYSTEM, ip_address=ip_address),
+        action=action,
+        resource_type="device",
+        resource_id=device.device_id,
+        details=details | {"authenticated_by": "site bootstrap key"},
+    )
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # the same new device registered twice at once
+        raise RegistrationConflict(data.device_id) from exc
+    return RegisterResponse(
+        device_id=device.device_id,
+        site_id=site.site_id,
+        api_key=api_key,
+        heartbeat_interval_seconds=settings.fleet.heartbeat_interval_seconds,
+        telemetry_interval_seconds=settings.fleet.telemetry_interval_seconds,
+        mqtt=mqtt_info(settings),
+    )
+
+
+async def record_heartbeat(
+    session: AsyncSession,
+    recorder: Recorder,
+    device: Device,
+    heartbeat: Heartbeat,
+    *,
+    ip_address: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Store a heartbeat as a ``health_checks`` row and let it drive the device's state.
+
+    offline → online (or error, when the device reports ``error``); online → error on
+    ``error``; error → online on ``ok``. Maintenance and updating are left to whoever set
+    them. Updates ``last_seen_at`` and, when reported, the firmware version.
+    """
+    now = now or utcnow()
+    reported = (heartbeat.status or HEALTHY).strip().lower() or HEALTHY
+    details = {
+        "uptime_seconds": heartbeat.uptime_seconds,
+        "firmware_version": heartbeat.firmware_version,
+        "config_version": heartbeat.config_version,
+    }
+    session.add(
+        HealthCheck(
+            device_id=device.device_id,
+            timestamp=now,
+            status=reported,
+            response_time_ms=heartbeat.response_time_ms,
+            details={k: v for k, v in details.items() if v is not None} or None,
+        )
+    )
+    last_seen = device.last_seen_at
+    device.last_seen_at = now
+    if heartbeat.firmware_version is not None:
+        device.firmware_version = heartbeat.firmware_version
+    if ip_address is not None:
+        device.ip_address = ip_address
+    await _follow_heartbeat(session, recorder, device, reported, last_seen, now)
+    await session.flush()
+
+
+async def _follow_heartbeat(
+    session: AsyncSession,
+    recorder: Recorder,
+    device: Device,
+    reported: str,
+    last_seen: datetime | None,
+    now: datetime,
+) -> None:
+    if device.status in _HELD_STATES:
+        return
+    extra: dict[str, Any] = {"source": "heartbeat", "reported_status": reported}
+    if last_seen is not None:
+        extra["last_seen_at"] = last_seen.isoformat()
+    if device.status == DeviceStatus.offline:
+        heard = (
+            f"heartbeat received after {describe_duration((now - last_seen).total_seconds())}"
+            " of silence"
+            if last_seen is not None
+            else "first heartbeat since registration"
+        )
+        if reported == FAILING:
+            target, reason = DeviceStatus.error, f"{heard}; the device reports status error"
+        else:
+            target, reason = DeviceStatus.online, heard
+    elif reported == FAILING:
+        target, reason = DeviceStatus.error, "the device reported status error in its heartbeat"
+    elif device.status == DeviceStatus.error and reported == HEALTHY:
+        target, reason = DeviceStatus.online, "the device reported ok again after an error"
+    else:
+        return
+    await transition(
+        session, recorder, device, target, changed_by=SYSTEM, reason=reason, extra_data=extra
+    )
+
+
+def ingest_telemetry(
+    recorder: Recorder, device: Device, batch: TelemetryBatch, *, now: datetime | None = None
+) -> int:
+    """Queue every sample for ``device_metrics``; returns how many were accepted.
+
+    Each sample's stored event id is derived from the device and the client's event id, so
+    a resent batch is stored once. The recorder redacts ``extra_metrics``. Sets the device's
+    ``last_seen_at``; the caller's session saves it. Raises TelemetryNotQueued when the
+    recorder's queue is full, so that the device keeps the batch and sends it again.
+    """
+    refused = 0
+    for sample in batch.samples:
+        event_id = recorder.record(
+            DeviceMetrics,
+            event_id=device_event_id(device.device_id, sample.event_id),
+            timestamp=sample.timestamp,
+            device_id=device.device_id,
+            **sample.model_dump(include=_METRIC_FIELDS),
+        )
+        if event_id is None and recorder.enabled:
+            refused += 1
+    device.last_seen_at = now or utcnow()
+    if refused:
+        raise TelemetryNotQueued(refused, len(batch.samples))
+    return len(batch.samples)
