@@ -85,7 +85,7 @@ def test_init_with_sample_data_twice_fills_every_table_once(database_url: str) -
     assert can_log_in(database_url, "admin@homepot.example", password)
     after_first = counts(database_url)
     assert set(after_first) == set(TABLE_NAMES)
-    assert len(after_first) == 14
+    assert len(after_first) == 15
     assert all(count > 0 for count in after_first.values()), after_first
 
     second = ok(homepot(database_url, "db", "init", "--sample-data"))
@@ -115,6 +115,17 @@ def test_sample_data_is_consistent_and_recent(database_url: str) -> None:
     outcomes = rows(database_url, "job_outcomes")
     assert {o["status"] for o in outcomes} == {"success", "failed", "timeout", "cancelled"}
     assert {o["job_id"] for o in outcomes} <= {job["job_id"] for job in rows(database_url, "jobs")}
+    # Every finished execution has its one outcome, with the same status; a finished job has
+    # no unfinished execution left.
+    executions = rows(database_url, "job_executions")
+    assert {(o["job_id"], o["device_id"]): o["status"] for o in outcomes} == {
+        (e["job_id"], e["device_id"]): e["status"] for e in executions if e["finished_at"]
+    }
+    for job in rows(database_url, "jobs"):
+        statuses = {e["status"] for e in executions if e["job_id"] == job["job_id"]}
+        assert statuses, job["job_id"]
+        if job["status"] in ("completed", "failed", "cancelled"):
+            assert statuses <= {"success", "failed", "timeout", "cancelled"}, job["job_id"]
     errors = rows(database_url, "error_logs")
     assert {e["category"] for e in errors} == {"api", "database", "external_service", "validation"}
     assert {e["severity"] for e in errors} == {"critical", "error", "warning", "info"}
@@ -146,15 +157,16 @@ def test_sample_data_leaves_an_existing_user_and_real_rows_alone(database_url: s
 # --- db count / db show --------------------------------------------------------------------
 
 
-def test_db_count_renders_all_14_tables_with_their_groups(database_url: str) -> None:
+def test_db_count_renders_all_15_tables_with_their_groups(database_url: str) -> None:
     ok(homepot(database_url, "db", "init", "--sample-data"))
     output = ok(homepot(database_url, "db", "count")).stdout
     expected = counts(database_url)
     for table, count in expected.items():
         assert re.search(rf"│ {table}\s*│\s*{count:,} │", output), table
-    assert "14 tables" in output
-    for group in ("core", "analytics", "AI-focused"):
+    assert "15 tables" in output
+    for group in ("core", "analytics", "AI-focused", "operational"):
         assert group in output
+    assert re.search(r"operational\s*│ job_executions\s*│", output)
 
 
 def test_db_show_filters_with_bound_typed_values_and_limits(database_url: str) -> None:

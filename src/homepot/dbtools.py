@@ -1,4 +1,4 @@
-"""Read-only inspection of the 14 tables: row counts and the newest rows of one table.
+"""Read-only inspection of the 15 tables: row counts and the newest rows of one table.
 
 This is what ``homepot db count`` / ``homepot db show`` and ``scripts/query-db.sh`` print.
 Table and column names are checked against the ORM metadata before any SQL is built, and
@@ -17,9 +17,10 @@ from sqlalchemy import JSON, ColumnElement, Enum, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from homepot.kit.redaction import REDACTED, is_sensitive_key
-from homepot.models import ALL_MODELS, CORE_MODELS, MODELS_BY_TABLE
+from homepot.models import ALL_MODELS, CORE_MODELS, MODELS_BY_TABLE, OPERATIONAL_MODELS
 
-# The spec's grouping: 6 core tables, 5 operational analytics tables, 3 AI-focused tables.
+# The spec's grouping: 6 core tables, 5 operational analytics tables, 3 AI-focused tables;
+# then the orchestrator's job_executions, in a group "operational" of its own.
 AI_FOCUSED_TABLES: Final = frozenset(
     {"device_metrics", "configuration_history", "site_operating_schedules"}
 )
@@ -38,7 +39,7 @@ class InspectionError(ValueError):
 @dataclass(frozen=True)
 class TableCount:
     table: str
-    group: str  # "core", "analytics" or "AI-focused"
+    group: str  # "core", "analytics", "AI-focused" or "operational"
     rows: int
 
 
@@ -53,6 +54,8 @@ class TableRows:
 def table_group(table: str) -> str:
     if MODELS_BY_TABLE[table] in CORE_MODELS:
         return "core"
+    if MODELS_BY_TABLE[table] in OPERATIONAL_MODELS:
+        return "operational"
     return "AI-focused" if table in AI_FOCUSED_TABLES else "analytics"
 
 

@@ -1,4 +1,4 @@
-"""A small, consistent sample fleet with history in all 14 tables (``db init --sample-data``).
+"""A small, consistent sample fleet with history in all 15 tables (``db init --sample-data``).
 
 Three sites in three time zones run twelve POS terminals. The terminals' current status
 matches the last state change recorded for them, their metrics follow their site's opening
@@ -46,8 +46,16 @@ from homepot.auth.service import ensure_user
 from homepot.db import Base, utcnow
 from homepot.dbtools import count_rows
 from homepot.device.models import Device, DeviceStatus, HealthCheck
-from homepot.job.models import Job, JobSchedule, JobStatus, JobTargetType
+from homepot.job.models import (
+    ExecutionStatus,
+    Job,
+    JobExecution,
+    JobSchedule,
+    JobStatus,
+    JobTargetType,
+)
 from homepot.site.models import Site
+from homepot.site.windows import next_maintenance_window
 
 SAMPLE_SET: Final = "homepot-sample-v1"
 # The reserved .example domain (RFC 2606): no real mailbox, yet a valid e-mail for the API.
@@ -215,13 +223,13 @@ _CONFIG: Final = {"version": "2.6.0", "url": "https://config.example.com/pos/2.6
 # (n, job type, target type, target id, status, created minutes ago, ran minutes, created by,
 #  description)
 _JOBS: Final = (
-    (1, "firmware_update", "site", "site-001", "completed", 300, 12, "admin",
+    (1, "firmware_update", "site", "site-001", "failed", 300, 12, "admin",
      "Roll out firmware 2.6.0 to Camden"),
-    (2, "config_update", "site", "site-002", "completed", 240, 4, "operator",
+    (2, "config_update", "site", "site-002", "failed", 240, 4, "operator",
      "Midtown: new receipt layout"),
     (3, "restart", "device", "pos-terminal-010", "failed", 175, 5, "operator",
      "Restart the payment module"),
-    (4, "health_check", "device_type", "pos_terminal", "completed", 90, 1, "admin",
+    (4, "health_check", "device_type", "pos_terminal", "failed", 90, 20, "admin",
      "Fleet-wide health check"),
     (5, "firmware_update", "device", "pos-terminal-012", "running", 21, None, "admin",
      "Bring Sydney till 4 to 2.6.0"),
@@ -233,13 +241,16 @@ _JOBS: Final = (
      "Collect receipt printer diagnostics"),
 )
 
-# (job n, device, status, minutes ago, duration ms, retries, error code, error message)
+# A job is completed when every device succeeded, failed when any failed or timed out (as the
+# orchestrator decides it).
+# (job n, device, status, minutes ago, duration ms from first dispatch (None: never
+#  dispatched), retries, error code, error message)
 _JOB_OUTCOMES: Final = (
     (1, "pos-terminal-001", "success", 290, 412_300, 0, None, None),
     (1, "pos-terminal-002", "success", 289, 398_750, 0, None, None),
     (1, "pos-terminal-003", "success", 288, 431_020, 0, None, None),
-    (1, "pos-terminal-004", "timeout", 288, 600_000, 2, "E_TIMEOUT",
-     "pos-terminal-004 did not acknowledge within 600 s"),
+    (1, "pos-terminal-004", "timeout", 288, 1_890_000, 2, "JOB_TIMEOUT",
+     "pos-terminal-004 reported no result within 600 s (3 attempt(s))"),
     (2, "pos-terminal-005", "success", 237, 3_500, 0, None, None),
     (2, "pos-terminal-006", "success", 237, 4_120, 0, None, None),
     (2, "pos-terminal-007", "failed", 236, 5_000, 1, "E_CONFIG_REJECTED",
@@ -247,8 +258,13 @@ _JOB_OUTCOMES: Final = (
     (2, "pos-terminal-008", "success", 236, 3_870, 0, None, None),
     (3, "pos-terminal-010", "failed", 170, 300_000, 2, "E_DEVICE_UNREACHABLE",
      "payment module did not come back after restart"),
-    (7, "pos-terminal-004", "cancelled", 60, 0, 0, None, None),
+    (4, "pos-terminal-004", "timeout", 69, 1_110_000, 2, "JOB_TIMEOUT",
+     "pos-terminal-004 reported no result within 300 s (3 attempt(s))"),
+    (4, "pos-terminal-010", "timeout", 69, 1_110_000, 2, "JOB_TIMEOUT",
+     "pos-terminal-010 reported no result within 300 s (3 attempt(s))"),
+    (7, "pos-terminal-004", "cancelled", 60, None, 0, None, None),
 )
+_OutcomeSpec = tuple[int, str, str, float, int | None, int, str | None, str | None]
 
 # (minutes ago, user, action, resource type, resource id, details)
 _AUDIT_LOGS: Final = (
@@ -415,6 +431,18 @@ def _condition(device_id: str) -> tuple[DeviceStatus, int, str, str]:
     return _NOT_ONLINE.get(device_id, _ONLINE)
 
 
+def _timeout_seconds(job_type: str) -> int:
+    return 600 if job_type == "firmware_update" else 300
+
+
+def _target_devices(target_type: str, target_id: str) -> list[str]:
+    if target_type == "device":
+        return [target_id]
+    if target_type == "site":
+        return [d for d in DEVICE_IDS if _site_of(d).site_id == target_id]
+    return list(DEVICE_IDS)
+
+
 def _opening_hours(site: _SiteSpec, day_of_week: int) -> tuple[time, time] | None:
     """Local opening hours of a site on a weekday (0 = Monday); None when closed."""
     if day_of_week == 6:
@@ -441,6 +469,7 @@ class _SampleBuilder:
         self.now = now
         self.users = {role.value: user_id for role, user_id in users.items()}
         self.random = random.Random(SAMPLE_SET)
+        self.outcomes = self._outcome_specs()
 
     def ago(self, minutes: float) -> datetime:
         return self.now - timedelta(minutes=minutes)
@@ -455,6 +484,7 @@ class _SampleBuilder:
             (Site, self.sites()),
             (Device, self.devices()),
             (Job, self.jobs()),
+            (JobExecution, self.job_executions()),
             (HealthCheck, self.health_checks()),
             (AuditLog, self.audit_logs()),
             (APIRequestLog, _with_event_ids("api_request_logs", self.api_request_logs())),
@@ -515,6 +545,10 @@ class _SampleBuilder:
     def jobs(self) -> list[Row]:
         rows = []
         for number, job_type, target_type, target_id, status, created, ran, by, text in _JOBS:
+            scheduled_for = None
+            if status == "scheduled":
+                scheduled_for = self.maintenance_window(target_id)
+                status = "scheduled" if scheduled_for > self.now else "pending"
             started = None if status in ("pending", "scheduled", "cancelled") else created - 1
             completed = started - ran if started is not None and ran is not None else None
             payload = _FIRMWARE if job_type == "firmware_update" else {}
@@ -529,13 +563,11 @@ class _SampleBuilder:
                     "payload": payload,
                     "status": JobStatus(status),
                     "schedule": JobSchedule.maintenance_window
-                    if status == "scheduled"
+                    if scheduled_for is not None
                     else JobSchedule.now,
-                    "scheduled_for": self.next_maintenance_window(target_id)
-                    if status == "scheduled"
-                    else None,
+                    "scheduled_for": scheduled_for,
                     "priority": 5,
-                    "timeout_seconds": 600 if job_type == "firmware_update" else 300,
+                    "timeout_seconds": _timeout_seconds(job_type),
                     "max_retries": 2,
                     "description": text,
                     "created_by": self.who(by),
@@ -546,13 +578,77 @@ class _SampleBuilder:
             )
         return rows
 
-    def next_maintenance_window(self, site_id: str) -> datetime:
-        """The next Sunday 06:00 at the site (its maintenance window), in UTC."""
+    def maintenance_window(self, site_id: str) -> datetime:
+        """The site's next maintenance window (from its sample schedule), in UTC."""
         site = next(site for site in _SITES if site.site_id == site_id)
-        local = self.now.astimezone(ZoneInfo(site.timezone))
-        days_ahead = (6 - local.weekday()) % 7 or 7
-        window = datetime.combine(local.date() + timedelta(days=days_ahead), time(6))
-        return window.replace(tzinfo=ZoneInfo(site.timezone)).astimezone(UTC)
+        schedules = [SiteOperatingSchedule(**row) for row in self._site_schedules(site)]
+        return next_maintenance_window(schedules, site.timezone, self.now)
+
+    def job_executions(self) -> list[Row]:
+        """One row per job and target device, agreeing with the job and its outcomes."""
+        outcomes = {(spec[0], spec[1]): spec for spec in self.outcomes}
+        rows = []
+        for number, job_type, target_type, target_id, job_status, created, *_ in _JOBS:
+            timeout = timedelta(seconds=_timeout_seconds(job_type))
+            job_id = f"sample-job-{number:03d}"
+            for device_id in _target_devices(target_type, target_id):
+                row: Row = {
+                    "job_id": job_id,
+                    "device_id": device_id,
+                    "status": ExecutionStatus.pending,
+                    "attempt": 0,
+                    "not_before": self.ago(created),
+                    "created_at": self.ago(created),
+                    "updated_at": self.ago(created),
+                    **self._dispatch(None, None, timeout, acked=False),
+                    "finished_at": None,
+                    "result": None,
+                    "error_code": None,
+                    "error_message": None,
+                }
+                spec = outcomes.get((number, device_id))
+                if spec is not None:
+                    _, _, status, minutes, duration, retries, code, message = spec
+                    finished = self.ago(minutes)
+                    row |= {
+                        "status": ExecutionStatus(status),
+                        "attempt": retries,
+                        "finished_at": finished,
+                        "updated_at": finished,
+                        "error_code": code,
+                        "error_message": message,
+                    }
+                    if duration is not None:
+                        first = finished - timedelta(milliseconds=duration)
+                        # The last attempt's share of the time since the first dispatch.
+                        last = finished - (finished - first) / (retries + 1)
+                        row |= self._dispatch(first, last, timeout, acked=status != "timeout")
+                elif job_status == "running":  # on its second attempt, acknowledged
+                    row |= {"status": ExecutionStatus.running, "attempt": 1}
+                    row |= self._dispatch(self.ago(created - 1), self.ago(4), timeout, acked=True)
+                elif job_status == "scheduled":  # waits for its site's maintenance window
+                    row["not_before"] = self.maintenance_window(_site_of(device_id).site_id)
+                rows.append(row)
+        return rows
+
+    @staticmethod
+    def _dispatch(
+        first: datetime | None, last: datetime | None, timeout: timedelta, *, acked: bool
+    ) -> Row:
+        """The dispatch columns (all None for an execution never dispatched)."""
+        if first is None or last is None:
+            return dict.fromkeys(
+                ("first_dispatched_at", "dispatched_at", "acked_at", "deadline_at", "delivery",
+                 "claimed_by")
+            )  # fmt: skip
+        return {
+            "first_dispatched_at": first,
+            "dispatched_at": last,
+            "acked_at": last + timedelta(seconds=2) if acked else None,
+            "deadline_at": last + timeout,
+            "delivery": "push",
+            "claimed_by": "sample-data",
+        }
 
     def health_checks(self) -> list[Row]:
         """Every terminal every 15 minutes over the last hour."""
@@ -660,10 +756,8 @@ class _SampleBuilder:
             for minutes, device_id, previous, new, by, reason in changes
         ]
 
-    def job_outcomes(self) -> list[Row]:
-        jobs = {job[0]: job for job in _JOBS}
-        outcomes: list[tuple[int, str, str, float, int, int, str | None, str | None]]
-        outcomes = list(_JOB_OUTCOMES)
+    def _outcome_specs(self) -> list[_OutcomeSpec]:
+        outcomes: list[_OutcomeSpec] = list(_JOB_OUTCOMES)
         # The fleet-wide health check reached every terminal but the two in trouble.
         for index, device_id in enumerate(DEVICE_IDS):
             if device_id not in ("pos-terminal-004", "pos-terminal-010"):
@@ -671,9 +765,14 @@ class _SampleBuilder:
                 outcomes.append(
                     (4, device_id, "success", 89 - index * 0.05, duration, 0, None, None)
                 )
+        return outcomes
+
+    def job_outcomes(self) -> list[Row]:
+        jobs = {job[0]: job for job in _JOBS}
         rows = []
-        for number, device_id, status, minutes, duration, retries, code, message in outcomes:
+        for number, device_id, status, minutes, duration, retries, code, message in self.outcomes:
             job = jobs[number]
+            dispatched = duration is not None
             rows.append(
                 {
                     "timestamp": self.ago(minutes),
@@ -686,7 +785,11 @@ class _SampleBuilder:
                     "error_message": message,
                     "retry_count": retries,
                     "initiated_by": self.who(job[7]),
-                    "extra_data": {"site_id": _site_of(device_id).site_id},
+                    "extra_data": {
+                        "site_id": _site_of(device_id).site_id,
+                        "delivery": "push" if dispatched else None,
+                        "attempts": retries + 1 if dispatched else 0,
+                    },
                 }
             )
         return rows
@@ -819,37 +922,39 @@ class _SampleBuilder:
 
     def schedules(self) -> list[Row]:
         """A week per site; Sunday is the maintenance window (Sydney is closed then)."""
+        return [row for site in _SITES for row in self._site_schedules(site)]
+
+    def _site_schedules(self, site: _SiteSpec) -> list[Row]:
         rows = []
         configured = self.ago(60 * 24 * 30)
-        for site in _SITES:
-            for day in range(7):
-                hours = _opening_hours(site, day)
-                peak = _peak_hours(day) if hours else (None, None)
-                volume = round({5: 650, 6: 200}.get(day, 500) * site.volume_factor)
-                if hours is None:
-                    note = "Closed on Sundays; maintenance at any time"
-                elif day == 6:
-                    note = "Preferred maintenance window: 06:00-09:00"
-                else:
-                    note = "Busy Saturday trade" if day == 5 else "Regular business day"
-                rows.append(
-                    {
-                        "site_id": site.site_id,
-                        "day_of_week": day,
-                        "open_time": hours[0] if hours else None,
-                        "close_time": hours[1] if hours else None,
-                        "is_closed": hours is None,
-                        "is_maintenance_window": day == 6,
-                        "expected_transaction_volume": volume if hours else 0,
-                        "peak_hours_start": peak[0],
-                        "peak_hours_end": peak[1],
-                        "notes": note,
-                        "special_considerations": {"maintenance_window": "06:00-09:00"}
-                        if day == 6
-                        else None,
-                        "created_at": configured,
-                        # Sydney closed its Sundays two hours ago (see the audit log).
-                        "updated_at": self.ago(120) if hours is None else configured,
-                    }
-                )
+        for day in range(7):
+            hours = _opening_hours(site, day)
+            peak = _peak_hours(day) if hours else (None, None)
+            volume = round({5: 650, 6: 200}.get(day, 500) * site.volume_factor)
+            if hours is None:
+                note = "Closed on Sundays; maintenance at any time"
+            elif day == 6:
+                note = "Preferred maintenance window: 06:00-09:00"
+            else:
+                note = "Busy Saturday trade" if day == 5 else "Regular business day"
+            rows.append(
+                {
+                    "site_id": site.site_id,
+                    "day_of_week": day,
+                    "open_time": hours[0] if hours else None,
+                    "close_time": hours[1] if hours else None,
+                    "is_closed": hours is None,
+                    "is_maintenance_window": day == 6,
+                    "expected_transaction_volume": volume if hours else 0,
+                    "peak_hours_start": peak[0],
+                    "peak_hours_end": peak[1],
+                    "notes": note,
+                    "special_considerations": {"maintenance_window": "06:00-09:00"}
+                    if day == 6
+                    else None,
+                    "created_at": configured,
+                    # Sydney closed its Sundays two hours ago (see the audit log).
+                    "updated_at": self.ago(120) if hours is None else configured,
+                }
+            )
         return rows

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from homepot.job.models import JobSchedule, JobStatus, JobTargetType
+from homepot.job.models import ExecutionStatus, JobSchedule, JobStatus, JobTargetType
 from homepot.site.schemas import JsonObject
 
 
@@ -44,6 +45,18 @@ class JobCreate(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10)
     description: str | None = Field(default=None, max_length=2000)
 
+    @model_validator(mode="after")
+    def _payload_fits_the_job(self) -> Self:
+        # Checked here so that a device's success cannot fail to apply later.
+        config = self.payload.get("config", {})
+        if self.job_type is JobType.config_change and not isinstance(config, dict):
+            raise ValueError('payload.config must be an object, e.g. {"volume": 3}')
+        if self.job_type is JobType.firmware_update and "version" in self.payload:
+            version = self.payload["version"]
+            if not isinstance(version, str) or not 1 <= len(version) <= 64:
+                raise ValueError("payload.version must be a firmware version of 1-64 characters")
+        return self
+
 
 class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -64,3 +77,56 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+
+
+class ExecutionRead(BaseModel):
+    """One device's execution of a job."""
+
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
+    execution_id: int = Field(validation_alias="id")
+    device_id: str
+    status: ExecutionStatus
+    attempt: int = Field(description="Retries used so far (0 on the first attempt)")
+    delivery: str | None = Field(description="push or poll: how the device got it last")
+    not_before: datetime = Field(description="Not dispatched before this time")
+    first_dispatched_at: datetime | None
+    dispatched_at: datetime | None
+    acked_at: datetime | None
+    deadline_at: datetime | None
+    finished_at: datetime | None
+    error_code: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+
+
+class JobDetail(JobRead):
+    """A job with each device's execution."""
+
+    executions: list[ExecutionRead]
+
+    @classmethod
+    def of(cls, job: object, executions: Sequence[object]) -> JobDetail:
+        return cls.model_validate(
+            {
+                **JobRead.model_validate(job).model_dump(),
+                "executions": [ExecutionRead.model_validate(e) for e in executions],
+            }
+        )
+
+
+class AgentExecutionState(BaseModel):
+    """What a device is told after an acknowledgement or a result."""
+
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
+    execution_id: int = Field(validation_alias="id")
+    job_id: str
+    status: ExecutionStatus
+    attempt: int
+    deadline_at: datetime | None
+
+
+class AgentResultAnswer(AgentExecutionState):
+    accepted: bool = Field(description="False when the execution had already finished")
+    detail: str

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
+from homepot.db import utcnow
 from homepot.device.models import Device
-from homepot.job.models import Job, JobStatus, JobTargetType
+from homepot.job import executions
+from homepot.job.models import Job, JobExecution, JobStatus, JobTargetType
 from homepot.job.schemas import JobCreate, JobType
 from homepot.kit.page import PageParams, fetch_page
 from homepot.site.models import Site
@@ -55,18 +58,32 @@ async def list_jobs(
     return await fetch_page(session, statement, params)
 
 
+async def get_job_with_executions(
+    session: AsyncSession, job_id: str
+) -> tuple[Job, Sequence[JobExecution]]:
+    job = await get_job(session, job_id)
+    return job, await executions.list_executions(session, job_id)
+
+
 async def create_job(session: AsyncSession, actor: Actor, data: JobCreate) -> Job:
-    """A pending job; raises UnknownTarget when its device or site does not exist."""
+    """A job with one execution per target device (see :func:`executions.expand_job`).
+
+    Raises UnknownTarget when its device or site does not exist.
+    """
+    now = utcnow()
     target_model = {JobTargetType.device: Device, JobTargetType.site: Site}.get(data.target_type)
     if target_model is not None and await session.get(target_model, data.target_id) is None:
         raise UnknownTarget(data.target_type, data.target_id)
     job = Job(
         job_id=new_job_id(),
-        **data.model_dump(mode="json"),
+        **data.model_dump(),
         status=JobStatus.pending,
         created_by=actor.user_id,
+        created_at=now,
     )
     session.add(job)
+    await session.flush()  # the executions reference it
+    await executions.expand_job(session, job, now)
     write_audit_log(
         session,
         actor,
@@ -77,3 +94,9 @@ async def create_job(session: AsyncSession, actor: Actor, data: JobCreate) -> Jo
     )
     await session.flush()
     return job
+
+
+async def cancel_job(session: AsyncSession, recorder: Recorder, actor: Actor, job_id: str) -> Job:
+    """Cancel a job and its unfinished executions; raises JobNotFound, JobAlreadyFinished."""
+    await get_job(session, job_id)
+    return await executions.cancel_job(session, recorder, job_id, actor)
