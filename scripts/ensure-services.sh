@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the local services the tests use, if they are not answering already.
 # PostgreSQL (127.0.0.1:5432, user postgres) is required; the tests create their own databases.
+# Mosquitto (127.0.0.1:1883, anonymous) carries the device protocol's MQTT tests.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -25,4 +26,19 @@ if ! answers 5432; then
     exit 1
   fi
   wait_for 5432 PostgreSQL
+fi
+
+if ! answers 1883; then
+  echo "ensure-services: starting Mosquitto"
+  if command -v mosquitto >/dev/null 2>&1; then
+    # /run is emptied at boot; the Debian config writes its pid file there.
+    if [ ! -d /run/mosquitto ] && [ "$(id -u)" = 0 ]; then
+      install -d -o mosquitto -g mosquitto /run/mosquitto
+    fi
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  else
+    echo "ensure-services: Mosquitto is not installed; install mosquitto (Debian) first" >&2
+    exit 1
+  fi
+  wait_for 1883 Mosquitto
 fi

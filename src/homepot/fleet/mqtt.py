@@ -1,0 +1,533 @@
+"""The device protocol over MQTT, through the broker (Mosquitto; ``aiomqtt``, QoS 1).
+
+Server side, :func:`run_push_channel` (a background service of the app) keeps one broker
+connection that does two things:
+
+- pushes jobs: ``app.state.push_channel`` is a :class:`MqttChannel` publishing each
+  :class:`~homepot.fleet.protocol.JobCommand` to ``topics.jobs(device_id)``;
+- bridges the uplink: every device message (telemetry, heartbeat, job ack, job result) is
+  authenticated and handed to the same transport-independent services the HTTP endpoints
+  call, each message in its own transaction.
+
+The broker is not trusted: devices publish an :class:`~homepot.fleet.protocol.Envelope`
+carrying their API key, and a message is dropped (and logged in ``error_logs``) unless the key
+belongs to the device named by its topic. A bad message never stops the bridge. When the broker
+goes away the bridge reconnects with backoff, and meanwhile ``app.state.push_channel`` raises
+:class:`PushUnavailableError`, so the orchestrator leaves jobs for the device to poll.
+
+Several server processes sharing one database share the uplink through an MQTT shared
+subscription: each device message is handled by exactly one of them.
+
+Device side, :class:`DeviceMqttLink` is what the agent and the simulator use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from homepot.analytics.recorder import Recorder
+from homepot.config import Settings
+from homepot.device.models import Device
+from homepot.error_logger import record_error
+from homepot.fleet import service as fleet_service
+from homepot.fleet.auth import device_for_key
+from homepot.fleet.channels import InProcessChannel, PushChannel
+from homepot.fleet.protocol import (
+    Envelope,
+    Heartbeat,
+    JobAck,
+    JobCommand,
+    JobResult,
+    TelemetryBatch,
+    topics,
+)
+from homepot.job import executions
+
+logger = logging.getLogger(__name__)
+
+QOS = 1
+DEFAULT_PORT = 1883
+# Reconnect delays: doubled after each failed attempt, up to the maximum.
+RECONNECT_INITIAL_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+# A push waits this long for the broker's PUBACK before the job is left for polling.
+PUBLISH_TIMEOUT_SECONDS = 5.0
+# Uplink messages are handled by this many workers (one on SQLite, which has one writer); one
+# device's messages always go to the same worker, so they keep the order the device sent them.
+BRIDGE_WORKERS = 8
+# Messages waiting per worker; when full, reading from the broker pauses.
+WORKER_QUEUE_SIZE = 1000
+# On shutdown, messages already received get this long to be stored.
+DRAIN_SECONDS = 5.0
+# Start-up waits at most this long for the first connection attempt.
+STARTUP_WAIT_SECONDS = 3.0
+
+
+class PushUnavailableError(RuntimeError):
+    """The push transport cannot deliver now; the device will collect the job by polling."""
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    """``mqtt://host[:port]`` → (host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ValueError(
+            f"fleet.mqtt_url must look like mqtt://127.0.0.1:1883; got {url!r} "
+            "(leave it empty to run without a broker)"
+        )
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ValueError(f"fleet.mqtt_url has an invalid port: {url!r}") from exc
+    return parts.hostname, port
+
+
+class MqttChannel:
+    """Pushes job commands to devices through the broker (QoS 1)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def push(self, device_id: str, command: JobCommand) -> None:
+        try:
+            await self._client.publish(
+                topics.jobs(device_id),
+                command.model_dump_json(),
+                qos=QOS,
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+            )
+        except aiomqtt.MqttError as exc:
+            raise PushUnavailableError(
+                f"could not publish job execution {command.execution_id} to {device_id} "
+                f"over MQTT ({exc}); the device will collect it by polling"
+            ) from exc
+
+
+class UnavailableChannel:
+    """Stands in for the MQTT channel while the broker is unreachable: every push raises."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def push(self, device_id: str, command: JobCommand) -> None:
+        raise PushUnavailableError(
+            f"job execution {command.execution_id} for {device_id} was not pushed: "
+            f"{self.reason}; the device will collect it by polling"
+        )
+
+
+# -- the uplink bridge ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Uplink:
+    """One kind of device message: its topic suffix, its schema and the service it feeds."""
+
+    kind: str
+    suffix: str
+    schema: type[BaseModel]
+    handle: Callable[[AsyncSession, Recorder, Settings, Device, Any], Awaitable[None]]
+
+
+async def _telemetry(
+    session: AsyncSession,
+    recorder: Recorder,
+    settings: Settings,
+    device: Device,
+    batch: TelemetryBatch,
+) -> None:
+    # Samples go through the recorder; the session saves the device's last_seen_at.
+    fleet_service.ingest_telemetry(recorder, device, batch)
+
+
+async def _heartbeat(
+    session: AsyncSession,
+    recorder: Recorder,
+    settings: Settings,
+    device: Device,
+    heartbeat: Heartbeat,
+) -> None:
+    await fleet_service.record_heartbeat(session, recorder, device, heartbeat)
+
+
+async def _ack(
+    session: AsyncSession, recorder: Recorder, settings: Settings, device: Device, ack: JobAck
+) -> None:
+    await executions.acknowledge(session, device.device_id, ack.execution_id)
+
+
+async def _result(
+    session: AsyncSession,
+    recorder: Recorder,
+    settings: Settings,
+    device: Device,
+    result: JobResult,
+) -> None:
+    answer = await executions.finish(session, recorder, device.device_id, result, settings=settings)
+    if not answer.accepted:
+        # A duplicate or late result (QoS 1 may deliver twice): nothing to store.
+        logger.info("%s: %s", device.device_id, answer.detail)
+
+
+UPLINKS = (
+    _Uplink("telemetry", "/telemetry", TelemetryBatch, _telemetry),
+    _Uplink("heartbeat", "/heartbeat", Heartbeat, _heartbeat),
+    _Uplink("job ack", "/jobs/ack", JobAck, _ack),
+    _Uplink("job result", "/jobs/result", JobResult, _result),
+)
+
+
+def parse_uplink_topic(topic: str) -> tuple[str, _Uplink] | None:
+    """``homepot/v1/devices/{device_id}/telemetry`` → (device_id, telemetry uplink)."""
+    prefix = topics.PREFIX + "/"
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix) :]
+    for uplink in UPLINKS:
+        if rest.endswith(uplink.suffix):
+            device_id = rest[: -len(uplink.suffix)]
+            if device_id and "/" not in device_id:
+                return device_id, uplink
+    return None
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    # Never the input values: an envelope's input holds the device's API key.
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        location = ".".join(str(part) for part in error["loc"]) or "message"
+        problems.append(f"{location}: {error['msg']}")
+    return "; ".join(problems[:5])
+
+
+def share_group(database_url: str) -> str:
+    """Servers sharing a database URL share the uplink: each device message is handled once."""
+    return "homepot-" + hashlib.sha256(database_url.encode()).hexdigest()[:12]
+
+
+class UplinkBridge:
+    """Reads device messages from the broker and stores them; keeps the push channel current."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._settings: Settings = app.state.settings
+        self._group = share_group(self._settings.database_url)
+        self._session_factory: async_sessionmaker[AsyncSession] = app.state.session_factory
+        workers = 1 if self._settings.is_sqlite else BRIDGE_WORKERS
+        self._queues: list[asyncio.Queue[aiomqtt.Message]] = [
+            asyncio.Queue(WORKER_QUEUE_SIZE) for _ in range(workers)
+        ]
+        # Set once the first connection attempt has finished, whatever its outcome.
+        self.first_attempt_done = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    @property
+    def _recorder(self) -> Recorder:
+        recorder: Recorder = self._app.state.recorder
+        return recorder
+
+    def _set_channel(self, channel: PushChannel) -> None:
+        self._app.state.push_channel = channel
+
+    async def run(self) -> None:
+        """Connect, subscribe, read; on any broker failure, reconnect with backoff. Forever."""
+        workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
+        delay = RECONNECT_INITIAL_SECONDS
+        outage_logged = False
+        try:
+            while True:
+                try:
+                    async with aiomqtt.Client(
+                        self._host,
+                        self._port,
+                        identifier=f"homepot-server-{uuid.uuid4().hex[:12]}",
+                        keepalive=30,
+                        timeout=PUBLISH_TIMEOUT_SECONDS,
+                    ) as client:
+                        await client.subscribe(
+                            [(f"$share/{self._group}/{topic}", QOS) for topic in topics.UPLINK]
+                        )
+                        self._set_channel(MqttChannel(client))
+                        self.connected.set()
+                        self.first_attempt_done.set()
+                        logger.info("MQTT bridge connected to %s:%s", self._host, self._port)
+                        delay = RECONNECT_INITIAL_SECONDS
+                        outage_logged = False
+                        async for message in client.messages:
+                            await self._enqueue(message)
+                except Exception as exc:  # the broker's failures, and anything unforeseen
+                    self.connected.clear()
+                    reason = f"the MQTT broker at {self._host}:{self._port} is unreachable ({exc})"
+                    self._set_channel(UnavailableChannel(reason))
+                    if not outage_logged:
+                        # Once per outage: a broker down for an hour is one row, not hundreds.
+                        outage_logged = True
+                        record_error(
+                            category="external_service",
+                            severity="error",
+                            error_code="MQTT_DISCONNECTED",
+                            error_message=(
+                                f"{reason}; reconnecting with backoff, jobs fall back to polling"
+                            ),
+                            exception=None if isinstance(exc, aiomqtt.MqttError) else exc,
+                            context={"host": self._host, "port": self._port},
+                            recorder=self._recorder,
+                        )
+                    logger.warning("%s; retrying in %.1f s", reason, delay)
+                    self.first_attempt_done.set()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        finally:
+            self.connected.clear()
+            self._set_channel(UnavailableChannel("the server is shutting down"))
+            await self._drain(workers)
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Store what was already received (bounded), then stop the workers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                for queue in self._queues:
+                    await queue.join()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _enqueue(self, message: aiomqtt.Message) -> None:
+        # One device always maps to the same worker: its messages keep their order.
+        key = message.topic.value.encode()
+        parsed = parse_uplink_topic(message.topic.value)
+        if parsed is not None:
+            key = parsed[0].encode()
+        await self._queues[zlib.crc32(key) % len(self._queues)].put(message)
+
+    async def _work(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                await self.handle(message)
+            finally:
+                queue.task_done()
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        """Authenticate one device message and store it; every failure is logged, none raised."""
+        topic = message.topic.value
+        parsed = parse_uplink_topic(topic)
+        if parsed is None:
+            logger.warning("ignored an MQTT message on unexpected topic %s", topic)
+            return
+        device_id, uplink = parsed
+        try:
+            envelope = Envelope.model_validate_json(message.payload)
+            payload = uplink.schema.model_validate(envelope.payload)
+        except ValidationError as exc:
+            self._log_dropped(
+                device_id,
+                topic,
+                category="validation",
+                error_code="MQTT_BAD_PAYLOAD",
+                problem=f"the {uplink.kind} message is malformed: {_validation_summary(exc)}",
+            )
+            return
+        try:
+            async with self._session_factory() as session:
+                device = await self._authenticate(session, envelope.api_key, device_id, payload)
+                if isinstance(device, str):
+                    self._log_dropped(
+                        device_id,
+                        topic,
+                        category="external_service",
+                        error_code="MQTT_AUTH_REJECTED",
+                        problem=device,
+                    )
+                    return
+                await uplink.handle(session, self._recorder, self._settings, device, payload)
+                await session.commit()
+        except (executions.ExecutionNotFound, executions.ExecutionNotDispatched) as exc:
+            # Refused as the HTTP call would be (an unknown execution, one awaiting a retry).
+            self._log_dropped(
+                device_id,
+                topic,
+                category="validation",
+                error_code="MQTT_MESSAGE_REJECTED",
+                problem=f"the {uplink.kind} message was refused: {exc}",
+            )
+        except fleet_service.TelemetryNotQueued as exc:
+            # The HTTP caller would be told to resend; an MQTT device has had its PUBACK.
+            record_error(
+                category="database",
+                severity="error",
+                error_code="MQTT_TELEMETRY_DROPPED",
+                error_message=f"dropped a telemetry message from {device_id}: {exc}",
+                device_id=device_id,
+                context={"topic": topic},
+                recorder=self._recorder,
+            )
+        except Exception as exc:
+            category = "database" if isinstance(exc, SQLAlchemyError) else "external_service"
+            record_error(
+                category=category,
+                severity="error",
+                error_code="MQTT_HANDLER_FAILED",
+                error_message=f"could not store a {uplink.kind} message from {device_id}: {exc}",
+                exception=exc,
+                device_id=device_id,
+                context={"topic": topic},
+                recorder=self._recorder,
+            )
+            logger.exception("MQTT bridge failed on a %s message from %s", uplink.kind, device_id)
+
+    @staticmethod
+    async def _authenticate(
+        session: AsyncSession, api_key: str, topic_device_id: str, payload: BaseModel
+    ) -> Device | str:
+        """The topic's device when the key is its own; otherwise why the message is refused."""
+        device = await device_for_key(session, api_key)
+        if device is None:
+            return "the API key is unknown or revoked"
+        if device.device_id != topic_device_id:
+            return f"the API key belongs to {device.device_id}, not to {topic_device_id}"
+        claimed = getattr(payload, "device_id", None)
+        if claimed is not None and claimed != topic_device_id:
+            return f"the payload names {claimed}, but the message came from {topic_device_id}"
+        return device
+
+    def _log_dropped(
+        self, device_id: str, topic: str, *, category: str, error_code: str, problem: str
+    ) -> None:
+        message = f"dropped an MQTT message on {topic}: {problem}"
+        logger.warning("%s", message)
+        record_error(
+            category=category,
+            severity="warning",
+            error_code=error_code,
+            error_message=message,
+            device_id=device_id,
+            context={"topic": topic},
+            recorder=self._recorder,
+        )
+
+
+@contextlib.asynccontextmanager
+async def run_push_channel(app: FastAPI) -> AsyncIterator[None]:
+    """Background service: ``app.state.push_channel`` and, with a broker, the uplink bridge.
+
+    Without ``fleet.mqtt_url`` the channel is in-process (the embedded demo). With one, start-up
+    waits for the first connection attempt only (at most ``STARTUP_WAIT_SECONDS``): a server
+    whose broker is down still starts, pushes raise :class:`PushUnavailableError`, and the
+    bridge keeps reconnecting.
+    """
+    url = app.state.settings.fleet.mqtt_url
+    if not url:
+        app.state.push_channel = InProcessChannel()
+        yield
+        return
+    host, port = broker_address(url)
+    app.state.push_channel = UnavailableChannel(f"not connected to the MQTT broker {host}:{port}")
+    bridge = UplinkBridge(app, host, port)
+    app.state.mqtt_bridge = bridge
+    task = asyncio.create_task(bridge.run(), name="homepot-mqtt-bridge")
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STARTUP_WAIT_SECONDS):
+                await bridge.first_attempt_done.wait()
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# -- the device side -----------------------------------------------------------------------
+
+
+class DeviceMqttLink:
+    """A device's MQTT connection: receives its pushed jobs, publishes its messages (QoS 1).
+
+    Usage::
+
+        async with DeviceMqttLink("127.0.0.1", 1883, device_id, api_key) as link:
+            await link.publish_heartbeat(Heartbeat(status="ok"))
+            async for command in link.commands():
+                await link.publish_ack(command.execution_id)
+                ...
+                await link.publish_result(JobResult(execution_id=..., status="success"))
+
+    The link subscribes to the device's jobs topic before ``__aenter__`` returns. It does not
+    reconnect: when the broker goes away, ``commands()`` and the publish methods raise
+    ``aiomqtt.MqttError``, and the caller falls back to HTTP (polling, the retry queue).
+    """
+
+    def __init__(self, host: str, port: int, device_id: str, api_key: str) -> None:
+        self.device_id = device_id
+        self._api_key = api_key
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            identifier=f"homepot-device-{device_id}-{uuid.uuid4().hex[:8]}",
+            keepalive=30,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, device_id: str, api_key: str) -> DeviceMqttLink:
+        host, port = broker_address(url)
+        return cls(host, port, device_id, api_key)
+
+    async def __aenter__(self) -> DeviceMqttLink:
+        await self._client.__aenter__()
+        try:
+            await self._client.subscribe(topics.jobs(self.device_id), qos=QOS)
+        except BaseException:
+            await self._client.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.__aexit__(None, None, None)
+
+    async def commands(self) -> AsyncIterator[JobCommand]:
+        """The jobs pushed to this device, as they arrive (an unreadable one is skipped)."""
+        async for message in self._client.messages:
+            try:
+                yield JobCommand.model_validate_json(message.payload)
+            except ValidationError as exc:
+                logger.warning(
+                    "%s: skipped an unreadable job command: %s",
+                    self.device_id,
+                    _validation_summary(exc),
+                )
+
+    async def publish_telemetry(self, batch: TelemetryBatch) -> None:
+        await self._publish(topics.telemetry(self.device_id), batch)
+
+    async def publish_heartbeat(self, heartbeat: Heartbeat) -> None:
+        await self._publish(topics.heartbeat(self.device_id), heartbeat)
+
+    async def publish_ack(self, execution_id: int) -> None:
+        await self._publish(topics.job_ack(self.device_id), JobAck(execution_id=execution_id))
+
+    async def publish_result(self, result: JobResult) -> None:
+        await self._publish(topics.job_result(self.device_id), result)
+
+    async def _publish(self, topic: str, payload: BaseModel) -> None:
+        envelope = Envelope(
+            api_key=self._api_key, payload=payload.model_dump(mode="json", exclude_none=True)
+        )
+        await self._client.publish(topic, envelope.model_dump_json(), qos=QOS)
