@@ -95,7 +95,12 @@ async def update_device(
 ) -> Device:
     try:
         return await service.update_device(
-            session, request.app.state.recorder, Actor.of(request, user), device, body
+            session,
+            request.app.state.recorder,
+            Actor.of(request, user),
+            device,
+            body,
+            settings=request.app.state.settings,
         )
     except SiteNotFound as exc:
         raise _unknown_site(exc, str(body.site_id)) from exc

@@ -9,17 +9,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.models import DeviceStateHistory
 from homepot.analytics.recorder import Recorder
-from homepot.audit.service import (
-    Actor,
-    apply_changes,
-    merge_config,
-    record_config_changes,
-    write_audit_log,
-)
+from homepot.audit.service import Actor, apply_changes, write_audit_log
+from homepot.config import Settings
+from homepot.device.config import change_config
 from homepot.device.models import Device, DeviceStatus
 from homepot.device.schemas import DeviceCreate, DeviceUpdate
+from homepot.device.states import transition
 from homepot.kit.page import PageParams, fetch_page
 from homepot.site.service import get_site
 
@@ -99,65 +95,69 @@ async def create_device(session: AsyncSession, actor: Actor, data: DeviceCreate)
 
 
 async def update_device(
-    session: AsyncSession, recorder: Recorder, actor: Actor, device: Device, data: DeviceUpdate
+    session: AsyncSession,
+    recorder: Recorder,
+    actor: Actor,
+    device: Device,
+    data: DeviceUpdate,
+    *,
+    settings: Settings,
 ) -> Device:
     """Apply the changes sent; a new status and changed config keys are recorded as history.
 
     Raises SiteNotFound when the device is moved to a site that does not exist.
     """
     values: dict[str, Any] = data.model_dump(
-        exclude_unset=True, exclude={"config", "reason", "change_reason"}
+        exclude_unset=True, exclude={"config", "reason", "change_reason", "status"}
     )
     if data.site_id is not None and data.site_id != device.site_id:
         await get_site(session, data.site_id)
     previous_status = device.status
-    old_config = dict(device.config)
-    if data.config is not None:
-        values["config"] = merge_config(old_config, data.config)
     changes = apply_changes(device, values)
-    if not changes:
-        return device
-    details: dict[str, Any] = dict(changes)
-    if "status" in changes and data.reason is not None:
-        details["reason"] = data.reason
-    if "config" in changes and data.change_reason is not None:
-        details["change_reason"] = data.change_reason
-    write_audit_log(
+    if data.status is not None and await transition(
         session,
-        actor,
-        action="device.update",
-        resource_type="device",
-        resource_id=device.device_id,
-        details=details,
-    )
+        recorder,
+        device,
+        data.status,
+        changed_by=actor.user_id,
+        reason=data.reason
+        or f"status changed from {previous_status.value} to {data.status.value} through the API",
+        extra_data={"source": "api"},
+    ):
+        changes["status"] = {"old": previous_status, "new": device.status}
     try:
+        if data.config is not None:
+            old_config = dict(device.config)
+            if await change_config(
+                session,
+                recorder,
+                entity_type="device",
+                entity=device,
+                patch=data.config,
+                changed_by=actor.user_id,
+                reason=data.change_reason,
+                change_type="manual",
+                settings=settings,
+            ):
+                changes["config"] = {"old": old_config, "new": device.config}
+        if not changes:
+            return device
+        details: dict[str, Any] = dict(changes)
+        if "status" in changes and data.reason is not None:
+            details["reason"] = data.reason
+        if "config" in changes and data.change_reason is not None:
+            details["change_reason"] = data.change_reason
+        write_audit_log(
+            session,
+            actor,
+            action="device.update",
+            resource_type="device",
+            resource_id=device.device_id,
+            details=details,
+        )
         await session.flush()
     except IntegrityError as exc:  # the new site was deleted by a concurrent request
         raise DeviceConflict(device.device_id) from exc
-    if "status" in changes:
-        recorder.record_after_commit(
-            session,
-            DeviceStateHistory,
-            device_id=device.device_id,
-            previous_state=previous_status.value,
-            new_state=device.status.value,
-            changed_by=actor.user_id,
-            reason=data.reason
-            or f"status changed from {previous_status.value} to {device.status.value}"
-            " through the API",
-            extra_data={"source": "api", "site_id": device.site_id},
-        )
-    if "config" in changes:
-        record_config_changes(
-            session,
-            recorder,
-            actor,
-            entity_type="device",
-            entity_id=device.device_id,
-            old=old_config,
-            new=device.config,
-            reason=data.change_reason,
-        )
     return device
 
 
