@@ -33,6 +33,7 @@ from homepot.auth.models import Role
 from homepot.auth.schemas import UserCreate
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory, run_migrations
+from homepot.fleet import simulator as fleet_simulator
 
 T = TypeVar("T")
 
@@ -162,8 +163,10 @@ def _serve(settings: Settings, host: str, port: int, reload: bool) -> None:
     # The app factory reads its settings from the environment, also in a reloader's child.
     os.environ["HOMEPOT_DATABASE_URL"] = settings.database_url
     get_settings.cache_clear()
+    # `homepot demo` asks for the app with its simulated fleet (see fleet.simulator).
+    demo = bool(os.environ.get(fleet_simulator.DEMO_FLEET_ENV))
     uvicorn.run(
-        "homepot.main:create_app",
+        "homepot.fleet.simulator:create_demo_app" if demo else "homepot.main:create_app",
         factory=True,
         host=host,
         port=port,
@@ -189,6 +192,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the API server (uvicorn)."""
+    os.environ.pop(fleet_simulator.DEMO_FLEET_ENV, None)
     _serve(_settings(ctx), host, port, reload)
 
 
@@ -479,12 +483,283 @@ def _print_demo_login(credentials: sample_data.Credentials | None, host: str, po
 
 
 @app.command()
-def demo(ctx: typer.Context, host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
-    """Set up a database with sample data and a demo admin, then serve the API."""
+def demo(
+    ctx: typer.Context,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    fleet: Annotated[
+        bool,
+        typer.Option("--fleet/--no-fleet", help="Run a simulated fleet in the server's process."),
+    ] = True,
+    sites: Annotated[int, typer.Option(min=1, max=100, help="Simulated sites.")] = 3,
+    devices: Annotated[
+        int, typer.Option(min=1, max=1000, help="Simulated terminals (at least one per site).")
+    ] = 12,
+) -> None:
+    """Set up a database with sample data and a demo admin, then serve the API with a
+    simulated fleet (3 sites, 12 terminals) that fills every analytics table within a minute."""
     settings = _settings(ctx)
+    if fleet and devices < sites:
+        raise _fail("--devices must be at least --sites (one terminal per site)", EXIT_USAGE)
     created = _init_database(settings, with_sample_data=True)
     admin = next((c for c in created if c.email == sample_data.DEMO_ADMIN_EMAIL), None)
     if admin is None:
         admin = _in_transaction(settings, sample_data.ensure_demo_admin)
     _print_demo_login(admin, host, port)
+    if not fleet:
+        os.environ.pop(fleet_simulator.DEMO_FLEET_ENV, None)
+        _serve(settings, host, port, reload=False)
+        return
+    fleet_config = fleet_simulator.DemoFleet(
+        sites=sites,
+        devices=devices,
+        server_url=f"http://{host}:{port}",
+        admin_email=sample_data.DEMO_ADMIN_EMAIL,
+    )
+    # The app factory reads it from the environment, as it reads the database URL.
+    os.environ[fleet_simulator.DEMO_FLEET_ENV] = fleet_config.model_dump_json()
+    _out().print(
+        f"Simulated fleet: {devices} terminals in {sites} sites, reporting every "
+        f"{fleet_config.report_seconds:g} s, with an operator at the dashboard. "
+        "Watch the tables fill: homepot db count"
+    )
     _serve(settings, host, port, reload=False)
+
+
+# --- agent and simulator -------------------------------------------------------------------
+
+simulate_app = typer.Typer(
+    help="Run a simulated fleet against a server, or backfill days of history.",
+)
+app.add_typer(simulate_app, name="simulate")
+
+ServerOption = Annotated[
+    str, typer.Option("--server", help="The HOMEPOT server's base URL.", show_default=True)
+]
+
+
+def _until_interrupted(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``work(stop)``; SIGINT or SIGTERM sets ``stop`` so that it can finish cleanly."""
+    import signal
+
+    async def main() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await work(stop)
+
+    return asyncio.run(main())
+
+
+@app.command()
+def agent(
+    server: ServerOption,
+    site_id: Annotated[str, typer.Option("--site-id", help="The terminal's site.")],
+    device_id: Annotated[str, typer.Option("--device-id", help="The terminal's id.")],
+    bootstrap_key: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap-key",
+            envvar="HOMEPOT_BOOTSTRAP_KEY",
+            help="The site's bootstrap key; needed only for the first registration.",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            "--state-dir",
+            help="Where the agent keeps its API key and its retry queue.",
+        ),
+    ] = Path("var/agent"),
+    interval: Annotated[
+        float, typer.Option("--interval", min=1, max=3600, help="Seconds between reports.")
+    ] = 30.0,
+) -> None:
+    """Run the terminal agent: report this host's metrics, run jobs, never lose a message."""
+    import logging
+
+    from homepot.fleet.agent import Agent, AgentConfig, AgentError
+    from homepot.fleet.client import DeviceClient
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = AgentConfig(
+        server_url=server.rstrip("/"),
+        site_id=site_id,
+        device_id=device_id,
+        bootstrap_key=bootstrap_key,
+        state_dir=state_dir,
+        interval_seconds=interval,
+    )
+
+    async def run(stop: asyncio.Event) -> None:
+        client = DeviceClient.connect(config.server_url)
+        try:
+            await Agent(config, client).run(stop)
+        finally:
+            await client.aclose()
+
+    try:
+        _until_interrupted(run)
+    except AgentError as exc:
+        raise _fail(str(exc)) from None
+
+
+@simulate_app.callback(invoke_without_command=True)
+def simulate(
+    ctx: typer.Context,
+    server: ServerOption = "http://127.0.0.1:8000",
+    sites: Annotated[int, typer.Option(min=1, help="Sites (M).")] = 3,
+    devices: Annotated[int, typer.Option(min=1, help="Terminals (N), spread over the sites.")] = 12,
+    speed: Annotated[
+        float, typer.Option(min=0.01, max=10_000, help="Time compression: 60 = an hour a minute.")
+    ] = 1.0,
+    fault_rate: Annotated[
+        float, typer.Option("--fault-rate", min=0, help="Faults per terminal per simulated day.")
+    ] = 0.5,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Append the injected faults here (.csv, else JSON lines)."),
+    ] = None,
+    schedules: Annotated[
+        Path | None,
+        typer.Option(
+            "--schedules",
+            help="Weekly schedules as JSON (what GET /api/v1/sites/{id}/schedules returns, "
+            "a list of them); default: read from the API.",
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(min=1, help="Simulated seconds between a terminal's reports.")
+    ] = 30.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable run.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="HOMEPOT_TOKEN", help="An operator's or admin's bearer token."),
+    ] = None,
+    admin_email: Annotated[str | None, typer.Option(help="Log in as this operator/admin.")] = None,
+    admin_password: Annotated[
+        str | None, typer.Option(envvar="HOMEPOT_ADMIN_PASSWORD", help="Their password.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    operator: Annotated[
+        bool, typer.Option("--operator/--no-operator", help="Also simulate a dashboard user.")
+    ] = False,
+) -> None:
+    """Run N simulated terminals across M sites, speaking the device protocol (HTTP, MQTT
+    when the server offers it). Sites, schedules and bootstrap keys are created when missing,
+    which needs an operator or admin (--token, or --admin-email/--admin-password)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    import httpx
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    config = fleet_simulator.SimulationConfig(
+        server_url=server.rstrip("/"),
+        sites=sites,
+        devices=devices,
+        speed=speed,
+        fault_rate=fault_rate,
+        labels=labels,
+        schedules=schedules,
+        interval_seconds=interval,
+        seed=seed,
+        token=token,
+        admin_email=admin_email,
+        admin_password=admin_password,
+        operator=operator,
+    )
+    try:
+        config.validate()
+    except fleet_simulator.SimulationError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    console = _out()
+
+    async def run(stop: asyncio.Event) -> fleet_simulator.SimulationStats:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=config.server_url, timeout=30, limits=limits) as http:
+            simulator = fleet_simulator.FleetSimulator(config, http)
+            await simulator.setup()
+            console.print(
+                f"{simulator.stats.registered} terminals registered in {sites} sites; "
+                "reporting (Ctrl-C stops)."
+            )
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, stop.set)
+            return await simulator.run(stop)
+
+    try:
+        stats = _until_interrupted(run)
+    except fleet_simulator.SimulationError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"Simulation finished: {stats.summary()}.")
+    if labels is not None:
+        console.print(f"Fault labels: {labels}")
+
+
+@simulate_app.command("backfill")
+def simulate_backfill(
+    ctx: typer.Context,
+    days: Annotated[float, typer.Option(help="Days of history, ending now (at most 7).")] = 5.0,
+    sites: Annotated[
+        int,
+        typer.Option(min=1, help="Stores; 143 or more give site_operating_schedules 1,000 rows."),
+    ] = 150,
+    devices: Annotated[int, typer.Option(min=1, help="Terminals, spread over the stores.")] = 300,
+    interval_minutes: Annotated[
+        float, typer.Option("--interval-minutes", help="Minutes between a terminal's samples.")
+    ] = 5.0,
+    fault_rate: Annotated[
+        float, typer.Option("--fault-rate", min=0, help="Faults per terminal per day.")
+    ] = 0.3,
+    labels: Annotated[
+        Path,
+        typer.Option("--labels", help="Where the injected faults are listed (.csv or JSON lines)."),
+    ] = Path("backfill-labels.csv"),
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same history.")] = 1,
+    site_prefix: Annotated[
+        str, typer.Option("--site-prefix", help="Store ids are <prefix>-001, <prefix>-002, ...")
+    ] = "store",
+) -> None:
+    """Write days of realistic fleet history into the database, timestamps in the past."""
+    from homepot.fleet.backfill import BackfillConfig, BackfillError, run_backfill
+
+    settings = _settings(ctx)
+    config = BackfillConfig(
+        days=days,
+        sites=sites,
+        devices=devices,
+        interval_minutes=interval_minutes,
+        fault_rate=fault_rate,
+        seed=seed,
+        labels=labels,
+        site_prefix=site_prefix,
+    )
+    try:
+        config.validate()
+    except BackfillError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    with _database_errors(settings):
+        try:
+            run_migrations(settings.database_url)
+        except CommandError as exc:
+            raise _fail(f"migrations failed: {exc}") from None
+    console = _out()
+    console.print(f"Backfilling {days:g} days for {devices} terminals in {sites} stores ...")
+    try:
+        result = _run(settings, lambda engine: run_backfill(engine, config, progress=console.print))
+    except BackfillError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(
+        title=f"History from {result.start:%Y-%m-%d %H:%M} to {result.end:%Y-%m-%d %H:%M} UTC"
+    )
+    table.add_column("Table")
+    table.add_column("Rows added", justify="right")
+    for name, rows in {**result.core, **result.events}.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    console.print(f"{result.faults} injected faults are listed in {labels}.")

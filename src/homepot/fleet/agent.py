@@ -1,0 +1,502 @@
+"""``homepot agent``: the program that runs on a terminal.
+
+Every ``interval`` seconds it sends a heartbeat (whose round trip is the terminal's latency to
+the server), reads the host with psutil (CPU, memory, disk), adds the transaction counters of a
+pluggable :class:`TransactionSource`, and queues that sample in its on-disk
+:class:`~homepot.fleet.outbox.Outbox`; then it delivers the queue oldest first. When the
+server is unreachable the queue simply grows, and it drains when the server returns.
+
+Jobs arrive by MQTT push when the server offers a broker, and by polling otherwise (and as
+a fallback). Each is acknowledged, run by a pluggable handler (restart, config_change,
+firmware_update; simulated by default), and its result goes through the same queue, so a
+result is not lost either.
+
+The API key the server issues at registration is kept in ``state_dir/agent.json`` (mode
+0600), so a restarted agent carries on as the same device without registering again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from homepot import __version__
+from homepot.fleet.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
+from homepot.fleet.outbox import Outbox, QueuedMessage
+from homepot.fleet.protocol import (
+    MAX_SAMPLES_PER_BATCH,
+    Heartbeat,
+    JobCommand,
+    JobResult,
+    JobResultStatus,
+    MetricSample,
+    RegisterRequest,
+)
+from homepot.fleet.simulator import SiteProfile, default_week, expected_transactions, poisson
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "agent.json"
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+# --- what the agent measures ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransactionCounters:
+    transaction_count: int
+    transaction_volume: float
+    error_rate: float  # percent of transactions that failed
+    active_connections: int
+    queue_depth: int
+
+
+class TransactionSource(Protocol):
+    """Where a terminal's sales counters come from (the POS application, or a simulation)."""
+
+    def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters: ...
+
+
+class SimulatedTransactions:
+    """Sales that follow a typical store day in the terminal's local time zone."""
+
+    def __init__(self, timezone: str = "UTC", seed: int | None = None) -> None:
+        self.site = SiteProfile("local", timezone, default_week(0))
+        self.rng = random.Random(seed)
+
+    def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters:
+        count = poisson(self.rng, expected_transactions(self.site, moment, interval, 2))
+        return TransactionCounters(
+            transaction_count=count,
+            transaction_volume=round(count * self.rng.uniform(9, 42), 2),
+            error_rate=round(abs(self.rng.gauss(0.4, 0.2)), 2),
+            active_connections=1 + min(count, 3),
+            queue_depth=poisson(self.rng, min(count, 10) / 5),
+        )
+
+
+class HostReader(Protocol):
+    def read(self) -> dict[str, float]: ...
+
+
+class HostMetrics:
+    """This machine's CPU, memory and disk use (psutil)."""
+
+    def __init__(self, disk_path: Path = Path("/")) -> None:
+        self.disk_path = disk_path
+        psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
+
+    def read(self) -> dict[str, float]:
+        return {
+            "cpu_percent": float(psutil.cpu_percent(interval=None)),
+            "memory_percent": float(psutil.virtual_memory().percent),
+            "disk_percent": float(psutil.disk_usage(str(self.disk_path)).percent),
+        }
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+class JobFailed(Exception):
+    """A handler's way to report a failure with a stable code."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+JobHandler = Callable[[JobCommand], Awaitable[dict[str, Any] | None]]
+
+
+# --- the agent's own state -----------------------------------------------------------------
+
+
+@dataclass
+class AgentState:
+    device_id: str
+    site_id: str
+    server_url: str
+    api_key: str | None = None
+    firmware_version: str = "2.6.0"
+    config: dict[str, Any] = field(default_factory=dict)
+    mqtt: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> AgentState | None:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise AgentError(f"{path} is not an agent state file ({exc}); move it away") from exc
+
+    def save(self, path: Path) -> None:
+        """Atomically, readable by this user only: the file holds the device's key."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(asdict(self), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+class AgentError(Exception):
+    """The agent cannot go on; the message says why."""
+
+
+def simulated_handlers(state: AgentState, *, time_scale: float = 1.0) -> dict[str, JobHandler]:
+    """Job handlers that pretend: they take a little while and update the agent's state."""
+
+    async def restart(command: JobCommand) -> dict[str, Any]:
+        await asyncio.sleep(2 / time_scale)
+        return {"restarted_at": datetime.now(UTC).isoformat()}
+
+    async def config_change(command: JobCommand) -> dict[str, Any]:
+        config = command.payload.get("config")
+        if not isinstance(config, dict):
+            raise JobFailed("E_BAD_PAYLOAD", "config_change needs payload.config (an object)")
+        await asyncio.sleep(0.5 / time_scale)
+        state.config.update(config)
+        return {"applied": sorted(config)}
+
+    async def firmware_update(command: JobCommand) -> dict[str, Any]:
+        version = command.payload.get("version") or command.payload.get("firmware_version")
+        if not isinstance(version, str) or not version:
+            raise JobFailed("E_BAD_PAYLOAD", "firmware_update needs payload.version")
+        await asyncio.sleep(5 / time_scale)
+        state.firmware_version = version
+        return {"firmware_version": version}
+
+    async def health_check(command: JobCommand) -> dict[str, Any]:
+        return {"ok": True}
+
+    return {
+        "restart": restart,
+        "config_change": config_change,
+        "firmware_update": firmware_update,
+        "health_check": health_check,
+    }
+
+
+# --- the agent -----------------------------------------------------------------------------
+
+
+@dataclass
+class AgentConfig:
+    server_url: str
+    site_id: str
+    device_id: str
+    bootstrap_key: str | None
+    state_dir: Path
+    interval_seconds: float = 30.0
+    name: str | None = None
+    device_type: str = "pos_terminal"
+    outbox_max_messages: int = 100_000
+
+
+@dataclass
+class AgentStats:
+    reports: int = 0
+    heartbeats_failed: int = 0
+    samples_delivered: int = 0
+    results_delivered: int = 0
+    jobs_done: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: DeviceClient,
+        *,
+        outbox: Outbox | None = None,
+        source: TransactionSource | None = None,
+        host: HostReader | None = None,
+        handlers: dict[str, JobHandler] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.state_path = config.state_dir / STATE_FILE
+        state = AgentState.load(self.state_path)
+        if state is not None and (state.device_id, state.site_id) != (
+            config.device_id,
+            config.site_id,
+        ):
+            raise AgentError(
+                f"{self.state_path} belongs to {state.device_id} of {state.site_id}; "
+                "use another --state-dir for another device"
+            )
+        self.state = state or AgentState(config.device_id, config.site_id, config.server_url)
+        self.outbox = outbox or Outbox(
+            config.state_dir / OUTBOX_FILE, max_messages=config.outbox_max_messages
+        )
+        self.source = source or SimulatedTransactions()
+        self.host: HostReader = host or HostMetrics()
+        self.handlers = handlers if handlers is not None else simulated_handlers(self.state)
+        self.clock = clock
+        self.stats = AgentStats()
+        self.started = clock()
+        self._running: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- registration ----------------------------------------------------------------------
+
+    async def ensure_registered(self) -> None:
+        """Use the stored key when there is one; register with the bootstrap key otherwise."""
+        if self.state.api_key and self.state.server_url == self.config.server_url:
+            self.client.api_key = self.state.api_key
+            return
+        await self.register()
+
+    async def register(self) -> None:
+        if not self.config.bootstrap_key:
+            raise AgentError(
+                f"{self.config.device_id} has no stored API key: pass --bootstrap-key "
+                "(ask an operator for the site's key) to register it"
+            )
+        try:
+            registered = await self.client.register(
+                RegisterRequest(
+                    site_id=self.config.site_id,
+                    device_id=self.config.device_id,
+                    bootstrap_key=self.config.bootstrap_key,
+                    name=self.config.name,
+                    device_type=self.config.device_type,
+                    firmware_version=self.state.firmware_version,
+                    agent_version=__version__,
+                )
+            )
+        except Refused as exc:
+            raise AgentError(f"registration refused: {exc.detail}") from exc
+        self.state.api_key = registered.api_key
+        self.state.server_url = self.config.server_url
+        self.state.mqtt = registered.mqtt.model_dump() if registered.mqtt else None
+        self.state.save(self.state_path)
+        logger.info("registered %s with %s", self.config.device_id, self.config.server_url)
+
+    async def _register_again(self) -> None:
+        """The stored key was refused (revoked, or the server's database was reset)."""
+        logger.warning("the server refused the device key; registering again")
+        self.state.api_key = None
+        try:
+            await self.register()
+        except ServerUnavailable as exc:
+            logger.warning("registering again failed: %s", exc)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def make_sample(self, latency_ms: float | None) -> MetricSample:
+        now = self.clock()
+        interval = timedelta(seconds=self.config.interval_seconds)
+        counters = self.source.collect(now, interval)
+        return MetricSample(
+            event_id=uuid.uuid4(),
+            timestamp=now,
+            collection_interval_seconds=self.config.interval_seconds,
+            network_latency_ms=round(latency_ms, 2) if latency_ms is not None else None,
+            **self.host.read(),
+            **asdict(counters),
+            extra_metrics={"outbox_pending": self.outbox.stats().pending},
+        )
+
+    async def report_once(self) -> None:
+        """Heartbeat, queue a sample, deliver the queue, and collect jobs by polling."""
+        self.stats.reports += 1
+        latency = await self._heartbeat()
+        sample = self.make_sample(latency)
+        await self.outbox.aput("telemetry", sample.model_dump(mode="json", exclude_none=True))
+        if latency is None:
+            return
+        delivered = await self.deliver()
+        if delivered:
+            await self.poll_jobs()
+
+    async def _heartbeat(self) -> float | None:
+        heartbeat = Heartbeat(
+            status="ok",
+            firmware_version=self.state.firmware_version,
+            config_version=str(self.state.config.get("config_version") or "") or None,
+            uptime_seconds=round((self.clock() - self.started).total_seconds(), 1),
+        )
+        try:
+            return await self.client.heartbeat(heartbeat)
+        except Unauthorized:
+            await self._register_again()
+            return None
+        except (ServerUnavailable, Refused) as exc:
+            self.stats.heartbeats_failed += 1
+            logger.warning("heartbeat failed: %s", exc)
+            return None
+
+    async def deliver(self) -> bool:
+        """Send the queue oldest first until it is empty (True) or the server fails (False)."""
+        while True:
+            messages = await self.outbox.aoldest(MAX_SAMPLES_PER_BATCH)
+            if not messages:
+                return True
+            # The leading run of one kind goes together: telemetry as one batch.
+            run = [messages[0]]
+            for message in messages[1:]:
+                if message.kind != run[0].kind or run[0].kind != "telemetry":
+                    break
+                run.append(message)
+            try:
+                await self._send(run)
+            except ServerUnavailable as exc:
+                logger.warning("server unavailable; %d messages wait: %s", len(messages), exc)
+                return False
+            except Unauthorized:
+                await self._register_again()
+                return False
+            except Refused as exc:
+                await self._isolate_refused(run, exc)
+                continue
+            await self.outbox.adelivered([m.id for m in run])
+            if run[0].kind == "telemetry":
+                self.stats.samples_delivered += len(run)
+            else:
+                self.stats.results_delivered += len(run)
+
+    async def _send(self, run: list[QueuedMessage]) -> None:
+        if run[0].kind == "telemetry":
+            await self.client.send_raw_telemetry([m.payload for m in run])
+        else:
+            await self.client.send_raw_result(run[0].payload)
+
+    async def _isolate_refused(self, run: list[QueuedMessage], error: Refused) -> None:
+        """A refused batch is sent one by one: only the messages at fault are dropped."""
+        if len(run) == 1:
+            logger.error("the server refused a queued %s: %s; dropped", run[0].kind, error)
+            await self.outbox.arefused([run[0].id])
+            return
+        for message in run:
+            try:
+                await self._send([message])
+            except Refused as exc:
+                logger.error("the server refused a queued %s: %s; dropped", message.kind, exc)
+                await self.outbox.arefused([message.id])
+            else:
+                await self.outbox.adelivered([message.id])
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def poll_jobs(self) -> None:
+        try:
+            commands = await self.client.poll_jobs()
+        except (ServerUnavailable, Refused) as exc:
+            logger.warning("polling for jobs failed: %s", exc)
+            return
+        for command in commands:
+            self.start_job(command)
+
+    def start_job(self, command: JobCommand) -> None:
+        if command.execution_id in self._running:
+            return  # pushed and polled at once
+        self._running.add(command.execution_id)
+        task = asyncio.create_task(self.run_job(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_job(self, command: JobCommand) -> JobResult:
+        started = self.clock()
+        try:
+            with contextlib.suppress(ServerUnavailable, Refused):
+                await self.client.ack(command.execution_id)
+            handler = self.handlers.get(command.job_type)
+            try:
+                if handler is None:
+                    raise JobFailed(
+                        "E_UNSUPPORTED_JOB", f"this agent has no handler for {command.job_type!r}"
+                    )
+                output = await asyncio.wait_for(handler(command), command.timeout_seconds)
+                result = JobResult(
+                    execution_id=command.execution_id,
+                    status=JobResultStatus.success,
+                    output=output,
+                )
+            except JobFailed as exc:
+                result = JobResult(
+                    execution_id=command.execution_id,
+                    status=JobResultStatus.failed,
+                    error_code=exc.error_code,
+                    error_message=str(exc),
+                )
+            except TimeoutError:
+                result = JobResult(
+                    execution_id=command.execution_id,
+                    status=JobResultStatus.failed,
+                    error_code="E_HANDLER_TIMEOUT",
+                    error_message=f"the handler ran past {command.timeout_seconds} s",
+                )
+            result = result.model_copy(update={"started_at": started, "finished_at": self.clock()})
+            self.state.save(self.state_path)
+            await self.outbox.aput("result", result.model_dump(mode="json", exclude_none=True))
+            self.stats.jobs_done += 1
+            await self.deliver()
+            return result
+        finally:
+            self._running.discard(command.execution_id)
+
+    async def _receive_pushed_jobs(self, stop: asyncio.Event) -> None:
+        """Jobs pushed over MQTT, when the server offered a broker; reconnects with backoff."""
+        mqtt = self.state.mqtt
+        if not mqtt or not self.state.api_key:
+            return
+        from homepot.fleet.mqtt import DeviceMqttLink
+
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                async with DeviceMqttLink(
+                    mqtt["host"], int(mqtt["port"]), self.config.device_id, self.state.api_key
+                ) as link:
+                    delay = 1.0
+                    async for command in link.commands():
+                        self.start_job(command)
+            except Exception as exc:  # the broker is optional; polling still delivers jobs
+                logger.warning("MQTT link down (%s); retrying in %.0f s", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 60)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Register (retrying while the server is away), then report until ``stop``."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self.ensure_registered()
+                break
+            except ServerUnavailable as exc:
+                logger.warning("cannot reach the server to register (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 60)
+        pushed = asyncio.create_task(self._receive_pushed_jobs(stop))
+        try:
+            while not stop.is_set():
+                await self.report_once()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.interval_seconds)
+        finally:
+            pushed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pushed
+            for task in list(self._tasks):
+                task.cancel()
+            self.outbox.close()

@@ -1,0 +1,1128 @@
+"""A simulated fleet: N terminals across M sites in one asyncio process, speaking the same
+protocol as the real agent (HTTP, and MQTT when the server offers a broker).
+
+The model is in pure functions so that the live simulator and the backfill share it:
+
+- :func:`site_load` — how busy a site is at a moment (0 closed ... 1 at its peak), from its
+  ``site_operating_schedules`` read in the site's own time zone;
+- :func:`expected_transactions` — the site's expected daily volume, spread over the day by
+  that load and shared among its terminals;
+- :class:`TerminalModel` — one terminal's readings: CPU, memory and latency follow load, and
+  a :class:`~homepot.fleet.faults.Fault` bends them.
+
+``--speed X`` compresses time: the simulated day (load, fault lengths) runs X times faster,
+and so does reporting. Stored timestamps are wall-clock (the server refuses samples from the
+future), and the labels file uses the same clock, so labels line up with the stored rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from homepot.config import API_PREFIX
+from homepot.fleet.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
+from homepot.fleet.faults import (
+    NO_EFFECT,
+    PAYMENT_TIMEOUT_CODE,
+    Fault,
+    FaultEffects,
+    FaultKind,
+    FaultPlanner,
+    LabelWriter,
+)
+from homepot.fleet.protocol import (
+    Heartbeat,
+    JobCommand,
+    JobResult,
+    JobResultStatus,
+    MetricSample,
+    RegisterRequest,
+    RegisterResponse,
+    TelemetryBatch,
+)
+
+logger = logging.getLogger(__name__)
+
+SIM_AGENT_VERSION = "homepot-sim/1"
+SITE_TIMEZONES = (
+    "Europe/London",
+    "America/New_York",
+    "Australia/Sydney",
+    "Europe/Berlin",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+)
+# A sample in the backlog of an unreachable terminal is kept this many ticks at most.
+MAX_BACKLOG_SAMPLES = 2_000
+# With a push channel, the share of ticks on which a terminal also polls for jobs.
+PUSHED_POLL_SHARE = 0.1
+REGISTRATION_ATTEMPTS = 5
+
+
+# --- the load model (pure) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaySchedule:
+    """One weekday of a site, local times (as in ``site_operating_schedules``)."""
+
+    open_time: time | None
+    close_time: time | None
+    is_closed: bool = False
+    peak_start: time | None = None
+    peak_end: time | None = None
+    expected_volume: int = 500
+    is_maintenance_window: bool = False
+
+    def is_open_at(self, moment: time) -> bool:
+        if self.is_closed or self.open_time is None or self.close_time is None:
+            return False
+        if self.open_time < self.close_time:
+            return self.open_time <= moment < self.close_time
+        return moment >= self.open_time or moment < self.close_time  # open past midnight
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    site_id: str
+    timezone: str
+    days: tuple[DaySchedule, ...]  # index 0 = Monday ... 6 = Sunday
+
+    def day(self, weekday: int) -> DaySchedule:
+        return self.days[weekday]
+
+
+def default_week(site_number: int) -> tuple[DaySchedule, ...]:
+    """A store's week: long weekdays, a busy Saturday, a short Sunday (every third site closed).
+
+    Sunday is the maintenance window.
+    """
+    weekday = DaySchedule(time(8), time(21), peak_start=time(12), peak_end=time(14),
+                          expected_volume=600)  # fmt: skip
+    saturday = DaySchedule(time(9), time(22), peak_start=time(13), peak_end=time(16),
+                           expected_volume=800)  # fmt: skip
+    if site_number % 3 == 2:
+        sunday = DaySchedule(None, None, is_closed=True, expected_volume=0,
+                             is_maintenance_window=True)  # fmt: skip
+    else:
+        sunday = DaySchedule(time(10), time(17), peak_start=time(13), peak_end=time(15),
+                             expected_volume=300, is_maintenance_window=True)  # fmt: skip
+    return (weekday,) * 5 + (saturday, sunday)
+
+
+def _minutes(moment: time) -> float:
+    return moment.hour * 60 + moment.minute + moment.second / 60
+
+
+def _in_window(now: float, start: float, end: float) -> bool:
+    return start <= now < end if start < end else (now >= start or now < end)
+
+
+def day_load(day: DaySchedule, local: time) -> float:
+    """Busy-ness 0..1 of a site at a local time of day under one day's schedule.
+
+    Closed: 0. Open: a quiet first and last half hour (0.25), a base of 0.5, a smooth rise
+    to 1.0 inside the peak hours.
+    """
+    if not day.is_open_at(local):
+        return 0.0
+    assert day.open_time is not None
+    assert day.close_time is not None
+    now = _minutes(local)
+    opened = (now - _minutes(day.open_time)) % 1440
+    closing = (_minutes(day.close_time) - now) % 1440
+    if opened < 30 or closing < 30:
+        return 0.25
+    if day.peak_start is not None and day.peak_end is not None:
+        start, end = _minutes(day.peak_start), _minutes(day.peak_end)
+        if _in_window(now, start, end):
+            span = (end - start) % 1440 or 1440
+            position = ((now - start) % 1440) / span
+            return 0.8 + 0.2 * math.sin(math.pi * position)
+    return 0.5
+
+
+def site_load(site: SiteProfile, moment: datetime) -> float:
+    """How busy ``site`` is at ``moment`` (any zone), judged on the site's local clock."""
+    local = moment.astimezone(ZoneInfo(site.timezone))
+    return day_load(site.day(local.weekday()), local.time())
+
+
+@lru_cache(maxsize=1024)
+def _day_load_minutes(day: DaySchedule) -> float:
+    """The integral of :func:`day_load` over a day, in load-minutes."""
+    return sum(day_load(day, time(m // 60, m % 60)) for m in range(1440))
+
+
+def expected_transactions(
+    site: SiteProfile, moment: datetime, interval: timedelta, terminals: int
+) -> float:
+    """Transactions one of ``terminals`` terminals expects in ``interval`` ending at ``moment``.
+
+    The day's ``expected_volume`` is spread over the day in proportion to the load, so a
+    peak minute sells about twice an ordinary open minute and a closed one sells nothing.
+    """
+    local = moment.astimezone(ZoneInfo(site.timezone))
+    day = site.day(local.weekday())
+    total = _day_load_minutes(day)
+    if total == 0 or terminals < 1:
+        return 0.0
+    load = day_load(day, local.time())
+    return day.expected_volume * (load / total) * (interval.total_seconds() / 60) / terminals
+
+
+def poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw (Knuth for small means, a rounded normal above 30)."""
+    if mean <= 0:
+        return 0
+    if mean > 30:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    limit, product, count = math.exp(-mean), rng.random(), 0
+    while product > limit:
+        product *= rng.random()
+        count += 1
+    return count
+
+
+@dataclass
+class TerminalModel:
+    """One terminal's character (its baselines) and how it reads at a moment."""
+
+    device_id: str
+    site: SiteProfile
+    terminals_at_site: int
+    rng: random.Random
+    idle_cpu: float = 0.0
+    base_memory: float = 0.0
+    base_disk: float = 0.0
+    base_latency_ms: float = 0.0
+    base_error_rate: float = 0.0
+    average_ticket: float = 0.0
+    config_version: str = "2.6.0"
+    firmware_version: str = "2.6.0"
+
+    def __post_init__(self) -> None:
+        rng = self.rng
+        self.idle_cpu = self.idle_cpu or rng.uniform(4, 12)
+        self.base_memory = self.base_memory or rng.uniform(35, 55)
+        self.base_disk = self.base_disk or rng.uniform(25, 65)
+        self.base_latency_ms = self.base_latency_ms or rng.uniform(15, 45)
+        self.base_error_rate = self.base_error_rate or rng.uniform(0.1, 0.8)
+        self.average_ticket = self.average_ticket or rng.uniform(9, 42)
+
+    def sample(
+        self, moment: datetime, interval: timedelta, effects: FaultEffects = NO_EFFECT
+    ) -> tuple[dict[str, Any], int]:
+        """The metric fields of a sample covering ``interval`` up to ``moment``, and the
+        number of card payments that timed out at the gateway in it."""
+        rng = self.rng
+        load = site_load(self.site, moment)
+        count = poisson(
+            rng, expected_transactions(self.site, moment, interval, self.terminals_at_site)
+        )
+        timeouts = 0
+        if effects.payment_timeout_share and count:
+            card_payments = sum(rng.random() < 0.7 for _ in range(count))
+            timeouts = sum(
+                rng.random() < effects.payment_timeout_share for _ in range(card_payments)
+            )
+        cpu = self.idle_cpu + 55 * load + rng.gauss(0, 3)
+        memory = effects.memory_percent or self.base_memory + 12 * load + rng.gauss(0, 1.5)
+        disk = effects.disk_percent or self.base_disk
+        latency = (
+            self.base_latency_ms
+            * (1 + 0.6 * load)
+            * effects.latency_factor
+            * rng.lognormvariate(0, 0.15)
+        )
+        error_rate = self.base_error_rate + effects.error_rate_points + abs(rng.gauss(0, 0.2))
+        fields: dict[str, Any] = {
+            "cpu_percent": round(_clamp(cpu, 0.5, 100), 1),
+            "memory_percent": round(_clamp(memory, 1, 100), 1),
+            "disk_percent": round(_clamp(disk, 1, 100), 1),
+            "network_latency_ms": round(latency, 1),
+            "transaction_count": count,
+            "transaction_volume": round(count * self.average_ticket * rng.uniform(0.8, 1.2), 2),
+            "error_rate": round(_clamp(error_rate, 0, 100), 2),
+            "active_connections": 1 + round(3 * load + rng.random()),
+            "queue_depth": poisson(rng, 2 * load),
+            "extra_metrics": {
+                "site_load": round(load, 3),
+                "payment_gateway_timeouts": timeouts,
+                "config_version": effects.config_version or self.config_version,
+            },
+        }
+        return fields, timeouts
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(high, max(low, value))
+
+
+# --- schedules from the API or a file ------------------------------------------------------
+
+
+def profile_from_week(week: dict[str, Any], site_number: int = 0) -> SiteProfile:
+    """A profile from ``GET /api/v1/sites/{id}/schedules`` (days missing: the default week)."""
+    days = list(default_week(site_number))
+    for entry in week.get("days", []):
+        days[int(entry["day_of_week"])] = DaySchedule(
+            open_time=_time(entry.get("open_time")),
+            close_time=_time(entry.get("close_time")),
+            is_closed=bool(entry.get("is_closed")),
+            peak_start=_time(entry.get("peak_hours_start")),
+            peak_end=_time(entry.get("peak_hours_end")),
+            expected_volume=int(entry.get("expected_transaction_volume") or 0),
+            is_maintenance_window=bool(entry.get("is_maintenance_window")),
+        )
+    return SiteProfile(week["site_id"], week.get("timezone") or "UTC", tuple(days))
+
+
+def _time(value: str | None) -> time | None:
+    return time.fromisoformat(value) if value else None
+
+
+def week_body(days: tuple[DaySchedule, ...]) -> list[dict[str, Any]]:
+    """The ``PUT /api/v1/sites/{id}/schedules`` body for a week."""
+
+    def clock(value: time | None) -> str | None:
+        return value.isoformat("minutes") if value else None
+
+    return [
+        {
+            "day_of_week": number,
+            "open_time": clock(day.open_time),
+            "close_time": clock(day.close_time),
+            "is_closed": day.is_closed,
+            "is_maintenance_window": day.is_maintenance_window,
+            "expected_transaction_volume": day.expected_volume,
+            "peak_hours_start": clock(day.peak_start),
+            "peak_hours_end": clock(day.peak_end),
+            "notes": "simulated site",
+        }
+        for number, day in enumerate(days)
+    ]
+
+
+def load_schedule_file(path: Path) -> dict[str, SiteProfile]:
+    """Site profiles from a JSON file: a list of weeks as ``GET .../schedules`` returns them."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SimulationError(f"cannot read the schedule file {path}: {exc}") from exc
+    if isinstance(data, dict):
+        data = [data]
+    try:
+        profiles = [profile_from_week(week, n) for n, week in enumerate(data)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SimulationError(
+            f"{path}: not a list of weekly schedules (site_id, timezone, days[]): {exc}"
+        ) from exc
+    return {profile.site_id: profile for profile in profiles}
+
+
+# --- the live simulator --------------------------------------------------------------------
+
+
+class SimulationError(Exception):
+    """The simulation cannot start; the message says why and what to change."""
+
+
+@dataclass
+class SimulationConfig:
+    server_url: str = "http://127.0.0.1:8000"
+    sites: int = 3
+    devices: int = 12
+    speed: float = 1.0
+    fault_rate: float = 0.5  # faults per terminal per simulated day
+    interval_seconds: float = 30.0  # simulated seconds between reports
+    labels: Path | None = None
+    schedules: Path | None = None
+    seed: int | None = None
+    token: str | None = None
+    admin_email: str | None = None
+    admin_password: str | None = None
+    site_prefix: str = "sim-site"
+    device_prefix: str = "sim-pos"
+    # Ticks between job polls when no push channel delivers jobs.
+    poll_every: int = 1
+    # Also act as an operator: dashboard activity, API reads, jobs and config changes.
+    operator: bool = False
+    operator_interval_seconds: float = 10.0
+    registration_concurrency: int = 50
+    # Reports in flight at once: thousands of terminals queueing on one connection pool
+    # cost far more CPU than waiting here (the pool scans its queue on every request).
+    max_concurrent_reports: int = 20
+    # Faults injected at start on terminals picked at random (the demo shows some at once).
+    opening_faults: tuple[FaultKind, ...] = ()
+    # Floors in wall-clock time, so that a crash stays visible to the server's watchdog.
+    min_fault_silence_seconds: float = 100.0
+
+    def validate(self) -> None:
+        if self.sites < 1 or self.devices < 1:
+            raise SimulationError("--sites and --devices must be at least 1")
+        if self.devices < self.sites:
+            raise SimulationError(
+                f"{self.devices} terminals cannot cover {self.sites} sites: "
+                "use at least one terminal per site"
+            )
+        if self.speed <= 0:
+            raise SimulationError("--speed must be above 0")
+        if self.fault_rate < 0:
+            raise SimulationError("--fault-rate cannot be negative")
+
+
+@dataclass
+class SimulationStats:
+    registered: int = 0
+    heartbeats: int = 0
+    samples_sent: int = 0
+    samples_dropped: int = 0
+    unavailable: int = 0
+    refused: int = 0
+    jobs_received: int = 0
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    faults: int = 0
+    activities: int = 0
+    operator_calls: int = 0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def summary(self) -> str:
+        return (
+            f"{self.registered} terminals, {self.heartbeats} heartbeats, "
+            f"{self.samples_sent} samples, {self.jobs_succeeded + self.jobs_failed} jobs "
+            f"({self.jobs_failed} failed), {self.faults} faults, "
+            f"{self.unavailable} unreachable calls"
+        )
+
+
+JobInbox = Callable[[str], "asyncio.Queue[JobCommand]"]
+# (device_id, error_code, message, context): where a terminal's own error reports go. The
+# protocol has no device error endpoint yet, so the reports travel in the telemetry's
+# extra_metrics; the embedded demo also hands them to the server's error logger this way.
+DeviceErrorReporter = Callable[[str, str, str, dict[str, Any]], None]
+
+
+@dataclass
+class SimulatedTerminal:
+    model: TerminalModel
+    client: DeviceClient
+    site_id: str
+    fault: Fault | None = None
+    backlog: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_BACKLOG_SAMPLES)
+    )
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    registration: RegisterResponse | None = None
+    mqtt: Any = None  # a homepot.fleet.mqtt.DeviceMqttLink when the server offers a broker
+    jobs: set[asyncio.Task[None]] = field(default_factory=set)  # running job executions
+
+    @property
+    def device_id(self) -> str:
+        return self.model.device_id
+
+
+class FleetSimulator:
+    """Sets the fleet up through the API, then runs every terminal until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        http: httpx.AsyncClient,
+        *,
+        job_inbox: JobInbox | None = None,
+        use_mqtt: bool = True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        token_provider: Callable[[], Awaitable[str]] | None = None,
+        device_error_reporter: DeviceErrorReporter | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.http = http
+        self.job_inbox = job_inbox
+        self.token_provider = token_provider
+        self.device_error_reporter = device_error_reporter
+        self.use_mqtt = use_mqtt
+        self.clock = clock
+        self.rng = random.Random(config.seed)
+        self.stats = SimulationStats()
+        self._in_flight = asyncio.Semaphore(config.max_concurrent_reports)
+        self.terminals: list[SimulatedTerminal] = []
+        self.sites: dict[str, SiteProfile] = {}
+        self._token: str | None = config.token
+        self._labels = LabelWriter(config.labels) if config.labels else None
+        self.planner = FaultPlanner(
+            random.Random(self.rng.random()),
+            config.fault_rate,
+            time_scale=config.speed,
+            min_silence=timedelta(seconds=config.min_fault_silence_seconds),
+        )
+
+    @property
+    def tick(self) -> timedelta:
+        """Wall-clock time between two reports of one terminal."""
+        return timedelta(seconds=self.config.interval_seconds / self.config.speed)
+
+    # -- set-up through the API ------------------------------------------------------------
+
+    async def _admin_headers(self) -> dict[str, str]:
+        if self._token is None and self.token_provider is not None:
+            self._token = await self.token_provider()
+        if self._token is None:
+            if not (self.config.admin_email and self.config.admin_password):
+                raise SimulationError(
+                    "creating sites and bootstrap keys needs an operator or admin: pass "
+                    "--token, or --admin-email and --admin-password"
+                )
+            response = await self.http.post(
+                f"{API_PREFIX}/auth/token",
+                data={"username": self.config.admin_email, "password": self.config.admin_password},
+            )
+            if response.status_code != 200:
+                raise SimulationError(
+                    f"logging in as {self.config.admin_email} failed "
+                    f"({response.status_code}): {response.text[:200]}"
+                )
+            self._token = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def _api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(2):
+            headers = await self._admin_headers()
+            try:
+                response = await self.http.request(
+                    method, API_PREFIX + path, headers=headers, **kwargs
+                )
+            except httpx.TransportError as exc:
+                raise SimulationError(
+                    f"the server at {self.config.server_url} is unreachable: {exc}"
+                ) from exc
+            renewable = self.token_provider is not None or self.config.admin_password
+            if response.status_code != 401 or not renewable or attempt:
+                return response
+            self._token = None  # expired: log in again, once
+        return response
+
+    async def prepare_site(self, number: int, file_profiles: dict[str, SiteProfile]) -> str:
+        """Make sure the site exists with a schedule; returns a fresh bootstrap key for it."""
+        site_id = f"{self.config.site_prefix}-{number + 1:03d}"
+        given = file_profiles.get(site_id)
+        timezone = given.timezone if given else SITE_TIMEZONES[number % len(SITE_TIMEZONES)]
+        response = await self._api("GET", f"/sites/{site_id}")
+        if response.status_code == 404:
+            created = await self._api(
+                "POST",
+                "/sites",
+                json={
+                    "site_id": site_id,
+                    "name": f"Simulated store {number + 1}",
+                    "timezone": timezone,
+                },
+            )
+            if created.status_code not in (201, 409):
+                raise SimulationError(
+                    f"creating {site_id} failed ({created.status_code}): {created.text[:200]}"
+                )
+        elif response.status_code == 200:
+            timezone = response.json()["timezone"]
+        else:
+            raise SimulationError(
+                f"reading {site_id} failed ({response.status_code}): {response.text[:200]}"
+            )
+        self.sites[site_id] = await self._site_schedule(site_id, timezone, number, given)
+        key = await self._api("POST", f"/sites/{site_id}/bootstrap-key")
+        if key.status_code not in (200, 201):
+            raise SimulationError(
+                f"issuing a bootstrap key for {site_id} failed "
+                f"({key.status_code}): {key.text[:200]}"
+            )
+        return str(key.json()["bootstrap_key"])
+
+    async def _site_schedule(
+        self, site_id: str, timezone: str, number: int, given: SiteProfile | None
+    ) -> SiteProfile:
+        """The schedule file's week, else the site's own, else the default week; a site
+        without a schedule on the server is given the week the simulation uses (admin only)."""
+        response = await self._api("GET", f"/sites/{site_id}/schedules")
+        stored = response.status_code == 200 and bool(response.json().get("days"))
+        if given is not None:
+            profile = SiteProfile(site_id, given.timezone, given.days)
+        elif stored:
+            return profile_from_week(response.json(), number)
+        else:
+            profile = SiteProfile(site_id, timezone, default_week(number))
+        if response.status_code == 200 and not stored:
+            body = week_body(profile.days)
+            written = await self._api("PUT", f"/sites/{site_id}/schedules", json=body)
+            if written.status_code != 200:
+                logger.warning(
+                    "could not store a schedule for %s (%s): %s",
+                    site_id,
+                    written.status_code,
+                    written.text[:200],
+                )
+        return profile
+
+    async def setup(self) -> None:
+        config = self.config
+        file_profiles = load_schedule_file(config.schedules) if config.schedules else {}
+        keys = {}
+        for number in range(config.sites):
+            key = await self.prepare_site(number, file_profiles)
+            keys[f"{config.site_prefix}-{number + 1:03d}"] = key
+        site_ids = list(keys)
+        per_site = {site_id: 0 for site_id in site_ids}
+        assignments = []
+        for index in range(config.devices):
+            site_id = site_ids[index % len(site_ids)]
+            per_site[site_id] += 1
+            assignments.append((f"{config.device_prefix}-{index + 1:04d}", site_id))
+        for device_id, site_id in assignments:
+            model = TerminalModel(
+                device_id,
+                self.sites[site_id],
+                per_site[site_id],
+                random.Random(f"{config.seed}/{device_id}"),
+            )
+            client = DeviceClient(self.http)
+            self.terminals.append(SimulatedTerminal(model, client, site_id))
+        gate = asyncio.Semaphore(config.registration_concurrency)
+
+        async def register(terminal: SimulatedTerminal) -> None:
+            async with gate:
+                await self._register(terminal, keys[terminal.site_id])
+
+        await asyncio.gather(*(register(t) for t in self.terminals))
+        self._opening_faults(self.clock())
+
+    def _opening_faults(self, now: datetime) -> None:
+        """Faults at start, on terminals of open sites first (a closed shop shows no fault)."""
+        terminals = self.rng.sample(self.terminals, len(self.terminals))
+        terminals.sort(key=lambda t: site_load(t.model.site, now) == 0)
+        for kind, terminal in zip(self.config.opening_faults, terminals, strict=False):
+            self._inject(
+                terminal, self.planner.plan(terminal.device_id, terminal.site_id, kind, now)
+            )
+
+    async def _register(self, terminal: SimulatedTerminal, bootstrap_key: str) -> None:
+        request = RegisterRequest(
+            site_id=terminal.site_id,
+            device_id=terminal.device_id,
+            bootstrap_key=bootstrap_key,
+            name=f"Simulated terminal {terminal.device_id}",
+            firmware_version=terminal.model.firmware_version,
+            agent_version=SIM_AGENT_VERSION,
+        )
+        for attempt in range(REGISTRATION_ATTEMPTS):
+            try:
+                terminal.registration = await terminal.client.register(request)
+                break
+            except ServerUnavailable as exc:
+                # A busy server, or a kept-alive connection it closed: try again, later.
+                if attempt == REGISTRATION_ATTEMPTS - 1:
+                    raise SimulationError(
+                        f"registering {terminal.device_id} failed: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.5 * 2**attempt)
+            except Refused as exc:
+                raise SimulationError(f"registering {terminal.device_id} failed: {exc}") from exc
+        self.stats.registered += 1
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> SimulationStats:
+        """Run every terminal (and the operator) until ``stop`` is set."""
+        if not self.terminals:
+            await self.setup()
+        async with asyncio.TaskGroup() as group:
+            for terminal in self.terminals:
+                group.create_task(self._run_terminal(terminal, stop))
+            if self.config.operator:
+                group.create_task(self._run_operator(stop))
+        if self._labels is not None:
+            self._labels.close()
+        return self.stats
+
+    async def _run_terminal(self, terminal: SimulatedTerminal, stop: asyncio.Event) -> None:
+        tick = self.tick
+        # Spread the fleet over the interval, as real terminals switched on at random times.
+        if await _wait(stop, self.rng.uniform(0, tick.total_seconds())):
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            await self._connect_mqtt(terminal, stack)
+            jobs = asyncio.create_task(self._receive_jobs(terminal, stop))
+            try:
+                while not stop.is_set():
+                    async with self._in_flight:
+                        await self.report(terminal)
+                    if await _wait(stop, tick.total_seconds()):
+                        break
+            finally:
+                # Jobs still running stop with their terminal, before its MQTT link closes.
+                running = [jobs, *terminal.jobs]
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _connect_mqtt(
+        self, terminal: SimulatedTerminal, stack: contextlib.AsyncExitStack
+    ) -> None:
+        info = terminal.registration.mqtt if terminal.registration else None
+        if info is None or not self.use_mqtt or terminal.client.api_key is None:
+            return
+        from homepot.fleet.mqtt import DeviceMqttLink
+
+        try:
+            terminal.mqtt = await stack.enter_async_context(
+                DeviceMqttLink(info.host, info.port, terminal.device_id, terminal.client.api_key)
+            )
+        except Exception as exc:  # the broker is optional: HTTP carries everything
+            logger.warning("%s: MQTT unavailable (%s); using HTTP", terminal.device_id, exc)
+
+    def _fault_effects(self, terminal: SimulatedTerminal, now: datetime) -> FaultEffects:
+        model = terminal.model
+        if terminal.fault is not None and now >= terminal.fault.end:
+            terminal.fault = None
+        if terminal.fault is None:
+            fault = self.planner.maybe_start(terminal.device_id, terminal.site_id, now, self.tick)
+            if fault is not None:
+                self._inject(terminal, fault)
+        if terminal.fault is None:
+            return NO_EFFECT
+        return terminal.fault.effects_at(
+            now, base_memory=model.base_memory, base_disk=model.base_disk
+        )
+
+    def _inject(self, terminal: SimulatedTerminal, fault: Fault) -> None:
+        terminal.fault = fault
+        self.stats.faults += 1
+        if self._labels is not None:
+            self._labels.write(fault)
+
+    def simulated_time(self, now: datetime) -> datetime:
+        """The moment on the simulated clock (it runs ``speed`` times faster since start)."""
+        return self.stats.started_at + (now - self.stats.started_at) * self.config.speed
+
+    async def report(self, terminal: SimulatedTerminal) -> None:
+        """One reporting tick: a sample into the backlog, then heartbeat and the backlog."""
+        now = self.clock()
+        effects = self._fault_effects(terminal, now)
+        if effects.crashed:
+            terminal.started_at = now  # it reboots when the fault ends
+            return
+        fields, timeouts = terminal.model.sample(
+            self.simulated_time(now), timedelta(seconds=self.config.interval_seconds), effects
+        )
+        if timeouts:
+            gateway = terminal.fault.details.get("gateway") if terminal.fault else None
+            fields["extra_metrics"]["payment_gateway"] = gateway
+            if self.device_error_reporter is not None:
+                self.device_error_reporter(
+                    terminal.device_id,
+                    PAYMENT_TIMEOUT_CODE,
+                    f"Payment gateway timeout: {gateway} did not answer within 30 s "
+                    f"({timeouts} payment(s) in the last {self.config.interval_seconds:.0f} s)",
+                    {"gateway": gateway, "timeouts": timeouts, "site_id": terminal.site_id},
+                )
+        sample = MetricSample(
+            # Random, not seeded: a second run must not repeat (and lose) the first's ids.
+            event_id=uuid.uuid4(),
+            timestamp=now,
+            collection_interval_seconds=self.tick.total_seconds(),
+            **fields,
+        ).model_dump(mode="json", exclude_none=True)
+        if len(terminal.backlog) == terminal.backlog.maxlen:
+            self.stats.samples_dropped += 1
+        terminal.backlog.append(sample)
+        if not effects.reachable:
+            return
+        heartbeat = Heartbeat(
+            status="degraded" if effects is not NO_EFFECT else "ok",
+            firmware_version=terminal.model.firmware_version,
+            config_version=effects.config_version or terminal.model.config_version,
+            uptime_seconds=round((now - terminal.started_at).total_seconds(), 1),
+        )
+        try:
+            await self._send(terminal, heartbeat)
+        except Unauthorized:
+            logger.warning(
+                "%s: its key was refused; the simulation re-registers it next run",
+                terminal.device_id,
+            )
+            self.stats.refused += 1
+        except Refused as exc:
+            self.stats.refused += 1
+            logger.warning("%s: refused: %s", terminal.device_id, exc)
+            terminal.backlog.clear()
+        except ServerUnavailable:
+            self.stats.unavailable += 1
+
+    async def _send(self, terminal: SimulatedTerminal, heartbeat: Heartbeat) -> None:
+        link = terminal.mqtt
+        if link is not None:
+            try:
+                await link.publish_heartbeat(heartbeat)
+                samples = list(terminal.backlog)
+                for start in range(0, len(samples), 500):
+                    batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
+                    await link.publish_telemetry(batch)
+            except Exception as exc:
+                raise ServerUnavailable(f"MQTT: {exc}") from exc
+        else:
+            await terminal.client.heartbeat(heartbeat)
+            while terminal.backlog:
+                chunk = [terminal.backlog[i] for i in range(min(500, len(terminal.backlog)))]
+                await terminal.client.send_raw_telemetry(chunk)
+                for _ in chunk:
+                    terminal.backlog.popleft()
+                self.stats.samples_sent += len(chunk)
+        if link is not None:
+            self.stats.samples_sent += len(terminal.backlog)
+            terminal.backlog.clear()
+        self.stats.heartbeats += 1
+        pushed = link is not None or self.job_inbox is not None
+        # Without push, poll every poll_every ticks on average; with push, now and then, for
+        # the executions whose push was not acknowledged in time.
+        share = PUSHED_POLL_SHARE if pushed else 1 / max(1, self.config.poll_every)
+        if self.rng.random() < share:
+            # Without push, poll every tick; with push, now and then, for missed pushes.
+            for command in await terminal.client.poll_jobs():
+                self._start_job(terminal, command)
+
+    async def _receive_jobs(self, terminal: SimulatedTerminal, stop: asyncio.Event) -> None:
+        if terminal.mqtt is not None:
+            with contextlib.suppress(Exception):
+                async for command in terminal.mqtt.commands():
+                    self._start_job(terminal, command)
+            return
+        if self.job_inbox is None:
+            return
+        inbox = self.job_inbox(terminal.device_id)
+        while not stop.is_set():
+            command = await inbox.get()
+            self._start_job(terminal, command)
+
+    def _start_job(self, terminal: SimulatedTerminal, command: JobCommand) -> None:
+        self.stats.jobs_received += 1
+        task = asyncio.create_task(self._execute(terminal, command))
+        terminal.jobs.add(task)
+        task.add_done_callback(terminal.jobs.discard)
+
+    async def _execute(self, terminal: SimulatedTerminal, command: JobCommand) -> None:
+        started = self.clock()
+        try:
+            if terminal.mqtt is not None:
+                await terminal.mqtt.publish_ack(command.execution_id)
+            else:
+                await terminal.client.ack(command.execution_id)
+        except Exception as exc:  # an ack is best effort: the result still counts
+            logger.info("%s: ack of %s failed: %s", terminal.device_id, command.execution_id, exc)
+        result = await simulate_job(
+            terminal.model, command, speed=self.config.speed, fault=terminal.fault
+        )
+        result = result.model_copy(update={"started_at": started, "finished_at": self.clock()})
+        for _attempt in range(5):
+            try:
+                if terminal.mqtt is not None:
+                    await terminal.mqtt.publish_result(result)
+                else:
+                    await terminal.client.send_result(result)
+                break
+            except Refused as exc:
+                logger.info(
+                    "%s: result of %s refused: %s", terminal.device_id, command.execution_id, exc
+                )
+                break
+            except Exception:
+                await asyncio.sleep(self.tick.total_seconds())
+        if result.status is JobResultStatus.success:
+            self.stats.jobs_succeeded += 1
+        else:
+            self.stats.jobs_failed += 1
+
+    # -- the operator ----------------------------------------------------------------------
+
+    async def _run_operator(self, stop: asyncio.Event) -> None:
+        """A person at the dashboard: page views, searches, reads, now and then a job."""
+        session_id = uuid.uuid4().hex
+        rng = random.Random(self.rng.random())
+        step = 0
+        while not await _wait(stop, self.config.operator_interval_seconds if step else 1.0):
+            try:
+                await self._operator_step(rng, session_id, step)
+            except (httpx.TransportError, SimulationError) as exc:
+                logger.info("operator step failed: %s", exc)
+            step += 1
+
+    async def _operator_step(self, rng: random.Random, session_id: str, step: int) -> None:
+        terminal = rng.choice(self.terminals)
+        pages = [
+            ("page_view", "/dashboard", None, None),
+            ("page_view", "/devices", None, None),
+            ("search", "/devices", "device-search", terminal.device_id[-4:]),
+            ("click", "/devices", f"device-row-{terminal.device_id}", None),
+            ("page_view", f"/devices/{terminal.device_id}", None, None),
+            ("page_view", "/analytics", None, None),
+            ("click", "/analytics", "refresh-button", None),
+        ]
+        events = []
+        for activity, page, element, query in rng.sample(pages, k=rng.randint(3, len(pages))):
+            events.append(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "activity_type": activity,
+                    "session_id": session_id,
+                    "page_url": page,
+                    "element_id": element,
+                    "search_query": query,
+                    "duration_ms": rng.randint(800, 90_000) if activity == "page_view" else None,
+                }
+            )
+        response = await self._api("POST", "/analytics/user-activities", json={"events": events})
+        if response.status_code == 202:
+            self.stats.activities += len(events)
+        await self._api("GET", "/devices", params={"site_id": terminal.site_id})
+        await self._api("GET", f"/devices/{terminal.device_id}")
+        await self._api(
+            "GET",
+            "/analytics/device-metrics",
+            params={"device_id": terminal.device_id, "limit": 50},
+        )
+        self.stats.operator_calls += 4
+        action = step % 4
+        if action == 0:
+            body = {
+                "job_type": "restart",
+                "target_type": "device",
+                "target_id": terminal.device_id,
+                "description": "Operator restart from the dashboard",
+                "timeout_seconds": 120,
+            }
+        elif action == 1:
+            version = rng.choice(("2.6.0", "2.6.2", "2.7.0"))
+            body = {
+                "job_type": "config_change",
+                "target_type": "site",
+                "target_id": terminal.site_id,
+                "payload": {"config": {"config_version": version, "receipt_footer": "Thank you!"}},
+                "description": f"Roll out configuration {version}",
+                "timeout_seconds": 120,
+            }
+        elif action == 2:
+            body = {
+                "job_type": "firmware_update",
+                "target_type": "device",
+                "target_id": terminal.device_id,
+                "payload": {"version": "2.7.1"},
+                "timeout_seconds": 300,
+            }
+        else:
+            await self._api(
+                "PATCH",
+                f"/devices/{terminal.device_id}",
+                json={"config": {"printer_timeout_ms": rng.choice((1500, 3000, 4500))}},
+            )
+            self.stats.operator_calls += 1
+            return
+        await self._api("POST", "/jobs", json=body)
+        self.stats.operator_calls += 1
+
+
+async def simulate_job(
+    model: TerminalModel, command: JobCommand, *, speed: float, fault: Fault | None = None
+) -> JobResult:
+    """Carry out a job on a simulated terminal: it takes a while and sometimes fails."""
+    rng = model.rng
+    seconds = {"restart": (5, 20), "config_change": (2, 8), "firmware_update": (60, 180)}
+    low, high = seconds.get(command.job_type, (1, 3))
+    await asyncio.sleep(rng.uniform(low, high) / speed)
+    failure_share = 0.04 + (0.25 if fault is not None else 0.0)
+    codes = {
+        "restart": ("E_RESTART_FAILED", "the POS application did not come back after restart"),
+        "config_change": ("E_CONFIG_REJECTED", "configuration refused: terminal busy"),
+        "firmware_update": ("E_FIRMWARE_CHECKSUM", "firmware image checksum mismatch"),
+    }
+    if command.job_type not in (*codes, "health_check"):
+        return JobResult(
+            execution_id=command.execution_id,
+            status=JobResultStatus.failed,
+            error_code="E_UNSUPPORTED_JOB",
+            error_message=f"this terminal cannot run {command.job_type!r} jobs",
+        )
+    if command.job_type in codes and rng.random() < failure_share:
+        code, message = codes[command.job_type]
+        return JobResult(
+            execution_id=command.execution_id,
+            status=JobResultStatus.failed,
+            error_code=code,
+            error_message=message,
+        )
+    output: dict[str, Any] = {}
+    if command.job_type == "config_change":
+        config = command.payload.get("config") or {}
+        if isinstance(config, dict) and "config_version" in config:
+            model.config_version = str(config["config_version"])
+        output["config_version"] = model.config_version
+    elif command.job_type == "firmware_update":
+        version = command.payload.get("version") or command.payload.get("firmware_version")
+        model.firmware_version = str(version or model.firmware_version)
+        output["firmware_version"] = model.firmware_version
+    return JobResult(
+        execution_id=command.execution_id, status=JobResultStatus.success, output=output
+    )
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set first; True when stopping."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+@contextlib.asynccontextmanager
+async def embedded_simulator(
+    app: FastAPI, config: SimulationConfig, *, admin_email: str
+) -> AsyncIterator[FleetSimulator]:
+    """A simulator living in the server's own process (``homepot demo``, tests).
+
+    It calls the app through an in-process ASGI transport (its calls still pass the request
+    log like any client's), receives pushed jobs from the app's in-process channel when no
+    broker is configured, acts as ``admin_email`` with tokens minted from the database, and
+    hands its terminals' error reports to the server's error logger (the protocol has no
+    device error endpoint yet).
+    """
+    from homepot.analytics.error_logger import record_error
+    from homepot.auth.service import create_access_token, get_user_by_email
+    from homepot.fleet.channels import InProcessChannel
+
+    async def token() -> str:
+        async with app.state.session_factory() as session:
+            user = await get_user_by_email(session, admin_email)
+        if user is None:
+            raise SimulationError(f"the simulator's operator {admin_email} does not exist")
+        return create_access_token(user, app.state.settings.auth)
+
+    def report(device_id: str, code: str, message: str, context: dict[str, Any]) -> None:
+        record_error(
+            category="external_service",
+            severity="critical",
+            error_code=code,
+            error_message=message,
+            device_id=device_id,
+            context=context,
+            recorder=app.state.recorder,
+        )
+
+    channel = getattr(app.state, "push_channel", None)
+    inbox = channel.inbox if isinstance(channel, InProcessChannel) else None
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50_000))
+    async with httpx.AsyncClient(
+        transport=transport, base_url=config.server_url, headers={"User-Agent": SIM_AGENT_VERSION}
+    ) as http:
+        yield FleetSimulator(
+            config,
+            http,
+            job_inbox=inbox,
+            use_mqtt=inbox is None,
+            token_provider=token,
+            device_error_reporter=report,
+        )
+
+
+# --- the demo's fleet, inside the server ---------------------------------------------------
+
+DEMO_FLEET_ENV = "HOMEPOT_DEMO_FLEET"
+DEMO_SPEED = 10.0
+
+
+class DemoFleet(BaseModel):
+    """What ``homepot demo`` asks for; travels to the app factory as JSON in the environment."""
+
+    sites: int = Field(default=3, ge=1)
+    devices: int = Field(default=12, ge=1)
+    server_url: str = "http://127.0.0.1:8000"
+    admin_email: str
+
+    @property
+    def report_seconds(self) -> float:
+        return SimulationConfig().interval_seconds / DEMO_SPEED
+
+    def simulation(self) -> SimulationConfig:
+        return SimulationConfig(
+            server_url=self.server_url,
+            sites=self.sites,
+            devices=self.devices,
+            speed=DEMO_SPEED,
+            fault_rate=20,
+            site_prefix="demo-site",
+            device_prefix="demo-pos",
+            operator=True,
+            operator_interval_seconds=5,
+            opening_faults=(FaultKind.payment_gateway_timeout, FaultKind.memory_leak_crash),
+        )
+
+
+def create_demo_app() -> FastAPI:
+    """The app with a simulated fleet running in its lifespan (``homepot demo``).
+
+    The fleet starts once the app's own services run and stops before they do, so no
+    terminal ever calls an app that is shutting down.
+    """
+    import os
+
+    from homepot.config import get_settings
+    from homepot.main import create_app
+
+    demo = DemoFleet.model_validate_json(os.environ[DEMO_FLEET_ENV])
+    app = create_app(get_settings())
+    app_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: FastAPI) -> AsyncIterator[Any]:
+        async with app_lifespan(application) as state:
+            stop = asyncio.Event()
+            running = asyncio.create_task(_run_demo_fleet(application, demo, stop))
+            try:
+                yield state
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, timeout=15)
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+async def _run_demo_fleet(app: FastAPI, demo: DemoFleet, stop: asyncio.Event) -> None:
+    try:
+        async with embedded_simulator(
+            app, demo.simulation(), admin_email=demo.admin_email
+        ) as simulator:
+            await simulator.setup()
+            logger.warning(
+                "simulated fleet: %d terminals registered in %d sites",
+                simulator.stats.registered,
+                demo.sites,
+            )
+            stats = await simulator.run(stop)
+            logger.warning("simulated fleet stopped: %s", stats.summary())
+    except SimulationError as exc:
+        logger.error("the simulated fleet could not start: %s", exc)

@@ -1,0 +1,245 @@
+"""The terminal agent: registration kept across restarts, and its on-disk retry queue.
+
+The agent talks to the real app through httpx; a switchable transport plays the outage.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+
+from homepot.analytics.models import DeviceMetrics, JobOutcome
+from homepot.auth.models import Role
+from homepot.fleet.agent import (
+    Agent,
+    AgentConfig,
+    AgentError,
+    TransactionCounters,
+)
+from homepot.fleet.client import DeviceClient
+from homepot.fleet.outbox import Outbox
+from tests.helpers import auth_headers, create_site, db_rows, flush
+
+
+class SwitchableTransport(httpx.AsyncBaseTransport):
+    """The app behind a cable that the test can pull; records every request that got through."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.inner = httpx.ASGITransport(app=app, client=("198.51.100.40", 40000))
+        self.down = False
+        self.requests: list[tuple[str, str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        body = json.loads(request.content) if request.content else None
+        self.requests.append((request.method, request.url.path, body))
+        return await self.inner.handle_async_request(request)
+
+    def sent(self, path: str) -> list[Any]:
+        return [body for method, url, body in self.requests if url.endswith(path)]
+
+
+class FixedHost:
+    def read(self) -> dict[str, float]:
+        return {"cpu_percent": 12.5, "memory_percent": 48.0, "disk_percent": 61.0}
+
+
+class FixedSales:
+    def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters:
+        return TransactionCounters(7, 123.4, 0.5, 2, 1)
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def bootstrap_key(app: FastAPI, client: AsyncClient, site_id: str) -> str:
+    headers = await auth_headers(app, client, Role.operator)
+    response = await client.post(f"/api/v1/sites/{site_id}/bootstrap-key", headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["bootstrap_key"])
+
+
+def make_agent(
+    transport: SwitchableTransport, site_id: str, key: str | None, state_dir: Path, clock: Clock
+) -> Agent:
+    http = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    config = AgentConfig(
+        server_url="http://testserver",
+        site_id=site_id,
+        device_id="till-agent-01",
+        bootstrap_key=key,
+        state_dir=state_dir,
+    )
+    return Agent(config, DeviceClient(http), source=FixedSales(), host=FixedHost(), clock=clock)
+
+
+@pytest.fixture
+async def site_and_key(app: FastAPI, client: AsyncClient) -> tuple[str, str]:
+    site_id = await create_site(app)
+    return site_id, await bootstrap_key(app, client, site_id)
+
+
+async def test_queue_survives_an_outage_and_drains_oldest_first(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    clock = Clock(datetime.now(UTC) - timedelta(minutes=4))
+    agent = make_agent(transport, site_id, key, tmp_path, clock)
+
+    await agent.ensure_registered()
+    await agent.report_once()
+    assert agent.outbox.stats().pending == 0
+
+    transport.down = True
+    queued_at = []
+    for _ in range(3):
+        clock.now += timedelta(seconds=30)
+        queued_at.append(clock.now)
+        await agent.report_once()
+    assert agent.outbox.stats().pending == 3
+
+    transport.down = False
+    clock.now += timedelta(seconds=30)
+    await agent.report_once()
+
+    assert agent.outbox.stats().pending == 0
+    # The backlog went first, in the order it was made, in one batch with the new sample.
+    last_batch = transport.sent("/agent/telemetry")[-1]["samples"]
+    sent_times = [datetime.fromisoformat(s["timestamp"]) for s in last_batch]
+    assert sent_times == [*queued_at, clock.now]
+    # The heartbeat's round trip is the latency reported; none was measured while down.
+    assert last_batch[0].get("network_latency_ms") is None
+    assert last_batch[-1]["network_latency_ms"] >= 0
+
+    await flush(app)
+    stored = await db_rows(app, DeviceMetrics, device_id="till-agent-01")
+    assert len(stored) == 5  # nothing lost
+    assert {row.transaction_count for row in stored} == {7}
+    assert {row.cpu_percent for row in stored} == {12.5}
+
+
+async def test_resending_after_a_lost_answer_stores_once(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    agent = make_agent(transport, site_id, key, tmp_path, Clock(datetime.now(UTC)))
+    await agent.ensure_registered()
+    await agent.report_once()
+    # The server stored the batch but the answer never came back: the agent sends it again.
+    batch = transport.sent("/agent/telemetry")[-1]["samples"]
+    await agent.outbox.aput("telemetry", batch[0])
+    assert await agent.deliver()
+    await flush(app)
+    assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 1
+
+
+async def test_a_restarted_agent_keeps_its_key_and_does_not_register_again(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    first = make_agent(transport, site_id, key, tmp_path, Clock(datetime.now(UTC)))
+    await first.ensure_registered()
+    state = json.loads((tmp_path / "agent.json").read_text())
+    assert state["api_key"].startswith("hpd_")
+    assert (tmp_path / "agent.json").stat().st_mode & 0o077 == 0  # only the owner reads it
+    first.outbox.close()
+
+    # No bootstrap key this time: the stored API key is enough.
+    second = make_agent(transport, site_id, None, tmp_path, Clock(datetime.now(UTC)))
+    await second.ensure_registered()
+    await second.report_once()
+    assert len(transport.sent("/agent/register")) == 1
+    assert second.outbox.stats().pending == 0
+
+
+async def test_an_unregistered_agent_without_bootstrap_key_says_what_to_do(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    agent = make_agent(SwitchableTransport(app), "site-x", None, tmp_path, Clock(datetime.now(UTC)))
+    with pytest.raises(AgentError, match="--bootstrap-key"):
+        await agent.ensure_registered()
+
+
+async def test_a_sample_the_server_refuses_is_dropped_and_counted_not_retried_forever(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    clock = Clock(datetime.now(UTC))
+    agent = make_agent(transport, site_id, key, tmp_path, clock)
+    await agent.ensure_registered()
+    good = agent.make_sample(None).model_dump(mode="json")
+    too_old = {**good, "event_id": "0" * 32, "timestamp": "2020-01-01T00:00:00+00:00"}
+    await agent.outbox.aput("telemetry", too_old)
+    await agent.outbox.aput("telemetry", good)
+
+    assert await agent.deliver()
+
+    stats = agent.outbox.stats()
+    assert (stats.pending, stats.rejected, stats.sent) == (0, 1, 1)
+    await flush(app)
+    assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 1
+
+
+async def test_a_polled_job_is_run_and_its_result_reported(
+    app: FastAPI, client: AsyncClient, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    agent = make_agent(transport, site_id, key, tmp_path, Clock(datetime.now(UTC)))
+    await agent.ensure_registered()
+    headers = await auth_headers(app, client, Role.operator)
+    created = await client.post(
+        "/api/v1/jobs",
+        headers=headers,
+        json={
+            "job_type": "config_change",
+            "target_type": "device",
+            "target_id": "till-agent-01",
+            "payload": {"config": {"receipt_footer": "Danke!"}},
+        },
+    )
+    assert created.status_code == 201, created.text
+
+    await agent.poll_jobs()
+    for task in list(agent._tasks):
+        await task
+
+    assert agent.state.config["receipt_footer"] == "Danke!"
+    results = transport.sent("/result")
+    assert [r["status"] for r in results] == ["success"]
+    await flush(app)
+    outcomes = await db_rows(app, JobOutcome, device_id="till-agent-01")
+    assert [(o.job_type, o.status) for o in outcomes] == [("config_change", "success")]
+
+
+def test_outbox_is_bounded_drops_oldest_and_counts_it(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "q.sqlite3", max_messages=3)
+    for number in range(5):
+        outbox.put("telemetry", {"n": number})
+    assert [m.payload["n"] for m in outbox.oldest(10)] == [2, 3, 4]
+    assert outbox.stats().dropped == 2
+    outbox.close()
+
+    reopened = Outbox(tmp_path / "q.sqlite3", max_messages=3)  # durable, counters too
+    assert [m.payload["n"] for m in reopened.oldest(10)] == [2, 3, 4]
+    assert reopened.stats().dropped == 2
+    reopened.delivered([m.id for m in reopened.oldest(2)])
+    assert [m.payload["n"] for m in reopened.oldest(10)] == [4]
+    assert reopened.stats().sent == 2
