@@ -8,7 +8,7 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 Usage:
-  ./scripts/query-db.sh count            row counts of all 14 tables
+  ./scripts/query-db.sh count            row counts of every table
   ./scripts/query-db.sh TABLE [LIMIT]    newest LIMIT rows of TABLE (default 20)
 
 Examples:

@@ -243,7 +243,7 @@ def db_init(
         bool,
         typer.Option(
             "--sample-data",
-            help="Also add sample rows to all 14 tables, once (running it again adds nothing).",
+            help="Also add sample rows to every table, once (running it again adds nothing).",
         ),
     ] = False,
 ) -> None:
@@ -272,7 +272,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 @db_app.command("count")
 def db_count(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Row counts of all 14 tables (core, analytics, AI-focused)."""
+    """Row counts of every table (core, analytics, AI-focused, operational)."""
 
     async def count(engine: AsyncEngine) -> list[dbtools.TableCount]:
         async with engine.connect() as connection:
