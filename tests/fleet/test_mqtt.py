@@ -33,7 +33,10 @@ from homepot.fleet.mqtt import (
     broker_address,
 )
 from homepot.fleet.protocol import (
+    DeviceErrorReport,
     Envelope,
+    ErrorCategory,
+    ErrorSeverity,
     Heartbeat,
     JobCommand,
     JobResult,
@@ -502,3 +505,29 @@ async def test_the_bridge_reconnects_after_the_broker_restarts(
         await flush(application)
         [outage] = await db_rows(application, ErrorLog, error_code="MQTT_DISCONNECTED")
         assert outage.severity == "error"
+
+
+@requires_broker
+async def test_a_device_error_report_over_mqtt_is_stored(mqtt_app: FastAPI) -> None:
+    device_id, api_key = await _device_with_key(mqtt_app)
+    occurred = (datetime.now(UTC) - timedelta(minutes=2)).replace(microsecond=0)
+    report = DeviceErrorReport(
+        category=ErrorCategory.external_service,
+        severity=ErrorSeverity.critical,
+        error_code="EXT_SERVICE_TIMEOUT",
+        message="Payment gateway timeout: acquirer-us did not answer within 30 s",
+        occurred_at=occurred,
+        context={"gateway": "acquirer-us", "api_key": api_key},
+    )
+    async with DeviceMqttLink.from_url(BROKER_URL, device_id, api_key) as link:
+        await link.publish_error(report)
+
+        async def the_report() -> list[Any]:
+            return await _errors(mqtt_app, device_id, "EXT_SERVICE_TIMEOUT")
+
+        (row,) = await _eventually(the_report)
+    assert (row.category, row.severity, row.timestamp) == ("external_service", "critical", occurred)
+    assert row.error_message == report.message
+    assert row.context["source"] == "device"
+    assert row.context["gateway"] == "acquirer-us"
+    assert row.context["api_key"] == "[REDACTED]"

@@ -495,3 +495,91 @@ async def test_a_batch_the_server_cannot_queue_is_refused_and_can_be_resent(
     assert resent.json() == {"accepted": 12}
     # Nothing lost, nothing twice: the samples queued the first time are not stored again.
     assert len(await db_rows(app, DeviceMetrics, device_id=device_id)) == 12
+
+
+# -- the device's own error reports -----------------------------------------------------------
+
+
+def error_report(**fields: Any) -> dict[str, Any]:
+    return {
+        "category": "external_service",
+        "severity": "critical",
+        "error_code": "EXT_SERVICE_TIMEOUT",
+        "message": "Payment gateway timeout: acquirer-eu did not answer within 30 s",
+        **fields,
+    }
+
+
+async def test_a_device_error_report_is_stored_as_its_own_error(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    (device,) = await db_rows(app, Device, device_id=device_id)
+    occurred = (datetime.now(UTC) - timedelta(minutes=3)).replace(microsecond=0)
+    body = error_report(
+        occurred_at=occurred.isoformat(),
+        stack="Traceback: gateway.charge() timed out",
+        context={"gateway": "acquirer-eu", "password": "canary-s3cret-pw"},
+    )
+
+    response = await client.post(f"{AGENT}/errors", json=body, headers=headers)
+
+    assert response.status_code == 202, response.text
+    await flush(app)
+    (row,) = await db_rows(app, ErrorLog, device_id=device_id)
+    assert response.json() == {"event_id": row.event_id}
+    assert (row.category, row.severity, row.error_code) == (
+        "external_service",
+        "critical",
+        "EXT_SERVICE_TIMEOUT",
+    )
+    assert row.error_message == body["message"]
+    assert row.stack_trace == body["stack"]
+    assert row.timestamp == occurred
+    assert row.context == {
+        "source": "device",
+        "site_id": device.site_id,
+        "gateway": "acquirer-eu",
+        "password": "[REDACTED]",
+    }
+    assert "canary-s3cret-pw" not in await dump_all_tables(app)
+
+
+async def test_a_device_reports_only_its_own_errors(app: FastAPI, client: AsyncClient) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    other_id, _ = await create_registered_device(app, client)
+
+    foreign = await client.post(
+        f"{AGENT}/errors", json=error_report(device_id=other_id), headers=headers
+    )
+    anonymous = await client.post(f"{AGENT}/errors", json=error_report())
+
+    assert foreign.status_code == 403
+    assert f"belongs to {device_id}" in detail(foreign)
+    assert anonymous.status_code == 401
+    await flush(app)
+    assert await db_rows(app, ErrorLog) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"category": "printer"}, "category"),
+        ({"severity": "fatal"}, "severity"),
+        ({"error_code": "ext-timeout"}, "error_code"),
+        ({"error_code": "E" * 65}, "error_code"),
+        ({"message": ""}, "message"),
+        ({"occurred_at": "2026-01-01T10:00:00"}, "occurred_at"),
+    ],
+)
+async def test_a_bad_error_report_is_422_naming_the_field(
+    app: FastAPI, client: AsyncClient, fields: dict[str, Any], field: str
+) -> None:
+    _, headers = await create_registered_device(app, client)
+
+    response = await client.post(f"{AGENT}/errors", json=error_report(**fields), headers=headers)
+
+    assert response.status_code == 422
+    assert error_fields(response) == [field]
+    await flush(app)
+    assert await db_rows(app, ErrorLog, error_code="EXT_SERVICE_TIMEOUT") == []

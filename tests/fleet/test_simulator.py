@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from homepot.analytics.models import DeviceMetrics
+from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.auth.models import Role
 from homepot.fleet.faults import (
     BAD_CONFIG_VERSION,
@@ -30,6 +30,7 @@ from homepot.fleet.simulator import (
     profile_from_week,
     site_load,
 )
+from tests.fleet.test_end_to_end import always_open_week
 from tests.helpers import create_user, db_rows, flush
 
 WEEKDAY = DaySchedule(time(8), time(21), peak_start=time(12), peak_end=time(14),
@@ -186,6 +187,44 @@ async def test_simulated_terminals_report_and_their_faults_are_labelled(
     stored = {row.device_id for row in await db_rows(app, DeviceMetrics)}
     reachable = {t.device_id for t in simulator.terminals if not t.backlog}
     assert stored == reachable
+
+
+async def test_a_payment_gateway_timeout_is_reported_by_the_terminal(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    operator = await create_user(app, role=Role.admin)
+    config = SimulationConfig(
+        server_url="http://testserver",
+        sites=1,
+        devices=2,
+        fault_rate=0,
+        opening_faults=(FaultKind.payment_gateway_timeout,),
+        schedules=always_open_week(["sim-site-001"], tmp_path / "week.json"),
+        seed=3,
+        admin_email=operator["email"],
+        admin_password=operator["password"],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        # No in-process shortcut: the terminal reports over the protocol, as against a remote
+        # server.
+        simulator = FleetSimulator(config, http, use_mqtt=False)
+        await simulator.setup()
+        (faulted,) = [t for t in simulator.terminals if t.fault is not None]
+        assert faulted.fault is not None
+        faulted.fault.details["timeout_share"] = 1.0
+        for _ in range(5):
+            for terminal in simulator.terminals:
+                await simulator.report(terminal)
+
+    await flush(app)
+    rows = await db_rows(app, ErrorLog, error_code="EXT_SERVICE_TIMEOUT")
+    assert rows
+    assert {row.device_id for row in rows} == {faulted.device_id}
+    assert {(row.category, row.severity) for row in rows} == {("external_service", "critical")}
+    gateway = faulted.fault.details["gateway"]
+    assert all(gateway in row.error_message for row in rows)
+    assert {row.context["source"] for row in rows} == {"device"}
 
 
 def test_a_fleet_needs_a_terminal_per_site() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from datetime import datetime
 from typing import Any, Final
 
 from homepot.analytics.models import ErrorLog
@@ -30,11 +31,16 @@ def record_error(
     device_id: str | None = None,
     context: dict[str, Any] | None = None,
     recorder: Recorder | None = None,
+    timestamp: datetime | None = None,
+    stack_trace: str | None = None,
 ) -> str | None:
-    """Synchronous form of :func:`log_error` for code that cannot await (middleware)."""
+    """Synchronous form of :func:`log_error` for code that cannot await (middleware).
+
+    ``timestamp`` is when the error happened (None = now), e.g. a device's own clock;
+    ``stack_trace`` is a trace reported as text, used when there is no ``exception``.
+    """
     _validated("category", category, CATEGORIES)
     _validated("severity", severity, SEVERITIES)
-    stack_trace = None
     context = dict(context or {})
     if exception is not None:
         stack_trace = "".join(
@@ -52,6 +58,7 @@ def record_error(
         user_id=user_id,
         device_id=device_id,
         context=context or None,
+        timestamp=timestamp,
     )
 
 

@@ -19,6 +19,8 @@ import httpx
 from homepot import __version__
 from homepot.config import API_PREFIX
 from homepot.fleet.protocol import (
+    DeviceErrorAccepted,
+    DeviceErrorReport,
     Heartbeat,
     JobAck,
     JobCommand,
@@ -144,6 +146,13 @@ class DeviceClient:
 
     async def send_raw_result(self, result: dict[str, Any]) -> None:
         await self._call("POST", f"/jobs/{result['execution_id']}/result", result)
+
+    async def report_error(self, report: DeviceErrorReport) -> DeviceErrorAccepted:
+        """Report an error the device saw itself (stored in the server's error_logs)."""
+        response = await self._call(
+            "POST", "/errors", report.model_dump(mode="json", exclude_none=True)
+        )
+        return DeviceErrorAccepted.model_validate(response.json())
 
     # -- plumbing --------------------------------------------------------------------------
 

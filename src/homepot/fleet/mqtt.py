@@ -5,9 +5,9 @@ connection that does two things:
 
 - pushes jobs: ``app.state.push_channel`` is a :class:`MqttChannel` publishing each
   :class:`~homepot.fleet.protocol.JobCommand` to ``topics.jobs(device_id)``;
-- bridges the uplink: every device message (telemetry, heartbeat, job ack, job result) is
-  authenticated and handed to the same transport-independent services the HTTP endpoints
-  call, each message in its own transaction.
+- bridges the uplink: every device message (telemetry, heartbeat, job ack, job result,
+  error report) is authenticated and handed to the same transport-independent services the
+  HTTP endpoints call, each message in its own transaction.
 
 The broker is not trusted: devices publish an :class:`~homepot.fleet.protocol.Envelope`
 carrying their API key, and a message is dropped (and logged in ``error_logs``) unless the key
@@ -48,6 +48,7 @@ from homepot.fleet import service as fleet_service
 from homepot.fleet.auth import device_for_key
 from homepot.fleet.channels import InProcessChannel, PushChannel
 from homepot.fleet.protocol import (
+    DeviceErrorReport,
     Envelope,
     Heartbeat,
     JobAck,
@@ -184,11 +185,22 @@ async def _result(
         logger.info("%s: %s", device.device_id, answer.detail)
 
 
+async def _error(
+    session: AsyncSession,
+    recorder: Recorder,
+    settings: Settings,
+    device: Device,
+    report: DeviceErrorReport,
+) -> None:
+    fleet_service.record_device_error(recorder, device, report)
+
+
 UPLINKS = (
     _Uplink("telemetry", "/telemetry", TelemetryBatch, _telemetry),
     _Uplink("heartbeat", "/heartbeat", Heartbeat, _heartbeat),
     _Uplink("job ack", "/jobs/ack", JobAck, _ack),
     _Uplink("job result", "/jobs/result", JobResult, _result),
+    _Uplink("error report", "/errors", DeviceErrorReport, _error),
 )
 
 
@@ -379,6 +391,8 @@ class UplinkBridge:
                 context={"topic": topic},
                 recorder=self._recorder,
             )
+        except fleet_service.ErrorReportNotQueued as exc:
+            logger.error("dropped an error report from %s: %s", device_id, exc)
         except Exception as exc:
             category = "database" if isinstance(exc, SQLAlchemyError) else "external_service"
             record_error(
@@ -525,6 +539,9 @@ class DeviceMqttLink:
 
     async def publish_result(self, result: JobResult) -> None:
         await self._publish(topics.job_result(self.device_id), result)
+
+    async def publish_error(self, report: DeviceErrorReport) -> None:
+        await self._publish(topics.errors(self.device_id), report)
 
     async def _publish(self, topic: str, payload: BaseModel) -> None:
         envelope = Envelope(

@@ -150,6 +150,36 @@ class JobResult(DeviceScoped):
         return self
 
 
+class ErrorCategory(StrEnum):
+    api = "api"
+    database = "database"
+    external_service = "external_service"
+    validation = "validation"
+
+
+class ErrorSeverity(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+class DeviceErrorReport(DeviceScoped):
+    """An error the device saw itself (e.g. its payment gateway timing out), for ``error_logs``."""
+
+    category: ErrorCategory = ErrorCategory.external_service
+    severity: ErrorSeverity
+    error_code: str = Field(min_length=1, max_length=64, pattern=r"^[A-Z][A-Z0-9_]*$")
+    message: str = Field(min_length=1, max_length=2000)
+    stack: str | None = Field(default=None, max_length=20_000)
+    occurred_at: SampleTime | None = None
+    context: dict[str, Any] | None = None
+
+
+class DeviceErrorAccepted(BaseModel):
+    event_id: str | None = Field(description="The error_logs event id; null when recording is off")
+
+
 class Envelope(Strict):
     """An MQTT message from a device: its key (the broker is not trusted) and the payload."""
 
@@ -180,10 +210,15 @@ class topics:  # noqa: N801 - a namespace of topic builders, read as topics.jobs
     def heartbeat(device_id: str) -> str:
         return f"{topics.PREFIX}/{device_id}/heartbeat"
 
+    @staticmethod
+    def errors(device_id: str) -> str:
+        return f"{topics.PREFIX}/{device_id}/errors"
+
     # What the server subscribes to: every device's uplink messages.
     UPLINK = (
         f"{PREFIX}/+/jobs/ack",
         f"{PREFIX}/+/jobs/result",
         f"{PREFIX}/+/telemetry",
         f"{PREFIX}/+/heartbeat",
+        f"{PREFIX}/+/errors",
     )

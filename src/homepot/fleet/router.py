@@ -17,6 +17,8 @@ from homepot.device.models import DeviceStatus
 from homepot.fleet import service
 from homepot.fleet.auth import CurrentDevice, ensure_own_device
 from homepot.fleet.protocol import (
+    DeviceErrorAccepted,
+    DeviceErrorReport,
     Heartbeat,
     RegisterRequest,
     RegisterResponse,
@@ -98,3 +100,23 @@ async def telemetry(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
         ) from exc
     return TelemetryAccepted(accepted=accepted)
+
+
+@router.post(
+    "/errors",
+    response_model=DeviceErrorAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="An error the device saw itself (e.g. a payment gateway timeout), for error_logs",
+    responses={503: {"description": "The server is busy; send the same report again later"}},
+)
+async def report_error(
+    device: CurrentDevice, body: DeviceErrorReport, request: Request
+) -> DeviceErrorAccepted:
+    ensure_own_device(device, body.device_id)
+    try:
+        event_id = service.record_device_error(request.app.state.recorder, device, body)
+    except service.ErrorReportNotQueued as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
+        ) from exc
+    return DeviceErrorAccepted(event_id=event_id)

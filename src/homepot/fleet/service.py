@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homepot.analytics.error_logger import record_error
 from homepot.analytics.models import DeviceMetrics
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
@@ -24,6 +25,7 @@ from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, hash_key, new_device_key
 from homepot.fleet.protocol import (
+    DeviceErrorReport,
     Heartbeat,
     MqttInfo,
     RegisterRequest,
@@ -74,6 +76,13 @@ class TelemetryNotQueued(Exception):
             f"the server is busy: {refused} of {total} samples could not be queued; send the"
             " batch again shortly (samples already stored are not stored twice)"
         )
+
+
+class ErrorReportNotQueued(Exception):
+    """The recorder's queue is full: the report was not taken and should be sent again."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is busy: the error report could not be queued; send it again")
 
 
 class RegistrationConflict(Exception):
@@ -276,3 +285,31 @@ def ingest_telemetry(
     if refused:
         raise TelemetryNotQueued(refused, len(batch.samples))
     return len(batch.samples)
+
+
+def record_device_error(
+    recorder: Recorder, device: Device, report: DeviceErrorReport
+) -> str | None:
+    """Queue a device's own error report for ``error_logs``; returns its event id.
+
+    The device id is the credential's; ``occurred_at`` (the device's clock) becomes the
+    row's timestamp, now when absent. The context says the device reported it and names its
+    site; the recorder redacts secrets in the context and the free text. Returns None when
+    analytics recording is off; raises ErrorReportNotQueued when the recorder's queue is full.
+    """
+    context: dict[str, Any] = {"source": "device", "site_id": device.site_id}
+    context |= report.context or {}
+    event_id = record_error(
+        category=report.category.value,
+        severity=report.severity.value,
+        error_code=report.error_code,
+        error_message=report.message,
+        device_id=device.device_id,
+        context=context,
+        recorder=recorder,
+        timestamp=report.occurred_at,
+        stack_trace=report.stack,
+    )
+    if event_id is None and recorder.enabled:
+        raise ErrorReportNotQueued()
+    return event_id

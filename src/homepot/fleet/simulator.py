@@ -49,6 +49,9 @@ from homepot.fleet.faults import (
     LabelWriter,
 )
 from homepot.fleet.protocol import (
+    DeviceErrorReport,
+    ErrorCategory,
+    ErrorSeverity,
     Heartbeat,
     JobCommand,
     JobResult,
@@ -416,10 +419,6 @@ class SimulationStats:
 
 
 JobInbox = Callable[[str], "asyncio.Queue[JobCommand]"]
-# (device_id, error_code, message, context): where a terminal's own error reports go. The
-# protocol has no device error endpoint yet, so the reports travel in the telemetry's
-# extra_metrics; the embedded demo also hands them to the server's error logger this way.
-DeviceErrorReporter = Callable[[str, str, str, dict[str, Any]], None]
 
 
 @dataclass
@@ -453,14 +452,12 @@ class FleetSimulator:
         use_mqtt: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         token_provider: Callable[[], Awaitable[str]] | None = None,
-        device_error_reporter: DeviceErrorReporter | None = None,
     ) -> None:
         config.validate()
         self.config = config
         self.http = http
         self.job_inbox = job_inbox
         self.token_provider = token_provider
-        self.device_error_reporter = device_error_reporter
         self.use_mqtt = use_mqtt
         self.clock = clock
         self.rng = random.Random(config.seed)
@@ -732,17 +729,19 @@ class FleetSimulator:
         fields, timeouts = terminal.model.sample(
             self.simulated_time(now), timedelta(seconds=self.config.interval_seconds), effects
         )
+        error_report = None
         if timeouts:
             gateway = terminal.fault.details.get("gateway") if terminal.fault else None
             fields["extra_metrics"]["payment_gateway"] = gateway
-            if self.device_error_reporter is not None:
-                self.device_error_reporter(
-                    terminal.device_id,
-                    PAYMENT_TIMEOUT_CODE,
-                    f"Payment gateway timeout: {gateway} did not answer within 30 s "
-                    f"({timeouts} payment(s) in the last {self.config.interval_seconds:.0f} s)",
-                    {"gateway": gateway, "timeouts": timeouts, "site_id": terminal.site_id},
-                )
+            error_report = DeviceErrorReport(
+                category=ErrorCategory.external_service,
+                severity=ErrorSeverity.critical,
+                error_code=PAYMENT_TIMEOUT_CODE,
+                message=f"Payment gateway timeout: {gateway} did not answer within 30 s "
+                f"({timeouts} payment(s) in the last {self.config.interval_seconds:.0f} s)",
+                occurred_at=now,
+                context={"gateway": gateway, "timeouts": timeouts},
+            )
         sample = MetricSample(
             # Random, not seeded: a second run must not repeat (and lose) the first's ids.
             event_id=uuid.uuid4(),
@@ -762,7 +761,7 @@ class FleetSimulator:
             uptime_seconds=round((now - terminal.started_at).total_seconds(), 1),
         )
         try:
-            await self._send(terminal, heartbeat)
+            await self._send(terminal, heartbeat, error_report)
         except Unauthorized:
             logger.warning(
                 "%s: its key was refused; the simulation re-registers it next run",
@@ -776,7 +775,12 @@ class FleetSimulator:
         except ServerUnavailable:
             self.stats.unavailable += 1
 
-    async def _send(self, terminal: SimulatedTerminal, heartbeat: Heartbeat) -> None:
+    async def _send(
+        self,
+        terminal: SimulatedTerminal,
+        heartbeat: Heartbeat,
+        error_report: DeviceErrorReport | None = None,
+    ) -> None:
         link = terminal.mqtt
         if link is not None:
             try:
@@ -785,6 +789,8 @@ class FleetSimulator:
                 for start in range(0, len(samples), 500):
                     batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
                     await link.publish_telemetry(batch)
+                if error_report is not None:
+                    await link.publish_error(error_report)
             except Exception as exc:
                 raise ServerUnavailable(f"MQTT: {exc}") from exc
         else:
@@ -795,6 +801,8 @@ class FleetSimulator:
                 for _ in chunk:
                     terminal.backlog.popleft()
                 self.stats.samples_sent += len(chunk)
+            if error_report is not None:
+                await terminal.client.report_error(error_report)
         if link is not None:
             self.stats.samples_sent += len(terminal.backlog)
             terminal.backlog.clear()
@@ -1006,11 +1014,9 @@ async def embedded_simulator(
 
     It calls the app through an in-process ASGI transport (its calls still pass the request
     log like any client's), receives pushed jobs from the app's in-process channel when no
-    broker is configured, acts as ``admin_email`` with tokens minted from the database, and
-    hands its terminals' error reports to the server's error logger (the protocol has no
-    device error endpoint yet).
+    broker is configured, and acts as ``admin_email`` with tokens minted from the database.
+    Its terminals report their own errors through the protocol, like any device.
     """
-    from homepot.analytics.error_logger import record_error
     from homepot.auth.service import create_access_token, get_user_by_email
     from homepot.fleet.channels import InProcessChannel
 
@@ -1020,17 +1026,6 @@ async def embedded_simulator(
         if user is None:
             raise SimulationError(f"the simulator's operator {admin_email} does not exist")
         return create_access_token(user, app.state.settings.auth)
-
-    def report(device_id: str, code: str, message: str, context: dict[str, Any]) -> None:
-        record_error(
-            category="external_service",
-            severity="critical",
-            error_code=code,
-            error_message=message,
-            device_id=device_id,
-            context=context,
-            recorder=app.state.recorder,
-        )
 
     channel = getattr(app.state, "push_channel", None)
     inbox = channel.inbox if isinstance(channel, InProcessChannel) else None
@@ -1044,7 +1039,6 @@ async def embedded_simulator(
             job_inbox=inbox,
             use_mqtt=inbox is None,
             token_provider=token,
-            device_error_reporter=report,
         )
 
 
