@@ -583,3 +583,12 @@ async def test_a_bad_error_report_is_422_naming_the_field(
     assert error_fields(response) == [field]
     await flush(app)
     assert await db_rows(app, ErrorLog, error_code="EXT_SERVICE_TIMEOUT") == []
+
+
+async def test_a_heartbeat_status_outside_ok_degraded_error_is_a_422(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    _, headers = await create_registered_device(app, client)
+    response = await client.post(f"{AGENT}/heartbeat", json={"status": "fine"}, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "status"]

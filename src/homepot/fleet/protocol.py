@@ -74,14 +74,20 @@ class RegisterResponse(BaseModel):
     mqtt: MqttInfo | None = None
 
 
+class HealthStatus(StrEnum):
+    ok = "ok"
+    degraded = "degraded"
+    error = "error"
+
+
 class DeviceScoped(Strict):
     # Optional: when given, it must be the credential's own device (else 403).
     device_id: str | None = Field(default=None, max_length=64)
 
 
 class Heartbeat(DeviceScoped):
-    status: str | None = Field(
-        default=None, max_length=16, description="The device's own view: ok, degraded, error"
+    status: HealthStatus | None = Field(
+        default=None, description="The device's own view of its health (default ok)"
     )
     firmware_version: str | None = Field(default=None, max_length=64)
     config_version: str | None = Field(default=None, max_length=64)
