@@ -147,6 +147,8 @@ class RequestLogMiddleware:
         request_id = uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        # Resolved once here; handlers that store the caller's address read it from state.
+        state["client_ip"] = self.client_address(scope)
         received = 0
         sent = 0
         status = 500
@@ -275,7 +277,7 @@ class RequestLogMiddleware:
             status_code=status,
             response_time_ms=round(elapsed * 1000, 3),
             user_id=scope["state"].get("user_id"),
-            ip_address=self.client_address(scope),
+            ip_address=scope["state"]["client_ip"],
             user_agent=user_agent,
             error_message=error_message,
             # A body the handler never read still crossed the wire: fall back to its length.

@@ -16,7 +16,6 @@ from fastapi import Request
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.middleware import ClientAddress
 from homepot.audit.models import AuditLog
 from homepot.auth.models import User
 from homepot.kit.redaction import redact
@@ -31,9 +30,9 @@ class Actor:
 
     @classmethod
     def of(cls, request: Request, user: User) -> Actor:
-        # The same address the request log stores: X-Forwarded-For only from trusted proxies.
-        client_address = ClientAddress(request.app.state.settings.trusted_proxies)
-        return cls(user_id=user.id, ip_address=client_address(request.scope))
+        # The address the request log stores (X-Forwarded-For only from trusted proxies),
+        # resolved once per request by the middleware.
+        return cls(user_id=user.id, ip_address=request.state.client_ip)
 
 
 def write_audit_log(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from homepot.analytics.middleware import ClientAddress
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.device.models import DeviceStatus
@@ -37,10 +36,6 @@ class HeartbeatAccepted(BaseModel):
     )
 
 
-def _client_ip(request: Request) -> str | None:
-    return ClientAddress(request.app.state.settings.trusted_proxies)(request.scope)
-
-
 @router.post(
     "/register",
     response_model=RegisterResponse,
@@ -56,7 +51,7 @@ async def register(
 ) -> RegisterResponse:
     try:
         return await service.register_device(
-            session, body, settings=request.app.state.settings, ip_address=_client_ip(request)
+            session, body, settings=request.app.state.settings, ip_address=request.state.client_ip
         )
     except SiteNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
@@ -76,7 +71,7 @@ async def heartbeat(
 ) -> HeartbeatAccepted:
     ensure_own_device(device, body.device_id)
     await service.record_heartbeat(
-        session, request.app.state.recorder, device, body, ip_address=_client_ip(request)
+        session, request.app.state.recorder, device, body, ip_address=request.state.client_ip
     )
     return HeartbeatAccepted(device_id=device.device_id, status=device.status)
 
