@@ -2,6 +2,7 @@
 # Start the local services the tests use, if they are not answering already.
 # PostgreSQL (127.0.0.1:5432, user postgres) is required; the tests create their own databases.
 # Mosquitto (127.0.0.1:1883, anonymous) carries the device protocol's MQTT tests.
+# Chromium (Debian's package, /usr/bin/chromium) runs the dashboard's browser tests.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -41,4 +42,22 @@ if ! answers 1883; then
     exit 1
   fi
   wait_for 1883 Mosquitto
+fi
+
+chromium=${HOMEPOT_TEST_CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: installing Chromium (Debian package) for the browser tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    if [ ! -x "$chromium" ]; then
+      echo "ensure-services: chromium is installed but $chromium is not executable;" \
+        "set HOMEPOT_TEST_CHROMIUM to the Chromium binary" >&2
+      exit 1
+    fi
+  else
+    echo "ensure-services: no Chromium at $chromium; install Debian's chromium package" \
+      "(sudo apt-get install chromium) or set HOMEPOT_TEST_CHROMIUM to a Chromium binary" >&2
+    exit 1
+  fi
 fi

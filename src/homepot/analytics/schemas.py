@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -31,6 +32,28 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
+# One dashboard event as JSON, and a whole ingestion request body (a batch or an error report).
+MAX_EVENT_BYTES = 8 * 1024
+MAX_INGEST_BODY_BYTES = 256 * 1024
+# What the dashboard records. Anything else is refused at ingestion, so that a buggy or
+# hostile client cannot invent event kinds the reports would then have to explain.
+TRACKED_ACTIVITY_TYPES = ("page_view", "click", "search", "form_submit")
+# extra_data keys that would carry what a person typed into a form; never accepted.
+FIELD_VALUE_KEYS = frozenset(
+    {
+        "value",
+        "values",
+        "field_value",
+        "field_values",
+        "input_value",
+        "form_data",
+        "form_values",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+    }
+)
 # How far a client's clock may run ahead, and how old an event a client may still send.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_EVENT_AGE = timedelta(days=7)
@@ -54,10 +77,55 @@ ActivityType = Annotated[
     ),
 ]
 ErrorCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+SessionId = Annotated[
+    str,
+    Field(
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The browser session: 1 to 64 letters, digits, '-' or '_' "
+        "(a UUID from crypto.randomUUID() fits)",
+    ),
+]
 
 
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
+
+
+def _tracked_activity_type(value: str) -> str:
+    if value not in TRACKED_ACTIVITY_TYPES:
+        raise PydanticCustomError(
+            "unknown_activity_type",
+            "activity_type '{value}' is not recorded; use one of: {allowed}",
+            {"value": value, "allowed": ", ".join(TRACKED_ACTIVITY_TYPES)},
+        )
+    return value
+
+
+def _field_value_keys(value: Any, path: str = "extra_data") -> list[str]:
+    """Where in ``value`` a key that would carry form input appears (as dotted paths)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            where = f"{path}.{key}"
+            if str(key).lower() in FIELD_VALUE_KEYS:
+                found.append(where)
+            found.extend(_field_value_keys(inner, where))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found.extend(_field_value_keys(inner, f"{path}[{index}]"))
+    return found
+
+
+def _event_within_size(value: Any) -> Any:
+    """Refuse one raw event bigger than MAX_EVENT_BYTES before looking at its fields."""
+    if isinstance(value, dict) and (size := len(to_json(value))) > MAX_EVENT_BYTES:
+        raise PydanticCustomError(
+            "event_too_large",
+            "this event is {size} bytes as JSON; at most {limit} are accepted per event",
+            {"size": size, "limit": MAX_EVENT_BYTES},
+        )
+    return value
 
 
 def _json_within_limit(name: str, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -365,14 +433,19 @@ class UserActivityCreate(BaseModel):
         description="When it happened, with an offset; at most 7 days old and not in the "
         "future. Defaults to the time it is received.",
     )
-    activity_type: ActivityType
-    session_id: Id64 | None = None
+    activity_type: Annotated[ActivityType, AfterValidator(_tracked_activity_type)] = Field(
+        description="page_view, click, search or form_submit"
+    )
+    session_id: SessionId | None = None
     page_url: str | None = Field(default=None, max_length=2048)
     element_id: str | None = Field(default=None, max_length=256)
     search_query: str | None = Field(default=None, max_length=512)
     duration_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
     extra_data: dict[str, JsonValue] | None = Field(
-        default=None, description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON"
+        default=None,
+        description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON. It never "
+        "carries what was typed into a form: keys such as value, values or password are "
+        "refused.",
     )
 
     @model_validator(mode="before")
@@ -402,14 +475,20 @@ class UserActivityCreate(BaseModel):
     @field_validator("extra_data")
     @classmethod
     def _small_extra_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and (keys := _field_value_keys(value)):
+            raise ValueError(
+                f"extra_data must not carry form field values; refused key(s): {', '.join(keys)}"
+            )
         return _json_within_limit("extra_data", value)
 
 
 class UserActivityBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    events: list[UserActivityCreate] = Field(
-        min_length=1, description=f"1 to {MAX_ACTIVITY_BATCH} events"
+    events: list[Annotated[UserActivityCreate, BeforeValidator(_event_within_size)]] = Field(
+        min_length=1,
+        description=f"1 to {MAX_ACTIVITY_BATCH} events, each at most {MAX_EVENT_BYTES} bytes "
+        "as JSON",
     )
 
 
@@ -437,6 +516,10 @@ class ClientErrorCreate(BaseModel):
     @field_validator("context")
     @classmethod
     def _small_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and (keys := _field_value_keys(value, "context")):
+            raise ValueError(
+                f"context must not carry form field values; refused key(s): {', '.join(keys)}"
+            )
         return _json_within_limit("context", value)
 
 

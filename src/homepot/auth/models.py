@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, String
+from sqlalchemy import Boolean, Enum, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from homepot.db import Base, new_event_id, utcnow
@@ -28,5 +28,7 @@ class User(Base):
     )
     full_name: Mapped[str | None] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The user's "Don't track my activity" choice: their dashboard events are then discarded.
+    analytics_opt_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]

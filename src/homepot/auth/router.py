@@ -9,7 +9,7 @@ from sqlalchemy import select
 from homepot.auth import service
 from homepot.auth.deps import AdminUser, CurrentUser
 from homepot.auth.models import User
-from homepot.auth.schemas import Token, UserCreate, UserRead
+from homepot.auth.schemas import Token, UserCreate, UserPreferences, UserRead
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 
@@ -44,6 +44,30 @@ async def login(
 @router.get("/users/me", response_model=UserRead, summary="The user the token belongs to")
 async def read_me(user: CurrentUser) -> User:
     return user
+
+
+@router.get(
+    "/users/me/preferences",
+    response_model=UserPreferences,
+    summary="The logged-in user's preferences",
+    description='`analytics_opt_out`: whether the user chose "Don\'t track my activity". '
+    "The dashboard's tracker reads it when a page loads. Any logged-in user.",
+)
+async def read_my_preferences(user: CurrentUser) -> User:
+    return user
+
+
+@router.put(
+    "/users/me/preferences",
+    response_model=UserPreferences,
+    summary="Change the logged-in user's preferences",
+    description="Replaces the preferences (every field required). With "
+    "`analytics_opt_out: true` the user's dashboard activity is no longer recorded: the "
+    "tracker stops sending it and the ingestion discards any that arrives. Any logged-in user.",
+    responses={422: {"description": "A missing, unknown or non-boolean field"}},
+)
+async def update_my_preferences(body: UserPreferences, user: CurrentUser) -> User:
+    return service.set_preferences(user, body)
 
 
 @router.post(

@@ -20,6 +20,17 @@ class UserCreate(BaseModel):
     full_name: str | None = Field(default=None, max_length=200)
 
 
+class UserPreferences(BaseModel):
+    """What a user chooses for themself; every field is required on PUT."""
+
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+    analytics_opt_out: bool = Field(
+        description='true: "Don\'t track my activity". The dashboard then sends no page '
+        "views, clicks, searches or form submissions, and any it sends are discarded"
+    )
+
+
 class UserRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.auth.models import Role, User
+from homepot.auth.schemas import UserPreferences
 from homepot.config import AuthSettings
 from homepot.db import utcnow
 
@@ -99,6 +100,12 @@ async def create_user(
     user = User(email=email, password_hash=hash_password(password), role=role, full_name=full_name)
     session.add(user)
     await session.flush()
+    return user
+
+
+def set_preferences(user: User, preferences: UserPreferences) -> User:
+    """Store the user's choices (the caller's transaction commits them)."""
+    user.analytics_opt_out = preferences.analytics_opt_out
     return user
 
 

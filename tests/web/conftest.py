@@ -1,0 +1,112 @@
+"""Browser tests: the real app behind uvicorn, driven by a real headless Chromium.
+
+Chromium is Debian's (/usr/bin/chromium; scripts/ensure-services.sh installs it when
+missing), driven by the playwright package, which never downloads browsers of its own here.
+The server and the browser share the test's event loop (one loop for the whole run, so that
+one browser serves every test); the server runs on both storage backends like every other
+test, through the ``settings`` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
+from httpx import AsyncClient
+from playwright.async_api import Browser, BrowserContext, async_playwright
+
+from homepot.auth.models import Role
+from homepot.config import Settings
+from homepot.main import create_app
+from tests.helpers import create_user, flush, login
+
+CHROMIUM = os.environ.get("HOMEPOT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+API = "/api/v1"
+
+
+@dataclass
+class LiveServer:
+    app: FastAPI
+    base_url: str
+    client: AsyncClient
+
+    async def user(self, role: Role) -> dict[str, str]:
+        """A user of ``role``; returns id, email, password and a bearer token."""
+        user = await create_user(self.app, role=role)
+        headers = await login(self.client, user["email"], user["password"])
+        return user | {"token": headers["Authorization"].removeprefix("Bearer ")}
+
+    async def wait_for(self, probe: Callable[[], Awaitable[Any]], *, within: float = 10.0) -> Any:
+        """Poll ``probe`` (after draining the analytics recorder) until it returns truth."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            await flush(self.app)
+            result = await probe()
+            if result or asyncio.get_running_loop().time() > deadline:
+                return result
+            await asyncio.sleep(0.05)
+
+
+def _require_chromium() -> None:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run scripts/ensure-services.sh (as root it installs "
+            "Debian's chromium package) or set HOMEPOT_TEST_CHROMIUM"
+        )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    _require_chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def live(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app served over HTTP on a free local port, with its lifespan running."""
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with AsyncClient(base_url=base_url, timeout=10) as client:
+            yield LiveServer(app=app, base_url=base_url, client=client)
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile (its own localStorage and sessionStorage) per test."""
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    await ctx.close()
