@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 
+from homepot.analytics.schemas import ConfigurationHistoryRead, DeviceStateHistoryRead
 from homepot.audit.service import Actor
 from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
-from homepot.device import service
+from homepot.device import history, service
 from homepot.device.models import Device, DeviceStatus
-from homepot.device.schemas import DeviceCreate, DeviceRead, DeviceUpdate
+from homepot.device.schemas import DeviceCreate, DeviceMetricSeries, DeviceRead, DeviceUpdate
 from homepot.kit.page import Page, PageQuery
+from homepot.kit.pagination import CursorPage, Position, decode_cursor
 from homepot.site.service import SiteNotFound
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"])
@@ -117,3 +120,86 @@ async def delete_device(
     user: OperatorUser, device: DeviceFromPath, request: Request, session: SessionDep
 ) -> None:
     await service.delete_device(session, Actor.of(request, user), device)
+
+
+HistoryLimit = Annotated[int, Query(ge=1, le=500, description="Rows per page, newest first")]
+
+
+def _history_cursor(
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The next_cursor of the previous page")
+    ] = None,
+) -> Position | None:
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc), "input": cursor}]
+        ) from exc
+
+
+HistoryCursor = Annotated[Position | None, Depends(_history_cursor)]
+
+
+@router.get(
+    "/devices/{device_id}/metrics",
+    response_model=DeviceMetricSeries,
+    summary="A device's metrics over time, averaged per time bucket (for charts)",
+    responses={422: {"description": "since not before until, or a span over 31 days"}},
+)
+async def read_device_metrics(
+    _user: CurrentUser,
+    device: DeviceFromPath,
+    session: SessionDep,
+    since: Annotated[
+        datetime | None, Query(description="Start (ISO 8601; default six hours before until)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="End (ISO 8601; default now)")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=1000, description="At most this many points (time buckets)")
+    ] = 120,
+) -> DeviceMetricSeries:
+    try:
+        buckets = history.chart_buckets(since, until, limit)
+    except history.InvalidTimeSpan as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    points = await history.bucketed_metrics(session, buckets, device.device_id)
+    return DeviceMetricSeries(
+        device_id=device.device_id,
+        since=buckets.since,
+        until=buckets.until,
+        bucket_seconds=buckets.seconds,
+        points=points,
+    )
+
+
+@router.get(
+    "/devices/{device_id}/states",
+    response_model=CursorPage[DeviceStateHistoryRead],
+    summary="A device's state changes, newest first",
+)
+async def read_device_states(
+    _user: CurrentUser,
+    device: DeviceFromPath,
+    session: SessionDep,
+    cursor: HistoryCursor,
+    limit: HistoryLimit = 50,
+) -> CursorPage[DeviceStateHistoryRead]:
+    return await history.state_history(session, device.device_id, limit, cursor)
+
+
+@router.get(
+    "/devices/{device_id}/config-history",
+    response_model=CursorPage[ConfigurationHistoryRead],
+    summary="Changes to a device's configuration, newest first",
+)
+async def read_device_config_history(
+    _user: CurrentUser,
+    device: DeviceFromPath,
+    session: SessionDep,
+    cursor: HistoryCursor,
+    limit: HistoryLimit = 50,
+) -> CursorPage[ConfigurationHistoryRead]:
+    return await history.config_history(session, device.device_id, limit, cursor)

@@ -91,3 +91,33 @@ class DeviceRead(BaseModel):
     last_seen_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class MetricPoint(BaseModel):
+    """Metrics of one time bucket: averages, except transactions which are summed."""
+
+    timestamp: datetime = Field(description="Start of the bucket (UTC)")
+    samples: int = Field(description="Metric samples in the bucket")
+    devices: int = Field(description="Devices that reported in the bucket")
+    cpu_percent: float | None
+    memory_percent: float | None
+    disk_percent: float | None
+    network_latency_ms: float | None
+    transaction_count: int | None = Field(description="Transactions in the bucket, summed")
+    error_rate: float | None
+
+
+class MetricSeries(BaseModel):
+    """Metrics from ``since`` to ``until`` in buckets of ``bucket_seconds``, oldest first.
+
+    Buckets without samples are left out.
+    """
+
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    points: list[MetricPoint]
+
+
+class DeviceMetricSeries(MetricSeries):
+    device_id: str

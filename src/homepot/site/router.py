@@ -140,6 +140,17 @@ async def read_week(_admin: AdminUser, site: SiteFromPath, session: SessionDep) 
     return _week(site, list(await service.list_schedules(session, site)))
 
 
+@router.get(
+    "/sites/{site_id}/hours",
+    response_model=WeekSchedule,
+    summary="A site's weekly operating schedule, read-only (any signed-in user)",
+    description="The same week as GET /sites/{site_id}/schedules, for operators and viewers "
+    "who see a site's hours on the dashboard; changing them stays admin-only.",
+)
+async def read_hours(_user: CurrentUser, site: SiteFromPath, session: SessionDep) -> WeekSchedule:
+    return _week(site, list(await service.list_schedules(session, site)))
+
+
 @router.put(
     "/sites/{site_id}/schedules",
     response_model=WeekSchedule,

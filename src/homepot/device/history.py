@@ -1,0 +1,113 @@
+"""A device's past, for charts and timelines: metrics by time bucket, states, config changes.
+
+Reads only. Metrics are averaged per bucket in the database so that a chart over hours of
+samples costs one grouped query and returns at most a few hundred points.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.analytics import queries
+from homepot.analytics.models import DeviceMetrics
+from homepot.analytics.schemas import (
+    ConfigHistoryQuery,
+    ConfigurationHistoryRead,
+    DeviceStateHistoryRead,
+    DeviceStateQuery,
+)
+from homepot.db import utcnow
+from homepot.device.schemas import MetricPoint
+from homepot.kit.pagination import CursorPage, Position
+from homepot.kit.timebuckets import Buckets
+
+DEFAULT_SPAN = timedelta(hours=6)
+MAX_SPAN = timedelta(days=31)
+
+
+class InvalidTimeSpan(ValueError):
+    pass
+
+
+def chart_buckets(since: datetime | None, until: datetime | None, points: int) -> Buckets:
+    """Buckets from ``since`` to ``until`` (default: the last six hours up to now)."""
+    until = _aware(until) if until is not None else utcnow()
+    since = _aware(since) if since is not None else until - DEFAULT_SPAN
+    if since >= until:
+        raise InvalidTimeSpan(
+            f"since ({since.isoformat()}) must be before until ({until.isoformat()})"
+        )
+    if until - since > MAX_SPAN:
+        raise InvalidTimeSpan(f"since to until spans more than {MAX_SPAN.days} days")
+    return Buckets.covering(since, until, points)
+
+
+def _aware(moment: datetime) -> datetime:
+    # A time without an offset is UTC, as everywhere in the API.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def bucketed_metrics(
+    session: AsyncSession, buckets: Buckets, device_id: str | None = None
+) -> list[MetricPoint]:
+    """Metric averages per bucket (transactions summed), of one device or of the whole fleet."""
+    start = buckets.start_of(DeviceMetrics.timestamp).label("bucket")
+    statement = (
+        select(
+            start,
+            func.count(DeviceMetrics.id),
+            func.avg(DeviceMetrics.cpu_percent),
+            func.avg(DeviceMetrics.memory_percent),
+            func.avg(DeviceMetrics.disk_percent),
+            func.avg(DeviceMetrics.network_latency_ms),
+            func.sum(DeviceMetrics.transaction_count),
+            func.avg(DeviceMetrics.error_rate),
+            func.count(func.distinct(DeviceMetrics.device_id)),
+        )
+        .where(DeviceMetrics.timestamp >= buckets.since, DeviceMetrics.timestamp < buckets.until)
+        .group_by(start)
+        .order_by(start)
+    )
+    if device_id is not None:
+        statement = statement.where(DeviceMetrics.device_id == device_id)
+    rows = (await session.execute(statement)).all()
+    return [
+        MetricPoint(
+            timestamp=buckets.moment(bucket),
+            samples=samples,
+            devices=devices,
+            cpu_percent=_number(cpu),
+            memory_percent=_number(memory),
+            disk_percent=_number(disk),
+            network_latency_ms=_number(latency),
+            transaction_count=int(transactions) if transactions is not None else None,
+            error_rate=_number(error_rate),
+        )
+        for bucket, samples, cpu, memory, disk, latency, transactions, error_rate, devices in rows
+    ]
+
+
+def _number(value: object) -> float | None:
+    # PostgreSQL averages come back as Decimal; JSON wants floats.
+    return None if value is None else round(float(value), 3)  # type: ignore[arg-type]
+
+
+async def state_history(
+    session: AsyncSession, device_id: str, limit: int, cursor: Position | None
+) -> CursorPage[DeviceStateHistoryRead]:
+    """The device's state changes, newest first."""
+    params = DeviceStateQuery(device_id=device_id, limit=limit, cursor=cursor)
+    return await queries.read_page(session, queries.DEVICE_STATES, params)
+
+
+async def config_history(
+    session: AsyncSession, device_id: str, limit: int, cursor: Position | None
+) -> CursorPage[ConfigurationHistoryRead]:
+    """Changes to the device's configuration, newest first."""
+    params = ConfigHistoryQuery(
+        entity_type="device", entity_id=device_id, limit=limit, cursor=cursor
+    )
+    return await queries.read_page(session, queries.CONFIG_HISTORY, params)
