@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +77,20 @@ class FleetSettings(BaseModel):
     latency_margin_ratio: float = Field(default=0.2, ge=0)
 
 
+class RetentionSettings(BaseModel):
+    """How long rows are kept (see homepot.retention.policy); ``retention_days`` is the default.
+
+    ``tables`` overrides single tables in days, null keeping a table forever, e.g.
+    ``HOMEPOT_RETENTION__TABLES='{"device_metrics": 30, "audit_logs": null}'``.
+    """
+
+    enabled: bool = True
+    tables: dict[str, Annotated[int, Field(ge=1)] | None] = Field(default_factory=dict)
+    interval_seconds: float = Field(default=3600, gt=0)
+    # Rows deleted per transaction, so that no delete holds locks that block ingestion long.
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -98,9 +112,13 @@ class Settings(BaseSettings):
     # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For is believed.
     trusted_proxies: list[str] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    # HOMEPOT_EXPORT_KEY: the secret behind the user pseudonyms of analytics exports. There is
+    # no default: without it, exports are refused.
+    export_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import queries
 from homepot.analytics.models import ErrorLog
 from homepot.analytics.schemas import (
     MAX_ACTIVITY_BATCH,
+    MAX_EVENT_BYTES,
+    MAX_INGEST_BODY_BYTES,
     ActivityBatchAccepted,
     APIRequestLogRead,
     ClientErrorAccepted,
@@ -28,11 +31,14 @@ from homepot.analytics.schemas import (
     RequestQuery,
     SiteOperatingScheduleRead,
     SiteScheduleQuery,
+    StreamQuery,
     UserActivityBatch,
     UserActivityQuery,
     UserActivityRead,
 )
+from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import AdminUser, CurrentUser
+from homepot.auth.models import User
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit.pagination import CursorPage
@@ -53,12 +59,50 @@ _READ_ERRORS: dict[int | str, dict[str, Any]] = {
         "start_date after end_date"
     },
 }
+_TOO_LARGE = f"A request body over {MAX_INGEST_BODY_BYTES} bytes"
+
+
+async def _ingest_body_within_limit(request: Request) -> None:
+    """413 for an ingestion body over MAX_INGEST_BODY_BYTES, before its events are validated."""
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else len(await request.body())
+    if size > MAX_INGEST_BODY_BYTES:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the request body is {size} bytes; at most {MAX_INGEST_BODY_BYTES} are accepted: "
+            "send the events in smaller batches",
+        )
+
+
 _PAGING = (
     "Newest first, as `{items, next_cursor}`: pass `next_cursor` back as `cursor` for the "
     "next page (null on the last). `start_date`/`end_date` take a date (an end date includes "
     "that whole UTC day) or an ISO 8601 datetime. Any other parameter name is refused with "
     "422, so a mistyped filter cannot silently return unfiltered data. Admin only."
 )
+
+
+async def _audited_page(
+    request: Request,
+    admin: User,
+    session: AsyncSession,
+    stream: queries.Stream[queries.ReadT],
+    params: StreamQuery,
+) -> CursorPage[queries.ReadT]:
+    """A page of ``stream``, with an audit row of who read it, from where, with which filters."""
+    write_audit_log(
+        session,
+        Actor.of(request, admin),
+        action="analytics.query",
+        resource_type="analytics",
+        resource_id=stream.model.__tablename__,
+        details={
+            name: value
+            for name in type(params).model_fields
+            if (value := getattr(params, name)) is not None
+        },
+    )
+    return await queries.read_page(session, stream, params)
 
 
 @router.get(
@@ -68,9 +112,12 @@ _PAGING = (
     responses=_READ_ERRORS,
 )
 async def list_requests(
-    _admin: AdminUser, session: SessionDep, params: Annotated[RequestQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[RequestQuery, Query()],
 ) -> CursorPage[APIRequestLogRead]:
-    return await queries.read_page(session, queries.REQUESTS, params)
+    return await _audited_page(request, admin, session, queries.REQUESTS, params)
 
 
 @router.get(
@@ -80,9 +127,12 @@ async def list_requests(
     responses=_READ_ERRORS,
 )
 async def list_device_states(
-    _admin: AdminUser, session: SessionDep, params: Annotated[DeviceStateQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[DeviceStateQuery, Query()],
 ) -> CursorPage[DeviceStateHistoryRead]:
-    return await queries.read_page(session, queries.DEVICE_STATES, params)
+    return await _audited_page(request, admin, session, queries.DEVICE_STATES, params)
 
 
 @router.get(
@@ -92,9 +142,12 @@ async def list_device_states(
     responses=_READ_ERRORS,
 )
 async def list_job_outcomes(
-    _admin: AdminUser, session: SessionDep, params: Annotated[JobOutcomeQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[JobOutcomeQuery, Query()],
 ) -> CursorPage[JobOutcomeRead]:
-    return await queries.read_page(session, queries.JOBS, params)
+    return await _audited_page(request, admin, session, queries.JOBS, params)
 
 
 @router.get(
@@ -104,9 +157,12 @@ async def list_job_outcomes(
     responses=_READ_ERRORS,
 )
 async def list_errors(
-    _admin: AdminUser, session: SessionDep, params: Annotated[ErrorLogQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[ErrorLogQuery, Query()],
 ) -> CursorPage[ErrorLogRead]:
-    return await queries.read_page(session, queries.ERRORS, params)
+    return await _audited_page(request, admin, session, queries.ERRORS, params)
 
 
 @router.get(
@@ -116,9 +172,12 @@ async def list_errors(
     responses=_READ_ERRORS,
 )
 async def list_user_activities(
-    _admin: AdminUser, session: SessionDep, params: Annotated[UserActivityQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[UserActivityQuery, Query()],
 ) -> CursorPage[UserActivityRead]:
-    return await queries.read_page(session, queries.USER_ACTIVITIES, params)
+    return await _audited_page(request, admin, session, queries.USER_ACTIVITIES, params)
 
 
 @router.get(
@@ -128,9 +187,12 @@ async def list_user_activities(
     responses=_READ_ERRORS,
 )
 async def list_device_metrics(
-    _admin: AdminUser, session: SessionDep, params: Annotated[DeviceMetricsQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[DeviceMetricsQuery, Query()],
 ) -> CursorPage[DeviceMetricsRead]:
-    return await queries.read_page(session, queries.DEVICE_METRICS, params)
+    return await _audited_page(request, admin, session, queries.DEVICE_METRICS, params)
 
 
 @router.get(
@@ -140,9 +202,12 @@ async def list_device_metrics(
     responses=_READ_ERRORS,
 )
 async def list_config_history(
-    _admin: AdminUser, session: SessionDep, params: Annotated[ConfigHistoryQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[ConfigHistoryQuery, Query()],
 ) -> CursorPage[ConfigurationHistoryRead]:
-    return await queries.read_page(session, queries.CONFIG_HISTORY, params)
+    return await _audited_page(request, admin, session, queries.CONFIG_HISTORY, params)
 
 
 @router.get(
@@ -153,9 +218,12 @@ async def list_config_history(
     responses=_READ_ERRORS,
 )
 async def list_site_schedules(
-    _admin: AdminUser, session: SessionDep, params: Annotated[SiteScheduleQuery, Query()]
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    params: Annotated[SiteScheduleQuery, Query()],
 ) -> CursorPage[SiteOperatingScheduleRead]:
-    return await queries.read_page(session, queries.SITE_SCHEDULES, params)
+    return await _audited_page(request, admin, session, queries.SITE_SCHEDULES, params)
 
 
 @router.post(
@@ -164,12 +232,22 @@ async def list_site_schedules(
     summary="Record dashboard user activity",
     description=f"A batch of 1 to {MAX_ACTIVITY_BATCH} events from the logged-in user, queued "
     "for storage. The user is always the token's: an event carrying `user_id` is refused "
-    "(422). Events with an `event_id` already stored are stored once. Any logged-in user.",
+    "(422). Events with an `event_id` already stored are stored once. A user who opted out "
+    "of analytics (`PUT /api/v1/users/me/preferences`) gets `accepted: 0` and nothing is "
+    "stored. Any logged-in user.",
     responses={
         **_AUTH_ERRORS,
-        413: {"description": f"More than {MAX_ACTIVITY_BATCH} events in one batch"},
-        422: {"description": "An invalid event; the error names the event and field"},
+        413: {
+            "description": f"More than {MAX_ACTIVITY_BATCH} events in one batch, or {_TOO_LARGE}"
+        },
+        422: {
+            "description": "An invalid event (the error names the event's index and field): "
+            f"over {MAX_EVENT_BYTES} bytes as JSON, an activity_type other than page_view, "
+            "click, search or form_submit, a malformed session_id, or extra_data carrying "
+            "form field values"
+        },
     },
+    dependencies=[Depends(_ingest_body_within_limit)],
 )
 async def record_user_activities(
     request: Request, user: CurrentUser, batch: UserActivityBatch
@@ -180,6 +258,8 @@ async def record_user_activities(
             f"a batch holds at most {MAX_ACTIVITY_BATCH} events; got {len(batch.events)}: "
             "send them in several batches",
         )
+    if user.analytics_opt_out:
+        return ActivityBatchAccepted(accepted=0)
     accepted = queries.record_user_activities(request.app.state.recorder, user.id, batch.events)
     return ActivityBatchAccepted(accepted=accepted)
 
@@ -190,7 +270,12 @@ async def record_user_activities(
     summary="Report a client-side error",
     description="An error caught in the dashboard, stored in the error log with category "
     "`api` and `context.source = frontend`, the page and the browser. Any logged-in user.",
-    responses=_AUTH_ERRORS,
+    responses={
+        **_AUTH_ERRORS,
+        413: {"description": _TOO_LARGE},
+        422: {"description": "A missing message or a field over its size limit"},
+    },
+    dependencies=[Depends(_ingest_body_within_limit)],
 )
 async def report_client_error(
     request: Request, user: CurrentUser, report: ClientErrorCreate
@@ -210,10 +295,19 @@ async def report_client_error(
 async def update_error(
     error_id: Annotated[int, Path(alias="id", ge=1, le=2**63 - 1, description="The error's `id`")],
     body: ErrorLogUpdate,
-    _admin: AdminUser,
+    request: Request,
+    admin: AdminUser,
     session: SessionDep,
 ) -> ErrorLogRead:
     error: ErrorLog | None = await queries.set_error_resolved(session, error_id, body.resolved)
     if error is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no error log entry with id {error_id}")
+    write_audit_log(
+        session,
+        Actor.of(request, admin),
+        action="error.resolve" if body.resolved else "error.reopen",
+        resource_type="error_log",
+        resource_id=str(error_id),
+        details={"resolved": body.resolved, "error_code": error.error_code},
+    )
     return ErrorLogRead.model_validate(error)

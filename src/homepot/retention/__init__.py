@@ -1,0 +1,1 @@
+"""Data retention: old analytics and operational rows pruned on a schedule."""

@@ -1,0 +1,55 @@
+"""The server's retention task: one pass every ``HOMEPOT_RETENTION__INTERVAL_SECONDS``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from homepot.config import Settings
+from homepot.error_logger import record_error
+from homepot.kit.periodic import run_periodically
+from homepot.retention.policy import resolve_policy
+from homepot.retention.service import SYSTEM_ACTOR, apply_retention
+
+
+@asynccontextmanager
+async def run_retention(app: FastAPI) -> AsyncIterator[None]:
+    """Background service: prune old rows every interval (the first pass one interval after
+    start), unless ``HOMEPOT_RETENTION__ENABLED`` is false.
+
+    The policy is resolved at start, so a bad ``HOMEPOT_RETENTION__TABLES`` stops the server
+    with its message. A failed pass is logged to ``error_logs`` (database /
+    RETENTION_RUN_FAILED) and the next pass runs as usual. With several server processes on
+    PostgreSQL, one prunes and the others skip the pass (see homepot.retention.service).
+    """
+    settings: Settings = app.state.settings
+    policy = resolve_policy(settings)
+    if not settings.retention.enabled:
+        yield
+        return
+
+    async def retention_pass() -> None:
+        await apply_retention(
+            app.state.engine,
+            policy,
+            actor=SYSTEM_ACTOR,
+            batch_size=settings.retention.batch_size,
+            context={"trigger": "server"},
+        )
+
+    def log_failure(exc: Exception) -> None:
+        record_error(
+            category="database",
+            severity="error",
+            error_code="RETENTION_RUN_FAILED",
+            error_message=f"retention run failed: {type(exc).__name__}: {exc}"[:1000],
+            exception=exc,
+            recorder=app.state.recorder,
+        )
+
+    async with run_periodically(
+        "homepot-retention", settings.retention.interval_seconds, retention_pass, log_failure
+    ):
+        yield
