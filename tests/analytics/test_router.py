@@ -764,6 +764,8 @@ async def test_every_analytics_endpoint_is_described_in_the_docs(client: AsyncCl
         ("POST", f"{API}/user-activities"),
         ("POST", f"{API}/errors"),
         ("PATCH", f"{API}/errors/{{id}}"),
+        ("GET", f"{API}/quality"),
+        ("POST", f"{API}/exports"),
     }
     assert set(operations) == expected
     for key, operation in operations.items():

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,6 +37,7 @@ _INLINE_SECRET = re.compile(
     r"""|cookie)[\w-]*["']?)(?P<sep>\s*[=:]\s*)(?P<quote>["']?)(?P<value>[^\s"'&,;}]+)""",
     re.IGNORECASE,
 )
+_DIGIT = re.compile(r"\d")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
 
@@ -54,7 +56,7 @@ def mask_text(text: str) -> str:
     if not text:
         return text
     # Cheap pre-checks keep the common case (no digits run, no secret words) fast.
-    if any(ch.isdigit() for ch in text):
+    if _DIGIT.search(text):
         text = _CARD_NUMBER.sub(_mask_card, text)
     lowered = text.lower()
     if "bearer" in lowered or "basic" in lowered:
@@ -95,3 +97,107 @@ def redact_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]
         else:
             result[key] = [existing, value]
     return result
+
+
+# --- scrubbing for data that leaves the system (exports) -----------------------------------
+# Stricter than what storage gets: e-mail addresses, IP addresses and token-like strings go
+# too, because an export is read by people and programs outside the operations team.
+
+EMAIL_PLACEHOLDER = "[EMAIL]"
+TOKEN_PLACEHOLDER = "[TOKEN]"
+
+# An address, also URL-encoded ("ann%40example.com") as it appears in logged query strings.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._+-]+(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._+-]*)*(?:@|%40)"
+    r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
+# HOMEPOT's own keys (device keys hpd_..., bootstrap keys hpb_...).
+_PREFIXED_KEY = re.compile(r"\bhp[a-z]_[A-Za-z0-9_-]{16,}")
+# A long run of hex digits (40 or more: SHA-1 and longer digests, raw keys). 32-digit runs
+# are left alone: they are the ids of events, users and jobs.
+_LONG_HEX = re.compile(r"(?<![A-Za-z0-9_-])[0-9A-Fa-f]{40,}(?![A-Za-z0-9_-])")
+# A long base64/base64url run mixing upper case, lower case and digits: a random secret.
+# ("/" is left out so that file paths in stack traces stay readable.)
+_RANDOM_TOKEN = re.compile(r"(?<![A-Za-z0-9_+=-])[A-Za-z0-9_+-]{24,}={0,2}(?![A-Za-z0-9_+=-])")
+# An address with an optional /prefix; candidates only, ipaddress decides.
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?(?!\w|\.\d)")
+_IPV6 = re.compile(
+    r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}(?:/\d{1,3})?(?![\w:])"
+)
+
+
+def truncate_ip(address: str) -> str | None:
+    """The network an address belongs to: IPv4 to its /24, IPv6 to its /48, as CIDR text.
+
+    ``203.0.113.7`` becomes ``203.0.113.0/24``; ``2001:db8:1:2::5`` becomes
+    ``2001:db8:1::/48``; an IPv4-mapped IPv6 address is treated as IPv4. None when
+    ``address`` is not an IP address.
+    """
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def _truncated_ip_in_text(match: re.Match[str]) -> str:
+    text = match.group(0)
+    address, _, prefix = text.partition("/")
+    truncated = truncate_ip(address)
+    if truncated is None:
+        return text
+    if prefix and int(prefix) <= int(truncated.rsplit("/", 1)[1]):
+        return text  # already a network no narrower than what an export may show
+    return truncated
+
+
+def _looks_random(token: str) -> bool:
+    return (
+        any(ch.isupper() for ch in token)
+        and any(ch.islower() for ch in token)
+        and any(ch.isdigit() for ch in token)
+    )
+
+
+def scrub_text(text: str) -> str:
+    """:func:`mask_text`, and also no e-mail addresses, token-like strings or full IPs.
+
+    E-mail addresses become ``[EMAIL]``; HOMEPOT keys, 40+ digit hex runs and long random
+    base64 strings become ``[TOKEN]``; IP addresses are cut to their /24 (IPv4) or /48 (IPv6)
+    network. Dotted four-number versions such as ``1.2.3.4`` are cut too: better a mangled
+    version than a leaked address.
+    """
+    if not text:
+        return text
+    if "@" in text or "%40" in text:
+        text = _EMAIL.sub(EMAIL_PLACEHOLDER, text)
+    text = mask_text(text)
+    if "hp" in text:
+        text = _PREFIXED_KEY.sub(TOKEN_PLACEHOLDER, text)
+    if len(text) >= 24:
+        text = _LONG_HEX.sub(TOKEN_PLACEHOLDER, text)
+        text = _RANDOM_TOKEN.sub(
+            lambda m: TOKEN_PLACEHOLDER if _looks_random(m.group(0)) else m.group(0), text
+        )
+    if text.count(":") >= 2:
+        text = _IPV6.sub(_truncated_ip_in_text, text)
+    if "." in text:
+        text = _IPV4.sub(_truncated_ip_in_text, text)
+    return text
+
+
+def scrub(value: Any) -> Any:
+    """:func:`redact` with :func:`scrub_text`: secret keys at any depth, every string scrubbed."""
+    if isinstance(value, Mapping):
+        return {
+            key: (REDACTED if isinstance(key, str) and is_sensitive_key(key) else scrub(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [scrub(item) for item in value]
+    if isinstance(value, str):
+        return scrub_text(value)
+    return value

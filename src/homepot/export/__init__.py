@@ -1,0 +1,1 @@
+"""Pseudonymized exports of the analytics tables for the AI team (CLI and admin API)."""
