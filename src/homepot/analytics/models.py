@@ -143,7 +143,8 @@ class UserActivity(AnalyticsEvent):
         Index("ix_user_activities_session_id_timestamp", "session_id", "timestamp"),
         Index("ix_user_activities_activity_type_timestamp", "activity_type", "timestamp"),
     )
-    free_text_columns = ("search_query",)
+    # A page URL can carry a token in its query string or fragment.
+    free_text_columns = ("search_query", "page_url")
 
     user_id: Mapped[str | None] = mapped_column(String(64))
     session_id: Mapped[str | None] = mapped_column(String(64))

@@ -638,16 +638,23 @@ class _Backfill:
         )
 
     def bad_config(self, terminal: _Terminal, fault: Fault) -> None:
-        """The faulty configuration's arrival, and its rollback when the fault ends."""
+        """The faulty configuration's arrival, and its rollback when the fault ends.
+
+        A fault still running at the end of the history has not been rolled back yet: its
+        rollback would be a row in the future.
+        """
+        rolled_back = fault.end < self.end
         self.config_change(
             terminal, fault.start, "config_version", FIRMWARE_OLD, BAD_CONFIG_VERSION, "system",
             f"Configuration {BAD_CONFIG_VERSION} pushed by the release pipeline",
-            rolled_back=f"Error rate rose after {BAD_CONFIG_VERSION}; restored {FIRMWARE_OLD}",
+            rolled_back=f"Error rate rose after {BAD_CONFIG_VERSION}; restored {FIRMWARE_OLD}"
+            if rolled_back else None,
         )  # fmt: skip
-        self.config_change(
-            terminal, fault.end, "config_version", BAD_CONFIG_VERSION, FIRMWARE_OLD, "system",
-            "Automatic rollback: the change made things worse",
-        )  # fmt: skip
+        if rolled_back:
+            self.config_change(
+                terminal, fault.end, "config_version", BAD_CONFIG_VERSION, FIRMWARE_OLD, "system",
+                "Automatic rollback: the change made things worse",
+            )  # fmt: skip
 
     def site_jobs(self, site: SiteProfile, terminals: list[_Terminal], number: int) -> None:
         """Each trading day: prices and promotions before opening, a health check at noon;

@@ -39,6 +39,7 @@ from homepot.job.models import (
     JobStatus,
     JobTargetType,
 )
+from homepot.kit.redaction import mask_text, redact
 from homepot.site.models import Site
 from homepot.site.windows import next_maintenance_window
 
@@ -340,6 +341,7 @@ async def finish(
     status = ExecutionStatus(result.status.value)
     error_code = result.error_code if result.status is JobResultStatus.failed else None
     error_message = result.error_message if result.status is JobResultStatus.failed else None
+    # What a device reports is stored like any free text: secrets and card numbers masked.
     changed = await _finish_execution(
         session,
         execution,
@@ -347,8 +349,10 @@ async def finish(
         status=status,
         now=now,
         error_code=error_code,
-        error_message=error_message,
-        result=result.model_dump(mode="json", include={"output", "started_at", "finished_at"}),
+        error_message=mask_text(error_message) if error_message else None,
+        result=redact(
+            result.model_dump(mode="json", include={"output", "started_at", "finished_at"})
+        ),
     )
     if not changed:
         return _ignored(execution)

@@ -16,6 +16,7 @@ from homepot.job import executions
 from homepot.job.models import Job, JobExecution, JobStatus, JobTargetType
 from homepot.job.schemas import JobCreate, JobType
 from homepot.kit.page import PageParams, fetch_page
+from homepot.kit.redaction import mask_text
 from homepot.site.models import Site
 
 
@@ -76,7 +77,10 @@ async def create_job(session: AsyncSession, actor: Actor, data: JobCreate) -> Jo
         raise UnknownTarget(data.target_type, data.target_id)
     job = Job(
         job_id=new_job_id(),
-        **data.model_dump(),
+        **data.model_dump(exclude={"description"}),
+        # A note people type: card numbers and inline secrets are masked. The payload is
+        # what the device needs and is kept as sent.
+        description=mask_text(data.description) if data.description else None,
         status=JobStatus.pending,
         created_by=actor.user_id,
         created_at=now,
