@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, WithJsonSchema
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A time followed by a space and an offset: the "+" of "+01:00" decoded as a space.
@@ -51,6 +51,9 @@ def parse_time_bound(value: Any) -> date | datetime:
 TimeBound = Annotated[
     date | datetime,
     PlainValidator(parse_time_bound),
+    # Serialized as written back (ISO 8601): the union's own serializer cannot tell a datetime
+    # from a date (one is a subclass of the other) and warns on every dump.
+    PlainSerializer(lambda value: value.isoformat(), return_type=str),
     WithJsonSchema(
         {
             "type": "string",
