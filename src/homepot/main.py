@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from homepot import __version__
@@ -15,19 +16,26 @@ from homepot.analytics.metrics import RecorderCollector
 from homepot.analytics.middleware import RequestLogMiddleware
 from homepot.analytics.recorder import Recorder, set_recorder
 from homepot.analytics.router import router as analytics_router
+from homepot.audit.router import router as audit_router
 from homepot.auth.router import router as auth_router
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
 from homepot.device.router import router as device_router
 from homepot.device.states import run_device_watchdog
+from homepot.export.router import router as export_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
 from homepot.job.agent_router import router as job_agent_router
 from homepot.job.orchestrator import run_orchestrator
 from homepot.job.router import router as job_router
+from homepot.overview.router import router as overview_router
+from homepot.quality.router import router as quality_router
+from homepot.retention.tasks import run_retention
 from homepot.site.router import router as site_router
 from homepot.system.errors import install_error_handlers
 from homepot.system.router import router as system_router
+from homepot.web.router import STATIC_DIR
+from homepot.web.router import router as web_router
 
 # Long-running tasks of the server, each an async context manager taking the app: started
 # after the recorder, in this order, and stopped in reverse before the recorder drains.
@@ -36,6 +44,7 @@ BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]
     run_orchestrator,
     run_device_watchdog,
     run_impact_evaluator,
+    run_retention,
 )
 
 
@@ -87,10 +96,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(auth_router)
+    # Before the analytics router, so that /analytics/quality is never read as a stream.
+    app.include_router(quality_router)
     app.include_router(analytics_router)
+    app.include_router(export_router)
+    app.include_router(audit_router)
     app.include_router(site_router)
     app.include_router(device_router)
     app.include_router(fleet_router)
     app.include_router(job_router)
     app.include_router(job_agent_router)
+    app.include_router(overview_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Last, so that API routes win over the dashboard's pages.
+    app.include_router(web_router)
     return app
