@@ -45,7 +45,11 @@ class Device(Base):
 
 class HealthCheck(Base):
     __tablename__ = "health_checks"
-    __table_args__ = (Index("ix_health_checks_device_id_timestamp", "device_id", "timestamp"),)
+    __table_args__ = (
+        Index("ix_health_checks_device_id_timestamp", "device_id", "timestamp"),
+        # Retention deletes by age across all devices.
+        Index("ix_health_checks_timestamp", "timestamp"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(
