@@ -28,12 +28,19 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot import dbtools, sample_data
+from homepot.audit.service import Actor
 from homepot.auth import service as auth_service
 from homepot.auth.models import Role
 from homepot.auth.schemas import UserCreate
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory, run_migrations
 from homepot.fleet import simulator as fleet_simulator
+from homepot.retention.policy import (
+    RetentionPolicyError,
+    TablePolicy,
+    parse_overrides,
+    resolve_policy,
+)
 
 T = TypeVar("T")
 
@@ -647,6 +654,15 @@ def simulate(
     operator: Annotated[
         bool, typer.Option("--operator/--no-operator", help="Also simulate a dashboard user.")
     ] = False,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            "--max-in-flight",
+            min=1,
+            help="Reports in flight at once (and kept-alive HTTP connections); raise it "
+            "when the fleet reports less often than it should.",
+        ),
+    ] = 64,
 ) -> None:
     """Run N simulated terminals across M sites, speaking the device protocol (HTTP, MQTT
     when the server offers it). Sites, schedules and bootstrap keys are created when missing,
@@ -672,6 +688,7 @@ def simulate(
         admin_email=admin_email,
         admin_password=admin_password,
         operator=operator,
+        max_concurrent_reports=max_in_flight,
     )
     try:
         config.validate()
@@ -680,9 +697,11 @@ def simulate(
     console = _out()
 
     async def run(stop: asyncio.Event) -> fleet_simulator.SimulationStats:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=config.server_url, timeout=30, limits=limits) as http:
-            simulator = fleet_simulator.FleetSimulator(config, http)
+        async with (
+            httpx.AsyncClient(base_url=config.server_url, timeout=30) as http,
+            fleet_simulator.device_connection_pools(config) as pools,
+        ):
+            simulator = fleet_simulator.FleetSimulator(config, http, device_http=pools)
             await simulator.setup()
             console.print(
                 f"{simulator.stats.registered} terminals registered in {sites} sites; "
@@ -763,3 +782,433 @@ def simulate_backfill(
         table.add_row(name, f"{rows:,}")
     console.print(table)
     console.print(f"{result.faults} injected faults are listed in {labels}.")
+
+
+# --- retention -----------------------------------------------------------------------------
+
+retention_app = typer.Typer(
+    help="Prune old analytics and operational rows (HOMEPOT_RETENTION_DAYS and "
+    "HOMEPOT_RETENTION__TABLES set how long each table keeps them).",
+    no_args_is_help=True,
+)
+app.add_typer(retention_app, name="retention")
+
+TableOverrideOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--table",
+        metavar="NAME=DAYS",
+        help="Keep table NAME for DAYS days (or NAME=forever), over the settings; repeatable.",
+        show_default=False,
+    ),
+]
+
+
+def _kept(days: int | None) -> str:
+    if days is None:
+        return "forever"
+    return "1 day" if days == 1 else f"{days} days"
+
+
+def _cli_actor() -> Actor:
+    """Who runs the command, for the audit row: ``cli:<OS user>``."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return Actor(user_id=f"cli:{user}"[:64], ip_address=None)
+
+
+def _retention_policy(settings: Settings, tables: list[str] | None) -> list[TablePolicy]:
+    try:
+        return resolve_policy(settings, parse_overrides(tables or []))
+    except RetentionPolicyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+@retention_app.command("show")
+def retention_show(
+    ctx: typer.Context, tables: TableOverrideOption = None, as_json: JsonOption = False
+) -> None:
+    """How long each pruned table keeps its rows, and which setting decided it."""
+    settings = _settings(ctx)
+    policy = _retention_policy(settings, tables)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    p.name: {"days": p.days, "source": p.source, "time_column": p.table.time_column}
+                    for p in policy
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"Retention policy (default: {_kept(settings.retention_days)})")
+    for heading in ("Table", "Kept", "Set by", "Age from"):
+        table.add_column(heading)
+    for entry in policy:
+        table.add_row(entry.name, _kept(entry.days), entry.source, entry.table.time_column)
+    console = _out()
+    console.print(table)
+    retention = settings.retention
+    console.print(
+        f"The server prunes every {retention.interval_seconds:g} s in batches of "
+        f"{retention.batch_size:,} rows."
+        if retention.enabled
+        else "The server does not prune (HOMEPOT_RETENTION__ENABLED=false); run "
+        "`homepot retention run` from a scheduler instead."
+    )
+
+
+@retention_app.command("run")
+def retention_run(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the rows a run would delete.")
+    ] = False,
+    tables: TableOverrideOption = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Count the periods back from this moment (ISO 8601 datetime, or a date: its "
+            "00:00 UTC) instead of now; not in the future. A dry run and a run with the same "
+            "--as-of agree row for row.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=100_000,
+            help="Rows deleted per transaction (default HOMEPOT_RETENTION__BATCH_SIZE).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete the rows older than their table's period, in batches; report per table."""
+    import socket
+
+    from homepot.db import utcnow
+    from homepot.kit.timeranges import TimeRange, parse_time_bound
+    from homepot.retention.service import RetentionRunFailed, apply_retention
+
+    settings = _settings(ctx)
+    policy = _retention_policy(settings, tables)
+    moment = None
+    if as_of is not None:
+        try:
+            moment = TimeRange.between(parse_time_bound(as_of), None).start
+        except ValueError as exc:
+            raise _fail(f"--as-of: {exc}", EXIT_USAGE) from None
+        if moment is not None and moment > utcnow():
+            raise _fail(
+                f"--as-of {moment.isoformat()} is in the future; periods count back from now "
+                "or an earlier moment",
+                EXIT_USAGE,
+            )
+    actor = _cli_actor()
+    try:
+        report = _run(
+            settings,
+            lambda engine: apply_retention(
+                engine,
+                policy,
+                actor=actor,
+                batch_size=batch_size or settings.retention.batch_size,
+                dry_run=dry_run,
+                as_of=moment,
+                context={"trigger": "cli", "host": socket.gethostname()},
+            ),
+        )
+    except RetentionRunFailed as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    console = _out()
+    if report.skipped:
+        console.print(f"Skipped: {report.skipped}.")
+        return
+    when = f"{report.as_of:%Y-%m-%d %H:%M:%S} UTC"
+    title = f"Dry run as of {when}: nothing deleted" if dry_run else f"Retention run as of {when}"
+    table = Table(title=title)
+    for heading in ("Table", "Kept", "Cutoff (UTC)"):
+        table.add_column(heading)
+    table.add_column("Would delete" if dry_run else "Deleted", justify="right")
+    for outcome in report.outcomes:
+        cutoff = f"{outcome.cutoff:%Y-%m-%d %H:%M:%S}" if outcome.cutoff else "-"
+        table.add_row(outcome.table, _kept(outcome.days), cutoff, f"{outcome.rows:,}")
+    table.add_section()
+    table.add_row("total", "", "", f"{report.total_rows:,}")
+    console.print(table)
+    if dry_run:
+        console.print(
+            "To delete exactly these rows: homepot retention run --as-of "
+            f"{report.as_of.isoformat()}",
+            soft_wrap=True,
+        )
+
+
+# --- data quality and validation -----------------------------------------------------------
+
+
+@app.command()
+def quality(
+    ctx: typer.Context,
+    min_rows: Annotated[
+        int, typer.Option("--min-rows", min=0, help="Rows each analytics table needs.")
+    ] = 1000,
+    max_staleness_hours: Annotated[
+        float,
+        typer.Option(
+            "--max-staleness-hours", min=0.001, help="Oldest allowed newest row of a stream."
+        ),
+    ] = 24.0,
+    max_null_rate: Annotated[
+        float,
+        typer.Option(
+            "--max-null-rate", min=0, max=1, help="Highest share of NULLs in required columns."
+        ),
+    ] = 0.05,
+    stopped_after_minutes: Annotated[
+        float,
+        typer.Option(
+            "--stopped-after-minutes",
+            min=0.001,
+            help="A terminal silent this long while its site's others report has stopped.",
+        ),
+    ] = 15.0,
+    as_json: JsonOption = False,
+) -> None:
+    """The Phase 3 data-quality gate of the eight analytics tables; exits 1 when a table
+    misses a threshold, so it can gate a cron job or CI."""
+    from datetime import timedelta
+
+    from homepot.quality import report as quality_report
+    from homepot.quality.service import QualityReport, Thresholds, assess_quality
+
+    thresholds = Thresholds(
+        min_rows=min_rows,
+        max_staleness=timedelta(hours=max_staleness_hours),
+        max_null_rate=max_null_rate,
+        stopped_after=timedelta(minutes=stopped_after_minutes),
+    )
+
+    async def assess(engine: AsyncEngine) -> QualityReport:
+        async with engine.connect() as connection:
+            return await assess_quality(connection, thresholds)
+
+    result = _run(_settings(ctx), assess)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console = _out()
+        console.print(quality_report.quality_table(result))
+        details = quality_report.quality_details(result)
+        if details is not None:
+            console.print(details)
+    if not result.passed:
+        raise _fail(f"quality gate failed: {result.summary()}")
+
+
+@app.command()
+def validate(
+    url: Annotated[str, typer.Option("--url", help="The HOMEPOT server's base URL.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="HOMEPOT_TOKEN", help="An admin's bearer token.", show_default=False),
+    ] = None,
+    email: Annotated[
+        str,
+        typer.Option(envvar="HOMEPOT_VALIDATE_EMAIL", help="Log in as this admin."),
+    ] = sample_data.DEMO_ADMIN_EMAIL,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HOMEPOT_VALIDATE_PASSWORD",
+            help="The admin's password (`homepot demo` prints the demo admin's).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, max=3600, help="Seconds to wait for streams a fleet fills."),
+    ] = 60.0,
+    window_minutes: Annotated[
+        float,
+        typer.Option("--window-minutes", min=1, help="Count events of the last N minutes."),
+    ] = 60.0,
+    since_start: Annotated[
+        bool,
+        typer.Option(
+            "--since-start",
+            help="Count only events written after the validation started (not older data).",
+        ),
+    ] = False,
+) -> None:
+    """Check that analytics collection works on a running server: health, test API calls,
+    every analytics endpoint, and a summary of what each of the eight streams collected.
+    Exits 1 when a stream collected nothing."""
+    from datetime import timedelta
+
+    import httpx
+
+    from homepot.quality import report as quality_report
+    from homepot.quality.validate import (
+        ValidationConfig,
+        ValidationFailed,
+        ValidationResult,
+    )
+    from homepot.quality.validate import validate as run_validation
+
+    if token is None and password is None:
+        raise _fail(
+            "no credentials: pass --token (or HOMEPOT_TOKEN), or --password "
+            "(or HOMEPOT_VALIDATE_PASSWORD) of the admin --email",
+            EXIT_USAGE,
+        )
+    config = ValidationConfig(
+        url=url.rstrip("/"),
+        token=token,
+        email=email,
+        password=password,
+        wait_seconds=wait,
+        window=timedelta(minutes=window_minutes),
+        since_start=since_start,
+    )
+    console = _out()
+
+    async def run() -> ValidationResult:
+        async with httpx.AsyncClient(base_url=config.url, timeout=30) as http:
+            return await run_validation(http, config, progress=console.print)
+
+    try:
+        result = asyncio.run(run())
+    except ValidationFailed as exc:
+        raise _fail(str(exc)) from None
+    console.print(quality_report.calls_table(result))
+    console.print(quality_report.validation_table(result))
+    if not result.passed:
+        raise _fail(
+            f"no rows collected by: {', '.join(result.missing)} "
+            f"(waited {result.waited_seconds:g} s)"
+        )
+    console.print(f"All {len(result.streams)} analytics streams are collecting.")
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+class _ExportProgressBar:
+    """One rich progress bar per table, its total from a COUNT of the rows to export."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._tasks: dict[str, Any] = {}
+
+    def table_started(self, table: str, total: int) -> None:
+        self._tasks[table] = self._progress.add_task(table, total=total)
+
+    def rows_written(self, table: str, rows: int) -> None:
+        self._progress.advance(self._tasks[table], rows)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Directory for the files and manifest.json; created if missing, and it "
+            "must be empty unless --force.",
+        ),
+    ],
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tables",
+            help="Tables, comma-separated or repeated: requests, device-states, jobs, "
+            "errors, user-activities, device-metrics, config-history, site-schedules (or "
+            "their table names, e.g. api_request_logs). Default: all eight.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Rows at or after: a date (YYYY-MM-DD, UTC) or ISO 8601 datetime."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Rows up to: a date includes that whole UTC day."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Write into a non-empty --out, replacing this export's files."
+        ),
+    ] = False,
+) -> None:
+    """Export analytics tables for the AI team, pseudonymized (user ids keyed with
+    HOMEPOT_EXPORT_KEY, IPs cut to /24 or /48, free text scrubbed), with a manifest."""
+    import time as clock
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from homepot.export import service as export_service
+    from homepot.export.pseudonym import ExportKeyError, pseudonymizer_from
+
+    settings = _settings(ctx)
+    key = settings.export_key.get_secret_value() if settings.export_key is not None else None
+    try:
+        request = export_service.build_request(tables, since, until, fmt)
+        pseudonymizer = pseudonymizer_from(key)
+        export_service.prepare_out_dir(out, request, force=force)
+    except (export_service.ExportError, ExportKeyError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    started = clock.perf_counter()
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        manifest = _run(
+            settings,
+            lambda engine: export_service.export_tables(
+                engine, request, out, pseudonymizer, progress=_ExportProgressBar(bar)
+            ),
+        )
+    seconds = clock.perf_counter() - started
+    actor = _cli_actor()
+
+    async def audit(session: AsyncSession) -> None:
+        export_service.write_export_audit(session, actor, manifest)
+
+    _in_transaction(settings, audit)
+    table = Table(title=f"Export {manifest.export_id} ({manifest.format}) in {out}")
+    table.add_column("Table")
+    table.add_column("File")
+    table.add_column("Rows", justify="right")
+    for name, entry in manifest.tables.items():
+        table.add_row(name, entry.file, f"{entry.rows:,}")
+    total = sum(entry.rows for entry in manifest.tables.values())
+    table.add_section()
+    table.add_row("total", "manifest.json", f"{total:,}")
+    console = _out()
+    console.print(table)
+    console.print(
+        f"{total:,} rows in {seconds:.1f} s; pseudonyms under key id {manifest.key_id} "
+        "(the same key keeps them joinable across exports)."
+    )

@@ -75,6 +75,8 @@ SITE_TIMEZONES = (
 )
 # A sample in the backlog of an unreachable terminal is kept this many ticks at most.
 MAX_BACKLOG_SAMPLES = 2_000
+# Connections per HTTP pool of the terminals (device_connection_pools).
+POOL_CONNECTIONS = 16
 # With a push channel, the share of ticks on which a terminal also polls for jobs.
 PUSHED_POLL_SHARE = 0.1
 REGISTRATION_ATTEMPTS = 5
@@ -371,9 +373,11 @@ class SimulationConfig:
     operator: bool = False
     operator_interval_seconds: float = 10.0
     registration_concurrency: int = 50
-    # Reports in flight at once: thousands of terminals queueing on one connection pool
-    # cost far more CPU than waiting here (the pool scans its queue on every request).
-    max_concurrent_reports: int = 20
+    # Reports in flight at once (``--max-in-flight``). Terminals beyond it wait on a
+    # semaphore, not in an HTTP connection pool (see device_connection_pools). Too low a cap
+    # limits the fleet instead of the server: N terminals at interval T need about
+    # N / T x (report round trip) reports in flight.
+    max_concurrent_reports: int = 64
     # Faults injected at start on terminals picked at random (the demo shows some at once).
     opening_faults: tuple[FaultKind, ...] = ()
     # Floors in wall-clock time, so that a crash stays visible to the server's watchdog.
@@ -391,6 +395,39 @@ class SimulationConfig:
             raise SimulationError("--speed must be above 0")
         if self.fault_rate < 0:
             raise SimulationError("--fault-rate cannot be negative")
+        if self.max_concurrent_reports < 1:
+            raise SimulationError("--max-in-flight must be at least 1")
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal shares, none below 1."""
+    return [max(1, total // parts + (n < total % parts)) for n in range(parts)]
+
+
+@contextlib.asynccontextmanager
+async def device_connection_pools(
+    config: SimulationConfig, *, request_timeout: float = 30.0
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Kept-alive HTTP clients for the terminals, ``max_concurrent_reports`` connections in all.
+
+    Several small pools rather than one large one: httpcore looks at every connection of a
+    pool each time a request starts or ends, so one pool of 200 connections costs the load
+    process a whole core at ~30 reports a second. Each pool has a few connections more than
+    its share of reports, for job results sent outside the report cap.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        pools = math.ceil(config.max_concurrent_reports / POOL_CONNECTIONS)
+        for size in _split(config.max_concurrent_reports, pools):
+            limits = httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2)
+            client = httpx.AsyncClient(
+                base_url=config.server_url,
+                timeout=request_timeout,
+                limits=limits,
+                headers={"User-Agent": SIM_AGENT_VERSION},
+            )
+            clients.append(await stack.enter_async_context(client))
+        yield clients
 
 
 @dataclass
@@ -433,6 +470,7 @@ class SimulatedTerminal:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     registration: RegisterResponse | None = None
     mqtt: Any = None  # a homepot.fleet.mqtt.DeviceMqttLink when the server offers a broker
+    pool: int = 0  # which of the simulator's HTTP clients (and report caps) it uses
     jobs: set[asyncio.Task[None]] = field(default_factory=set)  # running job executions
 
     @property
@@ -441,13 +479,19 @@ class SimulatedTerminal:
 
 
 class FleetSimulator:
-    """Sets the fleet up through the API, then runs every terminal until ``stop`` is set."""
+    """Sets the fleet up through the API, then runs every terminal until ``stop`` is set.
+
+    ``http`` carries the operator's calls, and the terminals' too unless ``device_http``
+    (from :func:`device_connection_pools`) is given: the terminals are then spread over
+    those clients, and each client carries at most its pool's share of the reports.
+    """
 
     def __init__(
         self,
         config: SimulationConfig,
         http: httpx.AsyncClient,
         *,
+        device_http: list[httpx.AsyncClient] | None = None,
         job_inbox: JobInbox | None = None,
         use_mqtt: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -462,7 +506,12 @@ class FleetSimulator:
         self.clock = clock
         self.rng = random.Random(config.seed)
         self.stats = SimulationStats()
-        self._in_flight = asyncio.Semaphore(config.max_concurrent_reports)
+        self.device_http = device_http or [http]
+        # One report cap per client, so that no pool ever queues a report.
+        self._in_flight = [
+            asyncio.Semaphore(share)
+            for share in _split(config.max_concurrent_reports, len(self.device_http))
+        ]
         self.terminals: list[SimulatedTerminal] = []
         self.sites: dict[str, SiteProfile] = {}
         self._token: str | None = config.token
@@ -593,15 +642,16 @@ class FleetSimulator:
             site_id = site_ids[index % len(site_ids)]
             per_site[site_id] += 1
             assignments.append((f"{config.device_prefix}-{index + 1:04d}", site_id))
-        for device_id, site_id in assignments:
+        for number, (device_id, site_id) in enumerate(assignments):
             model = TerminalModel(
                 device_id,
                 self.sites[site_id],
                 per_site[site_id],
                 random.Random(f"{config.seed}/{device_id}"),
             )
-            client = DeviceClient(self.http)
-            self.terminals.append(SimulatedTerminal(model, client, site_id))
+            pool = number % len(self.device_http)
+            client = DeviceClient(self.device_http[pool])
+            self.terminals.append(SimulatedTerminal(model, client, site_id, pool=pool))
         gate = asyncio.Semaphore(config.registration_concurrency)
 
         async def register(terminal: SimulatedTerminal) -> None:
@@ -669,7 +719,7 @@ class FleetSimulator:
             jobs = asyncio.create_task(self._receive_jobs(terminal, stop))
             try:
                 while not stop.is_set():
-                    async with self._in_flight:
+                    async with self._in_flight[terminal.pool]:
                         await self.report(terminal)
                     if await _wait(stop, tick.total_seconds()):
                         break
