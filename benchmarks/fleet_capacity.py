@@ -12,19 +12,24 @@ on a throw-away PostgreSQL database:
    the **ingest lag**: how far the newest stored ``device_metrics`` row trails the wall
    clock (sampled every 2 s; with thousands of staggered terminals a fresh sample arrives
    every few milliseconds, so this is the time a sample takes from device to table).
-2. **Ingest rate**: telemetry rows stored per second when devices send 500-sample batches as
-   fast as the server takes them, over HTTP and over MQTT (Mosquitto at 127.0.0.1:1883; the
-   server's uplink bridge), counted in the database.
+2. **Ingest rate**: a fixed volume of telemetry sent as fast as the server takes it, over
+   HTTP and over MQTT (Mosquitto at 127.0.0.1:1883; the server's uplink bridge), in
+   500-sample batches (rows/s) and in 1-sample messages (messages/s, what a real fleet
+   sends). The clock stops when the last row is in the database. The MQTT bridge is measured
+   twice in the same run: as it is (batched) and with batches of one message (the baseline:
+   one transaction per message, as before batching), and the summary prints the ratios.
 
 The server is pinned to cpu 0 and this script (the load) to cpu 1 when ``taskset`` exists,
-so the load generator does not steal the server's core. The generator itself (httpx, one
-core) tops out near 35-40 reports a second; beyond that the table's "load CPU" is ~1.0 and
-the server is no longer what limits the fleet, so the script also prints the server's CPU
-per report and the fleet size one core of it would carry at 30 s. Goal on record: 5,000
+so the load generator does not steal the server's core; PostgreSQL and Mosquitto run on
+either. The machine may be shared: before each measurement the script waits (at most
+``--wait-quiet`` seconds) for a moment with little else running, and it prints the load
+average and the cores busy outside the server and the load generator ("other cores",
+which includes PostgreSQL and Mosquitto) beside every figure. Goal on record: 5,000
 terminals at 30 s with the server under one core.
 
-    .venv/bin/python benchmarks/fleet_capacity.py                       # about 8 minutes
-    .venv/bin/python benchmarks/fleet_capacity.py --terminals 500,1000 --window 30
+    .venv/bin/python benchmarks/fleet_capacity.py                       # about 12 minutes
+    .venv/bin/python benchmarks/fleet_capacity.py --terminals 500,1000 --window 30 --no-ingest
+    .venv/bin/python benchmarks/fleet_capacity.py --no-capacity         # ingest only
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -62,13 +68,25 @@ from homepot.auth.models import Role
 from homepot.auth.service import create_user
 from homepot.db import create_engine, create_session_factory
 from homepot.fleet.protocol import MetricSample, TelemetryBatch
-from homepot.fleet.simulator import FleetSimulator, SimulatedTerminal, SimulationConfig
+from homepot.fleet.simulator import (
+    FleetSimulator,
+    SimulatedTerminal,
+    SimulationConfig,
+    device_connection_pools,
+)
 
 ADMIN_EMAIL = "fleet-benchmark@example.com"
 ADMIN_PASSWORD = "fleet-benchmark-password"
 SERVER_CPU, LOAD_CPU = "0", "1"
 BROKER = ("127.0.0.1", 1883)
 TICKS = os.sysconf("SC_CLK_TCK")
+# A quiet machine: this many cores busy or fewer, over QUIET_PROBE_SECONDS.
+QUIET_CORES = 0.3
+QUIET_PROBE_SECONDS = 2.0
+# How long the rows of an ingest run may take to land after the last one was sent.
+SETTLE_SECONDS = 180.0
+# Publishes awaiting the broker's PUBACK at once, per MQTT sender.
+MQTT_PUBLISHES_IN_FLIGHT = 10
 
 
 def free_port() -> int:
@@ -82,8 +100,61 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / TICKS
+
+
+def wait_for_quiet(limit: float) -> float:
+    """Wait (at most ``limit`` s) for a moment with at most QUIET_CORES busy; returns the
+    cores busy in the last probe."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(QUIET_PROBE_SECONDS)
+        busy = (machine_busy_seconds() - before) / QUIET_PROBE_SECONDS
+        if busy <= QUIET_CORES or time.monotonic() >= deadline:
+            return busy
+
+
+class CpuMeter:
+    """CPU used by the server, by this process and by everything else, over a stretch."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.load_average = os.getloadavg()[0]
+        self.started = time.monotonic()
+        self.server = process_cpu_seconds(server_pid)
+        self.load = process_cpu_seconds(os.getpid())
+        self.machine = machine_busy_seconds()
+
+    def read(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        server = process_cpu_seconds(self.server_pid) - self.server
+        load = process_cpu_seconds(os.getpid()) - self.load
+        machine = machine_busy_seconds() - self.machine
+        return {
+            "seconds": elapsed,
+            "server_cpu_s": server,
+            "server_cores": server / elapsed,
+            "load_cores": load / elapsed,
+            "other_cores": max(machine - server - load, 0.0) / elapsed,
+            "load_average": self.load_average,
+        }
+
+
 class Server:
-    def __init__(self, database_url: str, workdir: Path, *, mqtt: bool, pin: bool) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        *,
+        mqtt: bool,
+        pin: bool,
+        bridge_batch: int | None = None,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -94,14 +165,13 @@ class Server:
             "HOMEPOT_FLEET__MQTT_URL": f"mqtt://{BROKER[0]}:{BROKER[1]}" if mqtt else "",
         }
         self.pin = pin
+        # Messages per bridge transaction; None keeps the code's own setting.
+        self.bridge_batch = bridge_batch
         self.log = workdir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
+        arguments = [
             "--factory",
             "homepot.main:create_app",
             "--host",
@@ -112,6 +182,16 @@ class Server:
             "--log-level",
             "warning",
         ]
+        if self.bridge_batch is None:
+            command = [sys.executable, "-m", "uvicorn", *arguments]
+        else:
+            # The same server with the bridge's batch size set before the app is built.
+            start = (
+                "import sys, uvicorn, homepot.fleet.mqtt as bridge; "
+                f"bridge.BATCH_MAX_MESSAGES = {self.bridge_batch}; "
+                "sys.argv[0] = 'uvicorn'; sys.exit(uvicorn.main())"
+            )
+            command = [sys.executable, "-c", start, *arguments]
         if self.pin:
             command = ["taskset", "-c", SERVER_CPU, *command]
         with self.log.open("wb") as log:
@@ -160,7 +240,7 @@ async def metric_rows(engine: Any) -> int:
 
 
 async def capacity_run(
-    server: Server, database_url: str, terminals: int, window: float
+    server: Server, database_url: str, terminals: int, window: float, max_in_flight: int
 ) -> dict[str, Any]:
     config = SimulationConfig(
         server_url=server.base_url,
@@ -173,11 +253,14 @@ async def capacity_run(
         site_prefix=f"cap{terminals}",
         device_prefix=f"cap{terminals}-pos",
         registration_concurrency=100,
+        max_concurrent_reports=max_in_flight,
     )
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     round_trips: list[float] = []
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as http:
-        simulator = FleetSimulator(config, http)
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=60) as http,
+        device_connection_pools(config, request_timeout=60) as pools,
+    ):
+        simulator = FleetSimulator(config, http, device_http=pools)
         registered_in = time.perf_counter()
         await simulator.setup()
         registered_in = time.perf_counter() - registered_in
@@ -195,35 +278,31 @@ async def capacity_run(
         round_trips.clear()
         engine = create_engine(database_url)
         heartbeats = simulator.stats.heartbeats
-        cpu = process_cpu_seconds(server.pid)
-        load_cpu = process_cpu_seconds(os.getpid())
-        started = time.monotonic()
+        unavailable = simulator.stats.unavailable
+        meter = CpuMeter(server.pid)
         lags: list[float] = []
-        while time.monotonic() - started < window:
+        while time.monotonic() - meter.started < window:
             await asyncio.sleep(2)
             async with engine.connect() as connection:
                 newest = await connection.scalar(select(func.max(DeviceMetrics.timestamp)))
             if newest is not None:
                 lags.append((datetime.now(UTC) - newest).total_seconds())
-        elapsed = time.monotonic() - started
-        cores = (process_cpu_seconds(server.pid) - cpu) / elapsed
-        load_cores = (process_cpu_seconds(os.getpid()) - load_cpu) / elapsed
-        achieved = (simulator.stats.heartbeats - heartbeats) / elapsed
+        cpu = meter.read()
+        achieved = (simulator.stats.heartbeats - heartbeats) / cpu["seconds"]
+        failed = simulator.stats.unavailable - unavailable
         stop.set()
         await running
         await engine.dispose()
-    return {
+    return cpu | {
         "terminals": terminals,
         "registration_s": registered_in,
-        "server_cores": cores,
-        "load_cores": load_cores,
         "reports_per_s": achieved,
         "expected_per_s": terminals / config.interval_seconds,
         "round_trip_p50_ms": percentile(round_trips, 0.5) * 1000 if round_trips else float("nan"),
         "round_trip_p99_ms": percentile(round_trips, 0.99) * 1000 if round_trips else float("nan"),
         "lag_p50_s": percentile(lags, 0.5) if lags else float("nan"),
         "lag_max_s": max(lags) if lags else float("nan"),
-        "unavailable": simulator.stats.unavailable,
+        "unavailable": failed,
     }
 
 
@@ -272,55 +351,80 @@ async def register_devices(
 
 
 async def ingest_run(
-    server: Server, database_url: str, transport: str, seconds: float, senders: int, batch_size: int
+    server: Server,
+    database_url: str,
+    label: str,
+    transport: str,
+    messages: int,
+    senders: int,
+    batch_size: int,
 ) -> dict[str, Any]:
+    """Send ``messages`` telemetry messages of ``batch_size`` samples from ``senders`` devices
+    as fast as the server takes them; the clock stops when the last row is stored."""
     engine = create_engine(database_url)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        devices = await register_devices(http, senders, transport)
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120, limits=limits) as http:
+        devices = await register_devices(http, senders, label)
         before = await metric_rows(engine)
-        deadline = time.monotonic() + seconds
-        sent = 0
+        share = [messages // senders + (i < messages % senders) for i in range(senders)]
+        # Built before the clock starts: the load generator's pydantic work is not measured.
+        bodies = [[batch(batch_size) for _ in range(n)] for n in share]
+        rejected = 0
 
         async def over_http(index: int) -> None:
-            nonlocal sent
-            device_id, key = devices[index]
-            headers = {"Authorization": f"Bearer {key}"}
-            while time.monotonic() < deadline:
-                fresh = batch(batch_size).model_dump(mode="json", exclude_none=True)
-                response = await http.post("/api/v1/agent/telemetry", json=fresh, headers=headers)
-                if response.status_code == 202:
-                    sent += batch_size
+            nonlocal rejected
+            headers = {"Authorization": f"Bearer {devices[index][1]}"}
+            for body in bodies[index]:
+                payload = body.model_dump(mode="json", exclude_none=True)
+                while True:
+                    response = await http.post(
+                        "/api/v1/agent/telemetry", json=payload, headers=headers
+                    )
+                    if response.status_code != 503:  # busy: the device sends it again
+                        break
+                    await asyncio.sleep(0.1)
+                if response.status_code != 202:
+                    rejected += 1
 
         async def over_mqtt(index: int) -> None:
-            nonlocal sent
             from homepot.fleet.mqtt import DeviceMqttLink
 
             device_id, key = devices[index]
-            async with DeviceMqttLink(BROKER[0], BROKER[1], device_id, key) as link:
-                while time.monotonic() < deadline:
-                    await link.publish_telemetry(batch(batch_size))
-                    sent += batch_size
+            gate = asyncio.Semaphore(MQTT_PUBLISHES_IN_FLIGHT)
 
-        started = time.monotonic()
-        cpu = process_cpu_seconds(server.pid)
+            async def publish(link: DeviceMqttLink, body: TelemetryBatch) -> None:
+                async with gate:
+                    await link.publish_telemetry(body)
+
+            async with DeviceMqttLink(BROKER[0], BROKER[1], device_id, key) as link:
+                await asyncio.gather(*(publish(link, body) for body in bodies[index]))
+
+        meter = CpuMeter(server.pid)
         sender = over_http if transport == "http" else over_mqtt
         await asyncio.gather(*(sender(i) for i in range(senders)))
-        # Until everything sent is stored (or 60 s pass): the rate counts stored rows.
-        settle = time.monotonic() + 60
-        # Polls the database: nothing to wait on.
-        while time.monotonic() < settle and await metric_rows(engine) - before < sent:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        elapsed = time.monotonic() - started
+        sent_in = time.monotonic() - meter.started
+        expected = messages * batch_size
+        settle = time.monotonic() + SETTLE_SECONDS
         stored = await metric_rows(engine) - before
-        cores = (process_cpu_seconds(server.pid) - cpu) / elapsed
+        # Polls the database: nothing to wait on.
+        while stored < expected and time.monotonic() < settle:  # noqa: ASYNC110
+            await asyncio.sleep(0.25)
+            stored = await metric_rows(engine) - before
+        cpu = meter.read()
     await engine.dispose()
-    return {
+    return cpu | {
+        "label": label,
         "transport": transport,
-        "sent": sent,
-        "stored": stored,
-        "rows_per_s": stored / elapsed,
-        "server_cores": cores,
-        "seconds": elapsed,
+        "batch": batch_size,
+        "messages": messages,
+        "rows_sent": expected,
+        "rows_stored": stored,
+        "rejected": rejected,
+        "senders": senders,
+        "sent_s": sent_in,
+        "rows_per_s": stored / cpu["seconds"],
+        "messages_per_s": stored / batch_size / cpu["seconds"],
+        "server_us_per_row": cpu["server_cpu_s"] * 1e6 / max(stored, 1),
     }
 
 
@@ -338,19 +442,45 @@ def main() -> None:
         "--terminals", default="1000,2500,5000", help="fleet sizes to try, comma-separated"
     )
     parser.add_argument("--window", type=float, default=60, help="seconds measured per size")
-    parser.add_argument("--ingest-seconds", type=float, default=20)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=200,
+        help="the simulator's reports in flight (homepot simulate --max-in-flight)",
+    )
+    parser.add_argument(
+        "--ingest-rows", type=int, default=200_000, help="rows sent in 500-sample batches"
+    )
+    parser.add_argument(
+        "--ingest-messages", type=int, default=15_000, help="1-sample messages sent"
+    )
     parser.add_argument("--senders", type=int, default=8, help="devices sending at once")
-    parser.add_argument("--batch", type=int, default=500, help="samples per batch")
+    parser.add_argument("--batch", type=int, default=500, help="samples per large batch")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60,
+        help=f"seconds to wait at most, before each measurement, for <= {QUIET_CORES} cores busy",
+    )
+    parser.add_argument("--no-capacity", action="store_true", help="skip the fleet sizes")
+    parser.add_argument("--no-ingest", action="store_true", help="skip the ingest rates")
     parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load")
     args = parser.parse_args()
     raise_keyboard_interrupt_on_sigterm()
+    console.width = max(console.width, 160)  # the tables are wide; a log file keeps them whole
+    # aiomqtt warns about every publish waiting on another: the senders do that on purpose.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
     pin = (
         not args.no_pin and shutil.which("taskset") is not None and os.cpu_count() not in (None, 1)
     )
     if pin:
         os.sched_setaffinity(0, {int(LOAD_CPU)})
-    sizes = [int(n) for n in args.terminals.split(",") if n.strip()]
+    sizes = [] if args.no_capacity else [int(n) for n in args.terminals.split(",") if n.strip()]
+    console.print(
+        f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cpus, "
+        f"{'server on cpu ' + SERVER_CPU + ', load on cpu ' + LOAD_CPU if pin else 'not pinned'}"
+    )
 
     capacity: list[dict[str, Any]] = []
     ingest: list[dict[str, Any]] = []
@@ -360,30 +490,75 @@ def main() -> None:
             with benchmark_database("postgresql", args.postgres_server, "fleet") as url:
                 asyncio.run(make_admin(url))
                 with Server(url, workdir, mqtt=False, pin=pin) as server:
+                    busy = wait_for_quiet(args.wait_quiet)
                     console.print(
-                        f"capacity: {terminals} terminals on {describe_database(url)} ..."
+                        f"capacity: {terminals} terminals on {describe_database(url)} "
+                        f"({busy:.2f} cores busy before) ..."
                     )
-                    capacity.append(asyncio.run(capacity_run(server, url, terminals, args.window)))
-        transports = ["http"] + (["mqtt"] if broker_up() else [])
-        for transport in transports:
+                    result = asyncio.run(
+                        capacity_run(server, url, terminals, args.window, args.max_in_flight)
+                    )
+                    capacity.append(result)
+                    console.print(
+                        f"  {result['reports_per_s']:.0f} of {result['expected_per_s']:.0f} "
+                        f"reports/s, server {result['server_cores']:.2f} cores, "
+                        f"other {result['other_cores']:.2f}"
+                    )
+        runs: list[tuple[str, str, int | None, int, int, int]] = []
+        if not args.no_ingest:
+            large = args.ingest_rows // args.batch
+            small_senders = args.senders * 4
+            runs = [
+                ("HTTP", "http", None, large, args.senders, args.batch),
+                ("MQTT", "mqtt", None, large, args.senders, args.batch),
+                ("MQTT, 1 message per transaction", "mqtt", 1, large, args.senders, args.batch),
+                ("HTTP", "http", None, args.ingest_messages, small_senders, 1),
+                ("MQTT", "mqtt", None, args.ingest_messages, small_senders, 1),
+                ("MQTT, 1 message per transaction", "mqtt", 1, args.ingest_messages,
+                 small_senders, 1),
+            ]  # fmt: skip
+            if not broker_up():
+                console.print(
+                    "MQTT skipped: no broker at 127.0.0.1:1883 (scripts/ensure-services.sh)"
+                )
+                runs = [run for run in runs if run[1] == "http"]
+        for label, transport, bridge_batch, messages, senders, batch_size in runs:
             with benchmark_database("postgresql", args.postgres_server, "ingest") as url:
                 asyncio.run(make_admin(url))
-                with Server(url, workdir, mqtt=transport == "mqtt", pin=pin) as server:
-                    console.print(f"ingest over {transport} ...")
-                    ingest.append(
-                        asyncio.run(
-                            ingest_run(
-                                server,
-                                url,
-                                transport,
-                                args.ingest_seconds,
-                                args.senders,
-                                args.batch,
-                            )
+                mqtt = transport == "mqtt"
+                with Server(url, workdir, mqtt=mqtt, pin=pin, bridge_batch=bridge_batch) as server:
+                    busy = wait_for_quiet(args.wait_quiet)
+                    console.print(
+                        f"ingest: {label}, {messages:,} messages of {batch_size} "
+                        f"({busy:.2f} cores busy before) ..."
+                    )
+                    result = asyncio.run(
+                        ingest_run(
+                            server,
+                            url,
+                            f"{transport}{bridge_batch or ''}-{batch_size}",
+                            transport,
+                            messages,
+                            senders,
+                            batch_size,
                         )
                     )
+                    ingest.append(result | {"label": label})
+                    console.print(
+                        f"  {result['rows_per_s']:,.0f} rows/s, "
+                        f"{result['rows_stored']:,} of {result['rows_sent']:,} stored"
+                    )
+    if capacity:
+        print_capacity(capacity, args.max_in_flight)
+    if ingest:
+        print_ingest(ingest)
 
-    table = Table(title="Capacity: terminals reporting every 30 s (heartbeat + telemetry)")
+
+def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int) -> None:
+    table = Table(
+        title="Capacity: terminals reporting every 30 s over HTTP "
+        f"(heartbeat + telemetry + job poll; {max_in_flight} reports in flight at most)"
+    )
     for heading in (
         "terminals",
         "server CPU (cores)",
@@ -395,6 +570,8 @@ def main() -> None:
         "projected terminals / core",
         "registration s",
         "failed calls",
+        "load avg",
+        "other cores",
     ):
         table.add_column(heading, justify="right")
     for r in capacity:
@@ -409,6 +586,8 @@ def main() -> None:
             f"{30 * r['reports_per_s'] / r['server_cores']:,.0f}",
             f"{r['registration_s']:.0f}",
             str(r["unavailable"]),
+            f"{r['load_average']:.2f}",
+            f"{r['other_cores']:.2f}",
         )
     console.print(table)
     if any(r["load_cores"] > 0.9 for r in capacity):
@@ -416,22 +595,62 @@ def main() -> None:
             "Rows with load CPU near 1.0: the load generator (one core, httpx) was the limit, "
             "not the server; 'projected terminals / core' extrapolates the server's own cost."
         )
-    rates = Table(
-        title=f"Telemetry ingest: {args.senders} devices sending {args.batch}-sample batches"
-    )
-    for heading in ("transport", "rows sent", "rows stored", "rows/s stored", "server CPU (cores)"):
+
+
+def print_ingest(ingest: list[dict[str, Any]]) -> None:
+    rates = Table(title="Telemetry ingest: a fixed volume sent as fast as the server takes it")
+    for heading in (
+        "transport",
+        "samples / message",
+        "senders",
+        "messages",
+        "rows stored / sent",
+        "seconds",
+        "rows/s",
+        "messages/s",
+        "server CPU (cores)",
+        "server CPU µs / row",
+        "load avg",
+        "other cores",
+    ):
         rates.add_column(heading, justify="right")
     for r in ingest:
         rates.add_row(
-            r["transport"],
-            f"{r['sent']:,}",
-            f"{r['stored']:,}",
+            r["label"],
+            str(r["batch"]),
+            str(r["senders"]),
+            f"{r['messages']:,}",
+            f"{r['rows_stored']:,} / {r['rows_sent']:,}",
+            f"{r['seconds']:.1f}",
             f"{r['rows_per_s']:,.0f}",
+            f"{r['messages_per_s']:,.0f}",
             f"{r['server_cores']:.2f}",
+            f"{r['server_us_per_row']:.0f}",
+            f"{r['load_average']:.2f}",
+            f"{r['other_cores']:.2f}",
         )
     console.print(rates)
-    if "mqtt" not in [r["transport"] for r in ingest]:
-        console.print("MQTT skipped: no broker at 127.0.0.1:1883 (scripts/ensure-services.sh)")
+    for size in sorted({r["batch"] for r in ingest}, reverse=True):
+        by_label = {r["label"]: r for r in ingest if r["batch"] == size}
+        http, mqtt = by_label.get("HTTP"), by_label.get("MQTT")
+        single = by_label.get("MQTT, 1 message per transaction")
+        unit = "rows" if size > 1 else "messages"
+        if http and mqtt:
+            console.print(
+                f"{size}-sample messages: MQTT / HTTP {unit}/s = "
+                f"{mqtt['rows_per_s'] / http['rows_per_s']:.2f}"
+            )
+        if mqtt and single:
+            console.print(
+                f"{size}-sample messages: MQTT batched / one message per transaction = "
+                f"{mqtt['rows_per_s'] / single['rows_per_s']:.2f}"
+            )
+        lost = [r for r in by_label.values() if r["rows_stored"] < r["rows_sent"]]
+        for r in lost:
+            console.print(
+                f"[yellow]{r['label']} ({size}-sample): {r['rows_sent'] - r['rows_stored']:,} "
+                f"rows not stored within {SETTLE_SECONDS:.0f} s of the last send[/]"
+            )
 
 
 if __name__ == "__main__":
