@@ -93,7 +93,10 @@ async def test_validate_prints_a_row_per_stream_and_passes_when_all_eight_collec
     output = result.stdout
     assert "is up" in output
     for stream in STREAMS:
-        row = next(line for line in output.splitlines() if f" {stream.name} " in line)
+        # The summary table's row, not a progress line ("Waiting for: ..., User activities").
+        row = next(
+            line for line in output.splitlines() if "│" in line and f" {stream.name} " in line
+        )
         assert stream.table in row
         assert "OK" in row
         assert "MISSING" not in row
