@@ -466,6 +466,7 @@ def _print_demo_login(credentials: sample_data.Credentials | None, host: str, po
     email = sample_data.DEMO_ADMIN_EMAIL
     console = _out()
     console.print()
+    console.print(Text(f"Dashboard: {base}/", style="bold"))
     console.print(Text(f"API docs:  {base}/docs", style="bold"))
     if credentials is None:
         console.print(
