@@ -466,6 +466,14 @@ def main() -> None:
     parser.add_argument("--no-ingest", action="store_true", help="skip the ingest rates")
     parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load")
+    parser.add_argument(
+        "--fleet-transport",
+        choices=("http", "mqtt"),
+        default="http",
+        help="how the simulated terminals report: plain HTTP (they poll for jobs every tick), or "
+        "MQTT through Mosquitto at 127.0.0.1:1883 (heartbeats and telemetry published, jobs "
+        "pushed, a poll now and then for a missed push)",
+    )
     args = parser.parse_args()
     raise_keyboard_interrupt_on_sigterm()
     console.width = max(console.width, 160)  # the tables are wide; a log file keeps them whole
@@ -489,7 +497,8 @@ def main() -> None:
         for terminals in sizes:
             with benchmark_database("postgresql", args.postgres_server, "fleet") as url:
                 asyncio.run(make_admin(url))
-                with Server(url, workdir, mqtt=False, pin=pin) as server:
+                fleet_mqtt = args.fleet_transport == "mqtt"
+                with Server(url, workdir, mqtt=fleet_mqtt, pin=pin) as server:
                     busy = wait_for_quiet(args.wait_quiet)
                     console.print(
                         f"capacity: {terminals} terminals on {describe_database(url)} "
@@ -549,15 +558,20 @@ def main() -> None:
                         f"{result['rows_stored']:,} of {result['rows_sent']:,} stored"
                     )
     if capacity:
-        print_capacity(capacity, args.max_in_flight)
+        print_capacity(capacity, args.max_in_flight, args.fleet_transport)
     if ingest:
         print_ingest(ingest)
 
 
-def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int) -> None:
+def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int, transport: str) -> None:
+    what = (
+        "over HTTP (heartbeat + telemetry + job poll"
+        if transport == "http"
+        else "over MQTT (heartbeat + telemetry published, jobs pushed, 1 tick in 10 polls"
+    )
     table = Table(
-        title="Capacity: terminals reporting every 30 s over HTTP "
-        f"(heartbeat + telemetry + job poll; {max_in_flight} reports in flight at most)"
+        title=f"Capacity: terminals reporting every 30 s {what}; "
+        f"{max_in_flight} reports in flight at most)"
     )
     for heading in (
         "terminals",
