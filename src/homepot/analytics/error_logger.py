@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
@@ -91,3 +92,24 @@ async def log_error(
         device_id=device_id,
         context=context,
     )
+
+
+def failed_pass_logger(
+    recorder: Recorder | None, error_code: str, what: str
+) -> Callable[[Exception], None]:
+    """The ``on_failure`` of a background loop: a failed pass of ``what`` as a database error.
+
+    :func:`homepot.kit.periodic.run_periodically` calls it once per streak of failures.
+    """
+
+    def log_failure(exc: Exception) -> None:
+        record_error(
+            category="database",
+            severity="error",
+            error_code=error_code,
+            error_message=f"{what} failed: {type(exc).__name__}: {exc}"[:1000],
+            exception=exc,
+            recorder=recorder,
+        )
+
+    return log_failure

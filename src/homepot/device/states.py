@@ -28,12 +28,12 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from homepot.analytics.error_logger import failed_pass_logger
 from homepot.analytics.models import DeviceStateHistory
 from homepot.analytics.recorder import Recorder
 from homepot.config import Settings
 from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus
-from homepot.error_logger import record_error
 from homepot.kit.periodic import run_periodically
 
 logger = logging.getLogger(__name__)
@@ -161,20 +161,10 @@ async def run_device_watchdog(app: FastAPI) -> AsyncIterator[None]:
     async def watchdog_pass() -> None:
         await mark_silent_devices_offline(app.state.session_factory, app.state.recorder, settings)
 
-    def log_failure(exc: Exception) -> None:
-        record_error(
-            category="database",
-            severity="error",
-            error_code="DEVICE_WATCHDOG_FAILED",
-            error_message=f"device watchdog pass failed: {type(exc).__name__}: {exc}"[:1000],
-            exception=exc,
-            recorder=app.state.recorder,
-        )
-
     async with run_periodically(
         "homepot-device-watchdog",
         settings.fleet.watchdog_interval_seconds,
         watchdog_pass,
-        log_failure,
+        failed_pass_logger(app.state.recorder, "DEVICE_WATCHDOG_FAILED", "device watchdog pass"),
     ):
         yield

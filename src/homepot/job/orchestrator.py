@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from homepot.analytics.error_logger import record_error
+from homepot.analytics.error_logger import failed_pass_logger, record_error
 from homepot.analytics.recorder import Recorder
 from homepot.config import FleetSettings
 from homepot.db import utcnow
@@ -96,16 +96,6 @@ class Orchestrator:
         await self._leave_unacknowledged_for_polling(now, report)
         await self._dispatch_due(now, report)
         return report
-
-    def log_failure(self, exc: Exception) -> None:
-        record_error(
-            category="database",
-            severity="error",
-            error_code="JOB_ORCHESTRATOR_FAILED",
-            error_message=f"the job orchestrator's pass failed: {exc}",
-            exception=exc,
-            recorder=self.recorder,
-        )
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -271,6 +261,8 @@ async def run_orchestrator(app: FastAPI) -> AsyncIterator[None]:
         "homepot-orchestrator",
         orchestrator.settings.orchestrator_interval_seconds,
         orchestrator.run_pass,
-        orchestrator.log_failure,
+        failed_pass_logger(
+            orchestrator.recorder, "JOB_ORCHESTRATOR_FAILED", "job orchestrator pass"
+        ),
     ):
         yield

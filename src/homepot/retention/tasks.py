@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from homepot.analytics.error_logger import failed_pass_logger
 from homepot.config import Settings
-from homepot.error_logger import record_error
 from homepot.kit.periodic import run_periodically
 from homepot.retention.policy import resolve_policy
 from homepot.retention.service import SYSTEM_ACTOR, apply_retention
@@ -39,17 +39,10 @@ async def run_retention(app: FastAPI) -> AsyncIterator[None]:
             context={"trigger": "server"},
         )
 
-    def log_failure(exc: Exception) -> None:
-        record_error(
-            category="database",
-            severity="error",
-            error_code="RETENTION_RUN_FAILED",
-            error_message=f"retention run failed: {type(exc).__name__}: {exc}"[:1000],
-            exception=exc,
-            recorder=app.state.recorder,
-        )
-
     async with run_periodically(
-        "homepot-retention", settings.retention.interval_seconds, retention_pass, log_failure
+        "homepot-retention",
+        settings.retention.interval_seconds,
+        retention_pass,
+        failed_pass_logger(app.state.recorder, "RETENTION_RUN_FAILED", "retention run"),
     ):
         yield
