@@ -3,7 +3,7 @@
 Two measurements against the real server (uvicorn, one worker, ``homepot.main:create_app``)
 on a throw-away PostgreSQL database:
 
-1. **Capacity**: N simulated terminals (:class:`homepot.fleet.simulator.FleetSimulator`,
+1. **Capacity**: N simulated terminals (:class:`homepot.simulation.live.FleetSimulator`,
    the same code as ``homepot simulate``) report every 30 s over HTTP: a heartbeat, a
    telemetry sample and a job poll each (no push channel over plain HTTP, so they poll).
    After one interval of warm-up the script measures, for a window:
@@ -67,8 +67,8 @@ from homepot.analytics.models import DeviceMetrics
 from homepot.auth.models import Role
 from homepot.auth.service import create_user
 from homepot.db import create_engine, create_session_factory
-from homepot.fleet.protocol import MetricSample, TelemetryBatch
-from homepot.fleet.simulator import (
+from homepot.protocol.messages import MetricSample, TelemetryBatch
+from homepot.simulation.live import (
     FleetSimulator,
     SimulatedTerminal,
     SimulationConfig,
@@ -387,7 +387,7 @@ async def ingest_run(
                     rejected += 1
 
         async def over_mqtt(index: int) -> None:
-            from homepot.fleet.mqtt import DeviceMqttLink
+            from homepot.agent.mqtt import DeviceMqttLink
 
             device_id, key = devices[index]
             gate = asyncio.Semaphore(MQTT_PUBLISHES_IN_FLIGHT)

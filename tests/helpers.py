@@ -108,7 +108,7 @@ async def db_rows(app: FastAPI, model: type[Any], **filters: Any) -> list[Any]:
 
 async def create_bootstrap_key(app: FastAPI, site_id: str) -> str:
     """Give an existing site a bootstrap key (stored hashed, as the API does); returns it."""
-    from homepot.fleet.auth import hash_key, new_bootstrap_key
+    from homepot.kit.keys import hash_key, new_bootstrap_key
     from homepot.site.models import Site
 
     key = new_bootstrap_key()

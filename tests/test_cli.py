@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from homepot import cli
 from homepot.auth.service import authenticate
+from homepot.cli import server as cli_server
 from homepot.db import create_engine, create_session_factory
 from homepot.dbtools import TABLE_NAMES
 
@@ -326,7 +327,7 @@ def test_demo_prepares_data_and_an_admin_then_serves(
 ) -> None:
     served: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        cli, "_serve", lambda settings, host, port, reload: served.append((host, port))
+        cli_server, "_serve", lambda settings, host, port, reload: served.append((host, port))
     )
 
     first = ok(homepot(database_url, "demo", "--port", "8765"))

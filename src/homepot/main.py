@@ -11,7 +11,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from homepot import __version__
-from homepot.analytics.impact import run_impact_evaluator
 from homepot.analytics.metrics import RecorderCollector
 from homepot.analytics.middleware import RequestLogMiddleware
 from homepot.analytics.recorder import Recorder, set_recorder
@@ -20,12 +19,13 @@ from homepot.audit.router import router as audit_router
 from homepot.auth.router import router as auth_router
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
+from homepot.device.impact import run_impact_evaluator
 from homepot.device.router import router as device_router
 from homepot.device.states import run_device_watchdog
 from homepot.export.router import router as export_router
+from homepot.fleet.jobs_router import router as job_agent_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
-from homepot.job.agent_router import router as job_agent_router
 from homepot.job.orchestrator import run_orchestrator
 from homepot.job.router import router as job_router
 from homepot.overview.router import router as overview_router

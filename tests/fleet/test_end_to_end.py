@@ -34,12 +34,12 @@ from homepot.analytics.models import (
 )
 from homepot.auth.models import Role
 from homepot.config import FleetSettings, Settings
-from homepot.fleet.channels import InProcessChannel
-from homepot.fleet.faults import FaultKind, read_labels
-from homepot.fleet.simulator import SimulationConfig, embedded_simulator
 from homepot.job.models import JobExecution
 from homepot.main import create_app
 from homepot.models import ANALYTICS_MODELS
+from homepot.protocol.channels import InProcessChannel
+from homepot.simulation.faults import FaultKind, read_labels
+from homepot.simulation.live import SimulationConfig, embedded_simulator
 from tests.helpers import create_user, db_rows, flush
 
 BROKER = ("127.0.0.1", 1883)

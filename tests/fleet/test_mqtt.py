@@ -20,19 +20,16 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics, ErrorLog, JobOutcome
 from homepot.config import FleetSettings, Settings
 from homepot.device.models import Device, HealthCheck
-from homepot.fleet.auth import hash_key, new_device_key
-from homepot.fleet.channels import InProcessChannel
-from homepot.fleet.mqtt import (
-    DeviceMqttLink,
-    MqttChannel,
-    PushUnavailableError,
-    UnavailableChannel,
-    broker_address,
-)
-from homepot.fleet.protocol import (
+from homepot.fleet.mqtt import MqttChannel, PushUnavailableError, UnavailableChannel
+from homepot.job.models import ExecutionStatus, Job, JobExecution, JobStatus, JobTargetType
+from homepot.kit.keys import hash_key, new_device_key
+from homepot.main import create_app
+from homepot.protocol.channels import InProcessChannel
+from homepot.protocol.messages import (
     DeviceErrorReport,
     Envelope,
     ErrorCategory,
@@ -45,8 +42,7 @@ from homepot.fleet.protocol import (
     TelemetryBatch,
     topics,
 )
-from homepot.job.models import ExecutionStatus, Job, JobExecution, JobStatus, JobTargetType
-from homepot.main import create_app
+from homepot.protocol.mqtt import broker_address
 from tests.helpers import create_device, db_rows, flush
 
 BROKER_HOST = "127.0.0.1"

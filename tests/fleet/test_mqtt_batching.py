@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
+from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.config import FleetSettings, Settings
 from homepot.device.models import Device, HealthCheck
 from homepot.fleet import service as fleet_service
-from homepot.fleet.auth import hash_key, new_device_key
-from homepot.fleet.mqtt import DeviceMqttLink
-from homepot.fleet.protocol import (
+from homepot.kit.keys import hash_key, new_device_key
+from homepot.main import create_app
+from homepot.protocol.messages import (
     DeviceErrorReport,
     Envelope,
     ErrorCategory,
@@ -32,7 +33,6 @@ from homepot.fleet.protocol import (
     TelemetryBatch,
     topics,
 )
-from homepot.main import create_app
 from tests.fleet.test_mqtt import BROKER_HOST, BROKER_PORT, BROKER_URL, requires_broker
 from tests.helpers import create_device, db_rows, flush
 

@@ -9,8 +9,8 @@ from httpx import AsyncClient
 from sqlalchemy import select
 
 from homepot.config import FleetSettings, Settings
-from homepot.fleet.protocol import JobCommand
 from homepot.job.models import JobExecution
+from homepot.protocol.messages import JobCommand
 
 JOBS = "/api/v1/jobs"
 AGENT_JOBS = "/api/v1/agent/jobs"

@@ -17,8 +17,8 @@ from homepot import cli
 from homepot.analytics.models import JobOutcome
 from homepot.auth.models import Role
 from homepot.db import create_engine, utcnow
-from homepot.fleet.backfill import BackfillConfig, run_backfill
 from homepot.quality.service import TABLE_NAMES, Thresholds, assess_quality
+from homepot.simulation.backfill import BackfillConfig, run_backfill
 from tests.helpers import auth_headers, create_device, create_site
 from tests.quality.seed import clean_rows, insert, metric
 

@@ -7,15 +7,10 @@ filters must match its query parameters name for name, which is checked when it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
 from homepot.analytics import schemas
 from homepot.analytics.models import (
@@ -29,51 +24,8 @@ from homepot.analytics.models import (
     UserActivity,
 )
 from homepot.analytics.recorder import Recorder
-from homepot.db import Base, utcnow
-from homepot.kit.pagination import CursorPage, Keyset
-
-ReadT = TypeVar("ReadT", bound=BaseModel)
-Filter = Callable[[Any], ColumnElement[bool]]
-
-
-def equals(column: InstrumentedAttribute[Any]) -> Filter:
-    return lambda value: column == value
-
-
-def at_least(column: InstrumentedAttribute[Any]) -> Filter:
-    return lambda value: column >= value
-
-
-def any_of(column: InstrumentedAttribute[Any]) -> Filter:
-    return lambda values: column.in_(values)
-
-
-@dataclass(frozen=True)
-class Stream(Generic[ReadT]):
-    """How one analytics table is read."""
-
-    model: type[Base]
-    query: type[schemas.StreamQuery]
-    read: type[ReadT]
-    filters: Mapping[str, Filter]
-    time_column: str = "timestamp"
-    id_column: str = "id"
-
-    def __post_init__(self) -> None:
-        parameters = set(self.query.filter_names())
-        if parameters != set(self.filters):
-            raise TypeError(
-                f"{self.model.__tablename__}: query parameters "
-                f"{sorted(parameters - set(self.filters))} have no filter and filters "
-                f"{sorted(set(self.filters) - parameters)} have no query parameter"
-            )
-
-    @property
-    def keyset(self) -> Keyset:
-        time_column: InstrumentedAttribute[datetime] = getattr(self.model, self.time_column)
-        id_column: InstrumentedAttribute[int] = getattr(self.model, self.id_column)
-        return Keyset(time_column, id_column)
-
+from homepot.db import utcnow
+from homepot.kit.streams import Stream, any_of, at_least, equals
 
 REQUESTS = Stream(
     APIRequestLog,
@@ -161,35 +113,6 @@ SITE_SCHEDULES = Stream(
     },
     time_column="updated_at",
 )
-
-
-async def read_page(
-    session: AsyncSession, stream: Stream[ReadT], params: schemas.StreamQuery
-) -> CursorPage[ReadT]:
-    """One page of ``stream`` matching ``params``, newest first."""
-    if not isinstance(params, stream.query):
-        raise TypeError(f"{stream.model.__tablename__} is read with {stream.query.__name__}")
-    keyset = stream.keyset
-    statement = select(stream.model)
-    for name, value in params.filters().items():
-        statement = statement.where(stream.filters[name](value))
-    time_range = params.time_range
-    if time_range.start is not None:
-        statement = statement.where(keyset.time_column >= time_range.start)
-    if time_range.end is not None:
-        statement = statement.where(
-            keyset.time_column <= time_range.end
-            if time_range.end_inclusive
-            else keyset.time_column < time_range.end
-        )
-    if params.cursor is not None:
-        statement = statement.where(keyset.after(params.cursor))
-    statement = statement.order_by(*keyset.order_by()).limit(params.limit + 1)
-    rows: Sequence[Any] = (await session.scalars(statement)).all()
-    items, next_cursor = keyset.page(rows, params.limit)
-    return CursorPage(
-        items=[stream.read.model_validate(row) for row in items], next_cursor=next_cursor
-    )
 
 
 async def set_error_resolved(

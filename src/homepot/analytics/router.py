@@ -31,7 +31,6 @@ from homepot.analytics.schemas import (
     RequestQuery,
     SiteOperatingScheduleRead,
     SiteScheduleQuery,
-    StreamQuery,
     UserActivityBatch,
     UserActivityQuery,
     UserActivityRead,
@@ -41,7 +40,9 @@ from homepot.auth.deps import AdminUser, CurrentUser
 from homepot.auth.models import User
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
+from homepot.kit import streams
 from homepot.kit.pagination import CursorPage
+from homepot.kit.streams import StreamQuery
 
 router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
 
@@ -86,9 +87,9 @@ async def _audited_page(
     request: Request,
     admin: User,
     session: AsyncSession,
-    stream: queries.Stream[queries.ReadT],
+    stream: streams.Stream[streams.ReadT],
     params: StreamQuery,
-) -> CursorPage[queries.ReadT]:
+) -> CursorPage[streams.ReadT]:
     """A page of ``stream``, with an audit row of who read it, from where, with which filters."""
     write_audit_log(
         session,
@@ -102,7 +103,7 @@ async def _audited_page(
             if (value := getattr(params, name)) is not None
         },
     )
-    return await queries.read_page(session, stream, params)
+    return await streams.read_page(session, stream, params)
 
 
 @router.get(

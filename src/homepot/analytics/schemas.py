@@ -7,7 +7,7 @@ would otherwise be ignored and the answer would look like data for that device.
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -18,18 +18,14 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
+from pydantic_core import PydanticCustomError, to_json
 
 from homepot.db import utcnow
-from homepot.kit.pagination import Cursor
-from homepot.kit.timeranges import TimeBound, TimeRange
+from homepot.kit.streams import StreamQuery
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
 # One dashboard event as JSON, and a whole ingestion request body (a batch or an error report).
@@ -135,82 +131,6 @@ def _json_within_limit(name: str, value: dict[str, Any] | None) -> dict[str, Any
 
 
 # -- query parameters -----------------------------------------------------------------------
-
-
-class StreamQuery(BaseModel):
-    """The parameters every analytics read endpoint takes; subclasses add the filters."""
-
-    model_config = ConfigDict(extra="forbid")
-    common_parameters: ClassVar[tuple[str, ...]] = ("start_date", "end_date", "limit", "cursor")
-
-    start_date: TimeBound | None = Field(
-        default=None,
-        description="Only rows at or after this time. A date (2025-12-01) means 00:00 UTC "
-        "of that day; a datetime without an offset is UTC.",
-    )
-    end_date: TimeBound | None = Field(
-        default=None,
-        description="Only rows up to this time. A date (2025-12-05) includes that whole UTC "
-        "day; a datetime is inclusive.",
-    )
-    limit: int = Field(
-        default=DEFAULT_LIMIT,
-        ge=1,
-        le=MAX_LIMIT,
-        description=f"Rows per page, newest first (1 to {MAX_LIMIT})",
-    )
-    cursor: Cursor | None = Field(
-        default=None,
-        description="The next_cursor of the previous page, to read the page after it",
-    )
-
-    @classmethod
-    def filter_names(cls) -> tuple[str, ...]:
-        return tuple(name for name in cls.model_fields if name not in cls.common_parameters)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unknown_parameters(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        unknown = [name for name in data if name not in cls.model_fields]
-        if unknown:
-            allowed = ", ".join(cls.model_fields)
-            errors = [
-                InitErrorDetails(
-                    type=PydanticCustomError(
-                        "unknown_parameter",
-                        "unknown query parameter '{name}'; this endpoint accepts: {allowed}",
-                        {"name": name, "allowed": allowed},
-                    ),
-                    loc=(name,),
-                    input=data[name],
-                )
-                for name in unknown
-            ]
-            # Raised as a ValidationError so that each error keeps its parameter's location.
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return data
-
-    @model_validator(mode="after")
-    def _nonempty_time_range(self) -> StreamQuery:
-        try:
-            TimeRange.between(self.start_date, self.end_date)
-        except ValueError as exc:
-            raise PydanticCustomError("time_range", "{problem}", {"problem": str(exc)}) from None
-        return self
-
-    @property
-    def time_range(self) -> TimeRange:
-        return TimeRange.between(self.start_date, self.end_date)
-
-    def filters(self) -> dict[str, Any]:
-        """The filters given, by name (absent ones left out)."""
-        return {
-            name: value
-            for name in self.filter_names()
-            if (value := getattr(self, name)) is not None
-        }
 
 
 class RequestQuery(StreamQuery):

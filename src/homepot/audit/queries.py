@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.queries import Stream, equals, read_page
 from homepot.audit.models import AuditLog
 from homepot.audit.schemas import AuditLogQuery, AuditLogRead
 from homepot.kit.pagination import CursorPage
+from homepot.kit.streams import Stream, equals, read_page
 
 AUDIT_LOGS = Stream(
     AuditLog,

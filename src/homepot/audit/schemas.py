@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from homepot.analytics.schemas import StreamQuery
+from homepot.kit.streams import StreamQuery
 
 
 class AuditLogQuery(StreamQuery):

@@ -2,7 +2,7 @@
 
 Audit rows are written with the caller's session, so they commit or roll back with the change
 they describe. Configuration history, an analytics stream, is written by
-:mod:`homepot.device.config`.
+:mod:`homepot.analytics.config_history`.
 """
 
 from __future__ import annotations

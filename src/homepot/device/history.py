@@ -21,6 +21,7 @@ from homepot.analytics.schemas import (
 )
 from homepot.db import utcnow
 from homepot.device.schemas import MetricPoint
+from homepot.kit import streams
 from homepot.kit.pagination import CursorPage, Position
 from homepot.kit.timebuckets import Buckets
 
@@ -100,7 +101,7 @@ async def state_history(
 ) -> CursorPage[DeviceStateHistoryRead]:
     """The device's state changes, newest first."""
     params = DeviceStateQuery(device_id=device_id, limit=limit, cursor=cursor)
-    return await queries.read_page(session, queries.DEVICE_STATES, params)
+    return await streams.read_page(session, queries.DEVICE_STATES, params)
 
 
 async def config_history(
@@ -110,4 +111,4 @@ async def config_history(
     params = ConfigHistoryQuery(
         entity_type="device", entity_id=device_id, limit=limit, cursor=cursor
     )
-    return await queries.read_page(session, queries.CONFIG_HISTORY, params)
+    return await streams.read_page(session, queries.CONFIG_HISTORY, params)

@@ -42,6 +42,11 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    @property
+    def config_entity(self) -> tuple[str, str]:
+        """How configuration_history names this device."""
+        return "device", self.device_id
+
 
 class HealthCheck(Base):
     __tablename__ = "health_checks"

@@ -14,8 +14,7 @@ from homepot.db import SessionDep
 from homepot.device import history, service
 from homepot.device.models import Device, DeviceStatus
 from homepot.device.schemas import DeviceCreate, DeviceMetricSeries, DeviceRead, DeviceUpdate
-from homepot.kit.page import Page, PageQuery
-from homepot.kit.pagination import CursorPage, Position, decode_cursor
+from homepot.kit.pagination import CursorPage, Page, PageQuery, Position, decode_cursor
 from homepot.site.service import SiteNotFound
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"])

@@ -9,14 +9,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homepot.analytics.config_history import change_config
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, apply_changes, write_audit_log
 from homepot.config import Settings
-from homepot.device.config import change_config
 from homepot.device.models import Device, DeviceStatus
 from homepot.device.schemas import DeviceCreate, DeviceUpdate
 from homepot.device.states import transition
-from homepot.kit.page import PageParams, fetch_page
+from homepot.kit.pagination import PageParams, fetch_page
 from homepot.site.service import get_site
 
 

@@ -1,1 +1,1 @@
-"""The fleet: the device protocol, push channels, the terminal agent and the simulator."""
+"""The server side of the device protocol: the agent API, the MQTT bridge, device keys."""

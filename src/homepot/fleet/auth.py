@@ -1,15 +1,11 @@
-"""Device credentials: site bootstrap keys and per-device API keys.
+"""Device credentials on the server: checking site bootstrap keys and per-device API keys.
 
-Keys carry 256 bits of randomness, so a plain SHA-256 of the key is a safe verifier: it is
-stored in an indexed, unique column and a request is authenticated with one index lookup,
-never with a slow password hash per telemetry call. Keys themselves are never stored.
+Keys and their verifiers are made by :mod:`homepot.kit.keys`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -18,22 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.db import SessionDep
 from homepot.device.models import Device
+from homepot.kit.keys import DEVICE_KEY_PREFIX, hash_key
 from homepot.site.models import Site
-
-DEVICE_KEY_PREFIX = "hpd_"
-BOOTSTRAP_KEY_PREFIX = "hpb_"
-
-
-def new_device_key() -> str:
-    return DEVICE_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def new_bootstrap_key() -> str:
-    return BOOTSTRAP_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def bootstrap_key_matches(site: Site, key: str) -> bool:

@@ -4,13 +4,13 @@ Server side, :func:`run_push_channel` (a background service of the app) keeps on
 connection that does two things:
 
 - pushes jobs: ``app.state.push_channel`` is a :class:`MqttChannel` publishing each
-  :class:`~homepot.fleet.protocol.JobCommand` to ``topics.jobs(device_id)``;
+  :class:`~homepot.protocol.messages.JobCommand` to ``topics.jobs(device_id)``;
 - bridges the uplink: every device message (telemetry, heartbeat, job ack, job result,
   error report) is authenticated and handed to the same transport-independent services the
   HTTP endpoints call. Messages are stored in batches (:class:`UplinkBridge`): one query loads
   a batch's devices, one transaction stores its telemetry, heartbeats and error reports.
 
-The broker is not trusted: devices publish an :class:`~homepot.fleet.protocol.Envelope`
+The broker is not trusted: devices publish an :class:`~homepot.protocol.messages.Envelope`
 carrying their API key, and a message is dropped (and logged in ``error_logs``) unless the key
 belongs to the device named by its topic. A bad message never stops the bridge. When the broker
 goes away the bridge reconnects with backoff, and meanwhile ``app.state.push_channel`` raises
@@ -19,7 +19,7 @@ goes away the bridge reconnects with backoff, and meanwhile ``app.state.push_cha
 Several server processes sharing one database share the uplink through an MQTT shared
 subscription: each device message is handled by exactly one of them.
 
-Device side, :class:`DeviceMqttLink` is what the agent and the simulator use.
+The device side of the same protocol is :class:`homepot.agent.mqtt.DeviceMqttLink`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 from fastapi import FastAPI
@@ -52,9 +51,11 @@ from homepot.db import utcnow
 from homepot.device.models import Device
 from homepot.error_logger import record_error
 from homepot.fleet import service as fleet_service
-from homepot.fleet.auth import device_for_key, hash_key
-from homepot.fleet.channels import InProcessChannel, PushChannel
-from homepot.fleet.protocol import (
+from homepot.fleet.auth import device_for_key
+from homepot.job import executions
+from homepot.kit.keys import hash_key
+from homepot.protocol.channels import InProcessChannel, PushChannel
+from homepot.protocol.messages import (
     DeviceErrorReport,
     Envelope,
     Heartbeat,
@@ -64,12 +65,10 @@ from homepot.fleet.protocol import (
     TelemetryBatch,
     topics,
 )
-from homepot.job import executions
+from homepot.protocol.mqtt import QOS, broker_address, validation_summary
 
 logger = logging.getLogger(__name__)
 
-QOS = 1
-DEFAULT_PORT = 1883
 # Reconnect delays: doubled after each failed attempt, up to the maximum.
 RECONNECT_INITIAL_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
@@ -103,21 +102,6 @@ STARTUP_WAIT_SECONDS = 3.0
 
 class PushUnavailableError(RuntimeError):
     """The push transport cannot deliver now; the device will collect the job by polling."""
-
-
-def broker_address(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` → (host, port)."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ValueError(
-            f"fleet.mqtt_url must look like mqtt://127.0.0.1:1883; got {url!r} "
-            "(leave it empty to run without a broker)"
-        )
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ValueError(f"fleet.mqtt_url has an invalid port: {url!r}") from exc
-    return parts.hostname, port
 
 
 class MqttChannel:
@@ -250,19 +234,6 @@ def parse_uplink_topic(topic: str) -> tuple[str, _Uplink] | None:
             if device_id and "/" not in device_id:
                 return device_id, uplink
     return None
-
-
-def _validation_summary(exc: ValidationError, *, inside: str | None = None) -> str:
-    """What is wrong, field by field; locations inside the field ``inside`` are given from it."""
-    # Never the input values: an envelope's input holds the device's API key.
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        parts = error["loc"]
-        if inside is not None and parts[:1] == (inside,) and len(parts) > 1:
-            parts = parts[1:]
-        location = ".".join(str(part) for part in parts) or "message"
-        problems.append(f"{location}: {error['msg']}")
-    return "; ".join(problems[:5])
 
 
 def share_group(database_url: str) -> str:
@@ -468,7 +439,7 @@ class UplinkBridge:
         try:
             envelope = _typed_envelope(uplink.schema).model_validate_json(message.payload)
         except ValidationError as exc:
-            problem = _validation_summary(exc, inside="payload")
+            problem = validation_summary(exc, inside="payload")
             self._log_dropped(
                 device_id,
                 topic,
@@ -672,85 +643,3 @@ async def run_push_channel(app: FastAPI) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-# -- the device side -----------------------------------------------------------------------
-
-
-class DeviceMqttLink:
-    """A device's MQTT connection: receives its pushed jobs, publishes its messages (QoS 1).
-
-    Usage::
-
-        async with DeviceMqttLink("127.0.0.1", 1883, device_id, api_key) as link:
-            await link.publish_heartbeat(Heartbeat(status="ok"))
-            async for command in link.commands():
-                await link.publish_ack(command.execution_id)
-                ...
-                await link.publish_result(JobResult(execution_id=..., status="success"))
-
-    The link subscribes to the device's jobs topic before ``__aenter__`` returns. It does not
-    reconnect: when the broker goes away, ``commands()`` and the publish methods raise
-    ``aiomqtt.MqttError``, and the caller falls back to HTTP (polling, the retry queue).
-    """
-
-    def __init__(self, host: str, port: int, device_id: str, api_key: str) -> None:
-        self.device_id = device_id
-        self._api_key = api_key
-        self._client = aiomqtt.Client(
-            host,
-            port,
-            identifier=f"homepot-device-{device_id}-{uuid.uuid4().hex[:8]}",
-            keepalive=30,
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-        )
-
-    @classmethod
-    def from_url(cls, url: str, device_id: str, api_key: str) -> DeviceMqttLink:
-        host, port = broker_address(url)
-        return cls(host, port, device_id, api_key)
-
-    async def __aenter__(self) -> DeviceMqttLink:
-        await self._client.__aenter__()
-        try:
-            await self._client.subscribe(topics.jobs(self.device_id), qos=QOS)
-        except BaseException:
-            await self._client.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.__aexit__(None, None, None)
-
-    async def commands(self) -> AsyncIterator[JobCommand]:
-        """The jobs pushed to this device, as they arrive (an unreadable one is skipped)."""
-        async for message in self._client.messages:
-            try:
-                yield JobCommand.model_validate_json(message.payload)
-            except ValidationError as exc:
-                logger.warning(
-                    "%s: skipped an unreadable job command: %s",
-                    self.device_id,
-                    _validation_summary(exc),
-                )
-
-    async def publish_telemetry(self, batch: TelemetryBatch) -> None:
-        await self._publish(topics.telemetry(self.device_id), batch)
-
-    async def publish_heartbeat(self, heartbeat: Heartbeat) -> None:
-        await self._publish(topics.heartbeat(self.device_id), heartbeat)
-
-    async def publish_ack(self, execution_id: int) -> None:
-        await self._publish(topics.job_ack(self.device_id), JobAck(execution_id=execution_id))
-
-    async def publish_result(self, result: JobResult) -> None:
-        await self._publish(topics.job_result(self.device_id), result)
-
-    async def publish_error(self, report: DeviceErrorReport) -> None:
-        await self._publish(topics.errors(self.device_id), report)
-
-    async def _publish(self, topic: str, payload: BaseModel) -> None:
-        envelope = Envelope(
-            api_key=self._api_key, payload=payload.model_dump(mode="json", exclude_none=True)
-        )
-        await self._client.publish(topic, envelope.model_dump_json(), qos=QOS)

@@ -15,7 +15,7 @@ from homepot.db import SessionDep
 from homepot.device.models import DeviceStatus
 from homepot.fleet import service
 from homepot.fleet.auth import CurrentDevice, ensure_own_device
-from homepot.fleet.protocol import (
+from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
     Heartbeat,

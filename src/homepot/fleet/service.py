@@ -23,8 +23,9 @@ from homepot.config import Settings
 from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
-from homepot.fleet.auth import bootstrap_key_matches, hash_key, new_device_key
-from homepot.fleet.protocol import (
+from homepot.fleet.auth import bootstrap_key_matches
+from homepot.kit.keys import hash_key, new_device_key
+from homepot.protocol.messages import (
     DeviceErrorReport,
     Heartbeat,
     MqttInfo,

@@ -22,14 +22,13 @@ from typing import Any, Final, TypeVarTuple
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homepot.analytics.config_history import change_config
 from homepot.analytics.models import JobOutcome, SiteOperatingSchedule
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
 from homepot.config import Settings, get_settings
 from homepot.db import utcnow
-from homepot.device.config import change_config
 from homepot.device.models import Device
-from homepot.fleet.protocol import JobCommand, JobResult, JobResultStatus
 from homepot.job.models import (
     FINISHED_EXECUTION_STATES,
     ExecutionStatus,
@@ -40,6 +39,7 @@ from homepot.job.models import (
     JobTargetType,
 )
 from homepot.kit.redaction import mask_text, redact
+from homepot.protocol.messages import JobCommand, JobResult, JobResultStatus
 from homepot.site.models import Site
 from homepot.site.windows import next_maintenance_window
 

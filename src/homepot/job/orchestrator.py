@@ -35,11 +35,11 @@ from homepot.analytics.error_logger import failed_pass_logger, record_error
 from homepot.analytics.recorder import Recorder
 from homepot.config import FleetSettings
 from homepot.db import utcnow
-from homepot.fleet.channels import PushChannel
-from homepot.fleet.protocol import JobCommand
 from homepot.job import executions
 from homepot.job.models import ExecutionStatus, Job, JobExecution
 from homepot.kit.periodic import run_periodically
+from homepot.protocol.channels import PushChannel
+from homepot.protocol.messages import JobCommand
 
 logger = logging.getLogger(__name__)
 

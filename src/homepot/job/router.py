@@ -12,7 +12,7 @@ from homepot.db import SessionDep
 from homepot.job import executions, service
 from homepot.job.models import JobStatus
 from homepot.job.schemas import JobCreate, JobDetail, JobRead, JobType
-from homepot.kit.page import Page, PageQuery
+from homepot.kit.pagination import Page, PageQuery
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 

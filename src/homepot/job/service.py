@@ -15,7 +15,7 @@ from homepot.device.models import Device
 from homepot.job import executions
 from homepot.job.models import Job, JobExecution, JobStatus, JobTargetType
 from homepot.job.schemas import JobCreate, JobType
-from homepot.kit.page import PageParams, fetch_page
+from homepot.kit.pagination import PageParams, fetch_page
 from homepot.kit.redaction import mask_text
 from homepot.site.models import Site
 

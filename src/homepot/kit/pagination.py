@@ -1,9 +1,12 @@
-"""Keyset pagination, newest first, over a (time, id) sort key.
+"""Pagination, the one helper every list endpoint uses.
 
-A page ends on some row; the next page starts strictly after that row's ``(time, id)`` in
-descending order. Unlike an offset, this stays correct while new rows arrive at the top and
-costs one index seek however deep the client pages. The position travels as an opaque
-cursor: base64url of the JSON ``[time, id]``.
+- **Keyset pages** (the analytics streams, audit log, device history): newest first over a
+  (time, id) sort key. A page ends on some row; the next page starts strictly after that row's
+  ``(time, id)`` in descending order. Unlike an offset, this stays correct while new rows
+  arrive at the top and costs one index seek however deep the client pages. The position
+  travels as an opaque cursor: base64url of the JSON ``[time, id]``.
+- **Offset pages** (sites, devices, jobs): these lists are small and ordered by a stable key,
+  so a total count and an offset are what a management screen needs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import Depends, Query
 from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
-from sqlalchemy import ColumnElement, UnaryExpression, literal, tuple_
+from sqlalchemy import ColumnElement, Select, UnaryExpression, func, literal, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 ItemT = TypeVar("ItemT")
@@ -109,3 +114,53 @@ class Keyset:
         items = list(rows[:limit])
         has_more = len(rows) > limit
         return items, encode_cursor(self.position_of(items[-1])) if has_more and items else None
+
+
+# --- offset pages ---------------------------------------------------------------------------
+OFFSET_DEFAULT_LIMIT = 50
+OFFSET_MAX_LIMIT = 500
+# Within a 32-bit integer, which every backend accepts for OFFSET.
+MAX_OFFSET = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int = OFFSET_DEFAULT_LIMIT
+    offset: int = 0
+
+
+def page_params(
+    limit: Annotated[
+        int,
+        Query(
+            ge=1, le=OFFSET_MAX_LIMIT, description=f"Items per page (at most {OFFSET_MAX_LIMIT})"
+        ),
+    ] = OFFSET_DEFAULT_LIMIT,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+PageQuery = Annotated[PageParams, Depends(page_params)]
+
+
+class Page(BaseModel, Generic[ItemT]):
+    items: list[ItemT]
+    total: int = Field(description="Items matching the filters, over all pages")
+    limit: int
+    offset: int
+
+    @classmethod
+    def of(cls, items: Sequence[Any], total: int, params: PageParams) -> Page[ItemT]:
+        return cls(items=list(items), total=total, limit=params.limit, offset=params.offset)
+
+
+async def fetch_page(
+    session: AsyncSession, statement: Select[Any], params: PageParams
+) -> tuple[Sequence[Any], int]:
+    """One page of ``statement`` (which must be ordered) and the total number of matches."""
+    total = await session.scalar(
+        select(func.count()).select_from(statement.order_by(None).subquery())
+    )
+    items = (await session.scalars(statement.limit(params.limit).offset(params.offset))).all()
+    return items, int(total or 0)

@@ -16,6 +16,7 @@ from homepot.analytics.schemas import ErrorLogQuery, ErrorLogRead
 from homepot.auth.deps import CurrentUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
+from homepot.kit import streams
 from homepot.kit.pagination import CursorPage
 from homepot.overview import service
 from homepot.overview.cache import FleetMetricsCache
@@ -59,4 +60,4 @@ async def read_overview(
 async def list_errors(
     _user: CurrentUser, session: SessionDep, params: Annotated[ErrorLogQuery, Query()]
 ) -> CursorPage[ErrorLogRead]:
-    return await queries.read_page(session, queries.ERRORS, params)
+    return await streams.read_page(session, queries.ERRORS, params)

@@ -22,3 +22,8 @@ class Site(Base):
     bootstrap_key_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def config_entity(self) -> tuple[str, str]:
+        """How configuration_history names this site."""
+        return "site", self.site_id

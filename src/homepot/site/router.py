@@ -9,7 +9,7 @@ from homepot.audit.service import Actor
 from homepot.auth.deps import AdminUser, CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
-from homepot.kit.page import Page, PageQuery
+from homepot.kit.pagination import Page, PageQuery
 from homepot.site import service
 from homepot.site.models import Site
 from homepot.site.schemas import (

@@ -4,7 +4,6 @@ from typing import get_args
 
 import pytest
 
-from homepot.analytics import queries
 from homepot.analytics.error_logger import CATEGORIES, SEVERITIES
 from homepot.analytics.models import DeviceMetrics
 from homepot.analytics.schemas import (
@@ -13,19 +12,20 @@ from homepot.analytics.schemas import (
     DeviceMetricsRead,
     Severity,
 )
+from homepot.kit import streams
 
 
 def test_a_stream_whose_filters_do_not_match_its_parameters_is_refused() -> None:
     with pytest.raises(TypeError, match=r"\['device_id'\] have no filter"):
-        queries.Stream(DeviceMetrics, DeviceMetricsQuery, DeviceMetricsRead, {})
+        streams.Stream(DeviceMetrics, DeviceMetricsQuery, DeviceMetricsRead, {})
     with pytest.raises(TypeError, match=r"\['site_id'\] have no query parameter"):
-        queries.Stream(
+        streams.Stream(
             DeviceMetrics,
             DeviceMetricsQuery,
             DeviceMetricsRead,
             {
-                "device_id": queries.any_of(DeviceMetrics.device_id),
-                "site_id": queries.equals(DeviceMetrics.device_id),
+                "device_id": streams.any_of(DeviceMetrics.device_id),
+                "site_id": streams.equals(DeviceMetrics.device_id),
             },
         )
 

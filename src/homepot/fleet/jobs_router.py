@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.fleet.auth import CurrentDevice, ensure_own_device
-from homepot.fleet.protocol import JobAck, JobCommand, JobResult
 from homepot.job import executions
 from homepot.job.schemas import AgentExecutionState, AgentResultAnswer
+from homepot.protocol.messages import JobAck, JobCommand, JobResult
 
 router = APIRouter(prefix=f"{API_PREFIX}/agent/jobs", tags=["agent"])
 

@@ -18,10 +18,11 @@ stores it as ``performance_after`` and sets ``was_successful``:
   windows have passed, so that late telemetry (an agent sending its backlog) still counts.
 
 When a change made things worse, it is rolled back: its old value is restored through
-:func:`homepot.device.config.change_config` as an ``automated`` change by ``system`` whose
-reason starts with ``automatic rollback:``, and the original row gets ``was_rolled_back``
-and a ``rollback_reason`` a person can read. Rollback is skipped, with the reason in the
-``note`` of ``performance_after``, when the policy is off (``HOMEPOT_FLEET__ROLLBACK_ENABLED``),
+:func:`homepot.analytics.config_history.change_config` as an ``automated`` change by
+``system`` whose reason starts with ``automatic rollback:``, and the original row gets
+``was_rolled_back`` and a ``rollback_reason`` a person can read. Rollback is skipped, with the
+reason in the ``note`` of ``performance_after``, when the policy is off
+(``HOMEPOT_FLEET__ROLLBACK_ENABLED``),
 when the change is itself a rollback, when the entity no longer exists or its value was
 changed again since, when the old value was withheld from history as a secret, and when the
 verdict comes more than three windows after the change (the server was down, or the history
@@ -48,12 +49,16 @@ from fastapi import FastAPI
 from sqlalchemy import JSON, ColumnElement, CursorResult, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from homepot.analytics.config_history import (
+    ENTITY_TYPES,
+    change_config,
+    measure_performance,
+)
 from homepot.analytics.models import ConfigurationHistory
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import same_value
 from homepot.config import FleetSettings, Settings
 from homepot.db import utcnow
-from homepot.device.config import ENTITY_TYPES, change_config, measure_performance
 from homepot.device.models import Device
 from homepot.error_logger import record_error
 from homepot.kit.periodic import run_periodically

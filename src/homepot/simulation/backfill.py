@@ -2,10 +2,10 @@
 
 A chain of stores (``sites``) in several time zones, each with a weekly schedule and its
 terminals, lived through the last ``days`` days with the simulator's model
-(:mod:`homepot.fleet.simulator`): terminals switch on half an hour before opening and off half
+(:mod:`homepot.simulation.live`): terminals switch on half an hour before opening and off half
 an hour after closing, sell in proportion to the site's load (peaks included, on the site's own
 clock), get a nightly price-and-promotions update and a midday health check, receive firmware,
-and suffer the faults of :mod:`homepot.fleet.faults`, whose ground truth goes to the labels
+and suffer the faults of :mod:`homepot.simulation.faults`, whose ground truth goes to the labels
 file. Operators at head office log in a few times a day, browse the dashboard, create jobs and
 change site settings.
 
@@ -54,23 +54,6 @@ from homepot.auth.service import ensure_user
 from homepot.config import AnalyticsSettings
 from homepot.db import Base, create_session_factory
 from homepot.device.models import Device, DeviceStatus, HealthCheck
-from homepot.fleet.faults import (
-    BAD_CONFIG_VERSION,
-    NO_EFFECT,
-    PAYMENT_TIMEOUT_CODE,
-    Fault,
-    FaultEffects,
-    FaultKind,
-    FaultPlanner,
-    LabelWriter,
-)
-from homepot.fleet.simulator import (
-    SITE_TIMEZONES,
-    DaySchedule,
-    SiteProfile,
-    TerminalModel,
-    default_week,
-)
 from homepot.job.models import (
     ExecutionStatus,
     Job,
@@ -80,6 +63,23 @@ from homepot.job.models import (
     JobTargetType,
 )
 from homepot.sample_data import generate_password
+from homepot.simulation.faults import (
+    BAD_CONFIG_VERSION,
+    NO_EFFECT,
+    PAYMENT_TIMEOUT_CODE,
+    Fault,
+    FaultEffects,
+    FaultKind,
+    FaultPlanner,
+    LabelWriter,
+)
+from homepot.simulation.model import (
+    SITE_TIMEZONES,
+    DaySchedule,
+    SiteProfile,
+    TerminalModel,
+    default_week,
+)
 from homepot.site.models import Site
 
 Row = dict[str, Any]

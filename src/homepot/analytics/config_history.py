@@ -5,7 +5,7 @@ Every configuration change goes through :func:`change_config`: a change through 
 (``automated``), an accepted recommendation (``ai_recommended``). It writes one
 ``configuration_history`` event per added, removed or changed key, and stamps each with
 ``performance_before``: the entity's device metrics over the impact window that ends at the
-change (for a site, the metrics of its devices). :mod:`homepot.analytics.impact` later
+change (for a site, the metrics of its devices). :mod:`homepot.device.impact` later
 measures the same window after the change and judges it.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import ConfigurationHistory, DeviceMetrics
@@ -23,8 +23,6 @@ from homepot.analytics.recorder import Recorder
 from homepot.audit.service import same_value
 from homepot.config import Settings
 from homepot.db import utcnow
-from homepot.device.models import Device
-from homepot.site.models import Site
 
 EntityType = Literal["device", "site"]
 ChangeType = Literal["manual", "automated", "ai_recommended"]
@@ -60,12 +58,27 @@ def history_value(key: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"value": config[key]} if key in config else None
 
 
-def entity_id_of(entity_type: EntityType, entity: Device | Site) -> str:
-    if entity_type == "device" and isinstance(entity, Device):
-        return entity.device_id
-    if entity_type == "site" and isinstance(entity, Site):
-        return entity.site_id
-    raise ValueError(f"entity_type {entity_type!r} does not match a {type(entity).__name__}")
+# The devices table, by name only: a site's performance is its devices', and this module sits
+# below the device and site packages (both record their configuration changes through it).
+_devices = table("devices", column("device_id"), column("site_id"))
+
+
+class Configurable(Protocol):
+    """A device or a site: an entity with a JSON ``config`` that says which entity it is."""
+
+    config: Any
+
+    @property
+    def config_entity(self) -> tuple[str, str]:
+        """(entity_type, entity_id) as stored in ``configuration_history``."""
+        ...
+
+
+def entity_id_of(entity_type: EntityType, entity: Configurable) -> str:
+    kind, entity_id = entity.config_entity
+    if kind != entity_type:
+        raise ValueError(f"entity_type {entity_type!r} does not match a {type(entity).__name__}")
+    return entity_id
 
 
 def _devices_of(entity_type: str, entity_id: str) -> ColumnElement[bool]:
@@ -73,7 +86,7 @@ def _devices_of(entity_type: str, entity_id: str) -> ColumnElement[bool]:
         return DeviceMetrics.device_id == entity_id
     if entity_type == "site":
         return DeviceMetrics.device_id.in_(
-            select(Device.device_id).where(Device.site_id == entity_id).scalar_subquery()
+            select(_devices.c.device_id).where(_devices.c.site_id == entity_id).scalar_subquery()
         )
     raise ValueError(f"entity_type must be one of {', '.join(ENTITY_TYPES)}; got {entity_type!r}")
 
@@ -128,7 +141,7 @@ async def change_config(
     recorder: Recorder,
     *,
     entity_type: EntityType,
-    entity: Device | Site,
+    entity: Configurable,
     patch: Mapping[str, Any],
     changed_by: str,
     reason: str | None,

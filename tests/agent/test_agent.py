@@ -15,16 +15,16 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from homepot.analytics.models import DeviceMetrics, JobOutcome
-from homepot.auth.models import Role
-from homepot.fleet.agent import (
+from homepot.agent.agent import (
     Agent,
     AgentConfig,
     AgentError,
     TransactionCounters,
 )
-from homepot.fleet.client import DeviceClient
-from homepot.fleet.outbox import Outbox
+from homepot.agent.client import DeviceClient
+from homepot.agent.outbox import Outbox
+from homepot.analytics.models import DeviceMetrics, JobOutcome
+from homepot.auth.models import Role
 from tests.helpers import auth_headers, create_site, db_rows, flush
 
 

@@ -14,9 +14,9 @@ from homepot import cli
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.db import create_engine, run_migrations
 from homepot.dbtools import count_rows
-from homepot.fleet.backfill import BackfillConfig, BackfillError, run_backfill
-from homepot.fleet.faults import FaultKind, read_labels
 from homepot.models import ANALYTICS_MODELS
+from homepot.simulation.backfill import BackfillConfig, BackfillError, run_backfill
+from homepot.simulation.faults import FaultKind, read_labels
 
 END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 Every ``interval`` seconds it sends a heartbeat (whose round trip is the terminal's latency to
 the server), reads the host with psutil (CPU, memory, disk), adds the transaction counters of a
 pluggable :class:`TransactionSource`, and queues that sample in its on-disk
-:class:`~homepot.fleet.outbox.Outbox`; then it delivers the queue oldest first. When the
+:class:`~homepot.agent.outbox.Outbox`; then it delivers the queue oldest first. When the
 server is unreachable the queue simply grows, and it drains when the server returns.
 
 Jobs arrive by MQTT push when the server offers a broker, and by polling otherwise (and as
@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -33,9 +32,9 @@ from typing import Any, Protocol
 import psutil
 
 from homepot import __version__
-from homepot.fleet.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
-from homepot.fleet.outbox import Outbox, QueuedMessage
-from homepot.fleet.protocol import (
+from homepot.agent.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
+from homepot.agent.outbox import Outbox, QueuedMessage
+from homepot.protocol.messages import (
     MAX_SAMPLES_PER_BATCH,
     Heartbeat,
     JobCommand,
@@ -44,7 +43,6 @@ from homepot.fleet.protocol import (
     MetricSample,
     RegisterRequest,
 )
-from homepot.fleet.simulator import SiteProfile, default_week, expected_transactions, poisson
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +66,6 @@ class TransactionSource(Protocol):
     """Where a terminal's sales counters come from (the POS application, or a simulation)."""
 
     def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters: ...
-
-
-class SimulatedTransactions:
-    """Sales that follow a typical store day in the terminal's local time zone."""
-
-    def __init__(self, timezone: str = "UTC", seed: int | None = None) -> None:
-        self.site = SiteProfile("local", timezone, default_week(0))
-        self.rng = random.Random(seed)
-
-    def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters:
-        count = poisson(self.rng, expected_transactions(self.site, moment, interval, 2))
-        return TransactionCounters(
-            transaction_count=count,
-            transaction_volume=round(count * self.rng.uniform(9, 42), 2),
-            error_rate=round(abs(self.rng.gauss(0.4, 0.2)), 2),
-            active_connections=1 + min(count, 3),
-            queue_depth=poisson(self.rng, min(count, 10) / 5),
-        )
 
 
 class HostReader(Protocol):
@@ -225,7 +205,7 @@ class Agent:
         client: DeviceClient,
         *,
         outbox: Outbox | None = None,
-        source: TransactionSource | None = None,
+        source: TransactionSource,
         host: HostReader | None = None,
         handlers: dict[str, JobHandler] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -246,7 +226,7 @@ class Agent:
         self.outbox = outbox or Outbox(
             config.state_dir / OUTBOX_FILE, max_messages=config.outbox_max_messages
         )
-        self.source = source or SimulatedTransactions()
+        self.source = source
         self.host: HostReader = host or HostMetrics()
         self.handlers = handlers if handlers is not None else simulated_handlers(self.state)
         self.clock = clock
@@ -458,7 +438,7 @@ class Agent:
         mqtt = self.state.mqtt
         if not mqtt or not self.state.api_key:
             return
-        from homepot.fleet.mqtt import DeviceMqttLink
+        from homepot.agent.mqtt import DeviceMqttLink
 
         delay = 1.0
         while not stop.is_set():

@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 
+from homepot.analytics.config_history import change_config
 from homepot.analytics.models import ConfigurationHistory, DeviceMetrics
 from homepot.auth.models import Role
 from homepot.db import utcnow
-from homepot.device.config import change_config
 from homepot.device.models import Device
 from homepot.site.models import Site
 from tests.helpers import (

@@ -11,13 +11,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from homepot.analytics import impact
-from homepot.analytics.impact import evaluate_due_changes, judge
+from homepot.analytics.config_history import change_config
 from homepot.analytics.models import ConfigurationHistory, DeviceMetrics, ErrorLog
 from homepot.auth.models import Role
 from homepot.config import FleetSettings, Settings
 from homepot.db import utcnow
-from homepot.device.config import change_config
+from homepot.device import impact
+from homepot.device.impact import evaluate_due_changes, judge
 from homepot.device.models import Device
 from homepot.main import create_app
 from homepot.site.models import Site

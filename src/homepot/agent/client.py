@@ -18,7 +18,7 @@ import httpx
 
 from homepot import __version__
 from homepot.config import API_PREFIX
-from homepot.fleet.protocol import (
+from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
     Heartbeat,

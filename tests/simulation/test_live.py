@@ -12,17 +12,16 @@ from fastapi import FastAPI
 
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.auth.models import Role
-from homepot.fleet.faults import (
+from homepot.simulation.faults import (
     BAD_CONFIG_VERSION,
     FaultKind,
     FaultPlanner,
     LabelWriter,
     read_labels,
 )
-from homepot.fleet.simulator import (
+from homepot.simulation.live import FleetSimulator, SimulationConfig
+from homepot.simulation.model import (
     DaySchedule,
-    FleetSimulator,
-    SimulationConfig,
     SimulationError,
     SiteProfile,
     TerminalModel,

@@ -11,7 +11,7 @@ import asyncio
 from collections import defaultdict
 from typing import Protocol
 
-from homepot.fleet.protocol import JobCommand
+from homepot.protocol.messages import JobCommand
 
 
 class PushChannel(Protocol):

@@ -1,0 +1,132 @@
+"""`homepot serve` and `homepot demo`: the API, alone or with a simulated fleet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from homepot import sample_data
+from homepot.cli.common import EXIT_USAGE, fail, in_transaction, settings_from, stdout_console
+from homepot.cli.db import init_database
+from homepot.config import Settings, get_settings
+from homepot.simulation import demo as demo_fleet
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def _serve(settings: Settings, host: str, port: int, reload: bool) -> None:
+    import uvicorn
+
+    # The app factory reads its settings from the environment, also in a reloader's child.
+    os.environ["HOMEPOT_DATABASE_URL"] = settings.database_url
+    get_settings.cache_clear()
+    # `homepot demo` asks for the app with its simulated fleet (see homepot.simulation.demo).
+    demo = bool(os.environ.get(demo_fleet.DEMO_FLEET_ENV))
+    uvicorn.run(
+        "homepot.simulation.demo:create_demo_app" if demo else "homepot.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        reload_dirs=[str(Path(__file__).parent.parent)] if reload else None,
+        # Client addresses are the app's business (HOMEPOT_TRUSTED_PROXIES), so uvicorn must
+        # not rewrite them from X-Forwarded-For on its own.
+        proxy_headers=False,
+    )
+
+
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+
+
+def serve(
+    ctx: typer.Context,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    reload: Annotated[
+        bool, typer.Option("--reload/--no-reload", help="Restart when the code changes.")
+    ] = False,
+) -> None:
+    """Run the API server (uvicorn)."""
+    os.environ.pop(demo_fleet.DEMO_FLEET_ENV, None)
+    _serve(settings_from(ctx), host, port, reload)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def _print_demo_login(credentials: sample_data.Credentials | None, host: str, port: int) -> None:
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown_host}:{port}"
+    email = sample_data.DEMO_ADMIN_EMAIL
+    console = stdout_console()
+    console.print()
+    console.print(Text(f"Dashboard: {base}/", style="bold"))
+    console.print(Text(f"API docs:  {base}/docs", style="bold"))
+    if credentials is None:
+        console.print(
+            f"Log in as {email} with the password printed when it was created, or make "
+            "another admin:\n  homepot users create-admin --email you@example.com"
+        )
+        password = "PASSWORD"
+    else:
+        console.print(f"Log in as {email} with password {credentials.password}")
+        password = credentials.password
+    console.print(
+        "Get a token:\n"
+        f"  TOKEN=$(curl -s -X POST {base}/api/v1/auth/token -d username={email} "
+        f"-d password={password} | python3 -c 'import json,sys; "
+        'print(json.load(sys.stdin)["access_token"])\')\n'
+        "Use it:\n"
+        f'  curl -H "Authorization: Bearer $TOKEN" "{base}/api/v1/analytics/requests"',
+        markup=False,
+        soft_wrap=True,  # commands stay on one line, ready to copy
+    )
+    console.print()
+
+
+def demo(
+    ctx: typer.Context,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    fleet: Annotated[
+        bool,
+        typer.Option("--fleet/--no-fleet", help="Run a simulated fleet in the server's process."),
+    ] = True,
+    sites: Annotated[int, typer.Option(min=1, max=100, help="Simulated sites.")] = 3,
+    devices: Annotated[
+        int, typer.Option(min=1, max=1000, help="Simulated terminals (at least one per site).")
+    ] = 12,
+) -> None:
+    """Set up a database with sample data and a demo admin, then serve the API with a
+    simulated fleet (3 sites, 12 terminals) that fills every analytics table within a minute."""
+    settings = settings_from(ctx)
+    if fleet and devices < sites:
+        raise fail("--devices must be at least --sites (one terminal per site)", EXIT_USAGE)
+    created = init_database(settings, with_sample_data=True)
+    admin = next((c for c in created if c.email == sample_data.DEMO_ADMIN_EMAIL), None)
+    if admin is None:
+        admin = in_transaction(settings, sample_data.ensure_demo_admin)
+    _print_demo_login(admin, host, port)
+    if not fleet:
+        os.environ.pop(demo_fleet.DEMO_FLEET_ENV, None)
+        _serve(settings, host, port, reload=False)
+        return
+    fleet_config = demo_fleet.DemoFleet(
+        sites=sites,
+        devices=devices,
+        server_url=f"http://{host}:{port}",
+        admin_email=sample_data.DEMO_ADMIN_EMAIL,
+    )
+    # The app factory reads it from the environment, as it reads the database URL.
+    os.environ[demo_fleet.DEMO_FLEET_ENV] = fleet_config.model_dump_json()
+    stdout_console().print(
+        f"Simulated fleet: {devices} terminals in {sites} sites, reporting every "
+        f"{fleet_config.report_seconds:g} s, with an operator at the dashboard. "
+        "Watch the tables fill: homepot db count"
+    )
+    _serve(settings, host, port, reload=False)
