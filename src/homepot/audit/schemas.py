@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from homepot.analytics.schemas import StreamQuery
+from homepot.kit.jsonlimits import StoredJson
 
 
 class AuditLogQuery(StreamQuery):
@@ -48,4 +49,4 @@ class AuditLogRead(BaseModel):
     resource_type: str
     resource_id: str | None
     ip_address: str | None
-    details: JsonValue
+    details: StoredJson

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from homepot.device.models import DeviceStatus
+from homepot.kit.jsonlimits import StoredJsonObject
 from homepot.site.schemas import ConfigObject, SiteId, public_id_check
 
 DeviceId = Annotated[
@@ -85,7 +86,7 @@ class DeviceRead(BaseModel):
     name: str
     device_type: str
     status: DeviceStatus
-    config: dict[str, Any]
+    config: StoredJsonObject
     firmware_version: str | None
     ip_address: str | None
     last_seen_at: datetime | None

@@ -12,12 +12,25 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
+
+from homepot.kit.jsonlimits import JsonLimits, JsonObject
 
 MAX_SAMPLES_PER_BATCH = 500
 # Samples older than this are refused: the agent's retry queue keeps at most a week.
 MAX_SAMPLE_AGE = timedelta(days=8)
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# A sample's extra_metrics and an error report's context, as JSON.
+MAX_EXTRA_BYTES = 16 * 1024
+ExtraJson = Annotated[dict[str, JsonValue], BeforeValidator(JsonLimits(max_bytes=MAX_EXTRA_BYTES))]
 _DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-4c55-9a2e-1d4f0b7e9c31")
 
 
@@ -108,7 +121,7 @@ class MetricSample(Strict):
     error_rate: Percent | None = None
     active_connections: Count | None = None
     queue_depth: Count | None = None
-    extra_metrics: dict[str, Any] | None = None
+    extra_metrics: ExtraJson | None = None
 
 
 class TelemetryBatch(DeviceScoped):
@@ -145,7 +158,7 @@ class JobResult(DeviceScoped):
     status: JobResultStatus
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, max_length=2000)
-    output: dict[str, Any] | None = None
+    output: JsonObject | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -179,7 +192,7 @@ class DeviceErrorReport(DeviceScoped):
     message: str = Field(min_length=1, max_length=2000)
     stack: str | None = Field(default=None, max_length=20_000)
     occurred_at: SampleTime | None = None
-    context: dict[str, Any] | None = None
+    context: ExtraJson | None = None
 
 
 class DeviceErrorAccepted(BaseModel):

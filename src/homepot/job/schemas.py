@@ -3,12 +3,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homepot.job.models import ExecutionStatus, JobSchedule, JobStatus, JobTargetType
-from homepot.site.schemas import JsonObject
+from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
 
 
 class JobType(enum.StrEnum):
@@ -65,7 +65,7 @@ class JobRead(BaseModel):
     job_type: str
     target_type: JobTargetType
     target_id: str
-    payload: dict[str, Any]
+    payload: StoredJsonObject
     status: JobStatus
     schedule: JobSchedule
     scheduled_for: datetime | None
@@ -97,7 +97,7 @@ class ExecutionRead(BaseModel):
     finished_at: datetime | None
     error_code: str | None
     error_message: str | None
-    result: dict[str, Any] | None
+    result: StoredJsonObject | None
 
 
 class JobDetail(JobRead):

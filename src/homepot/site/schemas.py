@@ -12,11 +12,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    JsonValue,
     computed_field,
     field_validator,
     model_validator,
 )
+
+from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
 
 PUBLIC_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,62}$"
 _PUBLIC_ID = re.compile(PUBLIC_ID_PATTERN)
@@ -40,9 +41,6 @@ def public_id_check(kind: str, example: str) -> Callable[[str], str]:
 SiteId = Annotated[
     str, AfterValidator(public_id_check("site_id", "site-001")), Field(examples=["site-001"])
 ]
-
-
-JsonObject = dict[str, JsonValue]
 
 
 def _check_config_keys(value: JsonObject) -> JsonObject:
@@ -124,7 +122,7 @@ class SiteRead(BaseModel):
     name: str
     timezone: str
     address: str | None
-    config: dict[str, Any]
+    config: StoredJsonObject
     created_at: datetime
     updated_at: datetime
 
@@ -224,7 +222,7 @@ class ScheduleRead(BaseModel):
     peak_hours_start: time | None
     peak_hours_end: time | None
     notes: str | None
-    special_considerations: dict[str, Any] | None
+    special_considerations: StoredJsonObject | None
     created_at: datetime
     updated_at: datetime
 
