@@ -30,11 +30,11 @@ async def test_nul_characters_are_a_4xx_and_store_nothing(
     for url in ("/api/v1/sites/a%00b", "/api/v1/sites?q=a%00b"):
         response = await client.get(url, headers=headers)
         assert response.status_code == 422, response.text
-        assert "NUL" in response.json()["detail"]
+        assert "NUL" in response.json()["detail"][0]["msg"]
     response = await client.patch(
         f"/api/v1/sites/{site_id}", json={"name": "bad\u0000name"}, headers=headers
     )
     assert response.status_code == 422, response.text
-    assert "NUL" in response.json()["detail"]
+    assert "NUL" in response.json()["detail"][0]["msg"]
     (site,) = await db_rows(app, Site)
     assert "\x00" not in site.name

@@ -18,24 +18,23 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
+from pydantic_core import PydanticCustomError, to_json
 
 from homepot.db import utcnow
 from homepot.kit.jsonlimits import JsonLimits, StoredJson
 from homepot.kit.pagination import Cursor
-from homepot.kit.timeranges import TimeBound, TimeRange
+from homepot.kit.query import StrictQuery
+from homepot.kit.timeranges import TimeBound, TimeRange, representable_utc
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
-# One dashboard event as JSON, and a whole ingestion request body (a batch or an error report).
+# One dashboard event as JSON (a whole request body is limited by settings.limits).
 MAX_EVENT_BYTES = 8 * 1024
-MAX_INGEST_BODY_BYTES = 256 * 1024
 # Free-form context of a dashboard event or error report.
 SmallJsonObject = Annotated[
     dict[str, JsonValue], BeforeValidator(JsonLimits(max_bytes=MAX_JSON_BYTES))
@@ -142,10 +141,9 @@ def _event_within_size(value: Any) -> Any:
 # -- query parameters -----------------------------------------------------------------------
 
 
-class StreamQuery(BaseModel):
+class StreamQuery(StrictQuery):
     """The parameters every analytics read endpoint takes; subclasses add the filters."""
 
-    model_config = ConfigDict(extra="forbid")
     common_parameters: ClassVar[tuple[str, ...]] = ("start_date", "end_date", "limit", "cursor")
 
     start_date: TimeBound | None = Field(
@@ -172,30 +170,6 @@ class StreamQuery(BaseModel):
     @classmethod
     def filter_names(cls) -> tuple[str, ...]:
         return tuple(name for name in cls.model_fields if name not in cls.common_parameters)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unknown_parameters(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        unknown = [name for name in data if name not in cls.model_fields]
-        if unknown:
-            allowed = ", ".join(cls.model_fields)
-            errors = [
-                InitErrorDetails(
-                    type=PydanticCustomError(
-                        "unknown_parameter",
-                        "unknown query parameter '{name}'; this endpoint accepts: {allowed}",
-                        {"name": name, "allowed": allowed},
-                    ),
-                    loc=(name,),
-                    input=data[name],
-                )
-                for name in unknown
-            ]
-            # Raised as a ValidationError so that each error keeps its parameter's location.
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return data
 
     @model_validator(mode="after")
     def _nonempty_time_range(self) -> StreamQuery:
@@ -433,7 +407,7 @@ class UserActivityCreate(BaseModel):
         description="A UUID the client makes (crypto.randomUUID()), so that a batch sent "
         "twice is stored once",
     )
-    timestamp: AwareDatetime | None = Field(
+    timestamp: Annotated[AwareDatetime, AfterValidator(representable_utc)] | None = Field(
         default=None,
         description="When it happened, with an offset; at most 7 days old and not in the "
         "future. Defaults to the time it is received.",

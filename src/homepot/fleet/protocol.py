@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from homepot.kit.jsonlimits import JsonLimits, JsonObject
+from homepot.kit.timeranges import UtcDatetime, representable_utc
 
 MAX_SAMPLES_PER_BATCH = 500
 # Samples older than this are refused: the agent's retry queue keeps at most a week.
@@ -37,7 +38,7 @@ _DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-4c55-9a2e-1d4f0b7e9c31")
 def _aware_recent(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp needs a UTC offset, e.g. 2025-12-11T14:00:00Z")
-    value = value.astimezone(UTC)
+    value = representable_utc(value)
     now = datetime.now(UTC)
     if value > now + MAX_CLOCK_SKEW:
         raise ValueError("timestamp is in the future; check the device clock")
@@ -159,8 +160,8 @@ class JobResult(DeviceScoped):
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, max_length=2000)
     output: JsonObject | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
 
     @model_validator(mode="after")
     def _failure_has_a_code(self) -> Self:

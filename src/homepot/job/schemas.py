@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homepot.job.models import ExecutionStatus, JobSchedule, JobStatus, JobTargetType
 from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
+from homepot.kit.page import ListQuery
 
 
 class JobType(enum.StrEnum):
@@ -16,6 +17,16 @@ class JobType(enum.StrEnum):
     config_change = "config_change"
     firmware_update = "firmware_update"
     health_check = "health_check"
+
+
+class JobListQuery(ListQuery):
+    status: JobStatus | None = Field(default=None, description="Only jobs in this status")
+    job_type: JobType | None = Field(default=None, description="Only jobs of this type")
+    target_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Only jobs for this device_id, site_id or device type",
+    )
 
 
 class JobCreate(BaseModel):

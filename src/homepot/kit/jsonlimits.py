@@ -49,6 +49,11 @@ def has_lone_surrogate(text: str) -> bool:
     return _SURROGATE.search(text) is not None
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so that UTF-8 can encode it."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _child_path(path: str, key: object) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.kit.query import StrictQuery
 
 ItemT = TypeVar("ItemT")
 
@@ -29,16 +30,20 @@ class PageParams:
     offset: int = 0
 
 
-def page_params(
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (at most {MAX_LIMIT})")
-    ] = DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")] = 0,
-) -> PageParams:
-    return PageParams(limit=limit, offset=offset)
+class ListQuery(StrictQuery):
+    """``limit`` and ``offset``; each list endpoint's query model adds its filters."""
 
+    limit: int = Field(
+        default=DEFAULT_LIMIT,
+        ge=1,
+        le=MAX_LIMIT,
+        description=f"Items per page (at most {MAX_LIMIT})",
+    )
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Items to skip")
 
-PageQuery = Annotated[PageParams, Depends(page_params)]
+    @property
+    def page(self) -> PageParams:
+        return PageParams(limit=self.limit, offset=self.offset)
 
 
 class Page(BaseModel, Generic[ItemT]):

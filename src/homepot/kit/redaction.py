@@ -48,12 +48,15 @@ _INLINE_SECRET = re.compile(
     r"""(?:(?P<quote>["'])(?P<quoted>[^"'\r\n]*)(?P=quote)|(?P<value>[^\s"'&,;}]+))""",
     re.IGNORECASE,
 )
-# An Authorization header's credentials, whatever the scheme (Token, Basic, Digest, ...):
-# everything after the scheme up to the end of the line or of the quoted value.
+# An Authorization header's credentials, whatever the scheme (Token, Basic, Digest, ...): a
+# quoted value whole; else the scheme's one token, or its list of key=value parameters
+# (Digest), so that free text after the header stays readable.
 _AUTHORIZATION = re.compile(
     r"""(?P<key>\b(?:proxy-)?authori[sz]ation[\w-]*["']?\s*[=:]\s*)(?:"""
     r"""(?P<quote>["'])(?:(?P<qscheme>[A-Za-z][\w-]*) +)?[^"'\r\n]*(?P=quote)"""
-    r"""|(?:(?P<scheme>[A-Za-z][\w-]*)[ \t]+)?[^\s"'][^\r\n]*)""",
+    r"""|(?:(?P<scheme>[A-Za-z][\w-]*)[ \t]+(?=\S))?"""
+    r"""(?:[\w-]+=(?:"[^"\r\n]*"|[^\s,"]*)(?:,[ \t]*[\w-]+=(?:"[^"\r\n]*"|[^\s,"]*))*"""
+    r"""|[^\s"',;]+))""",
     re.IGNORECASE,
 )
 # The password of a URL: scheme://user:password@host.

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
+from homepot.kit.page import ListQuery
 
 PUBLIC_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,62}$"
 _PUBLIC_ID = re.compile(PUBLIC_ID_PATTERN)
@@ -66,6 +67,12 @@ def _check_timezone(value: str) -> str:
 TimeZoneName = Annotated[
     str, Field(max_length=64, examples=["Europe/London"]), AfterValidator(_check_timezone)
 ]
+
+
+class SiteListQuery(ListQuery):
+    q: str | None = Field(
+        default=None, max_length=200, description="Only sites whose name contains this (any case)"
+    )
 
 
 class SiteCreate(BaseModel):
