@@ -9,6 +9,7 @@ The number of examples is bounded so that the whole run stays well within CI's t
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from tests.conftest import BACKENDS, TEST_SECRET
 from tests.helpers import create_user
 
 # Generated requests per operation and backend (each sent without a token and as admin).
-EXAMPLES_PER_OPERATION = 6
+# A deeper run: HOMEPOT_TEST_FUZZ_EXAMPLES=200 HOMEPOT_TEST_FUZZ_COVERAGE=1 (the latter adds
+# schemathesis' boundary cases, which take minutes).
+EXAMPLES_PER_OPERATION = int(os.environ.get("HOMEPOT_TEST_FUZZ_EXAMPLES", "6"))
+PHASES = (
+    [Phase.explicit, Phase.generate]
+    if os.environ.get("HOMEPOT_TEST_FUZZ_COVERAGE")
+    else [Phase.generate]
+)
 
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 
@@ -107,10 +115,10 @@ def target(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
     database=None,
-    # Generated examples only: schemathesis' exhaustive boundary ("coverage") cases ride on
-    # the explicit phase and take minutes; tests/system/test_input_limits.py covers those
-    # boundaries directly.
-    phases=[Phase.generate],
+    # By default generated examples only: schemathesis' exhaustive boundary ("coverage")
+    # cases ride on the explicit phase and take minutes; tests/system/test_input_limits.py
+    # covers those boundaries directly.
+    phases=PHASES,
     suppress_health_check=list(HealthCheck),
 )
 def test_no_operation_answers_5xx_or_off_schema(case: Any, target: FuzzTarget) -> None:
