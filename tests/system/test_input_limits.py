@@ -378,6 +378,7 @@ LIST_ENDPOINTS = [
     "/analytics/quality",
     "/analytics/errors",
     "/errors",
+    "/users",
 ]
 
 

@@ -46,3 +46,7 @@ class StrictQuery(BaseModel):
             # Raised as a ValidationError so that each error keeps its parameter's location.
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
+
+class NoParameters(StrictQuery):
+    """For a list endpoint that takes no parameters: any name sent is refused all the same."""
