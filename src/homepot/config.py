@@ -91,6 +91,19 @@ class RetentionSettings(BaseModel):
     batch_size: int = Field(default=5000, ge=1, le=100_000)
 
 
+class LimitsSettings(BaseModel):
+    """Request body limits in bytes: a body over its route's limit is refused with 413.
+
+    Telemetry batches (``/api/v1/agent/telemetry``, up to 500 samples) get their own limit;
+    the dashboard's ingestion endpoints (``/api/v1/analytics/user-activities`` and
+    ``/api/v1/analytics/errors``) a smaller one; every other body ``max_body_bytes``.
+    """
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_telemetry_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_ingest_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -116,6 +129,10 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    # Origins (e.g. https://ops.example.com) whose pages may call the API from a browser.
+    # Empty: no CORS headers at all, so only the dashboard's own pages can.
+    cors_allowed_origins: list[str] = Field(default_factory=list)
     # HOMEPOT_EXPORT_KEY: the secret behind the user pseudonyms of analytics exports. There is
     # no default: without it, exports are refused.
     export_key: SecretStr | None = None

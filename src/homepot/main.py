@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
@@ -33,9 +34,11 @@ from homepot.quality.router import router as quality_router
 from homepot.retention.tasks import run_retention
 from homepot.site.router import router as site_router
 from homepot.system.errors import install_error_handlers
+from homepot.system.limits import RequestBodyGuard
 from homepot.system.router import router as system_router
 from homepot.web.router import STATIC_DIR
 from homepot.web.router import router as web_router
+from homepot.web.security import SecurityHeaders
 
 # Long-running tasks of the server, each an async context manager taking the app: started
 # after the recorder, in this order, and stopped in reverse before the recorder drains.
@@ -87,6 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.recorder = None
     registry.register(RecorderCollector(lambda: app.state.recorder))
+    # Innermost first: bodies are checked before any route reads them; every answer, also a
+    # refusal, carries the security headers (and CORS headers when origins are configured)
+    # and is written to the request log.
+    app.add_middleware(RequestBodyGuard, limits=settings.limits)
+    app.add_middleware(SecurityHeaders)
+    if settings.cors_allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(
         RequestLogMiddleware,
         settings=settings,

@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 
 from homepot.analytics.models import ErrorLog, UserActivity
-from homepot.analytics.schemas import MAX_EVENT_BYTES, MAX_INGEST_BODY_BYTES
+from homepot.analytics.schemas import MAX_EVENT_BYTES
 from homepot.auth.models import Role
+from homepot.config import LimitsSettings
 from tests.helpers import auth_headers, create_user, db_rows, flush, login
 
 API = "/api/v1/analytics"
@@ -21,6 +22,9 @@ PREFERENCES = "/api/v1/users/me/preferences"
 
 def click(**fields: Any) -> dict[str, Any]:
     return {"activity_type": "click", "session_id": "sess-limits", "element_id": "b"} | fields
+
+
+MAX_INGEST_BODY_BYTES = LimitsSettings().max_ingest_body_bytes
 
 
 async def post_events(

@@ -274,6 +274,53 @@ async def test_no_email_address_token_card_or_full_ip_leaves_in_any_cell(
     assert context["count"] == 3
 
 
+FORMULAS = (
+    '=HYPERLINK("http://evil.example/x","click")',
+    "+1+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(A1:A9)",
+    "\t=1+1",
+)
+
+
+async def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_escaped(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    when = DAY
+    await store(
+        engine,
+        [
+            ErrorLog(
+                timestamp=when + timedelta(seconds=index),
+                category="api",
+                severity="error",
+                error_code=f"E{index}",
+                error_message=formula,
+                endpoint="/api/v1/x",
+            )
+            for index, formula in enumerate(FORMULAS)
+        ]
+        + [
+            DeviceMetrics(
+                timestamp=when, device_id="pos-9", cpu_percent=-0.0, transaction_volume=-12.5
+            )
+        ],
+    )
+    await export(engine, tmp_path, fmt="csv", tables=["error_logs", "device_metrics"])
+
+    messages = {
+        row["error_code"]: row["error_message"] for row in read_rows(tmp_path / "error_logs.csv")
+    }
+    assert messages == {f"E{index}": "'" + formula for index, formula in enumerate(FORMULAS)}
+    # Numbers stay numbers: only text is escaped.
+    [metrics] = read_rows(tmp_path / "device_metrics.csv")
+    assert metrics["transaction_volume"] == "-12.5"
+    # Parquet keeps the text as it was: the escape is for spreadsheets only.
+    await export(engine, tmp_path / "pq", tables=["error_logs"])
+    stored = {row["error_message"] for row in read_rows(tmp_path / "pq" / "error_logs.parquet")}
+    assert stored == set(FORMULAS)
+
+
 async def test_pseudonyms_join_up_with_one_key_and_differ_with_another(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:

@@ -201,3 +201,40 @@ async def test_an_admin_sees_the_analytics_link(context: BrowserContext, live: L
     page = await context.new_page()
     await sign_in(page, live, admin["email"], admin["password"])
     await expect(page.locator("#nav-analytics")).to_be_visible()
+
+
+async def test_no_page_breaks_the_content_security_policy(
+    context: BrowserContext, live: LiveServer
+) -> None:
+    admin = await create_user(live.app, role=Role.admin)
+    site_id = await create_site(live.app)
+    device_id = await create_device(live.app, site_id=site_id)
+    page = await context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    await page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => "
+        "console.error('Content Security Policy violation: ' + e.violatedDirective + "
+        "' ' + e.blockedURI))"
+    )
+    await sign_in(page, live, admin["email"], admin["password"])
+    for path in (
+        "/",
+        "/sites",
+        f"/sites/{site_id}",
+        "/devices",
+        f"/devices/{device_id}",
+        "/jobs",
+        "/errors",
+        "/analytics",
+    ):
+        response = await page.goto(f"{live.base_url}{path}")
+        assert response is not None
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        await page.wait_for_load_state("networkidle")
+    assert violations == []

@@ -32,12 +32,19 @@ _ERROR_BODY_LIMIT = 16 * 1024
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-_NUL_IN_URL = "the URL must not contain NUL (%00) characters"
-_NUL_IN_BODY = "the request body must not contain NUL (\\u0000) characters"
-
-
-class NulInBody(Exception):
-    """Raised from ``receive`` when a body chunk carries a NUL character."""
+# PostgreSQL stores no NUL in text or JSON; refuse it at the door, on every backend alike,
+# rather than fail deep inside a handler. (A NUL in a body is refused by
+# homepot.system.limits, which reads bodies before any route does.)
+_NUL_IN_URL = {
+    "detail": [
+        {
+            "type": "nul_character",
+            "loc": ["path"],
+            "msg": "the URL must not contain NUL (%00) characters",
+            "input": None,
+        }
+    ]
+}
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -155,31 +162,13 @@ class RequestLogMiddleware:
         response_started = False
         error_body = bytearray()
         exception: BaseException | None = None
-        nul_in_body = False
 
         async def counting_receive() -> Message:
-            nonlocal received, nul_in_body
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                # PostgreSQL stores no NUL in text or JSON; refuse it at the door, on every
-                # backend alike, rather than fail deep inside a handler.
-                if b"\x00" in chunk or b"\\u0000" in chunk:
-                    nul_in_body = True
-                    raise NulInBody
+                received += len(message.get("body", b""))
             return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if nul_in_body and message.get("status") != 422 and not response_started:
-                # The framework turned our refusal into a vague 400; answer with the reason.
-                response_started = True
-                await _send_json(measured_send, 422, {"detail": _NUL_IN_BODY})
-                return
-            if nul_in_body and response_started and message["type"] == "http.response.body":
-                return
-            await measured_send(message)
 
         async def measured_send(message: Message) -> None:
             nonlocal sent, status, response_started
@@ -199,13 +188,9 @@ class RequestLogMiddleware:
 
         try:
             if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
-                await _send_json(guarded_send, 422, {"detail": _NUL_IN_URL})
+                await _send_json(measured_send, 422, _NUL_IN_URL)
             else:
-                await self.app(scope, counting_receive, guarded_send)
-        except NulInBody:
-            if response_started:
-                raise
-            await _send_json(guarded_send, 422, {"detail": _NUL_IN_BODY})
+                await self.app(scope, counting_receive, measured_send)
         except Exception as exc:
             exception = exc
             status = 500
@@ -213,7 +198,7 @@ class RequestLogMiddleware:
             if response_started:
                 raise  # too late for a clean answer; the server closes the connection
             await _send_json(
-                guarded_send,
+                measured_send,
                 500,
                 {
                     "detail": "internal server error; the error has been logged",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import queries
@@ -12,7 +12,6 @@ from homepot.analytics.models import ErrorLog
 from homepot.analytics.schemas import (
     MAX_ACTIVITY_BATCH,
     MAX_EVENT_BYTES,
-    MAX_INGEST_BODY_BYTES,
     ActivityBatchAccepted,
     APIRequestLogRead,
     ClientErrorAccepted,
@@ -60,19 +59,10 @@ _READ_ERRORS: dict[int | str, dict[str, Any]] = {
         "start_date after end_date"
     },
 }
-_TOO_LARGE = f"A request body over {MAX_INGEST_BODY_BYTES} bytes"
-
-
-async def _ingest_body_within_limit(request: Request) -> None:
-    """413 for an ingestion body over MAX_INGEST_BODY_BYTES, before its events are validated."""
-    declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() else len(await request.body())
-    if size > MAX_INGEST_BODY_BYTES:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"the request body is {size} bytes; at most {MAX_INGEST_BODY_BYTES} are accepted: "
-            "send the events in smaller batches",
-        )
+_TOO_LARGE = (
+    "A request body over the ingestion limit (HOMEPOT_LIMITS__MAX_INGEST_BODY_BYTES, "
+    "256 KiB by default)"
+)
 
 
 _PAGING = (
@@ -248,7 +238,6 @@ async def list_site_schedules(
             "form field values"
         },
     },
-    dependencies=[Depends(_ingest_body_within_limit)],
 )
 async def record_user_activities(
     request: Request, user: CurrentUser, batch: UserActivityBatch
@@ -276,7 +265,6 @@ async def record_user_activities(
         413: {"description": _TOO_LARGE},
         422: {"description": "A missing message or a field over its size limit"},
     },
-    dependencies=[Depends(_ingest_body_within_limit)],
 )
 async def report_client_error(
     request: Request, user: CurrentUser, report: ClientErrorCreate

@@ -24,13 +24,18 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, to_json
 
 from homepot.db import utcnow
+from homepot.kit.jsonlimits import JsonLimits, StoredJson
 from homepot.kit.streams import StreamQuery
+from homepot.kit.timeranges import TimeBound, TimeRange, representable_utc
 
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
-# One dashboard event as JSON, and a whole ingestion request body (a batch or an error report).
+# One dashboard event as JSON (a whole request body is limited by settings.limits).
 MAX_EVENT_BYTES = 8 * 1024
-MAX_INGEST_BODY_BYTES = 256 * 1024
+# Free-form context of a dashboard event or error report.
+SmallJsonObject = Annotated[
+    dict[str, JsonValue], BeforeValidator(JsonLimits(max_bytes=MAX_JSON_BYTES))
+]
 # What the dashboard records. Anything else is refused at ingestion, so that a buggy or
 # hostile client cannot invent event kinds the reports would then have to explain.
 TRACKED_ACTIVITY_TYPES = ("page_view", "click", "search", "form_submit")
@@ -115,18 +120,18 @@ def _field_value_keys(value: Any, path: str = "extra_data") -> list[str]:
 
 def _event_within_size(value: Any) -> Any:
     """Refuse one raw event bigger than MAX_EVENT_BYTES before looking at its fields."""
-    if isinstance(value, dict) and (size := len(to_json(value))) > MAX_EVENT_BYTES:
+    if not isinstance(value, dict):
+        return value
+    try:
+        size = len(to_json(value))
+    except ValueError:
+        return value  # not JSON at all (too deep, a lone surrogate): the fields say where
+    if size > MAX_EVENT_BYTES:
         raise PydanticCustomError(
             "event_too_large",
             "this event is {size} bytes as JSON; at most {limit} are accepted per event",
             {"size": size, "limit": MAX_EVENT_BYTES},
         )
-    return value
-
-
-def _json_within_limit(name: str, value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and (size := len(to_json(value))) > MAX_JSON_BYTES:
-        raise ValueError(f"{name} is {size} bytes as JSON; at most {MAX_JSON_BYTES} are accepted")
     return value
 
 
@@ -235,7 +240,7 @@ class APIRequestLogRead(EventRead):
     error_message: str | None
     request_size_bytes: int
     response_size_bytes: int
-    query_params: JsonValue
+    query_params: StoredJson
 
 
 class DeviceStateHistoryRead(EventRead):
@@ -244,7 +249,7 @@ class DeviceStateHistoryRead(EventRead):
     new_state: str
     changed_by: str
     reason: str | None
-    extra_data: JsonValue
+    extra_data: StoredJson
 
 
 class JobOutcomeRead(EventRead):
@@ -257,7 +262,7 @@ class JobOutcomeRead(EventRead):
     error_message: str | None
     retry_count: int
     initiated_by: str | None
-    extra_data: JsonValue
+    extra_data: StoredJson
 
 
 class ErrorLogRead(EventRead):
@@ -269,7 +274,7 @@ class ErrorLogRead(EventRead):
     endpoint: str | None
     user_id: str | None
     device_id: str | None
-    context: JsonValue
+    context: StoredJson
     resolved: bool
     resolved_at: datetime | None
 
@@ -281,7 +286,7 @@ class UserActivityRead(EventRead):
     page_url: str | None
     element_id: str | None
     search_query: str | None
-    extra_data: JsonValue
+    extra_data: StoredJson
     duration_ms: int | None
 
 
@@ -296,7 +301,7 @@ class DeviceMetricsRead(EventRead):
     error_rate: float | None
     active_connections: int | None
     queue_depth: int | None
-    extra_metrics: JsonValue
+    extra_metrics: StoredJson
     collection_interval_seconds: float | None
 
 
@@ -304,13 +309,13 @@ class ConfigurationHistoryRead(EventRead):
     entity_type: str
     entity_id: str
     parameter_name: str
-    old_value: JsonValue
-    new_value: JsonValue
+    old_value: StoredJson
+    new_value: StoredJson
     changed_by: str
     change_reason: str | None
     change_type: str
-    performance_before: JsonValue
-    performance_after: JsonValue
+    performance_before: StoredJson
+    performance_after: StoredJson
     was_successful: bool | None
     was_rolled_back: bool
     rollback_reason: str | None
@@ -330,7 +335,7 @@ class SiteOperatingScheduleRead(BaseModel):
     peak_hours_start: time | None
     peak_hours_end: time | None
     notes: str | None
-    special_considerations: JsonValue
+    special_considerations: StoredJson
     created_at: datetime
     updated_at: datetime
 
@@ -348,7 +353,7 @@ class UserActivityCreate(BaseModel):
         description="A UUID the client makes (crypto.randomUUID()), so that a batch sent "
         "twice is stored once",
     )
-    timestamp: AwareDatetime | None = Field(
+    timestamp: Annotated[AwareDatetime, AfterValidator(representable_utc)] | None = Field(
         default=None,
         description="When it happened, with an offset; at most 7 days old and not in the "
         "future. Defaults to the time it is received.",
@@ -361,7 +366,7 @@ class UserActivityCreate(BaseModel):
     element_id: str | None = Field(default=None, max_length=256)
     search_query: str | None = Field(default=None, max_length=512)
     duration_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    extra_data: dict[str, JsonValue] | None = Field(
+    extra_data: SmallJsonObject | None = Field(
         default=None,
         description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON. It never "
         "carries what was typed into a form: keys such as value, values or password are "
@@ -399,7 +404,7 @@ class UserActivityCreate(BaseModel):
             raise ValueError(
                 f"extra_data must not carry form field values; refused key(s): {', '.join(keys)}"
             )
-        return _json_within_limit("extra_data", value)
+        return value
 
 
 class UserActivityBatch(BaseModel):
@@ -429,7 +434,7 @@ class ClientErrorCreate(BaseModel):
     )
     severity: Severity = "error"
     error_code: ErrorCode = "FRONTEND_ERROR"
-    context: dict[str, JsonValue] | None = Field(
+    context: SmallJsonObject | None = Field(
         default=None, description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON"
     )
 
@@ -440,7 +445,7 @@ class ClientErrorCreate(BaseModel):
             raise ValueError(
                 f"context must not carry form field values; refused key(s): {', '.join(keys)}"
             )
-        return _json_within_limit("context", value)
+        return value
 
 
 class ClientErrorAccepted(BaseModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
+from homepot.kit.jsonlimits import StoredJson
 from homepot.kit.streams import StreamQuery
 
 
@@ -48,4 +49,4 @@ class AuditLogRead(BaseModel):
     resource_type: str
     resource_id: str | None
     ip_address: str | None
-    details: JsonValue
+    details: StoredJson

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
 
@@ -12,6 +12,7 @@ from homepot.auth.models import User
 from homepot.auth.schemas import Token, UserCreate, UserPreferences, UserRead
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
+from homepot.kit.query import NoParameters
 
 router = APIRouter(prefix=API_PREFIX, tags=["auth"])
 
@@ -90,5 +91,7 @@ async def create_user(body: UserCreate, session: SessionDep, _admin: AdminUser) 
 
 
 @router.get("/users", response_model=list[UserRead], summary="List users (admin only)")
-async def list_users(session: SessionDep, _admin: AdminUser) -> list[User]:
+async def list_users(
+    session: SessionDep, _admin: AdminUser, _params: Annotated[NoParameters, Query()]
+) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.created_at)))

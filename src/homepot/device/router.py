@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -12,9 +11,17 @@ from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.device import history, service
-from homepot.device.models import Device, DeviceStatus
-from homepot.device.schemas import DeviceCreate, DeviceMetricSeries, DeviceRead, DeviceUpdate
-from homepot.kit.pagination import CursorPage, Page, PageQuery, Position, decode_cursor
+from homepot.device.models import Device
+from homepot.device.schemas import (
+    DeviceCreate,
+    DeviceListQuery,
+    DeviceMetricSeries,
+    DeviceRead,
+    DeviceUpdate,
+    HistoryQuery,
+    MetricsQuery,
+)
+from homepot.kit.pagination import CursorPage, Page, Position, decode_cursor
 from homepot.site.service import SiteNotFound
 
 router = APIRouter(prefix=API_PREFIX, tags=["devices"])
@@ -61,21 +68,17 @@ async def create_device(
 async def list_devices(
     _user: CurrentUser,
     session: SessionDep,
-    page: PageQuery,
-    site_id: Annotated[str | None, Query(description="Only devices of this site")] = None,
-    device_status: Annotated[
-        DeviceStatus | None, Query(alias="status", description="Only devices in this status")
-    ] = None,
-    device_type: Annotated[str | None, Query(description="Only devices of this type")] = None,
-    q: Annotated[
-        str | None,
-        Query(max_length=200, description="Only devices whose device_id or name contains this"),
-    ] = None,
+    params: Annotated[DeviceListQuery, Query()],
 ) -> Page[DeviceRead]:
     items, total = await service.list_devices(
-        session, page, site_id=site_id, status=device_status, device_type=device_type, q=q
+        session,
+        params.page,
+        site_id=params.site_id,
+        status=params.status,
+        device_type=params.device_type,
+        q=params.q,
     )
-    return Page[DeviceRead].of(items, total, page)
+    return Page[DeviceRead].of(items, total, params.page)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceRead, summary="Read a device")
@@ -121,25 +124,22 @@ async def delete_device(
     await service.delete_device(session, Actor.of(request, user), device)
 
 
-HistoryLimit = Annotated[int, Query(ge=1, le=500, description="Rows per page, newest first")]
-
-
-def _history_cursor(
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="The next_cursor of the previous page")
-    ] = None,
-) -> Position | None:
-    if cursor is None:
+def _history_cursor(params: HistoryQuery) -> Position | None:
+    if params.cursor is None:
         return None
     try:
-        return decode_cursor(cursor)
+        return decode_cursor(params.cursor)
     except ValueError as exc:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc), "input": cursor}]
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "cursor"),
+                    "msg": str(exc),
+                    "input": params.cursor,
+                }
+            ]
         ) from exc
-
-
-HistoryCursor = Annotated[Position | None, Depends(_history_cursor)]
 
 
 @router.get(
@@ -152,18 +152,14 @@ async def read_device_metrics(
     _user: CurrentUser,
     device: DeviceFromPath,
     session: SessionDep,
-    since: Annotated[
-        datetime | None, Query(description="Start (ISO 8601; default six hours before until)")
-    ] = None,
-    until: Annotated[datetime | None, Query(description="End (ISO 8601; default now)")] = None,
-    limit: Annotated[
-        int, Query(ge=1, le=1000, description="At most this many points (time buckets)")
-    ] = 120,
+    params: Annotated[MetricsQuery, Query()],
 ) -> DeviceMetricSeries:
     try:
-        buckets = history.chart_buckets(since, until, limit)
+        buckets = history.chart_buckets(params.since, params.until, params.limit)
     except history.InvalidTimeSpan as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        raise RequestValidationError(
+            [{"type": "time_span", "loc": ("query", "since"), "msg": str(exc), "input": None}]
+        ) from exc
     points = await history.bucketed_metrics(session, buckets, device.device_id)
     return DeviceMetricSeries(
         device_id=device.device_id,
@@ -183,10 +179,11 @@ async def read_device_states(
     _user: CurrentUser,
     device: DeviceFromPath,
     session: SessionDep,
-    cursor: HistoryCursor,
-    limit: HistoryLimit = 50,
+    params: Annotated[HistoryQuery, Query()],
 ) -> CursorPage[DeviceStateHistoryRead]:
-    return await history.state_history(session, device.device_id, limit, cursor)
+    return await history.state_history(
+        session, device.device_id, params.limit, _history_cursor(params)
+    )
 
 
 @router.get(
@@ -198,7 +195,8 @@ async def read_device_config_history(
     _user: CurrentUser,
     device: DeviceFromPath,
     session: SessionDep,
-    cursor: HistoryCursor,
-    limit: HistoryLimit = 50,
+    params: Annotated[HistoryQuery, Query()],
 ) -> CursorPage[ConfigurationHistoryRead]:
-    return await history.config_history(session, device.device_id, limit, cursor)
+    return await history.config_history(
+        session, device.device_id, params.limit, _history_cursor(params)
+    )

@@ -6,6 +6,10 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from homepot.device.models import DeviceStatus
+from homepot.kit.jsonlimits import StoredJsonObject
+from homepot.kit.pagination import ListQuery
+from homepot.kit.query import StrictQuery
+from homepot.kit.timeranges import UtcDatetime
 from homepot.site.schemas import ConfigObject, SiteId, public_id_check
 
 DeviceId = Annotated[
@@ -16,6 +20,40 @@ DeviceId = Annotated[
 DeviceType = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$", examples=["pos_terminal"])
 ]
+
+
+class DeviceListQuery(ListQuery):
+    site_id: str | None = Field(
+        default=None, max_length=64, description="Only devices of this site"
+    )
+    status: DeviceStatus | None = Field(default=None, description="Only devices in this status")
+    device_type: str | None = Field(
+        default=None, max_length=64, description="Only devices of this type"
+    )
+    q: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Only devices whose device_id or name contains this",
+    )
+
+
+class HistoryQuery(StrictQuery):
+    """A device's history, newest first, by keyset."""
+
+    limit: int = Field(default=50, ge=1, le=500, description="Rows per page, newest first")
+    cursor: str | None = Field(
+        default=None, max_length=200, description="The next_cursor of the previous page"
+    )
+
+
+class MetricsQuery(StrictQuery):
+    since: UtcDatetime | None = Field(
+        default=None, description="Start (ISO 8601; default six hours before until)"
+    )
+    until: UtcDatetime | None = Field(default=None, description="End (ISO 8601; default now)")
+    limit: int = Field(
+        default=120, ge=1, le=1000, description="At most this many points (time buckets)"
+    )
 
 
 class DeviceCreate(BaseModel):
@@ -85,7 +123,7 @@ class DeviceRead(BaseModel):
     name: str
     device_type: str
     status: DeviceStatus
-    config: dict[str, Any]
+    config: StoredJsonObject
     firmware_version: str | None
     ip_address: str | None
     last_seen_at: datetime | None

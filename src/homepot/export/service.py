@@ -198,6 +198,16 @@ class _ParquetWriter:
         self._writer.close()
 
 
+# A text cell starting with one of these is read as a formula by spreadsheets (CSV injection:
+# "=HYPERLINK(...)" in an error message would run when an analyst opens the file).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs: a leading apostrophe before a formula sign."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -205,6 +215,8 @@ def _csv_cell(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, datetime | time):
         return value.isoformat()
+    if isinstance(value, str):
+        return csv_text(value)
     return value
 
 

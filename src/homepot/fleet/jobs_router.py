@@ -9,15 +9,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import Field
 
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.fleet.auth import CurrentDevice, ensure_own_device
 from homepot.job import executions
 from homepot.job.schemas import AgentExecutionState, AgentResultAnswer
+from homepot.kit.query import StrictQuery
 from homepot.protocol.messages import JobAck, JobCommand, JobResult
 
 router = APIRouter(prefix=f"{API_PREFIX}/agent/jobs", tags=["agent"])
+
+
+class PollQuery(StrictQuery):
+    limit: int = Field(default=10, ge=1, le=100, description="At most this many commands")
+
 
 ExecutionIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="From the JobCommand")]
 
@@ -45,12 +52,12 @@ async def poll_jobs(
     device: CurrentDevice,
     request: Request,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="At most this many commands")] = 10,
+    params: Annotated[PollQuery, Query()],
 ) -> list[JobCommand]:
     return await executions.poll_commands(
         session,
         device.device_id,
-        limit,
+        params.limit,
         ack_timeout_seconds=request.app.state.settings.fleet.ack_timeout_seconds,
     )
 

@@ -10,9 +10,8 @@ from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.job import executions, service
-from homepot.job.models import JobStatus
-from homepot.job.schemas import JobCreate, JobDetail, JobRead, JobType
-from homepot.kit.pagination import Page, PageQuery
+from homepot.job.schemas import JobCreate, JobDetail, JobListQuery, JobRead
+from homepot.kit.pagination import Page
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
@@ -52,19 +51,16 @@ async def create_job(
 async def list_jobs(
     _user: CurrentUser,
     session: SessionDep,
-    page: PageQuery,
-    job_status: Annotated[
-        JobStatus | None, Query(alias="status", description="Only jobs in this status")
-    ] = None,
-    job_type: Annotated[JobType | None, Query(description="Only jobs of this type")] = None,
-    target_id: Annotated[
-        str | None, Query(description="Only jobs for this device_id, site_id or device type")
-    ] = None,
+    params: Annotated[JobListQuery, Query()],
 ) -> Page[JobRead]:
     items, total = await service.list_jobs(
-        session, page, status=job_status, job_type=job_type, target_id=target_id
+        session,
+        params.page,
+        status=params.status,
+        job_type=params.job_type,
+        target_id=params.target_id,
     )
-    return Page[JobRead].of(items, total, page)
+    return Page[JobRead].of(items, total, params.page)
 
 
 JobIdPath = Annotated[str, Path(description="e.g. job-3f2a9c1b7d4e")]

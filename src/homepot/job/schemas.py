@@ -3,12 +3,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homepot.job.models import ExecutionStatus, JobSchedule, JobStatus, JobTargetType
-from homepot.site.schemas import JsonObject
+from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
+from homepot.kit.pagination import ListQuery
 
 
 class JobType(enum.StrEnum):
@@ -16,6 +17,16 @@ class JobType(enum.StrEnum):
     config_change = "config_change"
     firmware_update = "firmware_update"
     health_check = "health_check"
+
+
+class JobListQuery(ListQuery):
+    status: JobStatus | None = Field(default=None, description="Only jobs in this status")
+    job_type: JobType | None = Field(default=None, description="Only jobs of this type")
+    target_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Only jobs for this device_id, site_id or device type",
+    )
 
 
 class JobCreate(BaseModel):
@@ -65,7 +76,7 @@ class JobRead(BaseModel):
     job_type: str
     target_type: JobTargetType
     target_id: str
-    payload: dict[str, Any]
+    payload: StoredJsonObject
     status: JobStatus
     schedule: JobSchedule
     scheduled_for: datetime | None
@@ -97,7 +108,7 @@ class ExecutionRead(BaseModel):
     finished_at: datetime | None
     error_code: str | None
     error_message: str | None
-    result: dict[str, Any] | None
+    result: StoredJsonObject | None
 
 
 class JobDetail(JobRead):

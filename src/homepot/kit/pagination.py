@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query
 from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from sqlalchemy import ColumnElement, Select, UnaryExpression, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.kit.query import StrictQuery
 from sqlalchemy.orm import InstrumentedAttribute
 
 ItemT = TypeVar("ItemT")
@@ -129,19 +130,20 @@ class PageParams:
     offset: int = 0
 
 
-def page_params(
-    limit: Annotated[
-        int,
-        Query(
-            ge=1, le=OFFSET_MAX_LIMIT, description=f"Items per page (at most {OFFSET_MAX_LIMIT})"
-        ),
-    ] = OFFSET_DEFAULT_LIMIT,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")] = 0,
-) -> PageParams:
-    return PageParams(limit=limit, offset=offset)
+class ListQuery(StrictQuery):
+    """``limit`` and ``offset``; each list endpoint's query model adds its filters."""
 
+    limit: int = Field(
+        default=OFFSET_DEFAULT_LIMIT,
+        ge=1,
+        le=OFFSET_MAX_LIMIT,
+        description=f"Items per page (at most {OFFSET_MAX_LIMIT})",
+    )
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Items to skip")
 
-PageQuery = Annotated[PageParams, Depends(page_params)]
+    @property
+    def page(self) -> PageParams:
+        return PageParams(limit=self.limit, offset=self.offset)
 
 
 class Page(BaseModel, Generic[ItemT]):

@@ -3,9 +3,14 @@
 - Values under keys named like a secret (password, passwd, secret, token, api_key, apikey,
   authorization, cookie, and names containing them such as ``access_token`` or
   ``X-Api-Key``) are replaced by ``[REDACTED]``, at any depth of a JSON-like structure.
-- In free text, card-number-like digit runs (13 to 19 digits, spaces or dashes allowed
-  between them) keep only their last four digits, and inline secrets such as
-  ``password=hunter2`` or ``Bearer eyJ...`` lose their value.
+- In free text, card numbers (13 to 19 digits, spaces or dashes allowed between them, that
+  pass the Luhn check) keep only their last four digits; other digit runs (barcodes,
+  millisecond timestamps) stay as they are. Inline secrets lose their value:
+  ``password=hunter2``, ``"password": "correct horse battery"``, ``Bearer eyJ...``,
+  ``Authorization: Token ...`` (any scheme: Basic, Digest, ...) and the password of a URL
+  (``scheme://user:pass@host``).
+- Structures nested deeper than :data:`MAX_DEPTH` are cut there (the rest becomes
+  :data:`TOO_DEEP`), so that no stored value can make redaction recurse without bound.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
+TOO_DEEP = "[nested too deep to show]"
+MAX_DEPTH = 64
 
 _SENSITIVE_KEY = re.compile(
     r"pass(?:word|wd)?|secret|token|api[-_]?key|apikey|authori[sz]ation|cookie|credential"
@@ -31,12 +38,29 @@ _HARMLESS_KEY = re.compile(
 # 13-19 digits, optionally separated by single spaces or dashes, standing alone: not part of
 # a longer number or of a word, so that hex ids (event ids, user ids) are left intact.
 _CARD_NUMBER = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w])")
-# key=value / key: value / "key": "value" pairs whose key is sensitive.
+# key=value / key: value / "key": "value" pairs whose key is sensitive. A quoted value is
+# masked up to its closing quote, so that "correct horse battery" goes whole.
 _INLINE_SECRET = re.compile(
     r"""(?P<key>["']?[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|authori[sz]ation"""
-    r"""|cookie)[\w-]*["']?)(?P<sep>\s*[=:]\s*)(?P<quote>["']?)(?P<value>[^\s"'&,;}]+)""",
+    r"""|cookie)[\w-]*["']?)(?P<sep>\s*[=:]\s*)"""
+    # (A value already masked by the Authorization rule below is left as it is.)
+    r"""(?!["']?(?:[A-Za-z][\w-]*[ \t]+)?\[REDACTED\])"""
+    r"""(?:(?P<quote>["'])(?P<quoted>[^"'\r\n]*)(?P=quote)|(?P<value>[^\s"'&,;}]+))""",
     re.IGNORECASE,
 )
+# An Authorization header's credentials, whatever the scheme (Token, Basic, Digest, ...): a
+# quoted value whole; else the scheme's one token, or its list of key=value parameters
+# (Digest), so that free text after the header stays readable.
+_AUTHORIZATION = re.compile(
+    r"""(?P<key>\b(?:proxy-)?authori[sz]ation[\w-]*["']?\s*[=:]\s*)(?:"""
+    r"""(?P<quote>["'])(?:(?P<qscheme>[A-Za-z][\w-]*) +)?[^"'\r\n]*(?P=quote)"""
+    r"""|(?:(?P<scheme>[A-Za-z][\w-]*)[ \t]+(?=\S))?"""
+    r"""(?:[\w-]+=(?:"[^"\r\n]*"|[^\s,"]*)(?:,[ \t]*[\w-]+=(?:"[^"\r\n]*"|[^\s,"]*))*"""
+    r"""|[^\s"',;]+))""",
+    re.IGNORECASE,
+)
+# The password of a URL: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
 _DIGIT = re.compile(r"\d")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
@@ -46,39 +70,74 @@ def is_sensitive_key(key: str) -> bool:
     return bool(_SENSITIVE_KEY.search(key)) and not _HARMLESS_KEY.match(key)
 
 
+def passes_luhn(digits: str) -> bool:
+    """The Luhn check every payment card number passes (and most other numbers fail)."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
 def _mask_card(match: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", match.group(0))
+    if not passes_luhn(digits):
+        return match.group(0)
     return "*" * (len(digits) - 4) + digits[-4:]
 
 
+def _mask_inline_secret(match: re.Match[str]) -> str:
+    quote = match.group("quote") or ""
+    return f"{match.group('key')}{match.group('sep')}{quote}{REDACTED}{quote}"
+
+
+def _mask_authorization(match: re.Match[str]) -> str:
+    quote = match.group("quote") or ""
+    scheme = match.group("qscheme") or match.group("scheme")
+    return f"{match.group('key')}{quote}{scheme + ' ' if scheme else ''}{REDACTED}{quote}"
+
+
 def mask_text(text: str) -> str:
-    """Mask card numbers, bearer tokens, JWTs and ``key=value`` secrets in free text."""
+    """Mask card numbers, credentials and ``key=value`` secrets in free text."""
     if not text:
         return text
     # Cheap pre-checks keep the common case (no digits run, no secret words) fast.
     if _DIGIT.search(text):
         text = _CARD_NUMBER.sub(_mask_card, text)
     lowered = text.lower()
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m.group('prefix')}{REDACTED}", text)
+    if "authori" in lowered:
+        text = _AUTHORIZATION.sub(_mask_authorization, text)
     if "bearer" in lowered or "basic" in lowered:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     if "eyj" in lowered:
         text = _JWT.sub(REDACTED, text)
     if any(word in lowered for word in ("pass", "secret", "token", "key", "auth", "cookie")):
-        text = _INLINE_SECRET.sub(
-            lambda m: f"{m.group('key')}{m.group('sep')}{m.group('quote')}{REDACTED}", text
-        )
+        text = _INLINE_SECRET.sub(_mask_inline_secret, text)
     return text
 
 
-def redact(value: Any) -> Any:
-    """Redact a JSON-like value: secret keys at any depth, free text in every string."""
+def redact(value: Any, _depth: int = 1) -> Any:
+    """Redact a JSON-like value: secret keys at any depth, free text in every string.
+
+    Containers nested deeper than :data:`MAX_DEPTH` become :data:`TOO_DEEP`.
+    """
+    if isinstance(value, Mapping | list | tuple) and _depth > MAX_DEPTH:
+        return TOO_DEEP
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if isinstance(key, str) and is_sensitive_key(key) else redact(item))
+            key: (
+                REDACTED
+                if isinstance(key, str) and is_sensitive_key(key)
+                else redact(item, _depth + 1)
+            )
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
+        return [redact(item, _depth + 1) for item in value]
     if isinstance(value, str):
         return mask_text(value)
     return value
@@ -189,15 +248,21 @@ def scrub_text(text: str) -> str:
     return text
 
 
-def scrub(value: Any) -> Any:
+def scrub(value: Any, _depth: int = 1) -> Any:
     """:func:`redact` with :func:`scrub_text`: secret keys at any depth, every string scrubbed."""
+    if isinstance(value, Mapping | list | tuple) and _depth > MAX_DEPTH:
+        return TOO_DEEP
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if isinstance(key, str) and is_sensitive_key(key) else scrub(item))
+            key: (
+                REDACTED
+                if isinstance(key, str) and is_sensitive_key(key)
+                else scrub(item, _depth + 1)
+            )
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [scrub(item) for item in value]
+        return [scrub(item, _depth + 1) for item in value]
     if isinstance(value, str):
         return scrub_text(value)
     return value

@@ -21,16 +21,16 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from homepot.db import Base
 from homepot.kit.pagination import Cursor, CursorPage, Keyset
+from homepot.kit.query import StrictQuery
 from homepot.kit.timeranges import TimeBound, TimeRange
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
-class StreamQuery(BaseModel):
+class StreamQuery(StrictQuery):
     """The parameters every analytics read endpoint takes; subclasses add the filters."""
 
-    model_config = ConfigDict(extra="forbid")
     common_parameters: ClassVar[tuple[str, ...]] = ("start_date", "end_date", "limit", "cursor")
 
     start_date: TimeBound | None = Field(
@@ -57,30 +57,6 @@ class StreamQuery(BaseModel):
     @classmethod
     def filter_names(cls) -> tuple[str, ...]:
         return tuple(name for name in cls.model_fields if name not in cls.common_parameters)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unknown_parameters(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        unknown = [name for name in data if name not in cls.model_fields]
-        if unknown:
-            allowed = ", ".join(cls.model_fields)
-            errors = [
-                InitErrorDetails(
-                    type=PydanticCustomError(
-                        "unknown_parameter",
-                        "unknown query parameter '{name}'; this endpoint accepts: {allowed}",
-                        {"name": name, "allowed": allowed},
-                    ),
-                    loc=(name,),
-                    input=data[name],
-                )
-                for name in unknown
-            ]
-            # Raised as a ValidationError so that each error keeps its parameter's location.
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return data
 
     @model_validator(mode="after")
     def _nonempty_time_range(self) -> StreamQuery:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, cast, extract
+from sqlalchemy import BigInteger, ColumnElement, cast, extract, literal
 from sqlalchemy.orm import InstrumentedAttribute
 
 MIN_BUCKET_SECONDS = 1
@@ -53,7 +53,8 @@ class Buckets:
         # SQLAlchemy renders extract('epoch') as strftime('%s') on SQLite (an integer) and
         # EXTRACT(EPOCH ...) on PostgreSQL (a numeric); subtracting the remainder works on both.
         epoch = extract("epoch", column)
-        origin = math.floor(self.since.timestamp())
+        # A 64-bit parameter: epoch seconds before 1901 or after 2038 overflow 32 bits.
+        origin = literal(math.floor(self.since.timestamp()), BigInteger)
         return cast(epoch - (epoch - origin) % self.seconds, BigInteger)
 
     def moment(self, bucket_start: int) -> datetime:

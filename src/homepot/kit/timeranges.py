@@ -13,11 +13,43 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, PlainSerializer, PlainValidator, WithJsonSchema
+
+# What every backend and Python's datetime can hold with room to spare: an offset, a default
+# span or a day added to a bound inside this range never leaves Python's years 1 to 9999.
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A time followed by a space and an offset: the "+" of "+01:00" decoded as a space.
 _SPACE_FOR_PLUS = re.compile(r"^(.+[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
+def _outside(value: date | datetime) -> ValueError:
+    return ValueError(
+        f"{value.isoformat()} is outside the supported range "
+        f"{EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} (UTC)"
+    )
+
+
+def representable_utc(value: datetime) -> datetime:
+    """``value`` in UTC (a naive one taken as UTC), or ValueError when outside EARLIEST..LATEST.
+
+    The pydantic validator behind :data:`UtcDatetime`.
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _outside(value) from None
+    if not EARLIEST <= value <= LATEST:
+        raise _outside(value)
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(representable_utc)]
+"""A datetime from a client, as UTC, within the range every backend and Python can hold."""
 
 
 def parse_time_bound(value: Any) -> date | datetime:
@@ -26,26 +58,26 @@ def parse_time_bound(value: Any) -> date | datetime:
     Raises ValueError with a message that says which forms are accepted.
     """
     if isinstance(value, date) and not isinstance(value, datetime):
+        if not EARLIEST.date() <= value <= LATEST.date():
+            raise _outside(value)
         return value
     if isinstance(value, str):
         text = value.strip()
         try:
             if _DATE_ONLY.match(text):
-                return date.fromisoformat(text)
-            value = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"\1+\2", text))
+                value = date.fromisoformat(text)
+            else:
+                value = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"\1+\2", text))
         except ValueError:
             raise ValueError(
                 f"{value!r} is neither a date (YYYY-MM-DD) nor an ISO 8601 datetime "
                 "(e.g. 2025-12-01T13:45:00Z or 2025-12-01T13:45:00+01:00)"
             ) from None
+        if not isinstance(value, datetime):
+            return parse_time_bound(value)
     if not isinstance(value, datetime):
         raise ValueError(f"expected a date or datetime string, got {type(value).__name__}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 in UTC") from None
+    return representable_utc(value)
 
 
 TimeBound = Annotated[

@@ -12,19 +12,33 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
+
+from homepot.kit.jsonlimits import JsonLimits, JsonObject
+from homepot.kit.timeranges import UtcDatetime, representable_utc
 
 MAX_SAMPLES_PER_BATCH = 500
 # Samples older than this are refused: the agent's retry queue keeps at most a week.
 MAX_SAMPLE_AGE = timedelta(days=8)
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# A sample's extra_metrics and an error report's context, as JSON.
+MAX_EXTRA_BYTES = 16 * 1024
+ExtraJson = Annotated[dict[str, JsonValue], BeforeValidator(JsonLimits(max_bytes=MAX_EXTRA_BYTES))]
 _DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-4c55-9a2e-1d4f0b7e9c31")
 
 
 def _aware_recent(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp needs a UTC offset, e.g. 2025-12-11T14:00:00Z")
-    value = value.astimezone(UTC)
+    value = representable_utc(value)
     now = datetime.now(UTC)
     if value > now + MAX_CLOCK_SKEW:
         raise ValueError("timestamp is in the future; check the device clock")
@@ -108,7 +122,7 @@ class MetricSample(Strict):
     error_rate: Percent | None = None
     active_connections: Count | None = None
     queue_depth: Count | None = None
-    extra_metrics: dict[str, Any] | None = None
+    extra_metrics: ExtraJson | None = None
 
 
 class TelemetryBatch(DeviceScoped):
@@ -145,9 +159,9 @@ class JobResult(DeviceScoped):
     status: JobResultStatus
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, max_length=2000)
-    output: dict[str, Any] | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    output: JsonObject | None = None
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
 
     @model_validator(mode="after")
     def _failure_has_a_code(self) -> Self:
@@ -179,7 +193,7 @@ class DeviceErrorReport(DeviceScoped):
     message: str = Field(min_length=1, max_length=2000)
     stack: str | None = Field(default=None, max_length=20_000)
     occurred_at: SampleTime | None = None
-    context: dict[str, Any] | None = None
+    context: ExtraJson | None = None
 
 
 class DeviceErrorAccepted(BaseModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from homepot.kit.query import StrictQuery
 from homepot.quality.service import (
     DEFAULT_MAX_NULL_RATE,
     DEFAULT_MAX_STALENESS,
@@ -15,10 +16,8 @@ from homepot.quality.service import (
 )
 
 
-class QualityQuery(BaseModel):
+class QualityQuery(StrictQuery):
     """Thresholds of the gate; any other parameter is refused (422)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_rows: int = Field(
         default=DEFAULT_MIN_ROWS, ge=0, description="Rows each table needs (the spec's target)"

@@ -9,7 +9,7 @@ from homepot.audit.service import Actor
 from homepot.auth.deps import AdminUser, CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
-from homepot.kit.pagination import Page, PageQuery
+from homepot.kit.pagination import Page
 from homepot.site import service
 from homepot.site.models import Site
 from homepot.site.schemas import (
@@ -17,6 +17,7 @@ from homepot.site.schemas import (
     ScheduleRead,
     ScheduleWrite,
     SiteCreate,
+    SiteListQuery,
     SiteRead,
     SiteUpdate,
     WeekSchedule,
@@ -59,14 +60,10 @@ async def create_site(
 async def list_sites(
     _user: CurrentUser,
     session: SessionDep,
-    page: PageQuery,
-    q: Annotated[
-        str | None,
-        Query(max_length=200, description="Only sites whose name contains this (any case)"),
-    ] = None,
+    params: Annotated[SiteListQuery, Query()],
 ) -> Page[SiteRead]:
-    items, total = await service.list_sites(session, page, q=q)
-    return Page[SiteRead].of(items, total, page)
+    items, total = await service.list_sites(session, params.page, q=params.q)
+    return Page[SiteRead].of(items, total, params.page)
 
 
 @router.get("/sites/{site_id}", response_model=SiteRead, summary="Read a site")

@@ -12,11 +12,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    JsonValue,
     computed_field,
     field_validator,
     model_validator,
 )
+
+from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
+from homepot.kit.pagination import ListQuery
 
 PUBLIC_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,62}$"
 _PUBLIC_ID = re.compile(PUBLIC_ID_PATTERN)
@@ -42,9 +44,6 @@ SiteId = Annotated[
 ]
 
 
-JsonObject = dict[str, JsonValue]
-
-
 def _check_config_keys(value: JsonObject) -> JsonObject:
     for key in value:
         if not key or len(key) > 128:
@@ -68,6 +67,12 @@ def _check_timezone(value: str) -> str:
 TimeZoneName = Annotated[
     str, Field(max_length=64, examples=["Europe/London"]), AfterValidator(_check_timezone)
 ]
+
+
+class SiteListQuery(ListQuery):
+    q: str | None = Field(
+        default=None, max_length=200, description="Only sites whose name contains this (any case)"
+    )
 
 
 class SiteCreate(BaseModel):
@@ -124,7 +129,7 @@ class SiteRead(BaseModel):
     name: str
     timezone: str
     address: str | None
-    config: dict[str, Any]
+    config: StoredJsonObject
     created_at: datetime
     updated_at: datetime
 
@@ -224,7 +229,7 @@ class ScheduleRead(BaseModel):
     peak_hours_start: time | None
     peak_hours_end: time | None
     notes: str | None
-    special_considerations: dict[str, Any] | None
+    special_considerations: StoredJsonObject | None
     created_at: datetime
     updated_at: datetime
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import (
@@ -21,29 +23,70 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from homepot.analytics.error_logger import record_error
+from homepot.kit.jsonlimits import clip_stored_json, replace_lone_surrogates
+from homepot.kit.redaction import TOO_DEEP
 
 logger = logging.getLogger(__name__)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and Infinity are not JSON: show them as text in the error's ``input``."""
+# How deep an echoed ``input`` is shown; deeper parts become TOO_DEEP.
+_MAX_ECHO_DEPTH = 8
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """An error's ``input`` as something JSON can carry, whatever the client sent.
+
+    NaN and Infinity become text, lone surrogates (which UTF-8 cannot encode) become U+FFFD,
+    and structures are cut at a small depth: an echo must never make the answer fail.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return replace_lone_surrogates(value)
+    if isinstance(value, dict | list) and depth > _MAX_ECHO_DEPTH + 2:
+        return TOO_DEEP
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {_json_safe(str(key)): _json_safe(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+        return [_json_safe(item, depth + 1) for item in value]
     return value
+
+
+def _safe_error(error: Mapping[str, Any]) -> Any:
+    error = dict(error)
+    if "input" in error:
+        error["input"] = clip_stored_json(error["input"], _MAX_ECHO_DEPTH)
+    return _json_safe(jsonable_encoder(error))
+
+
+def validation_detail(
+    message: str, loc: Sequence[str | int] = (), error_type: str = "value_error"
+) -> list[dict[str, Any]]:
+    """A 422 ``detail`` in the documented shape (a list of errors) for a single problem."""
+    return [{"type": error_type, "loc": list(loc), "msg": message, "input": None}]
 
 
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        content={"detail": _json_safe(jsonable_encoder(exc.errors()))},
+        content={"detail": [_safe_error(error) for error in exc.errors()]},
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, except that a 422 with a text detail gets the documented list shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_422_UNPROCESSABLE_CONTENT and isinstance(exc.detail, str):
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": validation_detail(_json_safe(exc.detail))},
+            headers=exc.headers,
+        )
+    return await http_exception_handler(request, exc)
 
 
 def _first_line(exc: DBAPIError) -> str:
@@ -82,10 +125,15 @@ async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
         message = "text must not contain NUL (\\u0000) characters"
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        content={"detail": f"a value was refused by the database: {message}"},
+        content={
+            "detail": validation_detail(
+                f"a value was refused by the database: {message}", ("body",), "database_refused"
+            )
+        },
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_refused)
