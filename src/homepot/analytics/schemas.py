@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError, to_json
 from homepot.db import utcnow
 from homepot.kit.jsonlimits import JsonLimits, StoredJson
 from homepot.kit.streams import StreamQuery
-from homepot.kit.timeranges import TimeBound, TimeRange, representable_utc
+from homepot.kit.timeranges import representable_utc
 
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096

@@ -22,9 +22,9 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from sqlalchemy import ColumnElement, Select, UnaryExpression, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from homepot.kit.query import StrictQuery
-from sqlalchemy.orm import InstrumentedAttribute
 
 ItemT = TypeVar("ItemT")
 
