@@ -16,12 +16,13 @@ from homepot.audit.models import AuditLog
 from homepot.auth.models import User
 from homepot.db import Base
 from homepot.device.models import Device, HealthCheck
+from homepot.insights.models import DeviceRisk
 from homepot.job.models import Job, JobExecution
 from homepot.site.models import Site
 
 CORE_MODELS: tuple[type[Base], ...] = (Site, Device, User, Job, HealthCheck, AuditLog)
-# Operational tables beyond the spec's 14: the orchestrator's per-device executions.
-OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution,)
+# Operational tables beyond the spec's 14: the orchestrator's per-device executions, insights.
+OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution, DeviceRisk)
 ANALYTICS_MODELS: tuple[type[Base], ...] = (*EVENT_MODELS, SiteOperatingSchedule)
 ALL_MODELS: tuple[type[Base], ...] = CORE_MODELS + ANALYTICS_MODELS + OPERATIONAL_MODELS
 MODELS_BY_TABLE: dict[str, type[Base]] = {m.__tablename__: m for m in ALL_MODELS}
