@@ -1213,3 +1213,10 @@ def export(
         f"{total:,} rows in {seconds:.1f} s; pseudonyms under key id {manifest.key_id} "
         "(the same key keeps them joinable across exports)."
     )
+
+
+# --- insights (the lead moves it into the cli/ package) -------------------------------------
+
+from homepot.cli_insights import insights_app  # noqa: E402
+
+app.add_typer(insights_app, name="insights")
