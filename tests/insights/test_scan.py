@@ -3,6 +3,8 @@ silence only while a site is open, and episodes stored once however often a rang
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -10,7 +12,9 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from typer.testing import CliRunner
 
+from homepot import cli
 from homepot.db import create_engine
 from homepot.insights.models import Anomaly
 from homepot.insights.service import scan, single_scanner
@@ -20,6 +24,7 @@ HISTORY_START = SCAN_DAY - timedelta(days=14)
 DAY_END = SCAN_DAY + timedelta(days=1)
 LEAK_START = SCAN_DAY + timedelta(hours=10)
 CRASH = SCAN_DAY + timedelta(hours=16)
+runner = CliRunner()
 
 
 @pytest.fixture
@@ -174,3 +179,24 @@ async def test_one_scan_at_a_time(engine: AsyncEngine) -> None:
         report = await scan(engine, SCAN_DAY, DAY_END)
     assert report.skipped is not None
     assert "another insights scan" in report.skipped
+
+
+async def test_cli_scan_reports_what_it_stored_and_adds_nothing_the_second_time(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await create_site_with_hours(engine, "site-cli", ["pos-cli"])
+    await add_history(engine, "pos-cli", HISTORY_START, DAY_END, tweak=leaking)
+    arguments = ["--database-url", database_url, "insights", "scan", "--json"]
+    arguments += ["--since", SCAN_DAY.isoformat(), "--until", DAY_END.isoformat()]
+
+    # In a thread: the command runs its own event loop, as it does from a shell.
+    first = await asyncio.to_thread(runner.invoke, cli.app, arguments)
+    second = await asyncio.to_thread(runner.invoke, cli.app, arguments)
+
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["inserted"] == len(await episodes(engine)) > 0
+    assert json.loads(second.output)["inserted"] == 0
+    backwards = await asyncio.to_thread(
+        runner.invoke, cli.app, [*arguments[:4], "--since", "2026-11-17", "--until", "2026-11-16"]
+    )
+    assert backwards.exit_code == 2
