@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from homepot import cli
 from homepot.db import create_engine
 from homepot.insights.models import Anomaly
-from homepot.insights.service import scan, single_scanner
+from homepot.insights.service import ScanState, scan, single_scanner
 from tests.insights.fleetdata import SCAN_DAY, Sample, add_history, create_site_with_hours
 
 HISTORY_START = SCAN_DAY - timedelta(days=14)
@@ -123,21 +123,41 @@ async def test_anomaly_in_the_maintenance_window_is_stored_but_marked_expected(
 async def test_scanning_a_range_twice_or_overlapping_ranges_stores_each_episode_once(
     engine: AsyncEngine,
 ) -> None:
-    await create_site_with_hours(engine, "site-twice", ["pos-twice"])
+    await create_site_with_hours(engine, "site-twice", ["pos-twice", "pos-calm"])
     await add_history(engine, "pos-twice", HISTORY_START, DAY_END, tweak=leaking)
+    await add_history(engine, "pos-calm", HISTORY_START, DAY_END)
 
     first = await scan(engine, SCAN_DAY, DAY_END)
     stored = [(r.metric, r.detector, r.started_at, r.ended_at) for r in await episodes(engine)]
-    assert first.inserted == len(stored) > 0
-
     again = await scan(engine, SCAN_DAY, DAY_END)
-    # The server's passes: overlapping slices of the same day, in order.
-    for hour in range(0, 24, 2):
-        await scan(engine, at(hour - 0.25), at(hour + 2))
+    half = await scan(engine, at(11), at(13))
 
-    assert again.inserted == 0
+    assert first.inserted == len(stored) > 0
+    assert again.inserted == half.inserted == 0
     after = [(r.metric, r.detector, r.started_at, r.ended_at) for r in await episodes(engine)]
     assert after == stored
+
+
+async def test_the_server_passes_and_a_later_full_scan_agree_on_the_episodes(
+    engine: AsyncEngine,
+) -> None:
+    await create_site_with_hours(engine, "site-live", ["pos-leaky", "pos-steady"])
+    await add_history(engine, "pos-leaky", HISTORY_START, DAY_END, tweak=leaking)
+    await add_history(engine, "pos-steady", HISTORY_START, DAY_END)
+    state = ScanState(baseline_refresh_devices=250)
+
+    # The server: a pass every 20 minutes over the newest bins, re-reading the last 15.
+    for minutes in range(20, 24 * 60 + 1, 20):
+        end = at(minutes / 60)
+        await scan(engine, end - timedelta(minutes=35), end, state=state)
+    live = [(r.metric, r.detector, r.started_at, r.ended_at) for r in await episodes(engine)]
+    later = await scan(engine, SCAN_DAY, DAY_END)
+
+    assert live
+    assert later.inserted == 0
+    assert [
+        (r.metric, r.detector, r.started_at, r.ended_at) for r in await episodes(engine)
+    ] == live
 
 
 async def test_site_silent_while_open_is_an_episode_and_at_night_is_not(

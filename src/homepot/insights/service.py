@@ -244,15 +244,14 @@ def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInf
     return chunks
 
 
-# -- baselines, cached per device and UTC day ------------------------------------------------
+# -- what the server keeps between passes ---------------------------------------------------
 
 
 @dataclass
 class BaselineCache:
     """Hour-of-week baselines per (device, UTC day): computed once a day, not every pass.
 
-    Holds the newest two days; the server keeps one for its lifetime, a command-line scan
-    a fresh one.
+    Holds the newest two days.
     """
 
     entries: dict[tuple[str, int], dict[str, tuple[Any, ...]]] = field(default_factory=dict)
@@ -290,6 +289,39 @@ class BaselineCache:
             del self.entries[key]
 
 
+@dataclass
+class _Bins:
+    first_bin: int
+    values: dict[str, Any]
+    counts: Any
+
+    @property
+    def end_bin(self) -> int:
+        return self.first_bin + int(self.counts.shape[1])
+
+
+@dataclass
+class ScanState:
+    """What a long-running scanner (the server) keeps between passes.
+
+    ``baselines``: per device and day. ``bins``: each chunk's recent bins, so that a pass
+    loads only the bins since the previous one, plus ``REFRESH_BINS`` re-read for samples
+    that arrived late. ``baseline_refresh_devices`` bounds how many devices a pass computes
+    today's baselines for (14 days of history each); the others keep yesterday's until
+    their turn, or the recent-window fallback on a fresh start.
+    """
+
+    baseline_refresh_devices: int | None = None
+    baselines: BaselineCache = field(default_factory=BaselineCache)
+    bins: dict[tuple[str, ...], _Bins] = field(default_factory=dict)
+
+
+# Bins a pass re-reads before the newest it already has: late samples within this are counted.
+REFRESH_BINS: Final = 3
+# A scan over a long range goes in spans of this many days, to bound the memory it needs.
+SPAN_BINS: Final = 7 * det.BINS_PER_DAY
+
+
 # -- the scan ---------------------------------------------------------------------------------
 
 
@@ -298,14 +330,16 @@ async def scan(
     since: datetime,
     until: datetime,
     *,
-    cache: BaselineCache | None = None,
+    state: ScanState | None = None,
     chunk_devices: int = DEFAULT_CHUNK_DEVICES,
     device_ids: Sequence[str] | None = None,
 ) -> ScanReport:
     """Find the anomaly episodes in the complete 5-minute bins of ``[since, until)``.
 
-    Deterministic: the same stored metrics give the same episodes. Returns a report whose
-    ``skipped`` is set when another scan held the lock.
+    Deterministic: the same stored metrics give the same episodes. Without ``state`` (the
+    command line) every baseline is computed from the stored history; the server passes a
+    :class:`ScanState`. Returns a report whose ``skipped`` is set when another scan held
+    the lock.
     """
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
@@ -314,7 +348,7 @@ async def scan(
     first_bin, end_bin = det.bin_of(since), det.bin_of(until)
     if end_bin <= first_bin:
         return report
-    cache = cache if cache is not None else BaselineCache()
+    state = state if state is not None else ScanState()
     async with single_scanner(engine) as may_scan:
         if not may_scan:
             logger.info("insights: %s", SKIPPED_LOCKED)
@@ -323,46 +357,112 @@ async def scan(
         async with AsyncSession(engine, expire_on_commit=False) as session:
             fleet = await _fleet(session, until, device_ids)
         report.bins = end_bin - first_bin
-        for devices in _chunks(fleet.devices, chunk_devices):
-            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-                await _scan_chunk(session, fleet, devices, first_bin, end_bin, cache, report)
-            report.devices += len(devices)
-            await asyncio.sleep(0)
+        budget = [state.baseline_refresh_devices]
+        for span_start in range(first_bin, end_bin, SPAN_BINS):
+            span = (span_start, min(span_start + SPAN_BINS, end_bin))
+            for devices in _chunks(fleet.devices, chunk_devices):
+                async with (
+                    AsyncSession(engine, expire_on_commit=False) as session,
+                    session.begin(),
+                ):
+                    await _scan_chunk(session, fleet, devices, span, state, budget, report)
+                await asyncio.sleep(0)
+        report.devices = len(fleet.devices)
     report.seconds = clock.perf_counter() - started
     return report
+
+
+async def _chunk_bins(
+    session: AsyncSession,
+    state: ScanState,
+    ids: list[str],
+    context_bin: int,
+    end_bin: int,
+    history_from: int | None,
+) -> tuple[_Bins, _Bins | None]:
+    """The chunk's bins over ``[context_bin, end_bin)``, and over ``[history_from, end_bin)``
+    when its history is needed; from the server's cache where it can."""
+    np = det.numpy()
+    key = tuple(ids)
+    if history_from is not None:
+        values, counts = await _load(session, ids, history_from, end_bin)
+        everything = _Bins(history_from, values, counts)
+        offset = context_bin - history_from
+        context = _Bins(
+            context_bin,
+            {name: array[:, offset:] for name, array in values.items()},
+            counts[:, offset:],
+        )
+        if state.baseline_refresh_devices is not None:
+            state.bins[key] = context
+        return context, everything
+    cached = state.bins.get(key) if state.baseline_refresh_devices is not None else None
+    if cached is None or cached.first_bin > context_bin or cached.end_bin < context_bin:
+        values, counts = await _load(session, ids, context_bin, end_bin)
+        context = _Bins(context_bin, values, counts)
+    else:
+        refresh_from = max(context_bin, min(cached.end_bin, end_bin) - REFRESH_BINS)
+        fresh_values, fresh_counts = await _load(session, ids, refresh_from, end_bin)
+        width = end_bin - context_bin
+        keep = refresh_from - context_bin
+        source = slice(context_bin - cached.first_bin, refresh_from - cached.first_bin)
+        values = {}
+        for name, fresh in fresh_values.items():
+            array = np.full((len(ids), width), np.nan)
+            array[:, :keep] = cached.values[name][:, source]
+            array[:, keep:] = fresh
+            values[name] = array
+        counts = np.zeros((len(ids), width), dtype=np.int64)
+        counts[:, :keep] = cached.counts[:, source]
+        counts[:, keep:] = fresh_counts
+        context = _Bins(context_bin, values, counts)
+    if state.baseline_refresh_devices is not None:
+        state.bins[key] = context
+    return context, None
 
 
 async def _scan_chunk(
     session: AsyncSession,
     fleet: _Fleet,
     devices: list[det.DeviceInfo],
-    first_bin: int,
-    end_bin: int,
-    cache: BaselineCache,
+    span: tuple[int, int],
+    state: ScanState,
+    budget: list[int | None],
     report: ScanReport,
 ) -> None:
     np = det.numpy()
+    first_bin, end_bin = span
     ids = [device.device_id for device in devices]
     context_bin = first_bin - det.CONTEXT_BINS
     first_day = context_bin - context_bin % det.BINS_PER_DAY
     days = list(range(first_day, end_bin, det.BINS_PER_DAY))
-    cached = {day: cache.get(ids, day) for day in days}
-    load_from = context_bin if all(cached.values()) else first_day - HISTORY_BINS
-    values, counts = await _load(session, ids, load_from, end_bin)
-    offset = context_bin - load_from
+    cached = {day: state.baselines.get(ids, day) for day in days}
+    refresh = not all(cached.values()) and (budget[0] is None or budget[0] > 0)
+    if refresh and budget[0] is not None:
+        budget[0] -= len(ids)
+    chunk_bins, history = await _chunk_bins(
+        session, state, ids, context_bin, end_bin, first_day - HISTORY_BINS if refresh else None
+    )
     day_baselines: dict[str, list[tuple[int, int, BucketBaseline]]] = {}
     shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
     for day in days:
         baselines = cached[day]
-        if baselines is None:
-            history = slice(day - HISTORY_BINS - load_from, day - load_from)
+        if baselines is None and history is not None:
+            past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
             baselines = {
                 spec.name: det.bucket_baseline(
-                    values[spec.name][:, history], day - HISTORY_BINS, shifts, spec.scale_floor
+                    history.values[spec.name][:, past],
+                    day - HISTORY_BINS,
+                    shifts,
+                    spec.scale_floor,
                 )
                 for spec in det.METRICS
             }
-            cache.put(ids, day, baselines)
+            state.baselines.put(ids, day, baselines)
+        if baselines is None:  # the server, before this chunk's turn: yesterday's will do
+            baselines = state.baselines.get(ids, day - det.BINS_PER_DAY)
+        if baselines is None:
+            continue
         columns = (
             max(day, context_bin) - context_bin,
             min(day + det.BINS_PER_DAY, end_bin) - context_bin,
@@ -396,8 +496,8 @@ async def _scan_chunk(
     chunk = det.Chunk(
         devices=devices,
         first_bin=context_bin,
-        values={name: array[:, offset:] for name, array in values.items()},
-        counts=counts[:, offset:],
+        values=chunk_bins.values,
+        counts=chunk_bins.counts,
         open_bins=open_bins,
         maintenance_bins=maintenance_bins,
         known_silent={

@@ -33,9 +33,10 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
         return
     from datetime import timedelta
 
-    from homepot.insights.service import BaselineCache, scan
+    from homepot.insights.service import ScanState, scan
 
-    cache = BaselineCache()
+    # One chunk's baselines refreshed per pass, so that no pass reads 14 days of everything.
+    state = ScanState(baseline_refresh_devices=settings.insights.chunk_devices)
     last_until: datetime | None = None
 
     async def insights_pass() -> None:
@@ -48,7 +49,7 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
             app.state.engine,
             since,
             now,
-            cache=cache,
+            state=state,
             chunk_devices=settings.insights.chunk_devices,
         )
         if report.skipped is None:
