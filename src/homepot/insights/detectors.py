@@ -220,6 +220,22 @@ class Baseline:
     expected: FloatArray
     scale: FloatArray
     source: NDArray[np.int8]
+    # The cohort's (expected, scale, ok) where the recent window stood in, else None.
+    peers: tuple[FloatArray, FloatArray, BoolArray] | None = None
+
+    def peer_gate(self, level: FloatArray, direction: int, threshold: float) -> BoolArray:
+        """False where the recent window is the baseline but the device's peers, at the same
+        moment, are no better off: a shared load cycle, not an anomaly."""
+        np = numpy()
+        if self.peers is None:
+            everywhere: BoolArray = np.ones(self.source.shape, dtype=bool)
+            return everywhere
+        peer_expected, peer_scale, peer_ok = self.peers
+        with _quiet():
+            peer_z = direction * (level - peer_expected) / peer_scale
+        checked = (self.source == SOURCE_RECENT) & peer_ok
+        result: BoolArray = ~checked | (peer_z >= threshold)
+        return result
 
 
 @dataclass(frozen=True)
@@ -234,6 +250,8 @@ class Episode:
     started_at: datetime
     last_seen_at: datetime  # end of its last anomalous bin
     open: bool  # still under way at the end of the evaluated range
+    # Entirely inside the site's maintenance window: stored, never alerts. An episode that
+    # outlasts the window is a real one.
     score: int
     observed: float | None
     expected: float | None
@@ -294,18 +312,16 @@ def bucket_baseline(
     )
 
 
-def _recent_baseline(
-    values: FloatArray, start: int, floor: float
-) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """Median and spread of each device's previous ``RECENT_BINS`` bins, per bin from
-    ``start`` on; computed once an hour (the window moves little within one)."""
+def _recent_baseline(values: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Median and spread of each device's previous ``RECENT_BINS`` bins, per bin; computed
+    once an hour (the window moves little within one)."""
     np = numpy()
     devices, width = values.shape
     stride = BINS_PER_HOUR
-    steps = np.arange(start, width, stride)
-    expected = np.full((devices, width - start), np.nan)
-    scale = np.full((devices, width - start), np.nan)
-    ok = np.zeros((devices, width - start), dtype=bool)
+    steps = np.arange(0, width, stride)
+    expected = np.full((devices, width), np.nan)
+    scale = np.full((devices, width), np.nan)
+    ok = np.zeros((devices, width), dtype=bool)
     padded = np.concatenate([np.full((devices, RECENT_BINS), np.nan), values], axis=1)
     with _quiet():
         for step in steps:
@@ -314,7 +330,7 @@ def _recent_baseline(
             median = np.nanmedian(window, axis=1)
             mad = np.nanmedian(np.abs(window - median[:, None]), axis=1)
             enough = (~np.isnan(window)).sum(axis=1) >= 24
-            columns = slice(step - start, min(step - start + stride, width - start))
+            columns = slice(step, min(step + stride, width))
             expected[:, columns] = median[:, None]
             scale[:, columns] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[:, None]
             ok[:, columns] = enough[:, None]
@@ -351,50 +367,58 @@ def baseline(
     """Normal for every bin of the chunk, through the four-step cascade.
 
     ``day_baselines``: ``(first column, end column, baseline)`` per UTC day of the chunk.
+    Where the device's recent window is the baseline, its peers at the same moment are kept
+    too (``peers``): a recent window cannot know the daily cycle, its peers share it.
     """
-    start = 0
     np = numpy()
     values = chunk.values[spec.name]
     devices, width = values.shape
-    shape = (devices, width - start)
-    expected = np.full(shape, np.nan)
-    scale = np.full(shape, np.nan)
-    source = np.zeros(shape, dtype=np.int8)
+    expected = np.full(values.shape, np.nan)
+    scale = np.full(values.shape, np.nan)
+    source = np.zeros(values.shape, dtype=np.int8)
     shifts = np.array([device.shift_bins for device in chunk.devices], dtype=np.int64)
     rows = np.arange(devices)[:, None]
     for first, end, buckets in day_baselines:
-        columns = np.arange(first, end)
-        local = chunk.first_bin + columns[None, :] + shifts[:, None]
+        local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
         week_bucket = (local // BINS_PER_HOUR) % 168
         day_bucket = week_bucket % 24
-        out = slice(first - start, end - start)
         for median, spread, ok, bucket, code in (
             (buckets.day_median, buckets.day_scale, buckets.day_ok, day_bucket, SOURCE_DAY),
             (buckets.week_median, buckets.week_scale, buckets.week_ok, week_bucket, SOURCE_WEEK),
         ):
             usable = ok[rows, bucket]
-            expected[:, out] = np.where(usable, median[rows, bucket], expected[:, out])
-            scale[:, out] = np.where(usable, spread[rows, bucket], scale[:, out])
-            source[:, out] = np.where(usable, code, source[:, out])
+            part = slice(first, end)
+            expected[:, part] = np.where(usable, median[rows, bucket], expected[:, part])
+            scale[:, part] = np.where(usable, spread[rows, bucket], scale[:, part])
+            source[:, part] = np.where(usable, code, source[:, part])
     missing = source == SOURCE_NONE
-    if missing.any():
-        recent, recent_scale, recent_ok = _recent_baseline(values, start, spec.scale_floor)
-        use = missing & recent_ok
-        expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
-        missing = source == SOURCE_NONE
-    if missing.any():
-        groups = _cohort_groups(chunk)
-        cohort, cohort_scale, cohort_ok = _cohort_baseline(values, groups, spec.scale_floor)
-        use = missing & cohort_ok[:, start:]
-        expected[use] = cohort[:, start:][use]
-        scale[use] = cohort_scale[:, start:][use]
-        source[use] = SOURCE_COHORT
-    return Baseline(expected, scale, source)
+    if not missing.any():
+        return Baseline(expected, scale, source)
+    recent, recent_scale, recent_ok = _recent_baseline(values, spec.scale_floor)
+    use = missing & recent_ok
+    expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
+    cohort, cohort_scale, cohort_ok = _cohort_baseline(
+        values, _cohort_groups(chunk), spec.scale_floor
+    )
+    use = (source == SOURCE_NONE) & cohort_ok
+    expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
+    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok))
 
 
 def _cohort_groups(chunk: Chunk) -> list[int]:
-    keys: dict[tuple[str, str], int] = {}
-    return [keys.setdefault((d.site_id, d.device_type), len(keys)) for d in chunk.devices]
+    """Its site's devices of the same type; for a site with fewer than four, every device of
+    that type in the chunk whose site keeps the same local time."""
+    by_site: dict[tuple[str, str], int] = {}
+    for device in chunk.devices:
+        key = (device.site_id, device.device_type)
+        by_site[key] = by_site.get(key, 0) + 1
+    keys: dict[tuple[str, str, int], int] = {}
+    groups = []
+    for device in chunk.devices:
+        shared_site = by_site[(device.site_id, device.device_type)] >= 4
+        site, shift = (device.site_id, 0) if shared_site else ("", device.shift_bins)
+        groups.append(keys.setdefault((site, device.device_type, shift), len(keys)))
+    return groups
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -496,6 +520,7 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec) -> Trend:
             & (slope >= spec.min_slope_per_hour)
             & (slope * window / BINS_PER_HOUR >= 3 * spread)
             & ((level - expected) / spread >= 1.5)
+            & base.peer_gate(level, +1, 1.5)
             & (hours > 0)
             & (hours <= spec.trend_horizon_hours)
         )
@@ -537,6 +562,7 @@ def detect(
                 spec.min_deviation, spec.relative_deviation * np.abs(base.expected)
             )
             deviant = (z >= spec.z_threshold) & big_enough & (base.source > 0)
+            deviant &= base.peer_gate(values, spec.direction, spec.z_threshold)
         trend = _trend(values, base, spec) if spec.limit is not None else None
         for row, device in enumerate(chunk.devices):
             for first, final in runs(deviant[row], gap=GAP_BINS, minimum=PERSISTENCE_BINS):
@@ -616,7 +642,7 @@ def _metric_episode(
         observed=round(value, 3),
         expected=round(expected, 3),
         explanation=text,
-        expected_maintenance=bool(chunk.maintenance_bins[device.site_id][first]),
+        expected_maintenance=bool(chunk.maintenance_bins[device.site_id][first : final + 1].all()),
     )
 
 
@@ -676,5 +702,5 @@ def _silence_episode(
         observed=0.0,
         expected=None,
         explanation=text,
-        expected_maintenance=bool(chunk.maintenance_bins[site_id][first]),
+        expected_maintenance=bool(chunk.maintenance_bins[site_id][first : final + 1].all()),
     )

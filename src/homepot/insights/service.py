@@ -578,10 +578,17 @@ def _new_row(episode: Episode) -> Anomaly:
 
 def _extend(row: Anomaly, episode: Episode) -> bool:
     """Fold ``episode`` into the stored ``row``; True when anything changed."""
-    before = (row.started_at, row.ended_at, row.last_seen_at, row.score, row.explanation)
+    before = (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
     if episode.started_at < row.started_at:
         row.started_at = episode.started_at
-        row.expected_maintenance = episode.expected_maintenance
+    row.expected_maintenance = row.expected_maintenance and episode.expected_maintenance
     if episode.last_seen_at >= row.last_seen_at:
         row.last_seen_at = episode.last_seen_at
         row.observed, row.expected = episode.observed, episode.expected
@@ -596,7 +603,14 @@ def _extend(row: Anomaly, episode: Episode) -> bool:
             row.ended_at = row.last_seen_at
     row.score = max(row.score, episode.score)
     row.severity = det.severity_of(row.score)
-    return before != (row.started_at, row.ended_at, row.last_seen_at, row.score, row.explanation)
+    return before != (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
 
 
 # -- reading and updating --------------------------------------------------------------------
