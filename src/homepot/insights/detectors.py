@@ -54,8 +54,12 @@ BINS_PER_DAY: Final = 24 * BINS_PER_HOUR
 BINS_PER_WEEK: Final = 7 * BINS_PER_DAY
 BASELINE_WEEKS: Final = 2
 RECENT_BINS: Final = 12 * BINS_PER_HOUR
-# Bins loaded before the first evaluated one: the recent window (the longest look back).
-CONTEXT_BINS: Final = RECENT_BINS
+# How far before the first evaluated bin a run may begin (an episode under way keeps its
+# start), and the longest look back: that and the longest trend window.
+RUN_LOOKBACK_BINS: Final = 2 * BINS_PER_HOUR
+LOOKBACK_BINS: Final = 8 * BINS_PER_HOUR
+# Bins loaded before the first evaluated one: the look back, and a recent window before it.
+CONTEXT_BINS: Final = RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
 PERSISTENCE_BINS: Final = 3
 SILENCE_BINS: Final = 3
 # How many normal bins may sit inside one episode without splitting it in two.
@@ -157,6 +161,22 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def nanmedian(values: Any, axis: int = -1) -> Any:
+    """The median along ``axis`` ignoring NaN (NaN where all are NaN).
+
+    numpy's own goes through masked arrays for short axes, ten times slower on the many short
+    rows (one per device) a scan reduces.
+    """
+    np = numpy()
+    moved = np.moveaxis(values, axis, -1)
+    ordered = np.sort(moved, axis=-1)  # NaN sorts last
+    present = (~np.isnan(moved)).sum(axis=-1)
+    low = np.take_along_axis(ordered, np.maximum(present - 1, 0)[..., None] // 2, axis=-1)
+    high = np.take_along_axis(ordered, (present // 2)[..., None], axis=-1)
+    result = (low[..., 0] + high[..., 0]) / 2
+    return np.where(present > 0, result, np.nan)
+
+
 def bin_of(moment: datetime) -> int:
     return math.floor(moment.timestamp() / BIN_SECONDS)
 
@@ -212,6 +232,18 @@ class Chunk:
     def bins(self) -> int:
         return int(self.counts.shape[1])
 
+    def tail(self, column: int) -> Chunk:
+        """The same chunk from ``column`` on (views, no copies)."""
+        return Chunk(
+            devices=self.devices,
+            first_bin=self.first_bin + column,
+            values={name: array[:, column:] for name, array in self.values.items()},
+            counts=self.counts[:, column:],
+            open_bins={site: mask[column:] for site, mask in self.open_bins.items()},
+            maintenance_bins={site: mask[column:] for site, mask in self.maintenance_bins.items()},
+            known_silent=self.known_silent,
+        )
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -222,6 +254,15 @@ class Baseline:
     source: NDArray[np.int8]
     # The cohort's (expected, scale, ok) where the recent window stood in, else None.
     peers: tuple[FloatArray, FloatArray, BoolArray] | None = None
+
+    def tail(self, column: int) -> Baseline:
+        peers = None if self.peers is None else tuple(part[:, column:] for part in self.peers)
+        return Baseline(
+            self.expected[:, column:],
+            self.scale[:, column:],
+            self.source[:, column:],
+            peers,  # type: ignore[arg-type]
+        )
 
     def peer_gate(self, level: FloatArray, direction: int, threshold: float) -> BoolArray:
         """False where the recent window is the baseline but the device's peers, at the same
@@ -293,14 +334,14 @@ def bucket_baseline(
     by_bucket = np.take_along_axis(history, order, axis=1).reshape(devices, 168, weeks, 12)
     with _quiet():
         flat = by_bucket.reshape(devices, 168, weeks * 12)
-        week_median = np.nanmedian(flat, axis=2)
-        week_mad = np.nanmedian(np.abs(flat - week_median[:, :, None]), axis=2)
+        week_median = nanmedian(flat, axis=2)
+        week_mad = nanmedian(np.abs(flat - week_median[:, :, None]), axis=2)
         present = ~np.isnan(by_bucket)
         week_ok = (present.sum(axis=(2, 3)) >= 12) & (present.any(axis=3).sum(axis=2) >= 2)
         by_hour = by_bucket.reshape(devices, 7, 24, weeks * 12).transpose(0, 2, 1, 3)
         by_hour = by_hour.reshape(devices, 24, 7 * weeks * 12)
-        day_median = np.nanmedian(by_hour, axis=2)
-        day_mad = np.nanmedian(np.abs(by_hour - day_median[:, :, None]), axis=2)
+        day_median = nanmedian(by_hour, axis=2)
+        day_mad = nanmedian(np.abs(by_hour - day_median[:, :, None]), axis=2)
         day_ok = (~np.isnan(by_hour)).sum(axis=2) >= 36
     return BucketBaseline(
         week_median,
@@ -312,59 +353,73 @@ def bucket_baseline(
     )
 
 
-def _recent_baseline(values: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """Median and spread of each device's previous ``RECENT_BINS`` bins, per bin; computed
-    once an hour (the window moves little within one)."""
+def _recent_baseline(
+    values: FloatArray, floor: float, first_bin: int, from_column: int
+) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Median and spread of each device's previous ``RECENT_BINS`` bins, for the columns from
+    ``from_column`` on; computed once per hour of the clock (the window moves little within
+    one), so that every scan of a bin gets the same answer."""
     np = numpy()
+    from numpy.lib.stride_tricks import sliding_window_view
+
     devices, width = values.shape
-    stride = BINS_PER_HOUR
-    steps = np.arange(0, width, stride)
     expected = np.full((devices, width), np.nan)
     scale = np.full((devices, width), np.nan)
     ok = np.zeros((devices, width), dtype=bool)
+    first_step = max(0, from_column - (first_bin + from_column) % BINS_PER_HOUR)
+    steps = np.arange(first_step, width, BINS_PER_HOUR)
     padded = np.concatenate([np.full((devices, RECENT_BINS), np.nan), values], axis=1)
+    # View j covers padded[j : j + RECENT_BINS], i.e. the bins [j - RECENT_BINS, j).
+    windows = sliding_window_view(padded, RECENT_BINS, axis=1)[:, steps, :]
     with _quiet():
-        for step in steps:
-            # Bins [step - RECENT_BINS, step) of values are padded[:, step : step + RECENT_BINS].
-            window = padded[:, step : step + RECENT_BINS]
-            median = np.nanmedian(window, axis=1)
-            mad = np.nanmedian(np.abs(window - median[:, None]), axis=1)
-            enough = (~np.isnan(window)).sum(axis=1) >= 24
-            columns = slice(step, min(step + stride, width))
-            expected[:, columns] = median[:, None]
-            scale[:, columns] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[:, None]
-            ok[:, columns] = enough[:, None]
+        median = nanmedian(windows)
+        mad = nanmedian(np.abs(windows - median[:, :, None]))
+        enough = (~np.isnan(windows)).sum(axis=2) >= 24
+    columns = np.arange(first_step, width)
+    which = (columns - first_step) // BINS_PER_HOUR
+    expected[:, first_step:] = median[:, which]
+    scale[:, first_step:] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[:, which]
+    ok[:, first_step:] = enough[:, which]
     return expected, scale, ok
 
 
 def _cohort_baseline(
-    values: FloatArray, groups: Sequence[int], floor: float
+    values: FloatArray, groups: Sequence[int], floor: float, from_column: int
 ) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """Per bin, the median and spread over the other devices of the same site and type."""
+    """Per bin from ``from_column`` on, the median and spread over the device's cohort (all
+    cohorts at once: one NaN-padded block per cohort)."""
     np = numpy()
+    devices, width = values.shape
     expected = np.full(values.shape, np.nan)
     scale = np.full(values.shape, np.nan)
     ok = np.zeros(values.shape, dtype=bool)
     group_of = np.asarray(groups)
+    sizes = np.bincount(group_of)
+    usable = sizes >= 4  # the device itself and at least three peers
+    if not usable.any():
+        return expected, scale, ok
+    order = np.argsort(group_of, kind="stable")
+    slot = np.arange(devices) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[group_of[order]]
+    block = np.full((len(sizes), int(sizes.max()), width - from_column), np.nan)
+    block[group_of[order], slot] = values[order, from_column:]
     with _quiet():
-        for group in np.unique(group_of):
-            members = np.flatnonzero(group_of == group)
-            if len(members) < 4:  # the device itself and at least three peers
-                continue
-            rows = values[members]
-            median = np.nanmedian(rows, axis=0)
-            mad = np.nanmedian(np.abs(rows - median[None, :]), axis=0)
-            enough = (~np.isnan(rows)).sum(axis=0) >= 4
-            expected[members] = median[None, :]
-            scale[members] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[None, :]
-            ok[members] = enough[None, :]
+        median = nanmedian(block, axis=1)
+        mad = nanmedian(np.abs(block - median[:, None, :]), axis=1)
+        enough = ((~np.isnan(block)).sum(axis=1) >= 4) & usable[:, None]
+    expected[:, from_column:] = median[group_of]
+    scale[:, from_column:] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[group_of]
+    ok[:, from_column:] = enough[group_of]
     return expected, scale, ok
 
 
 def baseline(
-    chunk: Chunk, spec: MetricSpec, day_baselines: Sequence[tuple[int, int, BucketBaseline]]
+    chunk: Chunk,
+    spec: MetricSpec,
+    day_baselines: Sequence[tuple[int, int, BucketBaseline]],
+    from_column: int = 0,
 ) -> Baseline:
-    """Normal for every bin of the chunk, through the four-step cascade.
+    """Normal for the bins of the chunk from ``from_column`` on, through the four-step
+    cascade (the columns before are left unknown where the first two steps have nothing).
 
     ``day_baselines``: ``(first column, end column, baseline)`` per UTC day of the chunk.
     Where the device's recent window is the baseline, its peers at the same moment are kept
@@ -379,6 +434,9 @@ def baseline(
     shifts = np.array([device.shift_bins for device in chunk.devices], dtype=np.int64)
     rows = np.arange(devices)[:, None]
     for first, end, buckets in day_baselines:
+        first = max(first, from_column)
+        if first >= end:
+            continue
         local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
         week_bucket = (local // BINS_PER_HOUR) % 168
         day_bucket = week_bucket % 24
@@ -394,11 +452,13 @@ def baseline(
     missing = source == SOURCE_NONE
     if not missing.any():
         return Baseline(expected, scale, source)
-    recent, recent_scale, recent_ok = _recent_baseline(values, spec.scale_floor)
+    recent, recent_scale, recent_ok = _recent_baseline(
+        values, spec.scale_floor, chunk.first_bin, from_column
+    )
     use = missing & recent_ok
     expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
     cohort, cohort_scale, cohort_ok = _cohort_baseline(
-        values, _cohort_groups(chunk), spec.scale_floor
+        values, _cohort_groups(chunk), spec.scale_floor, from_column
     )
     use = (source == SOURCE_NONE) & cohort_ok
     expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
@@ -492,9 +552,9 @@ class Trend:
     flags: BoolArray
 
 
-def _trend(values: FloatArray, base: Baseline, spec: MetricSpec) -> Trend:
-    """Robust slope of the deviation from normal over the window ending at each bin, and
-    the projected time to the limit."""
+def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: int) -> Trend:
+    """Robust slope of the deviation from normal over the window ending at each bin from
+    ``from_column`` on, and the projected time to the limit."""
     np = numpy()
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -507,10 +567,12 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec) -> Trend:
     padded = np.concatenate([np.full((devices, window), np.nan), slopes], axis=1)
     # View j covers padded[j : j + half] = slopes[j - window : j - half]; for bin i, view
     # i + 1 holds the slopes of the pairs inside the window ending at i.
-    chosen = sliding_window_view(padded, half, axis=1)[:, np.arange(width) + 1, :]
+    chosen = sliding_window_view(padded, half, axis=1)[:, np.arange(from_column, width) + 1, :]
+    slope = np.full(values.shape, np.nan)
+    enough = np.zeros(values.shape, dtype=bool)
     with _quiet():
-        enough = (~np.isnan(chosen)).sum(axis=2) >= max(2, half // 2)
-        slope = np.nanmedian(chosen, axis=2) * BINS_PER_HOUR
+        enough[:, from_column:] = (~np.isnan(chosen)).sum(axis=2) >= max(2, half // 2)
+        slope[:, from_column:] = nanmedian(chosen, axis=2) * BINS_PER_HOUR
         level = _rolling_median3(values)
         expected, spread = base.expected, base.scale
         hours = (spec.limit - level) / slope
@@ -533,7 +595,7 @@ def _rolling_median3(values: FloatArray) -> FloatArray:
     padded = np.concatenate([np.full((values.shape[0], 2), np.nan), values], axis=1)
     stacked = np.stack([padded[:, 2:], padded[:, 1:-1], padded[:, :-2]], axis=2)
     with _quiet():
-        result: FloatArray = np.nanmedian(stacked, axis=2)
+        result: FloatArray = nanmedian(stacked, axis=2)
         return result
 
 
@@ -551,10 +613,16 @@ def detect(
     np = numpy()
     episodes: list[Episode] = []
     baselines: dict[str, Baseline] = {}
+    full_chunk, full_start = chunk, start
     for spec in METRICS:
+        # Runs may begin RUN_LOOKBACK_BINS before the range; a trend needs its window too.
+        reach = RUN_LOOKBACK_BINS + (spec.trend_window_bins if spec.limit is not None else 0)
+        lookback = max(0, full_start - reach)
+        chunk, start = full_chunk.tail(lookback), full_start - lookback
         values = chunk.values[spec.name]
-        base = baseline(chunk, spec, day_baselines.get(spec.name, []))
+        base = baseline(full_chunk, spec, day_baselines.get(spec.name, []), lookback)
         baselines[spec.name] = base
+        base = base.tail(lookback)
         with _quiet():
             deviation = spec.direction * (values - base.expected)
             z = deviation / base.scale
@@ -563,8 +631,16 @@ def detect(
             )
             deviant = (z >= spec.z_threshold) & big_enough & (base.source > 0)
             deviant &= base.peer_gate(values, spec.direction, spec.z_threshold)
-        trend = _trend(values, base, spec) if spec.limit is not None else None
-        for row, device in enumerate(chunk.devices):
+        trend = (
+            _trend(values, base, spec, max(0, start - RUN_LOOKBACK_BINS))
+            if spec.limit is not None
+            else None
+        )
+        flagged = deviant.any(axis=1)
+        if trend is not None:
+            flagged |= trend.flags.any(axis=1)
+        for row in np.flatnonzero(flagged):
+            device = chunk.devices[row]
             for first, final in runs(deviant[row], gap=GAP_BINS, minimum=PERSISTENCE_BINS):
                 if final < start:
                     continue
@@ -601,7 +677,7 @@ def detect(
                         trend,
                     )
                 )
-    episodes.extend(_silence(chunk, start))
+    episodes.extend(_silence(full_chunk, full_start))
     return episodes, baselines
 
 

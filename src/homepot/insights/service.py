@@ -207,27 +207,26 @@ class _Fleet:
 
 
 async def _fleet(session: AsyncSession, at: datetime, device_ids: Sequence[str] | None) -> _Fleet:
-    sites = {site.site_id: site for site in await session.scalars(select(Site))}
-    statement = select(Device).order_by(Device.site_id, Device.device_id)
+    timezones: dict[str, str] = dict(
+        (await session.execute(select(Site.site_id, Site.timezone))).all()
+    )
+    statement = select(Device.device_id, Device.site_id, Device.device_type).order_by(
+        Device.site_id, Device.device_id
+    )
     if device_ids is not None:
         statement = statement.where(Device.device_id.in_(device_ids))
-    devices = []
-    for device in await session.scalars(statement):
-        timezone = sites[device.site_id].timezone if device.site_id in sites else "UTC"
+    shifts: dict[str, int] = {}
+    for timezone in set(timezones.values()) | {"UTC"}:
         offset = at.astimezone(ZoneInfo(timezone)).utcoffset() or timedelta(0)
-        devices.append(
-            det.DeviceInfo(
-                device.device_id,
-                device.site_id,
-                device.device_type,
-                round(offset.total_seconds() / det.BIN_SECONDS),
-                timezone,
-            )
-        )
+        shifts[timezone] = round(offset.total_seconds() / det.BIN_SECONDS)
+    devices = []
+    for device_id, site_id, device_type in (await session.execute(statement)).all():
+        timezone = timezones.get(site_id, "UTC")
+        devices.append(det.DeviceInfo(device_id, site_id, device_type, shifts[timezone], timezone))
     schedules: dict[str, list[SiteOperatingSchedule]] = {}
     for row in await session.scalars(select(SiteOperatingSchedule)):
         schedules.setdefault(row.site_id, []).append(row)
-    return _Fleet(devices, {site_id: site.timezone for site_id, site in sites.items()}, schedules)
+    return _Fleet(devices, timezones, schedules)
 
 
 def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInfo]]:
@@ -249,41 +248,20 @@ def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInf
 
 @dataclass
 class BaselineCache:
-    """Hour-of-week baselines per (device, UTC day): computed once a day, not every pass.
+    """Hour-of-week baselines per chunk of devices and UTC day: computed once a day, not
+    every pass. Holds the newest two days."""
 
-    Holds the newest two days.
-    """
-
-    entries: dict[tuple[str, int], dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    entries: dict[tuple[tuple[str, ...], int], dict[str, BucketBaseline]] = field(
+        default_factory=dict
+    )
 
     def get(self, device_ids: Sequence[str], day: int) -> dict[str, BucketBaseline] | None:
-        np = det.numpy()
-        rows = [self.entries.get((device_id, day)) for device_id in device_ids]
-        if any(row is None for row in rows):
-            return None
-        result = {}
-        for spec in det.METRICS:
-            parts = [row[spec.name] for row in rows if row is not None]
-            result[spec.name] = det.BucketBaseline(
-                *(np.stack([part[index] for part in parts]) for index in range(6))
-            )
-        return result
+        return self.entries.get((tuple(device_ids), day))
 
     def put(
         self, device_ids: Sequence[str], day: int, baselines: dict[str, BucketBaseline]
     ) -> None:
-        for row, device_id in enumerate(device_ids):
-            self.entries[(device_id, day)] = {
-                name: (
-                    base.week_median[row],
-                    base.week_scale[row],
-                    base.week_ok[row],
-                    base.day_median[row],
-                    base.day_scale[row],
-                    base.day_ok[row],
-                )
-                for name, base in baselines.items()
-            }
+        self.entries[(tuple(device_ids), day)] = baselines
         newest = max(key[1] for key in self.entries)
         for key in [key for key in self.entries if key[1] < newest - det.BINS_PER_DAY]:
             del self.entries[key]
@@ -314,8 +292,12 @@ class ScanState:
     baseline_refresh_devices: int | None = None
     baselines: BaselineCache = field(default_factory=BaselineCache)
     bins: dict[tuple[str, ...], _Bins] = field(default_factory=dict)
+    # Devices, sites and schedules, re-read every FLEET_REFRESH_SECONDS.
+    fleet: _Fleet | None = None
+    fleet_read_at: float = 0.0
 
 
+FLEET_REFRESH_SECONDS: Final = 300.0
 # Bins a pass re-reads before the newest it already has: late samples within this are counted.
 REFRESH_BINS: Final = 3
 # A scan over a long range goes in spans of this many days, to bound the memory it needs.
@@ -354,8 +336,18 @@ async def scan(
             logger.info("insights: %s", SKIPPED_LOCKED)
             report.skipped = SKIPPED_LOCKED
             return report
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            fleet = await _fleet(session, until, device_ids)
+        fleet = state.fleet
+        server = state.baseline_refresh_devices is not None
+        if (
+            fleet is None
+            or not server
+            or device_ids is not None
+            or clock.monotonic() - state.fleet_read_at > FLEET_REFRESH_SECONDS
+        ):
+            async with AsyncSession(engine, expire_on_commit=False) as session:
+                fleet = await _fleet(session, until, device_ids)
+            if server and device_ids is None:
+                state.fleet, state.fleet_read_at = fleet, clock.monotonic()
         report.bins = end_bin - first_bin
         budget = [state.baseline_refresh_devices]
         for span_start in range(first_bin, end_bin, SPAN_BINS):
