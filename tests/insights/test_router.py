@@ -11,8 +11,10 @@ from httpx import AsyncClient
 
 from homepot.audit.models import AuditLog
 from homepot.auth.models import Role
+from homepot.db import utcnow
 from homepot.insights.models import Anomaly
 from tests.helpers import auth_headers, db_rows, rows
+from tests.insights.fleetdata import add_history, create_site_with_hours
 
 URL = "/api/v1/insights/anomalies"
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
@@ -185,3 +187,46 @@ async def test_fleet_ranks_devices_by_their_active_anomalies(
     assert (
         await client.get("/api/v1/insights/fleet", headers=headers, params={"limit": 0})
     ).status_code == 422
+
+
+async def test_device_view_draws_each_metric_against_its_expected_band(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    now = utcnow()
+    await create_site_with_hours(app.state.engine, "site-band", ["pos-band"])
+    await add_history(app.state.engine, "pos-band", now - timedelta(days=15), now)
+    recent = await create_anomaly(
+        app, device_id="pos-band", site_id="site-band", started_at=now - timedelta(hours=1)
+    )
+    await create_anomaly(app, device_id="pos-band", started_at=now - timedelta(days=3), ended=True)
+    headers = await auth_headers(app, client, Role.viewer)
+
+    response = await client.get(
+        "/api/v1/insights/devices/pos-band", headers=headers, params={"hours": 3}
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["risk_source"] == "anomalies"
+    assert [item["id"] for item in body["anomalies"]] == [recent]
+    bands = {band["metric"]: band for band in body["bands"]}
+    assert set(bands) >= {"cpu", "memory", "disk", "network_latency", "error_rate"}
+    memory = bands["memory"]
+    assert len(memory["times"]) == len(memory["observed"]) == 36
+    complete = [i for i, value in enumerate(memory["observed"][:-1]) if value is not None]
+    assert len(complete) >= 34
+    # Two weeks of history: the device's own normal for that hour of the week.
+    assert {memory["source"][i] for i in complete} == {"hour_of_week"}
+    inside = [memory["lower"][i] <= memory["observed"][i] <= memory["upper"][i] for i in complete]
+    assert sum(inside) >= 0.9 * len(complete)
+
+
+async def test_device_view_refuses_unknown_devices_and_bad_hours(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    headers = await auth_headers(app, client, Role.viewer)
+    url = "/api/v1/insights/devices/pos-none"
+    assert (await client.get(url)).status_code == 401
+    assert (await client.get(url, headers=headers)).status_code == 404
+    assert (await client.get(url, headers=headers, params={"hours": 0})).status_code == 422
+    assert (await client.get(url, headers=headers, params={"hours": 73})).status_code == 422

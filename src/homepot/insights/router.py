@@ -9,10 +9,16 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
-from homepot.db import SessionDep
+from homepot.db import SessionDep, utcnow
 from homepot.insights import service
 from homepot.insights.models import AnomalyStatus
-from homepot.insights.schemas import AnomalyQuery, AnomalyRead, AnomalyUpdate, FleetRanking
+from homepot.insights.schemas import (
+    AnomalyQuery,
+    AnomalyRead,
+    AnomalyUpdate,
+    DeviceInsights,
+    FleetRanking,
+)
 from homepot.kit.pagination import CursorPage
 
 router = APIRouter(prefix=f"{API_PREFIX}/insights", tags=["insights"])
@@ -95,3 +101,29 @@ async def fleet(
     limit: Annotated[int, Query(ge=1, le=1000, description="Devices at most")] = 100,
 ) -> FleetRanking:
     return await service.fleet_ranking(session, limit)
+
+
+@router.get(
+    "/devices/{device_id}",
+    summary="A device's anomalies and the expected band of each metric",
+    description="The device's episodes that overlap the last `hours` (or are still under "
+    "way), and per metric its 5-minute means over those hours with the expected value, a "
+    "band of three robust spreads either side, and where the expectation came from "
+    "(hour_of_week, hour_of_day, recent, cohort, none). `risk_source` is `anomalies` until a "
+    "failure-risk model exists. Any signed-in user.",
+    responses={
+        401: {"description": "No valid bearer token"},
+        404: {"description": "No device with this id"},
+        422: {"description": "hours outside 1 to 72"},
+    },
+)
+async def device_insights(
+    device_id: Annotated[str, Path(min_length=1, max_length=64)],
+    user: CurrentUser,
+    session: SessionDep,
+    hours: Annotated[int, Query(ge=1, le=72, description="How far back the bands go")] = 6,
+) -> DeviceInsights:
+    found = await service.device_insights(session, device_id, hours, utcnow())
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+    return found

@@ -35,13 +35,20 @@ from homepot.analytics.queries import Stream, at_least, equals, read_page
 from homepot.device.models import Device
 from homepot.insights import detectors as det
 from homepot.insights.models import Anomaly, AnomalyStatus
-from homepot.insights.schemas import AnomalyQuery, AnomalyRead, FleetDevice, FleetRanking
+from homepot.insights.schemas import (
+    AnomalyQuery,
+    AnomalyRead,
+    BaselineBand,
+    DeviceInsights,
+    FleetDevice,
+    FleetRanking,
+)
 from homepot.kit.pagination import CursorPage
 from homepot.site.models import Site
 from homepot.site.windows import maintenance_intervals, opening_intervals
 
 if TYPE_CHECKING:
-    from homepot.insights.detectors import BucketBaseline, Episode, IntArray
+    from homepot.insights.detectors import BucketBaseline, Chunk, Episode, IntArray
 
 logger = logging.getLogger(__name__)
 
@@ -413,15 +420,16 @@ async def _chunk_bins(
     return context, None
 
 
-async def _scan_chunk(
+async def _prepare_chunk(
     session: AsyncSession,
     fleet: _Fleet,
     devices: list[det.DeviceInfo],
     span: tuple[int, int],
     state: ScanState,
     budget: list[int | None],
-    report: ScanReport,
-) -> None:
+    known_silent: set[str],
+) -> tuple[Chunk, dict[str, list[tuple[int, int, BucketBaseline]]]]:
+    """The chunk's bins from ``CONTEXT_BINS`` before the span, and its baselines per day."""
     np = det.numpy()
     first_bin, end_bin = span
     ids = [device.device_id for device in devices]
@@ -462,10 +470,9 @@ async def _scan_chunk(
         for name, base in baselines.items():
             day_baselines.setdefault(name, []).append((*columns, base))
     width = end_bin - context_bin
-    site_ids = sorted({device.site_id for device in devices})
     open_bins, maintenance_bins = {}, {}
     window = (det.bin_start(context_bin), det.bin_start(end_bin))
-    for site_id in site_ids:
+    for site_id in sorted({device.site_id for device in devices}):
         timezone, schedule = fleet.timezones.get(site_id, "UTC"), fleet.schedules.get(site_id, [])
         open_bins[site_id] = _bin_mask(
             opening_intervals(schedule, timezone, *window), context_bin, width
@@ -473,18 +480,6 @@ async def _scan_chunk(
         maintenance_bins[site_id] = _bin_mask(
             maintenance_intervals(schedule, timezone, *window), context_bin, width
         )
-    subjects = ids + [f"site:{site_id}" for site_id in site_ids]
-    stored = list(
-        await session.scalars(
-            select(Anomaly)
-            .where(
-                Anomaly.subject.in_(subjects),
-                Anomaly.started_at < det.bin_start(end_bin),
-                or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= det.bin_start(context_bin)),
-            )
-            .order_by(Anomaly.started_at, Anomaly.id)
-        )
-    )
     chunk = det.Chunk(
         devices=devices,
         first_bin=context_bin,
@@ -492,11 +487,42 @@ async def _scan_chunk(
         counts=chunk_bins.counts,
         open_bins=open_bins,
         maintenance_bins=maintenance_bins,
-        known_silent={
-            row.subject for row in stored if row.metric == det.REPORTING and row.ended_at is None
-        },
+        known_silent=known_silent,
     )
-    episodes, _ = det.detect(chunk, first_bin - context_bin, day_baselines)
+    return chunk, day_baselines
+
+
+async def _scan_chunk(
+    session: AsyncSession,
+    fleet: _Fleet,
+    devices: list[det.DeviceInfo],
+    span: tuple[int, int],
+    state: ScanState,
+    budget: list[int | None],
+    report: ScanReport,
+) -> None:
+    first_bin, end_bin = span
+    context_start = det.bin_start(first_bin - det.CONTEXT_BINS)
+    site_ids = sorted({device.site_id for device in devices})
+    subjects = [device.device_id for device in devices] + [f"site:{s}" for s in site_ids]
+    stored = list(
+        await session.scalars(
+            select(Anomaly)
+            .where(
+                Anomaly.subject.in_(subjects),
+                Anomaly.started_at < det.bin_start(end_bin),
+                or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= context_start),
+            )
+            .order_by(Anomaly.started_at, Anomaly.id)
+        )
+    )
+    known_silent = {
+        row.subject for row in stored if row.metric == det.REPORTING and row.ended_at is None
+    }
+    chunk, day_baselines = await _prepare_chunk(
+        session, fleet, devices, span, state, budget, known_silent
+    )
+    episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
     _reconcile(session, stored, episodes, first_bin, end_bin, report)
     await session.flush()
 
@@ -682,3 +708,65 @@ async def fleet_ranking(session: AsyncSession, limit: int) -> FleetRanking:
             for device_id, episodes in ranked[:limit]
         ],
     )
+
+
+# Bands drawn around the expected value: this many spreads either side.
+BAND_SPREADS: Final = 3.0
+
+
+async def device_insights(
+    session: AsyncSession, device_id: str, hours: int, now: datetime
+) -> DeviceInsights | None:
+    """A device's episodes over the last ``hours`` (and any still under way), and for each
+    metric its 5-minute means next to the expected band; None for an unknown device."""
+    np = det.numpy()
+    device = await session.get(Device, device_id)
+    if device is None:
+        return None
+    end_bin = det.bin_of(now) + 1  # the bin under way too: a chart wants the newest sample
+    first_bin = end_bin - hours * det.BINS_PER_HOUR
+    fleet = await _fleet(session, now, None)
+    peers = [d for d in fleet.devices if d.site_id == device.site_id]
+    row = next(index for index, d in enumerate(peers) if d.device_id == device_id)
+    chunk, day_baselines = await _prepare_chunk(
+        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], set()
+    )
+    start = det.CONTEXT_BINS
+    times = [det.bin_start(first_bin + column) for column in range(end_bin - first_bin)]
+    bands = []
+    for spec in det.METRICS:
+        base = det.baseline(chunk, spec, day_baselines.get(spec.name, []), start)
+        expected = base.expected[row, start:]
+        spread = base.scale[row, start:] * BAND_SPREADS
+        bands.append(
+            BaselineBand(
+                metric=spec.name,
+                times=times,
+                observed=_floats(chunk.values[spec.name][row, start:]),
+                expected=_floats(expected),
+                lower=_floats(np.maximum(expected - spread, 0)),
+                upper=_floats(expected + spread),
+                source=[det.SOURCE_NAMES[code] for code in base.source[row, start:]],
+            )
+        )
+    since = det.bin_start(first_bin)
+    episodes = await session.scalars(
+        select(Anomaly)
+        .where(
+            Anomaly.device_id == device_id,
+            or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= since),
+        )
+        .order_by(Anomaly.started_at.desc(), Anomaly.id.desc())
+        .limit(200)
+    )
+    return DeviceInsights(
+        device_id=device_id,
+        site_id=device.site_id,
+        risk_source="anomalies",
+        anomalies=[AnomalyRead.model_validate(episode) for episode in episodes],
+        bands=bands,
+    )
+
+
+def _floats(values: Any) -> list[float | None]:
+    return [None if value != value else round(float(value), 3) for value in values.tolist()]
