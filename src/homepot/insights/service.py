@@ -236,6 +236,19 @@ async def _fleet(session: AsyncSession, at: datetime, device_ids: Sequence[str] 
     return _Fleet(devices, timezones, schedules)
 
 
+async def _fleet_fingerprint(session: AsyncSession) -> tuple[Any, ...]:
+    """Changes when a device is added or removed, or a site or schedule changes.
+
+    Not on every device update: heartbeats touch the devices all the time. A device moved
+    to another site is seen at the next full re-read (FLEET_REREAD_SECONDS).
+    """
+    values: list[Any] = [int(clock.monotonic() // FLEET_REREAD_SECONDS)]
+    for column in (Device.created_at, Site.updated_at, SiteOperatingSchedule.updated_at):
+        statement = select(func.count(), func.max(column))
+        values.extend((await session.execute(statement)).one())
+    return tuple(values)
+
+
 def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInfo]]:
     """Consecutive devices, whole sites per chunk (a site's cohort and silence need them all)."""
     chunks: list[list[det.DeviceInfo]] = []
@@ -299,12 +312,12 @@ class ScanState:
     baseline_refresh_devices: int | None = None
     baselines: BaselineCache = field(default_factory=BaselineCache)
     bins: dict[tuple[str, ...], _Bins] = field(default_factory=dict)
-    # Devices, sites and schedules, re-read every FLEET_REFRESH_SECONDS.
+    # Devices, sites and schedules, re-read when any of them changed.
     fleet: _Fleet | None = None
-    fleet_read_at: float = 0.0
+    fleet_fingerprint: tuple[Any, ...] | None = None
 
 
-FLEET_REFRESH_SECONDS: Final = 300.0
+FLEET_REREAD_SECONDS: Final = 600
 # Bins a pass re-reads before the newest it already has: late samples within this are counted.
 REFRESH_BINS: Final = 3
 # A scan over a long range goes in spans of this many days, to bound the memory it needs.
@@ -343,18 +356,14 @@ async def scan(
             logger.info("insights: %s", SKIPPED_LOCKED)
             report.skipped = SKIPPED_LOCKED
             return report
-        fleet = state.fleet
-        server = state.baseline_refresh_devices is not None
-        if (
-            fleet is None
-            or not server
-            or device_ids is not None
-            or clock.monotonic() - state.fleet_read_at > FLEET_REFRESH_SECONDS
-        ):
-            async with AsyncSession(engine, expire_on_commit=False) as session:
+        server = state.baseline_refresh_devices is not None and device_ids is None
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            fingerprint = await _fleet_fingerprint(session) if server else None
+            fleet = state.fleet
+            if fleet is None or fingerprint is None or fingerprint != state.fleet_fingerprint:
                 fleet = await _fleet(session, until, device_ids)
-            if server and device_ids is None:
-                state.fleet, state.fleet_read_at = fleet, clock.monotonic()
+        if server:
+            state.fleet, state.fleet_fingerprint = fleet, fingerprint
         report.bins = end_bin - first_bin
         budget = [state.baseline_refresh_devices]
         for span_start in range(first_bin, end_bin, SPAN_BINS):
