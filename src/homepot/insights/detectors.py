@@ -327,19 +327,33 @@ def bucket_baseline(
     weeks = width // BINS_PER_WEEK
     assert weeks >= 1
     assert width == weeks * BINS_PER_WEEK
-    local = history_first_bin + np.arange(width)[None, :] + shifts[:, None]
-    hour_of_week = (local // BINS_PER_HOUR) % 168
-    order = np.argsort(hour_of_week, axis=1, kind="stable")
-    # Stable: within a bucket the bins stay in time order, i.e. grouped by week.
-    by_bucket = np.take_along_axis(history, order, axis=1).reshape(devices, 168, weeks, 12)
+    with_data = ~np.isnan(history).all(axis=1)
+    if not with_data.all():  # devices without history: nothing to learn, nothing to sort
+        if not with_data.any():
+            nothing = np.full((devices, 168), np.nan)
+            none_ok = np.zeros((devices, 168), dtype=bool)
+            return BucketBaseline(
+                nothing, nothing, none_ok, nothing[:, :24], nothing[:, :24], none_ok[:, :24]
+            )
+        known = bucket_baseline(history[with_data], history_first_bin, shifts[with_data], floor)
+        return _spread_rows(known, with_data)
+    # Stable sorts: within a bucket the bins stay in time order, i.e. grouped by week.
+    if (shifts == shifts[0]).all():  # one time zone: one permutation for every device
+        local = history_first_bin + np.arange(width) + shifts[0]
+        order = np.argsort((local // BINS_PER_HOUR) % 168, kind="stable")
+        by_bucket = history[:, order].reshape(devices, 168, weeks, 12)
+    else:
+        local = history_first_bin + np.arange(width)[None, :] + shifts[:, None]
+        order = np.argsort((local // BINS_PER_HOUR) % 168, axis=1, kind="stable")
+        by_bucket = np.take_along_axis(history, order, axis=1).reshape(devices, 168, weeks, 12)
     with _quiet():
         flat = by_bucket.reshape(devices, 168, weeks * 12)
         week_median = nanmedian(flat, axis=2)
         week_mad = nanmedian(np.abs(flat - week_median[:, :, None]), axis=2)
         present = ~np.isnan(by_bucket)
         week_ok = (present.sum(axis=(2, 3)) >= 12) & (present.any(axis=3).sum(axis=2) >= 2)
-        by_hour = by_bucket.reshape(devices, 7, 24, weeks * 12).transpose(0, 2, 1, 3)
-        by_hour = by_hour.reshape(devices, 24, 7 * weeks * 12)
+        by_day_hour = by_bucket.reshape(devices, 7, 24, weeks * 12).transpose(0, 2, 1, 3)
+        by_hour = by_day_hour.reshape(devices, 24, 7 * weeks * 12)
         day_median = nanmedian(by_hour, axis=2)
         day_mad = nanmedian(np.abs(by_hour - day_median[:, :, None]), axis=2)
         day_ok = (~np.isnan(by_hour)).sum(axis=2) >= 36
@@ -350,6 +364,25 @@ def bucket_baseline(
         day_median,
         np.maximum(np.nan_to_num(day_mad) * MAD_TO_SIGMA, floor),
         day_ok & ~np.isnan(day_median),
+    )
+
+
+def _spread_rows(known: BucketBaseline, rows: BoolArray) -> BucketBaseline:
+    """``known`` (for the rows marked in ``rows``) with NaN, not-ok rows for the others."""
+    np = numpy()
+
+    def spread(part: Any, fill: Any) -> Any:
+        out = np.full((len(rows), *part.shape[1:]), fill, dtype=part.dtype)
+        out[rows] = part
+        return out
+
+    return BucketBaseline(
+        spread(known.week_median, np.nan),
+        spread(known.week_scale, np.nan),
+        spread(known.week_ok, False),
+        spread(known.day_median, np.nan),
+        spread(known.day_scale, np.nan),
+        spread(known.day_ok, False),
     )
 
 

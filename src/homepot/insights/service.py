@@ -175,7 +175,8 @@ async def _load(
         )
         .group_by(DeviceMetrics.device_id, bucket)
     )
-    rows = (await session.execute(statement)).all()
+    # Core rows, not the ORM's: this is the bulk of a scan's reading.
+    rows = (await (await session.connection()).execute(statement)).all()
     width = end_bin - first_bin
     row_of = {device_id: index for index, device_id in enumerate(device_ids)}
     values = {spec.name: np.full((len(device_ids), width), np.nan) for spec in det.METRICS}
