@@ -1,7 +1,7 @@
 """device_risk: each device's failure risk as scored by the insights model
 
 Revision ID: 7c3e9a51d2b4
-Revises: 5b1e0c7a9d42
+Revises: c3a9e1f4b7d2
 Create Date: 2026-11-30 21:20:00.000000+00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "7c3e9a51d2b4"
-down_revision: str | None = "5b1e0c7a9d42"
+down_revision: str | None = "c3a9e1f4b7d2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,4 +1,4 @@
-"""`homepot insights`: train the failure-risk model from this database's history."""
+"""`homepot insights`: scan stored metrics for anomaly episodes, train the failure-risk model."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from homepot.cli.common import EXIT_USAGE, JsonOption, fail, in_transaction, settings_from
+from homepot.cli.common import (
+    EXIT_USAGE,
+    JsonOption,
+    fail,
+    in_transaction,
+    settings_from,
+    stdout_console,
+    with_engine,
+)
 
 insights_app = typer.Typer(
-    help="Insights from the collected data: train the failure-risk model.",
+    help="Insights from the collected data: anomaly scans and the failure-risk model.",
     no_args_is_help=True,
 )
 
@@ -119,3 +128,66 @@ def insights_train(
         )
     else:
         typer.echo(f"Not validated: {validation.get('note', 'no held-out failures')}.")
+
+
+@insights_app.command("scan")
+def insights_scan(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Start of the range (ISO 8601 datetime, or a date: its 00:00 UTC); "
+            "default: 24 hours before --until.",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="End of the range (ISO 8601 datetime, or a date: the end of that UTC day); "
+            "default: now. Only complete 5-minute bins are scanned.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Find anomaly episodes in [--since, --until) and store them; a range scanned twice,
+    or one the server already scanned, adds nothing twice."""
+    from homepot.db import utcnow
+    from homepot.insights.service import scan
+    from homepot.kit.timeranges import TimeRange, parse_time_bound
+
+    settings = settings_from(ctx)
+    try:
+        bounds = TimeRange.between(
+            parse_time_bound(since) if since else None, parse_time_bound(until) if until else None
+        )
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    end = bounds.end or utcnow()
+    start = bounds.start or end - timedelta(hours=24)
+    if start >= end:
+        raise fail(
+            f"--since {start.isoformat()} is not before --until {end.isoformat()}", EXIT_USAGE
+        )
+
+    async def run(engine: AsyncEngine) -> dict[str, object]:
+        report = await scan(engine, start, end, chunk_devices=settings.insights.chunk_devices)
+        return report.as_dict()
+
+    summary = with_engine(settings, run)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console = stdout_console()
+    if "skipped" in summary:
+        console.print(f"Skipped: {summary['skipped']}.")
+        return
+    console.print(
+        f"Scanned {summary['devices']} devices, {summary['bins']} five-minute bins from "
+        f"{start.isoformat()} to {end.isoformat()} in {summary['seconds']} s: "
+        f"{summary['inserted']} new episodes, {summary['updated']} extended, "
+        f"{summary['closed']} closed."
+    )

@@ -1,2 +1,2 @@
-"""Insights: what the collected data predicts — anomalies, failure risk, job success odds,
-configuration impact across the fleet, recommended maintenance windows, API health."""
+"""Insights: what the collected data predicts: anomaly episodes, failure risk, recommended
+maintenance windows."""
