@@ -98,6 +98,10 @@ class InsightsSettings(BaseModel):
     interval_seconds: float = Field(default=60, gt=0)
     # Devices whose bins are loaded and scanned together (whole sites per chunk).
     chunk_devices: int = Field(default=250, ge=1, le=10_000)
+    # The failure-risk model written by `homepot insights train`; without one, risk comes
+    # from the active anomaly episodes alone (device_risk.model = "anomalies").
+    model_path: Path | None = None
+    risk_interval_seconds: float = Field(default=300, gt=0)
 
 
 class AuthSettings(BaseModel):

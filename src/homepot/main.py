@@ -27,7 +27,7 @@ from homepot.fleet.jobs_router import router as job_agent_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
 from homepot.insights.router import router as insights_router
-from homepot.insights.tasks import run_insights
+from homepot.insights.tasks import run_insights, run_risk_scoring
 from homepot.job.orchestrator import run_orchestrator
 from homepot.job.router import router as job_router
 from homepot.overview.router import router as overview_router
@@ -48,6 +48,7 @@ BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]
     run_impact_evaluator,
     run_retention,
     run_insights,
+    run_risk_scoring,
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pickle
 import random
@@ -15,10 +16,16 @@ from typer.testing import CliRunner
 from homepot import cli
 from homepot.analytics.models import DeviceMetrics, DeviceStateHistory
 from homepot.cli.insights import parse_horizon
+from homepot.config import Settings
 from homepot.insights.features import FEATURES, load_history, training_samples
 from homepot.insights.models import DeviceRisk
 from homepot.insights.risk import ModelError, describe, load_model
-from homepot.insights.scoring import latest_risks, score_devices, train_from_history
+from homepot.insights.scoring import (
+    latest_risks,
+    score_devices,
+    score_from_anomalies,
+    train_from_history,
+)
 from tests.helpers import create_device, create_site, db_rows
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -120,7 +127,7 @@ async def test_the_model_learns_failures_from_history_alone_and_scores_the_fleet
     assert model.features == FEATURES
     assert model.horizon == timedelta(hours=2)
     async with app.state.session_factory() as session:
-        scored = await score_devices(session, model_path, NOW)
+        scored = await score_devices(session, model, NOW)
         await session.commit()
     assert scored == len(leaky) + len(healthy)
 
@@ -191,3 +198,71 @@ def test_features_read_as_sentences() -> None:
     assert parse_horizon("1d") == timedelta(days=1)
     with pytest.raises(ValueError, match="between 15 minutes and 7 days"):
         parse_horizon("5m")
+
+
+# --- without a model: risk from the active anomaly episodes --------------------------------
+
+
+async def test_without_a_model_risk_comes_from_active_episodes_and_says_so(
+    app: FastAPI,
+) -> None:
+    from tests.insights.test_router import create_anomaly
+
+    site_id = await create_site(app)
+    sick = await create_device(app, site_id=site_id)
+    resting = await create_device(app, site_id=site_id)
+    calm = await create_device(app, site_id=site_id)
+    await create_anomaly(app, device_id=sick, site_id=site_id, metric="memory", score=60)
+    await create_anomaly(app, device_id=sick, site_id=site_id, metric="disk", score=50)
+    await create_anomaly(app, device_id=resting, site_id=site_id, expected_maintenance=True)
+    await create_anomaly(app, device_id=calm, site_id=site_id, ended=True, score=90)
+
+    async with app.state.session_factory() as session:
+        stored = await score_from_anomalies(session, NOW)
+        await session.commit()
+    async with app.state.session_factory() as session:
+        latest = await latest_risks(session)
+    assert stored == 3
+    assert latest[sick].risk == pytest.approx(0.8)
+    assert [factor["factor"] for factor in latest[sick].factors] == ["memory", "disk"]
+    assert latest[sick].model == "anomalies"
+    assert (latest[resting].risk, latest[calm].risk) == (0.0, 0.0)
+
+    # Nothing moved: the newest rows stand, nothing is written again.
+    async with app.state.session_factory() as session:
+        assert await score_from_anomalies(session, NOW + timedelta(minutes=5)) == 0
+        await session.commit()
+    assert len(await db_rows(app, DeviceRisk)) == 3
+
+
+async def test_the_server_scores_risk_and_reports_an_unusable_model(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from homepot.analytics.models import ErrorLog
+    from homepot.config import InsightsSettings
+    from homepot.main import create_app
+    from tests.helpers import flush
+
+    broken = tmp_path / "broken.pkl"
+    broken.write_bytes(b"not a model")
+    fast = settings.model_copy(
+        update={
+            "insights": InsightsSettings(
+                interval_seconds=30, risk_interval_seconds=0.05, model_path=broken
+            )
+        }
+    )
+    application = create_app(fast)
+    async with LifespanManager(application):
+        device_id = await create_device(application)
+        for _ in range(200):
+            if await db_rows(application, DeviceRisk, device_id=device_id):
+                break
+            await asyncio.sleep(0.05)
+        [row] = await db_rows(application, DeviceRisk, device_id=device_id)
+        assert (row.risk, row.model) == (0.0, "anomalies")
+        await flush(application)
+        [error] = await db_rows(application, ErrorLog, error_code="INSIGHTS_MODEL_UNUSABLE")
+        assert "not a HOMEPOT risk model" in error.error_message

@@ -62,3 +62,65 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
         failed_pass_logger(app.state.recorder, "INSIGHTS_SCAN_FAILED", "insights scan"),
     ):
         yield
+
+
+@asynccontextmanager
+async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
+    """Background service: every ``HOMEPOT_INSIGHTS__RISK_INTERVAL_SECONDS``, each device's
+    failure risk into ``device_risk``.
+
+    With ``HOMEPOT_INSIGHTS__MODEL_PATH`` the trained model scores the devices that reported
+    in the last 6 h (re-read when the file changes); without one, or while the file cannot be
+    used, risk comes from active anomaly episodes and the rows say ``model = "anomalies"``.
+    An unusable model file is logged to ``error_logs`` (INSIGHTS_MODEL_UNUSABLE) once.
+    """
+    settings: Settings = app.state.settings
+    if not settings.insights.enabled:
+        yield
+        return
+    from homepot.analytics.error_logger import record_error
+    from homepot.insights.risk import ModelError, RiskModel, load_model
+    from homepot.insights.scoring import score_devices, score_from_anomalies
+
+    path = settings.insights.model_path
+    loaded: dict[str, object] = {}
+
+    def current_model() -> RiskModel | None:
+        if path is None:
+            return None
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if loaded.get("stamp") != stamp or "model" not in loaded:
+            loaded["stamp"] = stamp
+            try:
+                loaded["model"] = load_model(path)
+            except ModelError as exc:
+                loaded["model"] = None
+                record_error(
+                    recorder=app.state.recorder,
+                    category="validation",
+                    severity="error",
+                    error_code="INSIGHTS_MODEL_UNUSABLE",
+                    error_message=f"risk model not used, scoring from anomalies: {exc}",
+                )
+        model = loaded["model"]
+        return model if isinstance(model, RiskModel) else None
+
+    async def risk_pass() -> None:
+        model = current_model()
+        async with app.state.session_factory() as session:
+            if model is not None:
+                await score_devices(session, model, utcnow())
+            else:
+                await score_from_anomalies(session, utcnow())
+            await session.commit()
+
+    async with run_periodically(
+        "homepot-risk",
+        settings.insights.risk_interval_seconds,
+        risk_pass,
+        failed_pass_logger(app.state.recorder, "INSIGHTS_RISK_FAILED", "risk scoring"),
+    ):
+        yield
