@@ -104,6 +104,19 @@ class LimitsSettings(BaseModel):
     max_ingest_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
 
+class InsightsSettings(BaseModel):
+    """The anomaly scanner the server runs over the newest metrics (see homepot.insights)."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=60, gt=0)
+    # Devices whose bins are loaded and scanned together (whole sites per chunk).
+    chunk_devices: int = Field(default=250, ge=1, le=10_000)
+    # The failure-risk model written by `homepot insights train`; without one, risk comes
+    # from the active anomaly episodes alone (device_risk.model = "anomalies").
+    model_path: Path | None = None
+    risk_interval_seconds: float = Field(default=300, gt=0)
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -133,6 +146,7 @@ class Settings(BaseSettings):
     # Origins (e.g. https://ops.example.com) whose pages may call the API from a browser.
     # Empty: no CORS headers at all, so only the dashboard's own pages can.
     cors_allowed_origins: list[str] = Field(default_factory=list)
+    insights: InsightsSettings = Field(default_factory=InsightsSettings)
     # HOMEPOT_EXPORT_KEY: the secret behind the user pseudonyms of analytics exports. There is
     # no default: without it, exports are refused.
     export_key: SecretStr | None = None

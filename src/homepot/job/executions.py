@@ -13,6 +13,7 @@ and outcome rows are queued with ``record_after_commit`` so a rolled-back change
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ from homepot.job.models import (
 from homepot.kit.redaction import mask_text, redact
 from homepot.protocol.messages import JobCommand, JobResult, JobResultStatus
 from homepot.site.models import Site
+from homepot.site.recommended import (
+    DEFAULT_DURATION_MINUTES,
+    next_recommended_start,
+    site_recommendations,
+)
 from homepot.site.windows import next_maintenance_window
 
 PUSH: Final = "push"
@@ -85,7 +91,9 @@ async def expand_job(session: AsyncSession, job: Job, now: datetime) -> list[Job
     """One pending execution per target device; sets the job's status and ``scheduled_for``.
 
     With ``schedule: maintenance_window`` each execution waits for its own site's next
-    window, and ``scheduled_for`` is the earliest of them. A target without devices gives a
+    declared window, with ``recommended_window`` for its site's next recommended one
+    (:mod:`homepot.site.recommended`; a site without one falls back to its declared window),
+    and ``scheduled_for`` is the earliest of them. A target without devices gives a
     job that is completed at once, with no executions.
     """
     condition = {
@@ -102,8 +110,14 @@ async def expand_job(session: AsyncSession, job: Job, now: datetime) -> list[Job
         job.status, job.started_at, job.completed_at = JobStatus.completed, now, now
         return []
     windows: dict[str, datetime] = {}
-    if job.schedule is JobSchedule.maintenance_window:
-        windows = await _maintenance_windows(session, {site_id for _, site_id in devices}, now)
+    if job.schedule is not JobSchedule.now:
+        windows = await _maintenance_windows(
+            session,
+            {site_id for _, site_id in devices},
+            now,
+            recommended=job.schedule is JobSchedule.recommended_window,
+            duration_minutes=max(DEFAULT_DURATION_MINUTES, math.ceil(job.timeout_seconds / 60)),
+        )
     executions = [
         JobExecution(
             job_id=job.job_id,
@@ -117,7 +131,7 @@ async def expand_job(session: AsyncSession, job: Job, now: datetime) -> list[Job
         for device_id, site_id in devices
     ]
     session.add_all(executions)
-    if job.schedule is JobSchedule.maintenance_window:
+    if job.schedule is not JobSchedule.now:
         job.scheduled_for = min(execution.not_before for execution in executions)
     waiting = job.scheduled_for is not None and job.scheduled_for > now
     job.status = JobStatus.scheduled if waiting else JobStatus.pending
@@ -125,7 +139,12 @@ async def expand_job(session: AsyncSession, job: Job, now: datetime) -> list[Job
 
 
 async def _maintenance_windows(
-    session: AsyncSession, site_ids: set[str], now: datetime
+    session: AsyncSession,
+    site_ids: set[str],
+    now: datetime,
+    *,
+    recommended: bool,
+    duration_minutes: int,
 ) -> dict[str, datetime]:
     sites = (await session.scalars(select(Site).where(Site.site_id.in_(site_ids)))).all()
     schedules: defaultdict[str, list[SiteOperatingSchedule]] = defaultdict(list)
@@ -133,10 +152,23 @@ async def _maintenance_windows(
         select(SiteOperatingSchedule).where(SiteOperatingSchedule.site_id.in_(site_ids))
     ):
         schedules[schedule.site_id].append(schedule)
-    return {
-        site.site_id: next_maintenance_window(schedules[site.site_id], site.timezone, now)
-        for site in sites
-    }
+    starts: dict[str, datetime] = {}
+    for site in sites:
+        start = None
+        if recommended and duration_minutes <= 24 * 60:
+            advice = await site_recommendations(
+                session,
+                site_id=site.site_id,
+                timezone=site.timezone,
+                schedules=schedules[site.site_id],
+                now=now,
+                duration_minutes=duration_minutes,
+            )
+            start = next_recommended_start(advice, site.timezone, now)
+        if start is None:
+            start = next_maintenance_window(schedules[site.site_id], site.timezone, now)
+        starts[site.site_id] = start
+    return starts
 
 
 async def list_executions(session: AsyncSession, job_id: str) -> Sequence[JobExecution]:

@@ -28,6 +28,7 @@ class JobTargetType(enum.StrEnum):
 class JobSchedule(enum.StrEnum):
     now = "now"
     maintenance_window = "maintenance_window"
+    recommended_window = "recommended_window"
 
 
 class Job(Base):

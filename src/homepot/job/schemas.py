@@ -49,7 +49,10 @@ class JobCreate(BaseModel):
     )
     schedule: JobSchedule = Field(
         default=JobSchedule.now,
-        description="now, or in the target site's next maintenance window",
+        description="now; maintenance_window: in each target site's next declared maintenance"
+        " window; recommended_window: in each site's next recommended window (the hour that"
+        " disturbed the fewest transactions on that weekday, see"
+        " /api/v1/insights/maintenance-windows)",
     )
     priority: int = Field(default=5, ge=1, le=10, description="1 (lowest) to 10 (most urgent)")
     timeout_seconds: int = Field(default=300, ge=1, le=86_400)

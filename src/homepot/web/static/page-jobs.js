@@ -10,6 +10,12 @@ const PAYLOAD_HINTS = {
   firmware_update: 'The version to install, e.g. {"version": "2.4.1"}',
 };
 
+function scheduleText(job) {
+  if (job.schedule === "now") return "now";
+  const when = job.scheduled_for ? new Date(job.scheduled_for).toLocaleString() : "";
+  return job.schedule === "recommended_window" ? `recommended window ${when}` : `window ${when}`;
+}
+
 function targetLink(job) {
   const id = encodeURIComponent(job.target_id);
   if (job.target_type === "device") return el("a", { href: `/devices/${id}` }, job.target_id);
@@ -31,7 +37,7 @@ async function load(offset = 0) {
           el("td", { class: "nowrap" }, jobLink(job.job_id)),
           el("td", {}, job.job_type),
           el("td", {}, targetLink(job)),
-          el("td", {}, job.schedule === "now" ? "now" : `window ${job.scheduled_for ? new Date(job.scheduled_for).toLocaleString() : ""}`),
+          el("td", {}, scheduleText(job)),
           el("td", {}, badge(job.status)),
           timeCell(job.created_at),
           el("td", {}, who(job.created_by)),

@@ -1,0 +1,2 @@
+"""Insights: what the collected data predicts: anomaly episodes, failure risk, recommended
+maintenance windows."""

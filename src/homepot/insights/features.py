@@ -1,0 +1,364 @@
+"""Failure-risk features and targets, computed from the database's own history.
+
+A device "fails" when it enters ``error`` or goes ``offline`` outside its site's maintenance
+window (``device_state_history``), or logs a ``critical`` error. For a device at a moment
+``t`` the features describe only what was known at ``t``:
+
+- per metric (cpu, memory, disk, network latency, error rate): the last value, the mean of
+  the last hour, the slope of the last three hours (per hour), and how far the last hour is
+  from the device's own normal over the day before (robust z: median and MAD);
+- error reports of the last 6 h by severity, and external-service errors;
+- failed jobs in the last 24 h, state changes and configuration changes in the last 6 h;
+- hours since the device last came online, minutes since it last reported.
+
+The target of a training sample is whether a failure starts in ``(t, t + horizon]``. Samples
+are taken every 15 minutes while the device is up (a device already down cannot fail again).
+
+numpy is imported here, so import this module only where insights run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.analytics.models import (
+    ConfigurationHistory,
+    DeviceMetrics,
+    DeviceStateHistory,
+    ErrorLog,
+    JobOutcome,
+    SiteOperatingSchedule,
+)
+from homepot.device.models import Device
+from homepot.site.models import Site
+from homepot.site.windows import next_maintenance_window
+
+METRICS = (
+    ("cpu", "cpu_percent"),
+    ("memory", "memory_percent"),
+    ("disk", "disk_percent"),
+    ("latency", "network_latency_ms"),
+    ("error_rate", "error_rate"),
+)
+FEATURES: tuple[str, ...] = tuple(
+    f"{name}_{kind}" for name, _ in METRICS for kind in ("last", "mean_1h", "slope_3h", "dev_24h")
+) + (
+    "errors_critical_6h",
+    "errors_error_6h",
+    "errors_warning_6h",
+    "errors_external_6h",
+    "jobs_failed_24h",
+    "state_changes_6h",
+    "config_changes_6h",
+    "hours_since_online",
+    "minutes_since_report",
+)
+DOWN_STATES = frozenset({"error", "offline"})
+SAMPLE_STEP = timedelta(minutes=15)
+# How much history before a moment its features read.
+HISTORY = timedelta(hours=24)
+_HOUR = 3600.0
+_CAP_HOURS_SINCE_ONLINE = 72.0
+_CAP_MINUTES_SINCE_REPORT = 360.0
+
+
+@dataclass
+class DeviceHistory:
+    """One device's rows, as sorted arrays of epoch seconds and values."""
+
+    device_id: str
+    site_id: str | None
+    metric_times: np.ndarray = field(default_factory=lambda: np.empty(0))
+    metric_values: dict[str, np.ndarray] = field(default_factory=dict)
+    states: list[tuple[float, str]] = field(default_factory=list)  # (time, new_state)
+    errors: list[tuple[float, str, str]] = field(default_factory=list)  # (time, severity, cat)
+    failed_jobs: list[float] = field(default_factory=list)
+    config_changes: list[float] = field(default_factory=list)
+    failures: list[float] = field(default_factory=list)  # starts of failures (targets)
+
+
+@dataclass
+class History:
+    devices: dict[str, DeviceHistory]
+    since: datetime
+    until: datetime
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+async def load_history(
+    session: AsyncSession,
+    since: datetime,
+    until: datetime,
+    *,
+    include_simulated: bool = True,
+) -> History:
+    """Every device's rows needed to compute features over ``[since, until]``.
+
+    Reads ``HISTORY`` before ``since`` too, so that the first moments have their context.
+    """
+    del include_simulated  # provenance filtering lands with the source column
+    start = since - HISTORY
+    devices: dict[str, DeviceHistory] = {}
+    for device_id, site_id in (
+        await session.execute(select(Device.device_id, Device.site_id))
+    ).all():
+        devices[device_id] = DeviceHistory(device_id, site_id)
+
+    def history(device_id: str | None) -> DeviceHistory | None:
+        if device_id is None:
+            return None
+        if device_id not in devices:
+            devices[device_id] = DeviceHistory(device_id, None)
+        return devices[device_id]
+
+    columns = [getattr(DeviceMetrics, column) for _, column in METRICS]
+    rows: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    statement = (
+        select(DeviceMetrics.device_id, DeviceMetrics.timestamp, *columns)
+        .where(DeviceMetrics.timestamp >= start, DeviceMetrics.timestamp <= until)
+        .order_by(DeviceMetrics.device_id, DeviceMetrics.timestamp)
+    )
+    for row in (await session.execute(statement)).all():
+        rows[row[0]].append(row[1:])
+    for device_id, samples in rows.items():
+        entry = history(device_id)
+        assert entry is not None
+        entry.metric_times = np.array([_epoch(sample[0]) for sample in samples])
+        for index, (name, _) in enumerate(METRICS, start=1):
+            entry.metric_values[name] = np.array(
+                [np.nan if sample[index] is None else float(sample[index]) for sample in samples]
+            )
+
+    windows = await _maintenance_checker(session)
+    for device_id, moment, new_state in (
+        await session.execute(
+            select(
+                DeviceStateHistory.device_id,
+                DeviceStateHistory.timestamp,
+                DeviceStateHistory.new_state,
+            )
+            .where(DeviceStateHistory.timestamp >= start, DeviceStateHistory.timestamp <= until)
+            .order_by(DeviceStateHistory.timestamp)
+        )
+    ).all():
+        entry = history(device_id)
+        assert entry is not None
+        entry.states.append((_epoch(moment), new_state))
+        if new_state in DOWN_STATES and not windows(entry.site_id, moment):
+            entry.failures.append(_epoch(moment))
+    for reporter, moment, severity, category in (
+        await session.execute(
+            select(ErrorLog.device_id, ErrorLog.timestamp, ErrorLog.severity, ErrorLog.category)
+            .where(
+                ErrorLog.device_id.is_not(None),
+                ErrorLog.timestamp >= start,
+                ErrorLog.timestamp <= until,
+            )
+            .order_by(ErrorLog.timestamp)
+        )
+    ).all():
+        entry = history(reporter)
+        assert entry is not None
+        entry.errors.append((_epoch(moment), severity, category))
+        if severity == "critical":
+            entry.failures.append(_epoch(moment))
+    for target, moment in (
+        await session.execute(
+            select(JobOutcome.device_id, JobOutcome.timestamp)
+            .where(
+                JobOutcome.device_id.is_not(None),
+                JobOutcome.status.in_(("failed", "timeout")),
+                JobOutcome.timestamp >= start,
+                JobOutcome.timestamp <= until,
+            )
+            .order_by(JobOutcome.timestamp)
+        )
+    ).all():
+        entry = history(target)
+        assert entry is not None
+        entry.failed_jobs.append(_epoch(moment))
+    for device_id, moment in (
+        await session.execute(
+            select(ConfigurationHistory.entity_id, ConfigurationHistory.timestamp)
+            .where(
+                ConfigurationHistory.entity_type == "device",
+                ConfigurationHistory.timestamp >= start,
+                ConfigurationHistory.timestamp <= until,
+            )
+            .order_by(ConfigurationHistory.timestamp)
+        )
+    ).all():
+        entry = history(device_id)
+        assert entry is not None
+        entry.config_changes.append(_epoch(moment))
+    for entry in devices.values():
+        entry.failures.sort()
+    return History(devices=devices, since=since, until=until)
+
+
+async def _maintenance_checker(session: AsyncSession) -> Any:
+    """``inside(site_id, moment)``: is the site in its maintenance window at that moment?"""
+    zones = dict((await session.execute(select(Site.site_id, Site.timezone))).all())
+    schedules: defaultdict[str, list[SiteOperatingSchedule]] = defaultdict(list)
+    for schedule in await session.scalars(select(SiteOperatingSchedule)):
+        schedules[schedule.site_id].append(schedule)
+
+    def inside(site_id: str | None, moment: datetime) -> bool:
+        if site_id is None or not schedules.get(site_id):
+            return False
+        zone = zones.get(site_id, "UTC")
+        return next_maintenance_window(schedules[site_id], zone, moment) == moment
+
+    return inside
+
+
+def _count(times: Sequence[float], start: float, end: float) -> int:
+    return bisect.bisect_right(times, end) - bisect.bisect_right(times, start)
+
+
+def _slope(times: np.ndarray, values: np.ndarray) -> float:
+    mask = ~np.isnan(values)
+    if mask.sum() < 3:
+        return math.nan
+    x = (times[mask] - times[mask].mean()) / _HOUR
+    y = values[mask]
+    denominator = float((x * x).sum())
+    if denominator == 0:
+        return math.nan
+    return float((x * (y - y.mean())).sum() / denominator)
+
+
+def state_at(entry: DeviceHistory, moment: float) -> str | None:
+    index = bisect.bisect_right(entry.states, (moment, "\uffff")) - 1
+    return entry.states[index][1] if index >= 0 else None
+
+
+def features_at(entry: DeviceHistory, moment: float) -> list[float]:
+    """The feature vector (in FEATURES order) of one device at one moment (epoch seconds)."""
+    values: list[float] = []
+    times = entry.metric_times
+    last_index = int(np.searchsorted(times, moment, side="right"))
+    hour_start = int(np.searchsorted(times, moment - _HOUR, side="right"))
+    three_hours = int(np.searchsorted(times, moment - 3 * _HOUR, side="right"))
+    day_start = int(np.searchsorted(times, moment - 24 * _HOUR, side="right"))
+    for name, _ in METRICS:
+        series = entry.metric_values.get(name, np.empty(0))
+        recent = series[hour_start:last_index]
+        recent = recent[~np.isnan(recent)]
+        last = float(recent[-1]) if recent.size else math.nan
+        mean = float(recent.mean()) if recent.size else math.nan
+        slope = _slope(times[three_hours:last_index], series[three_hours:last_index])
+        before = series[day_start:hour_start]
+        before = before[~np.isnan(before)]
+        if before.size >= 12 and recent.size:
+            median = float(np.median(before))
+            spread = 1.4826 * float(np.median(np.abs(before - median)))
+            deviation = (mean - median) / max(spread, 0.5)
+        else:
+            deviation = math.nan
+        values += [last, mean, slope, deviation]
+    six_hours = moment - 6 * _HOUR
+    severities = {"critical": 0, "error": 0, "warning": 0}
+    external = 0
+    for at, severity, category in entry.errors[
+        bisect.bisect_right(entry.errors, (six_hours, "\uffff", "")) :
+    ]:
+        if at > moment:
+            break
+        if severity in severities:
+            severities[severity] += 1
+        if category == "external_service":
+            external += 1
+    values += [
+        float(severities["critical"]),
+        float(severities["error"]),
+        float(severities["warning"]),
+        float(external),
+        float(_count(entry.failed_jobs, moment - 24 * _HOUR, moment)),
+        float(_count([at for at, _ in entry.states], six_hours, moment)),
+        float(_count(entry.config_changes, six_hours, moment)),
+    ]
+    online = [at for at, state in entry.states if state == "online" and at <= moment]
+    values.append(
+        min((moment - online[-1]) / _HOUR, _CAP_HOURS_SINCE_ONLINE)
+        if online
+        else _CAP_HOURS_SINCE_ONLINE
+    )
+    values.append(
+        min((moment - float(times[last_index - 1])) / 60, _CAP_MINUTES_SINCE_REPORT)
+        if last_index
+        else _CAP_MINUTES_SINCE_REPORT
+    )
+    return values
+
+
+def fails_within(entry: DeviceHistory, moment: float, horizon: timedelta) -> bool:
+    index = bisect.bisect_right(entry.failures, moment)
+    return index < len(entry.failures) and entry.failures[index] <= moment + horizon.total_seconds()
+
+
+@dataclass
+class Samples:
+    matrix: np.ndarray  # rows × FEATURES
+    labels: np.ndarray  # 1 = a failure started within the horizon
+    moments: np.ndarray  # epoch seconds of each row
+    device_ids: list[str]
+
+
+def training_samples(history: History, horizon: timedelta) -> Samples:
+    """One row per device every 15 minutes while it is up and has reported recently."""
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    moments: list[float] = []
+    device_ids: list[str] = []
+    last = _epoch(history.until) - horizon.total_seconds()
+    first = _epoch(history.since)
+    step = SAMPLE_STEP.total_seconds()
+    for entry in history.devices.values():
+        if entry.metric_times.size == 0:
+            continue
+        moment = first
+        while moment <= last:
+            if state_at(entry, moment) not in DOWN_STATES:
+                times = entry.metric_times
+                reported = np.searchsorted(times, moment, side="right") - np.searchsorted(
+                    times, moment - _HOUR, side="right"
+                )
+                if reported > 0:
+                    rows.append(features_at(entry, moment))
+                    labels.append(int(fails_within(entry, moment, horizon)))
+                    moments.append(moment)
+                    device_ids.append(entry.device_id)
+            moment += step
+    matrix = np.array(rows, dtype=float) if rows else np.empty((0, len(FEATURES)))
+    return Samples(matrix, np.array(labels, dtype=int), np.array(moments), device_ids)
+
+
+def current_features(history: History, device_ids: Iterable[str], moment: datetime) -> Samples:
+    """Feature rows at ``moment`` for the given devices (those that reported in the last 6 h)."""
+    at = _epoch(moment)
+    rows: list[list[float]] = []
+    ids: list[str] = []
+    for device_id in device_ids:
+        entry = history.devices.get(device_id)
+        if entry is None or entry.metric_times.size == 0:
+            continue
+        if at - float(entry.metric_times[-1]) > 6 * _HOUR:
+            continue
+        rows.append(features_at(entry, at))
+        ids.append(device_id)
+    matrix = np.array(rows, dtype=float) if rows else np.empty((0, len(FEATURES)))
+    return Samples(matrix, np.zeros(len(ids), dtype=int), np.full(len(ids), at), ids)

@@ -1,0 +1,166 @@
+"""What the insights API reads and returns."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from homepot.analytics.schemas import Id64
+from homepot.kit.streams import StreamQuery
+from homepot.site.schemas import DAY_NAMES
+
+MetricName = Literal[
+    "cpu", "memory", "disk", "network_latency", "error_rate", "transactions", "reporting"
+]
+StatusName = Literal["active", "acknowledged", "resolved"]
+
+
+class AnomalyQuery(StreamQuery):
+    """Filters of GET /api/v1/insights/anomalies; the dates apply to ``started_at``."""
+
+    device_id: Id64 | None = Field(default=None, description="Device, e.g. pos-terminal-001")
+    site_id: Id64 | None = Field(default=None, description="Site, e.g. site-001")
+    metric: MetricName | None = Field(default=None, description="The metric, or reporting")
+    status: StatusName | None = Field(default=None, description="Where the operator is with it")
+    min_score: int | None = Field(default=None, ge=0, le=100, description="Score at least this")
+    expected_maintenance: bool | None = Field(
+        default=None, description="true: only episodes inside a maintenance window; false: none"
+    )
+
+
+class AnomalyRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    device_id: str | None = Field(description="Null for a whole site that stopped reporting")
+    site_id: str | None
+    metric: str
+    detector: str = Field(description="level, trend or silence")
+    started_at: datetime
+    ended_at: datetime | None = Field(description="Null while the episode is under way")
+    last_seen_at: datetime = Field(description="End of the last anomalous 5-minute bin")
+    score: int = Field(description="0 to 100: how far from normal, or how soon the limit")
+    severity: str = Field(description="info (< 45), warning (45 to 74), critical (75+)")
+    observed: float | None
+    expected: float | None
+    explanation: str
+    status: str
+    expected_maintenance: bool = Field(
+        description="Began inside the site's maintenance window: stored, never alerts"
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class AnomalyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: StatusName = Field(
+        description="acknowledged (someone is on it), resolved (handled), or active again"
+    )
+
+
+class FleetDevice(BaseModel):
+    device_id: str
+    site_id: str | None
+    worst_severity: str
+    top_score: int
+    active_anomalies: list[AnomalyRead]
+
+
+class FleetRanking(BaseModel):
+    risk_source: Literal["anomalies"] = Field(
+        description="What the ranking rests on: active anomaly episodes (no risk model yet)"
+    )
+    devices: list[FleetDevice]
+
+
+class BaselineBand(BaseModel):
+    """A metric's 5-minute means next to what is normal for each bin (for charts)."""
+
+    metric: str
+    times: list[datetime]
+    observed: list[float | None]
+    expected: list[float | None]
+    lower: list[float | None]
+    upper: list[float | None]
+    source: list[str] = Field(description="hour_of_week, hour_of_day, recent, cohort or none")
+
+
+class DeviceInsights(BaseModel):
+    device_id: str
+    site_id: str
+    risk_source: Literal["anomalies"]
+    anomalies: list[AnomalyRead]
+    bands: list[BaselineBand]
+
+
+# --- recommended maintenance windows --------------------------------------------------------
+
+
+class WindowRead(BaseModel):
+    start: time = Field(description="Local start time (the site's time zone)")
+    end: time = Field(description="Local end time; 00:00 is midnight at the end of the day")
+    expected_transactions: float = Field(
+        description="Transactions that fell in this window on an average observed day"
+    )
+
+
+class MaintenanceWindowRead(BaseModel):
+    weekday: int = Field(description="0 = Monday ... 6 = Sunday")
+    day_name: str
+    recommended: WindowRead | None = Field(
+        description="The window disturbing the fewest transactions; null when no window of "
+        "this length fits inside the day's closed hours"
+    )
+    inside_closed_hours: bool = Field(
+        description="True when the day has declared closed hours and the window respects them"
+    )
+    basis_days: int = Field(
+        description="How many days of this weekday had telemetry in the lookback; 0 means the "
+        "recommendation rests on the declared hours alone"
+    )
+    declared: WindowRead | None = Field(
+        description="A job of the same length at the start of the declared maintenance window "
+        "that day (null when the declared rules open no window that day)"
+    )
+    transactions_saved: float | None = Field(
+        description="declared.expected_transactions − recommended.expected_transactions"
+    )
+
+
+class MaintenanceWindowAdvice(BaseModel):
+    site_id: str
+    timezone: str
+    duration_minutes: int
+    lookback_days: int
+    computed_at: datetime
+    items: list[MaintenanceWindowRead]
+
+
+class MaintenanceWindowQuery(BaseModel):
+    """Parameters of GET /insights/maintenance-windows; unknown names are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site_id: str = Field(min_length=1, max_length=64, description="The site to advise on")
+    duration_minutes: int = Field(
+        default=60, ge=15, le=24 * 60, description="Length of the window (15 minutes to 24 h)"
+    )
+    lookback_days: int = Field(
+        default=28, ge=1, le=90, description="Days of observed transactions to learn from"
+    )
+
+
+def day_name(weekday: int) -> str:
+    return DAY_NAMES[weekday]
+
+
+def window_read(window: Any) -> WindowRead | None:
+    if window is None:
+        return None
+    return WindowRead(
+        start=window.start, end=window.end, expected_transactions=window.expected_transactions
+    )
