@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 )
 
 from homepot.analytics.error_logger import record_error
+from homepot.analytics.models import DEVICE
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
                 endpoint=request.url.path,
                 user_id=getattr(request.state, "user_id", None),
                 recorder=recorder,
+                source=getattr(request.state, "source", DEVICE),
             )
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
