@@ -158,7 +158,9 @@ async def test_a_backfill_passes_even_with_bad_configurations_running_at_its_end
     try:
         await run_backfill(engine, config)
         async with engine.connect() as connection:
-            report = await assess_quality(connection, Thresholds(min_rows=1), now=end)
+            report = await assess_quality(
+                connection, Thresholds(min_rows=1), now=end, include_simulated=True
+            )
     finally:
         await engine.dispose()
 

@@ -46,6 +46,14 @@ def quality(
             help="A terminal silent this long while its site's others report has stopped.",
         ),
     ] = 15.0,
+    include_simulated: Annotated[
+        bool,
+        typer.Option(
+            "--include-simulated",
+            help="Also judge rows of the simulation (demo, backfill, sample data, simulated "
+            "terminals); they are left out by default.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The Phase 3 data-quality gate of the eight analytics tables; exits 1 when a table
@@ -64,7 +72,7 @@ def quality(
 
     async def assess(engine: AsyncEngine) -> QualityReport:
         async with engine.connect() as connection:
-            return await assess_quality(connection, thresholds)
+            return await assess_quality(connection, thresholds, include_simulated=include_simulated)
 
     result = with_engine(settings_from(ctx), assess)
     if as_json:
@@ -75,6 +83,8 @@ def quality(
         details = quality_report.quality_details(result)
         if details is not None:
             console.print(details)
+        if result.provenance_note is not None:
+            console.print(f"[bold yellow]{result.provenance_note}[/]")
     if not result.passed:
         raise fail(f"quality gate failed: {result.summary()}")
 
