@@ -376,8 +376,9 @@ async def export_tables(
                 for c in table.columns
             ],
         )
-    exported = sum(entry.rows for entry in manifests.values())
-    left_out = sum(entry.simulated_rows_left_out for entry in manifests.values())
+    counts = {
+        name: (entry.rows, entry.simulated_rows_left_out) for name, entry in manifests.items()
+    }
     manifest = ExportManifest(
         export_id=uuid.uuid4().hex,
         created_at=utcnow(),
@@ -391,8 +392,8 @@ async def export_tables(
         key_id=pseudonymizer.key_id,
         pseudonymization=PSEUDONYMIZATION_RULES,
         include_simulated=request.include_simulated,
-        simulated_rows_left_out=left_out,
-        provenance_note=left_out_note(exported, left_out, done="exported", doing="export"),
+        simulated_rows_left_out=sum(left_out for _, left_out in counts.values()),
+        provenance_note=left_out_note(counts, done="exported", doing="export"),
         tables=manifests,
     )
     await asyncio.to_thread(

@@ -480,16 +480,15 @@ async def assess_quality(
         left_out = 0 if include_simulated else await _simulated_rows(connection, check)
         tables.append(_judge(check, data, thresholds, now, duplicates, stopped, left_out))
     failing = [table.table for table in tables if not table.passed]
-    judged_rows = sum(table.rows for table in tables)
-    left_out_rows = sum(table.simulated_rows_left_out for table in tables)
+    counts = {table.table: (table.rows, table.simulated_rows_left_out) for table in tables}
     return QualityReport(
         generated_at=now,
         thresholds=ThresholdsRead.of(thresholds),
         passed=not failing,
         failing_tables=failing,
         include_simulated=include_simulated,
-        simulated_rows_left_out=left_out_rows,
-        provenance_note=left_out_note(judged_rows, left_out_rows, done="judged", doing="judge"),
+        simulated_rows_left_out=sum(left_out for _, left_out in counts.values()),
+        provenance_note=left_out_note(counts, done="judged", doing="judge"),
         tables=tables,
         elapsed_ms=round((utcnow() - started).total_seconds() * 1000, 1),
     )
