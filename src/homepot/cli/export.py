@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.cli.common import (
@@ -141,4 +142,4 @@ def export(
         "(the same key keeps them joinable across exports)."
     )
     if manifest.provenance_note is not None:
-        console.print(f"[bold yellow]{manifest.provenance_note}[/]")
+        console.print(Text(manifest.provenance_note, style="bold yellow"))

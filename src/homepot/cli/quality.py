@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homepot import sample_data
@@ -84,7 +85,7 @@ def quality(
         if details is not None:
             console.print(details)
         if result.provenance_note is not None:
-            console.print(f"[bold yellow]{result.provenance_note}[/]")
+            console.print(Text(result.provenance_note, style="bold yellow"))
     if not result.passed:
         raise fail(f"quality gate failed: {result.summary()}")
 

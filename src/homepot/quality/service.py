@@ -402,12 +402,8 @@ def _judge(
     problems: list[str] = []
     target_met = data.rows >= thresholds.min_rows
     if not target_met:
-        besides = (
-            f"; {_rows(simulated_left_out)} of the simulation not counted"
-            if simulated_left_out
-            else ""
-        )
-        problems.append(f"has {_rows(data.rows)} (< {thresholds.min_rows:,}){besides}")
+        besides = f", not counting {simulated_left_out:,} simulated" if simulated_left_out else ""
+        problems.append(f"has {_rows(data.rows)} (< {thresholds.min_rows:,}{besides})")
     freshness = None
     if check.is_event_stream and data.newest is not None:
         age = max(now - data.newest, timedelta(0))
