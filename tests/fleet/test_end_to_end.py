@@ -195,7 +195,11 @@ async def test_simulated_terminals_register_report_run_a_pushed_job_and_fill_eve
     # Nothing the simulation produced passes for real: its terminals, stores, operator and
     # every row of every stream (over MQTT too) are marked simulated.
     for model in ANALYTICS_MODELS:
-        sources = {row.source for row in await db_rows(app, model)}
+        stored = await db_rows(app, model)
+        if model is ErrorLog:
+            # The broker is shared: other runs' messages are refused here, as real ones.
+            stored = [row for row in stored if row.device_id in device_ids]
+        sources = {row.source for row in stored}
         assert sources == {"simulated"}, f"{model.__tablename__}: {sources}"
     assert {device.simulated for device in await db_rows(app, Device)} == {True}
     assert {site.simulated for site in await db_rows(app, Site)} == {True}
