@@ -167,6 +167,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     horizon=horizon,
                     out=model_file,
                     now=now,
+                    include_simulated=True,
                 )
                 train_seconds = time.perf_counter() - started
         finally:
@@ -176,7 +177,10 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             async with create_session_factory(engine)() as session:
                 history = await load_history(
-                    session, now - timedelta(days=args.days) + timedelta(hours=1), now
+                    session,
+                    now - timedelta(days=args.days) + timedelta(hours=1),
+                    now,
+                    include_simulated=True,
                 )
         finally:
             await engine.dispose()

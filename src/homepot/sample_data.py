@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from homepot.analytics.models import (
+    SIMULATED,
     APIRequestLog,
     ConfigurationHistory,
     DeviceMetrics,
@@ -119,7 +120,7 @@ async def load_sample_data(
     users, credentials = await _ensure_sample_users(session)
     builder = _SampleBuilder(now, users)
     for model, rows in builder.tables():
-        await _insert_missing(session, model, rows)
+        await _insert_missing(session, model, _marked_simulated(model, rows))
 
     after = await count_rows(session)
     return SampleDataResult(
@@ -152,6 +153,17 @@ async def _ensure_sample_users(
         ids[role] = user.id
     await session.flush()
     return ids, created
+
+
+def _marked_simulated(model: type[Base], rows: Sequence[Row]) -> list[Row]:
+    """Sample data is made up: its sites and devices are simulated, its analytics rows too."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    if "source" in table.c:
+        return [{**row, "source": SIMULATED} for row in rows]
+    if "simulated" in table.c:
+        return [{**row, "simulated": True} for row in rows]
+    return list(rows)
 
 
 async def _insert_missing(session: AsyncSession, model: type[Base], rows: Sequence[Row]) -> None:

@@ -23,8 +23,9 @@ from homepot.agent.agent import (
 )
 from homepot.agent.client import DeviceClient
 from homepot.agent.outbox import Outbox
-from homepot.analytics.models import DeviceMetrics, JobOutcome
+from homepot.analytics.models import APIRequestLog, DeviceMetrics, DeviceStateHistory, JobOutcome
 from homepot.auth.models import Role
+from homepot.device.models import Device
 from tests.helpers import auth_headers, create_site, db_rows, flush
 
 
@@ -227,6 +228,28 @@ async def test_a_polled_job_is_run_and_its_result_reported(
     await flush(app)
     outcomes = await db_rows(app, JobOutcome, device_id="till-agent-01")
     assert [(o.job_type, o.status) for o in outcomes] == [("config_change", "success")]
+
+
+async def test_a_real_agent_is_a_real_device_and_its_rows_say_so(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    agent = make_agent(transport, site_id, key, tmp_path, Clock(datetime.now(UTC)))
+
+    await agent.ensure_registered()
+    await agent.report_once()
+
+    assert transport.sent("/register")[0]["simulated"] is False
+    await flush(app)
+    (device,) = await db_rows(app, Device, device_id="till-agent-01")
+    assert device.simulated is False
+    for model in (DeviceMetrics, DeviceStateHistory):
+        stored = await db_rows(app, model, device_id="till-agent-01")
+        assert stored
+        assert {row.source for row in stored} == {"device"}
+    requests = await db_rows(app, APIRequestLog, route="/api/v1/agent/telemetry")
+    assert {row.source for row in requests} == {"device"}
 
 
 def test_outbox_is_bounded_drops_oldest_and_counts_it(tmp_path: Path) -> None:

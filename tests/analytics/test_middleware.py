@@ -13,7 +13,7 @@ from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from homepot.analytics.models import APIRequestLog, ErrorLog
+from homepot.analytics.models import APIRequestLog, ErrorLog, UserActivity
 from homepot.auth.models import Role
 from homepot.config import Settings
 from homepot.main import create_app
@@ -213,3 +213,36 @@ async def dump_all_tables(app: FastAPI) -> str:
             for row in (await session.execute(select(model.__table__))).all():
                 parts.append(repr(tuple(row)))
     return "\n".join(parts)
+
+
+async def test_the_simulators_requests_and_what_they_cause_are_marked_simulated(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    add_test_routes(app)
+    user = await create_user(app, role=Role.admin)
+    headers = await login(client, user["email"], user["password"])
+    as_simulator = headers | {"User-Agent": "homepot-sim/1"}
+    as_browser = headers | {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) homepot-sim/1"}
+    activity = {"events": [{"activity_type": "page_view", "page_url": "/devices"}]}
+    for sender in (as_simulator, as_browser):
+        assert (await client.get("/api/v1/test/items/7", headers=sender)).status_code == 200
+        posted = await client.post(
+            "/api/v1/analytics/user-activities", json=activity, headers=sender
+        )
+        assert posted.status_code == 202, posted.text
+    assert (await client.get("/api/v1/test/boom", headers=as_simulator)).status_code == 500
+
+    by_agent = {
+        (log.route, log.user_agent): log.source
+        for log in await request_logs(app)
+        if log.route and log.route.startswith("/api/v1/test/items")
+    }
+    assert by_agent == {
+        ("/api/v1/test/items/{item_id}", "homepot-sim/1"): "simulated",
+        ("/api/v1/test/items/{item_id}", as_browser["User-Agent"]): "device",
+    }
+    async with app.state.session_factory() as session:
+        activities = list(await session.scalars(select(UserActivity).order_by(UserActivity.id)))
+    assert [a.source for a in activities] == ["simulated", "device"]
+    (unhandled,) = [e for e in await error_logs(app) if e.error_code == "API_UNHANDLED_EXCEPTION"]
+    assert unhandled.source == "simulated"

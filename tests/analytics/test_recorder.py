@@ -142,6 +142,25 @@ async def test_a_batch_replayed_after_it_was_already_written_is_stored_once(
     assert recorder.snapshot()["duplicates_skipped"] == 5
 
 
+async def test_a_batch_spooled_before_the_source_column_existed_is_replayed_as_device(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    ids = _record_metrics(recorder, 3)
+    old_batch = [
+        (table, {k: v for k, v in row.items() if k != "source"}) for table, row in recorder._queue
+    ]
+    recorder._queue.clear()
+    recorder.spool.write(old_batch)
+
+    await recorder.flush()  # the column's server default fills the gap
+
+    assert await _metric_ids(engine) == ids
+    async with engine.connect() as connection:
+        sources = set(await connection.scalars(select(DeviceMetrics.source)))
+    assert sources == {"device"}
+
+
 async def test_shutdown_drains_everything_queued(engine: AsyncEngine, tmp_path: Path) -> None:
     recorder = Recorder(engine, _settings(tmp_path, flush_interval_seconds=60, batch_size=10_000))
     await recorder.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -224,6 +224,16 @@ STREAMS = [
         [("day_of_week", "7"), ("day_of_week", "-1"), ("day_of_week", "monday")],
         time_field="updated_at",
     ),
+]
+# Every stream filters on provenance, both ways, and refuses any other source.
+PROVENANCE = [_same("source", "simulated", "device"), _same("source", "device", "simulated")]
+STREAMS = [
+    replace(
+        stream,
+        filters=[*stream.filters, *PROVENANCE],
+        malformed=[*stream.malformed, ("source", "real")],
+    )
+    for stream in STREAMS
 ]
 COMMON_MALFORMED = [
     ("start_date", "yesterday"),

@@ -193,6 +193,22 @@ def canary_rows(when: datetime = DAY) -> list[Any]:
     ]
 
 
+def simulated_rows(count: int, when: datetime = DAY) -> list[Any]:
+    """``count`` rows of the simulation in device_metrics and one simulated schedule."""
+    return [
+        *(
+            DeviceMetrics(
+                timestamp=when + timedelta(minutes=n),
+                device_id="sim-pos-0001",
+                cpu_percent=30.0,
+                source="simulated",
+            )
+            for n in range(count)
+        ),
+        SiteOperatingSchedule(site_id="sim-site-001", day_of_week=3, source="simulated"),
+    ]
+
+
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
@@ -215,11 +231,13 @@ async def export(
     since: date | datetime | None = None,
     until: date | datetime | None = None,
     batch_size: int = 5_000,
+    include_simulated: bool = False,
 ) -> dict[str, Any]:
     request = ExportRequest(
         tables=resolve_tables(tables),
         time_range=time_range_of(since, until),
         format="csv" if fmt == "csv" else "parquet",
+        include_simulated=include_simulated,
     )
     await export_tables(engine, request, out, Pseudonymizer(key), batch_size=batch_size)
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
@@ -473,6 +491,36 @@ async def store_metrics(engine: AsyncEngine, rows: int) -> None:
         await connection.execute(insert(DeviceMetrics), values)
 
 
+# --- simulated rows -------------------------------------------------------------------------
+
+
+async def test_simulated_rows_stay_out_unless_included_and_the_manifest_counts_them(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    await store(engine, [*canary_rows(), *simulated_rows(3)])
+
+    manifest = await export(engine, tmp_path / "real", tables=["device-metrics", "site-schedules"])
+
+    metrics = manifest["tables"]["device_metrics"]
+    assert (metrics["rows"], metrics["simulated_rows_left_out"]) == (1, 3)
+    schedules = manifest["tables"]["site_operating_schedules"]
+    assert (schedules["rows"], schedules["simulated_rows_left_out"]) == (1, 1)
+    assert manifest["include_simulated"] is False
+    assert manifest["simulated_rows_left_out"] == 4
+    assert "4 simulated rows were left out" in manifest["provenance_note"]
+    exported = read_rows(tmp_path / "real" / "device_metrics.parquet")
+    assert {row["source"] for row in exported} == {"device"}
+
+    everything = await export(
+        engine, tmp_path / "all", tables=["device-metrics"], include_simulated=True
+    )
+    assert everything["tables"]["device_metrics"]["rows"] == 4
+    assert everything["simulated_rows_left_out"] == 0
+    assert everything["provenance_note"] is None
+    exported = read_rows(tmp_path / "all" / "device_metrics.parquet")
+    assert sorted(row["source"] for row in exported) == ["device", *["simulated"] * 3]
+
+
 # --- the API -------------------------------------------------------------------------------
 
 
@@ -524,6 +572,42 @@ async def test_an_admin_gets_a_zip_of_the_files_and_the_export_is_audited(
     assert entry.details["rows"] == {"error_logs": 1, "user_activities": 1}
     assert entry.details["until"] == "2026-11-28T00:00:00+00:00"
     assert KEY not in json.dumps(entry.details)
+
+
+async def test_a_demo_database_exports_nothing_and_says_everything_is_simulated(
+    keyed_app: FastAPI, keyed_client: AsyncClient
+) -> None:
+    await store(keyed_app.state.engine, simulated_rows(5))
+    headers = await auth_headers(keyed_app, keyed_client, Role.admin)
+    url = "/api/v1/analytics/exports"
+
+    device_data = {"format": "csv", "tables": ["device-metrics", "site-schedules"]}
+
+    response = await keyed_client.post(url, json=device_data, headers=headers)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-export-simulated-rows-left-out"] == "6"
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("manifest.json"))
+    assert all(table["rows"] == 0 for table in manifest["tables"].values())
+    assert manifest["provenance_note"].startswith("Every row is simulated (6 rows")
+    [entry] = await db_rows(keyed_app, AuditLog, action="export.create")
+    assert entry.details is not None
+    assert entry.details["simulated_rows_left_out"] == 6
+
+    # With every table, the admin's own requests are real: the note names what is simulated.
+    response = await keyed_client.post(url, json={"format": "csv"}, headers=headers)
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("manifest.json"))
+    assert manifest["tables"]["api_request_logs"]["rows"] > 0
+    assert manifest["provenance_note"].startswith(
+        "6 simulated rows were left out (device_metrics, site_operating_schedules hold only "
+        "simulated rows)"
+    )
+
+    body = {"format": "csv", "include_simulated": True}
+    included = await keyed_client.post(url, json=body, headers=headers)
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(included.content)).read("manifest.json"))
+    assert manifest["tables"]["device_metrics"]["rows"] == 5
+    assert included.headers["x-export-simulated-rows-left-out"] == "0"
 
 
 @pytest.mark.parametrize(
@@ -627,6 +711,35 @@ def test_the_command_exports_and_audits_and_keeps_a_full_directory(
     forced = homepot(database_url, "--out", str(out), "--format", "csv", "--force")
     assert forced.exit_code == 0, forced.output
     assert len(list(out.iterdir())) == 9  # the eight tables and the manifest
+
+
+def test_the_command_says_when_everything_is_simulated_and_includes_it_on_request(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def work() -> None:
+        engine = create_engine(database_url)
+        try:
+            await store(engine, simulated_rows(5))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(work())
+
+    left_out = homepot(database_url, "--out", str(tmp_path / "a"), "--tables", "device-metrics")
+    assert left_out.exit_code == 0, left_out.output
+    assert "Every row is simulated (5 rows" in left_out.stdout
+    assert "--include-simulated" in left_out.stdout
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["tables"]["device_metrics"]["rows"] == 0
+
+    included = homepot(
+        database_url, "--out", str(tmp_path / "b"), "--tables", "device-metrics",
+        "--include-simulated",
+    )  # fmt: skip
+    assert included.exit_code == 0, included.output
+    assert "Every row is simulated" not in included.stdout
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["tables"]["device_metrics"]["rows"] == 5
 
 
 def test_the_command_refuses_without_a_key_or_with_unknown_input(

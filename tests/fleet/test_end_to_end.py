@@ -34,12 +34,14 @@ from homepot.analytics.models import (
 )
 from homepot.auth.models import Role
 from homepot.config import FleetSettings, Settings
+from homepot.device.models import Device
 from homepot.job.models import JobExecution
 from homepot.main import create_app
 from homepot.models import ANALYTICS_MODELS
 from homepot.protocol.channels import InProcessChannel
 from homepot.simulation.faults import FaultKind, read_labels
 from homepot.simulation.live import SimulationConfig, embedded_simulator
+from homepot.site.models import Site
 from tests.helpers import create_user, db_rows, flush
 
 BROKER = ("127.0.0.1", 1883)
@@ -190,6 +192,17 @@ async def test_simulated_terminals_register_report_run_a_pushed_job_and_fill_eve
     timeouts = await db_rows(app, ErrorLog, error_code="EXT_SERVICE_TIMEOUT")
     assert {row.device_id for row in timeouts} == {faulted[0]["device_id"]}
     assert {(row.category, row.severity) for row in timeouts} == {("external_service", "critical")}
+    # Nothing the simulation produced passes for real: its terminals, stores, operator and
+    # every row of every stream (over MQTT too) are marked simulated.
+    for model in ANALYTICS_MODELS:
+        stored = await db_rows(app, model)
+        if model is ErrorLog:
+            # The broker is shared: other runs' messages are refused here, as real ones.
+            stored = [row for row in stored if row.device_id in device_ids]
+        sources = {row.source for row in stored}
+        assert sources == {"simulated"}, f"{model.__tablename__}: {sources}"
+    assert {device.simulated for device in await db_rows(app, Device)} == {True}
+    assert {site.simulated for site in await db_rows(app, Site)} == {True}
     if backend == "postgresql":
         # Telemetry and heartbeats went over MQTT: no HTTP telemetry request was made.
         assert (

@@ -136,6 +136,32 @@ async def test_a_failed_push_leaves_the_job_for_polling_and_is_logged(
     assert "broker 127.0.0.1:1883 refused the connection" in error.error_message
 
 
+async def test_what_the_orchestrator_records_about_a_simulated_terminal_is_simulated(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    app.state.push_channel = RecordingChannel(fail=True)
+    simulated_id, _ = await create_registered_device(app, client, simulated=True)
+    real_id, _ = await create_registered_device(app, client)
+    operator = await auth_headers(app, client, Role.operator)
+    for device_id in (simulated_id, real_id):
+        await create_job(client, operator, target_id=device_id, timeout_seconds=1, max_retries=0)
+    start = utcnow()
+
+    await run_pass(app, now=start)
+    await run_pass(app, now=start + timedelta(seconds=2))
+
+    await flush(app)
+    errors = {(e.error_code, e.device_id): e.source for e in await db_rows(app, ErrorLog)}
+    assert errors == {
+        ("JOB_PUSH_FAILED", simulated_id): "simulated",
+        ("JOB_PUSH_FAILED", real_id): "device",
+        ("JOB_TIMEOUT", simulated_id): "simulated",
+        ("JOB_TIMEOUT", real_id): "device",
+    }
+    outcomes = {o.device_id: (o.status, o.source) for o in await db_rows(app, JobOutcome)}
+    assert outcomes == {simulated_id: ("timeout", "simulated"), real_id: ("timeout", "device")}
+
+
 @pytest.fixture
 def postgresql_only(backend: str) -> None:
     """Skips before the app starts (listed first, so it is set up first)."""

@@ -16,7 +16,7 @@ from homepot.kit import streams
 
 
 def test_a_stream_whose_filters_do_not_match_its_parameters_is_refused() -> None:
-    with pytest.raises(TypeError, match=r"\['device_id'\] have no filter"):
+    with pytest.raises(TypeError, match=r"\['device_id', 'source'\] have no filter"):
         streams.Stream(DeviceMetrics, DeviceMetricsQuery, DeviceMetricsRead, {})
     with pytest.raises(TypeError, match=r"\['site_id'\] have no query parameter"):
         streams.Stream(
@@ -25,6 +25,7 @@ def test_a_stream_whose_filters_do_not_match_its_parameters_is_refused() -> None
             DeviceMetricsRead,
             {
                 "device_id": streams.any_of(DeviceMetrics.device_id),
+                "source": streams.equals(DeviceMetrics.source),
                 "site_id": streams.equals(DeviceMetrics.device_id),
             },
         )

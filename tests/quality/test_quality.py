@@ -158,7 +158,9 @@ async def test_a_backfill_passes_even_with_bad_configurations_running_at_its_end
     try:
         await run_backfill(engine, config)
         async with engine.connect() as connection:
-            report = await assess_quality(connection, Thresholds(min_rows=1), now=end)
+            report = await assess_quality(
+                connection, Thresholds(min_rows=1), now=end, include_simulated=True
+            )
     finally:
         await engine.dispose()
 
@@ -215,3 +217,49 @@ def test_the_command_passes_when_thresholds_are_met_and_fails_naming_the_table(
     assert as_json.exit_code == 1
     report = json.loads(as_json.stdout)
     assert report["failing_tables"] == ["device_metrics"]
+
+
+# --- simulated rows ------------------------------------------------------------------------
+
+
+def simulated(rows: list[Any]) -> list[Any]:
+    for row in rows:
+        row.source = "simulated"
+    return rows
+
+
+async def test_simulated_rows_are_not_judged_unless_included(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    now = utcnow()
+    await insert(app.state.settings.database_url, clean_rows(8, now=now))
+    broken = metric("sim-pos-0001", now - timedelta(minutes=3), cpu_percent=150.0)
+    await insert(app.state.settings.database_url, simulated([broken]))
+    admin = await auth_headers(app, client, Role.admin)
+
+    real = (await client.get(QUALITY, params={"min_rows": 8}, headers=admin)).json()
+
+    assert real["passed"] is True, real["failing_tables"]
+    assert tables(real)["device_metrics"]["rows"] == 8
+    assert tables(real)["device_metrics"]["simulated_rows_left_out"] == 1
+    assert real["simulated_rows_left_out"] == 1
+    assert real["provenance_note"].startswith("1 simulated row was left out; pass")
+
+    params = {"min_rows": 8, "include_simulated": "true"}
+    everything = (await client.get(QUALITY, params=params, headers=admin)).json()
+    assert everything["failing_tables"] == ["device_metrics"]
+    assert tables(everything)["device_metrics"]["rows"] == 9
+    assert everything["provenance_note"] is None
+
+
+def test_on_a_demo_database_the_command_says_everything_is_simulated(database_url: str) -> None:
+    asyncio.run(insert(database_url, simulated(clean_rows(4))))
+
+    left_out = quality(database_url, "--min-rows", "4")
+    assert left_out.exit_code == 1
+    assert "Every row is simulated (32 rows" in left_out.stdout
+    assert "device_metrics has 0 rows (< 4, not counting 4 simulated)" in left_out.output
+
+    included = quality(database_url, "--min-rows", "4", "--include-simulated")
+    assert included.exit_code == 0, included.output
+    assert "Every row is simulated" not in included.stdout

@@ -14,9 +14,11 @@ from homepot import cli
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.db import create_engine, run_migrations
 from homepot.dbtools import count_rows
+from homepot.device.models import Device
 from homepot.models import ANALYTICS_MODELS
 from homepot.simulation.backfill import BackfillConfig, BackfillError, run_backfill
 from homepot.simulation.faults import FaultKind, read_labels
+from homepot.site.models import Site
 
 END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 
@@ -76,6 +78,23 @@ async def test_five_days_fill_every_analytics_table_past_1000_rows(
     assert all(label["start"] < label["end"] for label in injected)
     if any(label["fault"] == "payment_gateway_timeout" for label in injected):
         assert timeouts
+
+
+async def test_everything_a_backfill_writes_is_marked_simulated(database_url: str) -> None:
+    engine = create_engine(database_url)
+    config = BackfillConfig(days=1, sites=2, devices=4, interval_minutes=60, seed=3, end=END)
+    await run_backfill(engine, config)
+    async with engine.connect() as connection:
+        sources = {
+            model.__tablename__: set(await connection.scalars(select(model.source).distinct()))
+            for model in ANALYTICS_MODELS
+        }
+        devices = set(await connection.scalars(select(Device.simulated).distinct()))
+        sites = set(await connection.scalars(select(Site.simulated).distinct()))
+    await engine.dispose()
+
+    assert sources == {model.__tablename__: {"simulated"} for model in ANALYTICS_MODELS}
+    assert (devices, sites) == ({True}, {True})
 
 
 async def test_same_seed_gives_the_same_history(tmp_path: Path) -> None:

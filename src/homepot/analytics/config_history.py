@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import ColumnElement, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.models import ConfigurationHistory, DeviceMetrics
+from homepot.analytics.models import ConfigurationHistory, DeviceMetrics, Source
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import same_value
 from homepot.config import Settings
@@ -71,6 +71,11 @@ class Configurable(Protocol):
     @property
     def config_entity(self) -> tuple[str, str]:
         """(entity_type, entity_id) as stored in ``configuration_history``."""
+        ...
+
+    @property
+    def source(self) -> Source:
+        """``simulated`` for an entity of the simulation: its history is simulated too."""
         ...
 
 
@@ -191,5 +196,6 @@ async def change_config(
             change_reason=reason,
             change_type=change_type,
             performance_before=performance_before,
+            source=entity.source,
         )
     return changed

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
-from homepot.analytics.models import ErrorLog
+from homepot.analytics.models import DEVICE, ErrorLog, Source
 from homepot.analytics.recorder import Recorder, get_recorder
 
 CATEGORIES: Final = ("api", "database", "external_service", "validation")
@@ -34,11 +34,13 @@ def record_error(
     recorder: Recorder | None = None,
     timestamp: datetime | None = None,
     stack_trace: str | None = None,
+    source: Source = DEVICE,
 ) -> str | None:
     """Synchronous form of :func:`log_error` for code that cannot await (middleware).
 
     ``timestamp`` is when the error happened (None = now), e.g. a device's own clock;
-    ``stack_trace`` is a trace reported as text, used when there is no ``exception``.
+    ``stack_trace`` is a trace reported as text, used when there is no ``exception``;
+    ``source`` is ``simulated`` for an error of (or caused by) the simulation.
     """
     _validated("category", category, CATEGORIES)
     _validated("severity", severity, SEVERITIES)
@@ -60,6 +62,7 @@ def record_error(
         device_id=device_id,
         context=context or None,
         timestamp=timestamp,
+        source=source,
     )
 
 

@@ -4,6 +4,10 @@ defence against unhandled exceptions (an ``error_logs`` row and a clean JSON 500
 It measures the bytes actually received and sent by wrapping ``receive`` and ``send``, so
 streaming bodies are counted too, and it never buffers a response: only the first 16 KiB of
 an error response are kept, to read its ``detail``.
+
+A request from the simulator's HTTP client (User-Agent ``homepot-sim/...``) is simulated: its
+row, and the rows it causes (dashboard activity, client errors), have source ``simulated``. The
+request's source is left in ``request.state.source`` for the handlers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from homepot.analytics.error_logger import record_error
-from homepot.analytics.models import APIRequestLog
+from homepot.analytics.models import DEVICE, SIMULATED, APIRequestLog, Source
 from homepot.analytics.recorder import Recorder
 from homepot.config import Settings
 from homepot.kit.redaction import redact_pairs
@@ -29,6 +33,8 @@ from homepot.kit.redaction import redact_pairs
 logger = logging.getLogger(__name__)
 
 _ERROR_BODY_LIMIT = 16 * 1024
+# The product token of the simulator's User-Agent (homepot.simulation.live.SIM_AGENT_VERSION).
+SIMULATOR_PRODUCT = "homepot-sim"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -80,6 +86,15 @@ def describe_error_detail(body: bytes) -> str | None:
                 parts.append(f"{location}: {item.get('msg', '')}".strip(": "))
         return "; ".join(parts) or None
     return None if detail is None else json.dumps(detail)[:1000]
+
+
+def source_of_request(scope: Scope) -> Source:
+    """``simulated`` for a request made by the simulator's HTTP client, else ``device``."""
+    for name, value in scope.get("headers", ()):
+        if name == b"user-agent":
+            product = value.decode("latin-1").split("/", 1)[0].strip()
+            return SIMULATED if product == SIMULATOR_PRODUCT else DEVICE
+    return DEVICE
 
 
 class ClientAddress:
@@ -156,6 +171,7 @@ class RequestLogMiddleware:
         state["request_id"] = request_id
         # Resolved once here; handlers that store the caller's address read it from state.
         state["client_ip"] = self.client_address(scope)
+        state["source"] = source_of_request(scope)
         received = 0
         sent = 0
         status = 500
@@ -268,6 +284,7 @@ class RequestLogMiddleware:
             # A body the handler never read still crossed the wire: fall back to its length.
             request_size_bytes=received or content_length,
             response_size_bytes=sent,
+            source=scope["state"]["source"],
             query_params=(
                 redact_pairs(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
                 if query_string
@@ -297,4 +314,5 @@ class RequestLogMiddleware:
             user_id=scope["state"].get("user_id"),
             context={"request_id": request_id, "method": scope["method"], "route": route},
             recorder=recorder,
+            source=scope["state"].get("source", DEVICE),
         )

@@ -4,12 +4,18 @@ Event tables carry no foreign keys: events outlive the devices, users and jobs t
 and the tables must stay partitionable by time. Each event has a unique ``event_id`` so that
 a batch written twice (a retried flush, a replayed spool, a resent telemetry batch) is stored
 once. ``site_operating_schedules`` is configuration, not events.
+
+Every table carries its rows' provenance in ``source``: ``device`` for what the running system
+recorded (real terminals, the API's own requests and errors, dashboard users) and
+``simulated`` for what the simulation produced (the backfill, sample data, and simulated
+terminals, which say so when they register). Every analytics query can filter on it; exports,
+the quality gate and model training leave simulated rows out unless asked.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, Literal
 
 from sqlalchemy import (
     Boolean,
@@ -25,6 +31,21 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from homepot.db import Base, BigIntId, new_event_id, utcnow
+
+Source = Literal["device", "simulated"]
+DEVICE: Final = "device"
+SIMULATED: Final = "simulated"
+SOURCES: Final[tuple[Source, ...]] = (DEVICE, SIMULATED)
+
+
+def source_of(simulated: bool) -> Source:
+    """The ``source`` of a row about something that is (or is not) simulated."""
+    return SIMULATED if simulated else DEVICE
+
+
+def _source_column() -> Mapped[str]:
+    # Last in the table, where the migration that added it put it.
+    return mapped_column(String(16), default=DEVICE, server_default=DEVICE, sort_order=1)
 
 
 class AnalyticsEvent(Base):
@@ -42,12 +63,15 @@ class AnalyticsEvent(Base):
         String(64), unique=True, default=new_event_id, sort_order=-2
     )
     timestamp: Mapped[datetime] = mapped_column(default=utcnow, sort_order=-1)
+    # device or simulated (see the module's docstring).
+    source: Mapped[str] = _source_column()
 
 
 class APIRequestLog(AnalyticsEvent):
     __tablename__ = "api_request_logs"
     __table_args__ = (
         Index("ix_api_request_logs_timestamp", "timestamp"),
+        Index("ix_api_request_logs_source_timestamp", "source", "timestamp"),
         Index("ix_api_request_logs_route_timestamp", "route", "timestamp"),
         Index("ix_api_request_logs_endpoint_timestamp", "endpoint", "timestamp"),
         Index("ix_api_request_logs_user_id_timestamp", "user_id", "timestamp"),
@@ -74,6 +98,7 @@ class DeviceStateHistory(AnalyticsEvent):
     __tablename__ = "device_state_history"
     __table_args__ = (
         Index("ix_device_state_history_timestamp", "timestamp"),
+        Index("ix_device_state_history_source_timestamp", "source", "timestamp"),
         Index("ix_device_state_history_device_id_timestamp", "device_id", "timestamp"),
         Index("ix_device_state_history_new_state_timestamp", "new_state", "timestamp"),
     )
@@ -91,6 +116,7 @@ class JobOutcome(AnalyticsEvent):
     __tablename__ = "job_outcomes"
     __table_args__ = (
         Index("ix_job_outcomes_timestamp", "timestamp"),
+        Index("ix_job_outcomes_source_timestamp", "source", "timestamp"),
         Index("ix_job_outcomes_job_id", "job_id"),
         Index("ix_job_outcomes_device_id_timestamp", "device_id", "timestamp"),
         Index("ix_job_outcomes_job_type_timestamp", "job_type", "timestamp"),
@@ -114,6 +140,7 @@ class ErrorLog(AnalyticsEvent):
     __tablename__ = "error_logs"
     __table_args__ = (
         Index("ix_error_logs_timestamp", "timestamp"),
+        Index("ix_error_logs_source_timestamp", "source", "timestamp"),
         Index("ix_error_logs_category_timestamp", "category", "timestamp"),
         Index("ix_error_logs_severity_timestamp", "severity", "timestamp"),
         Index("ix_error_logs_error_code", "error_code"),
@@ -139,6 +166,7 @@ class UserActivity(AnalyticsEvent):
     __tablename__ = "user_activities"
     __table_args__ = (
         Index("ix_user_activities_timestamp", "timestamp"),
+        Index("ix_user_activities_source_timestamp", "source", "timestamp"),
         Index("ix_user_activities_user_id_timestamp", "user_id", "timestamp"),
         Index("ix_user_activities_session_id_timestamp", "session_id", "timestamp"),
         Index("ix_user_activities_activity_type_timestamp", "activity_type", "timestamp"),
@@ -160,6 +188,7 @@ class DeviceMetrics(AnalyticsEvent):
     __tablename__ = "device_metrics"
     __table_args__ = (
         Index("ix_device_metrics_timestamp", "timestamp"),
+        Index("ix_device_metrics_source_timestamp", "source", "timestamp"),
         Index("ix_device_metrics_device_id_timestamp", "device_id", "timestamp"),
     )
 
@@ -182,6 +211,7 @@ class ConfigurationHistory(AnalyticsEvent):
     __tablename__ = "configuration_history"
     __table_args__ = (
         Index("ix_configuration_history_timestamp", "timestamp"),
+        Index("ix_configuration_history_source_timestamp", "source", "timestamp"),
         Index(
             "ix_configuration_history_entity_type_entity_id_timestamp",
             "entity_type",
@@ -230,6 +260,7 @@ class SiteOperatingSchedule(Base):
     peak_hours_end: Mapped[time | None] = mapped_column(Time)
     notes: Mapped[str | None] = mapped_column(Text)
     special_considerations: Mapped[dict[str, Any] | None]
+    source: Mapped[str] = _source_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import schemas
 from homepot.analytics.models import (
+    DEVICE,
     APIRequestLog,
     ConfigurationHistory,
     DeviceMetrics,
@@ -21,6 +22,7 @@ from homepot.analytics.models import (
     ErrorLog,
     JobOutcome,
     SiteOperatingSchedule,
+    Source,
     UserActivity,
 )
 from homepot.analytics.recorder import Recorder
@@ -38,6 +40,7 @@ REQUESTS = Stream(
         "status_code": equals(APIRequestLog.status_code),
         "user_id": equals(APIRequestLog.user_id),
         "min_response_time_ms": at_least(APIRequestLog.response_time_ms),
+        "source": equals(APIRequestLog.source),
     },
 )
 DEVICE_STATES = Stream(
@@ -49,6 +52,7 @@ DEVICE_STATES = Stream(
         "previous_state": equals(DeviceStateHistory.previous_state),
         "new_state": equals(DeviceStateHistory.new_state),
         "changed_by": equals(DeviceStateHistory.changed_by),
+        "source": equals(DeviceStateHistory.source),
     },
 )
 JOBS = Stream(
@@ -60,6 +64,7 @@ JOBS = Stream(
         "job_type": equals(JobOutcome.job_type),
         "device_id": equals(JobOutcome.device_id),
         "status": equals(JobOutcome.status),
+        "source": equals(JobOutcome.source),
     },
 )
 ERRORS = Stream(
@@ -72,6 +77,7 @@ ERRORS = Stream(
         "error_code": equals(ErrorLog.error_code),
         "device_id": equals(ErrorLog.device_id),
         "resolved": equals(ErrorLog.resolved),
+        "source": equals(ErrorLog.source),
     },
 )
 USER_ACTIVITIES = Stream(
@@ -83,13 +89,17 @@ USER_ACTIVITIES = Stream(
         "session_id": equals(UserActivity.session_id),
         "activity_type": equals(UserActivity.activity_type),
         "page_url": equals(UserActivity.page_url),
+        "source": equals(UserActivity.source),
     },
 )
 DEVICE_METRICS = Stream(
     DeviceMetrics,
     schemas.DeviceMetricsQuery,
     schemas.DeviceMetricsRead,
-    {"device_id": any_of(DeviceMetrics.device_id)},
+    {
+        "device_id": any_of(DeviceMetrics.device_id),
+        "source": equals(DeviceMetrics.source),
+    },
 )
 CONFIG_HISTORY = Stream(
     ConfigurationHistory,
@@ -100,6 +110,7 @@ CONFIG_HISTORY = Stream(
         "entity_id": equals(ConfigurationHistory.entity_id),
         "parameter_name": equals(ConfigurationHistory.parameter_name),
         "change_type": equals(ConfigurationHistory.change_type),
+        "source": equals(ConfigurationHistory.source),
     },
 )
 # Schedules are configuration, not events: "newest" is the most recently changed.
@@ -110,6 +121,7 @@ SITE_SCHEDULES = Stream(
     {
         "site_id": equals(SiteOperatingSchedule.site_id),
         "day_of_week": equals(SiteOperatingSchedule.day_of_week),
+        "source": equals(SiteOperatingSchedule.source),
     },
     time_column="updated_at",
 )
@@ -132,7 +144,10 @@ async def set_error_resolved(
 
 
 def record_user_activities(
-    recorder: Recorder, user_id: str, events: Sequence[schemas.UserActivityCreate]
+    recorder: Recorder,
+    user_id: str,
+    events: Sequence[schemas.UserActivityCreate],
+    source: Source = DEVICE,
 ) -> int:
     """Queue the events as ``user_id``'s; returns how many were queued."""
     accepted = 0
@@ -140,7 +155,7 @@ def record_user_activities(
         fields = event.model_dump(exclude={"event_id"}, exclude_none=True)
         if event.event_id is not None:
             fields["event_id"] = event.event_id.hex
-        if recorder.record(UserActivity, user_id=user_id, **fields) is not None:
+        if recorder.record(UserActivity, user_id=user_id, source=source, **fields) is not None:
             accepted += 1
     return accepted
 
@@ -150,6 +165,7 @@ def record_client_error(
     user_id: str,
     report: schemas.ClientErrorCreate,
     user_agent: str | None,
+    source: Source = DEVICE,
 ) -> str | None:
     """Queue a browser-side error as an ``api`` error of ``user_id``; returns its event_id."""
     context: dict[str, Any] = dict(report.context or {})
@@ -167,4 +183,5 @@ def record_client_error(
         stack_trace=report.stack,
         user_id=user_id,
         context=context,
+        source=source,
     )

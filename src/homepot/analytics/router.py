@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import queries
-from homepot.analytics.models import ErrorLog
+from homepot.analytics.models import DEVICE, ErrorLog
 from homepot.analytics.schemas import (
     MAX_ACTIVITY_BATCH,
     MAX_EVENT_BYTES,
@@ -250,7 +250,9 @@ async def record_user_activities(
         )
     if user.analytics_opt_out:
         return ActivityBatchAccepted(accepted=0)
-    accepted = queries.record_user_activities(request.app.state.recorder, user.id, batch.events)
+    accepted = queries.record_user_activities(
+        request.app.state.recorder, user.id, batch.events, getattr(request.state, "source", DEVICE)
+    )
     return ActivityBatchAccepted(accepted=accepted)
 
 
@@ -270,7 +272,13 @@ async def report_client_error(
     request: Request, user: CurrentUser, report: ClientErrorCreate
 ) -> ClientErrorAccepted:
     user_agent = request.headers.get("user-agent", "")[:512] or None
-    event_id = queries.record_client_error(request.app.state.recorder, user.id, report, user_agent)
+    event_id = queries.record_client_error(
+        request.app.state.recorder,
+        user.id,
+        report,
+        user_agent,
+        getattr(request.state, "source", DEVICE),
+    )
     return ClientErrorAccepted(event_id=event_id)
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, to_json
 
+from homepot.analytics.models import Source
 from homepot.db import utcnow
 from homepot.kit.jsonlimits import JsonLimits, StoredJson
 from homepot.kit.streams import StreamQuery
@@ -138,7 +139,18 @@ def _event_within_size(value: Any) -> Any:
 # -- query parameters -----------------------------------------------------------------------
 
 
-class RequestQuery(StreamQuery):
+class ProvenanceQuery(StreamQuery):
+    """Every analytics stream can be read for one provenance."""
+
+    source: Source | None = Field(
+        default=None,
+        description="device: rows the running system recorded (real terminals, API, users); "
+        "simulated: rows of the simulation (backfill, sample data, simulated terminals). "
+        "Both when left out; each row says its own.",
+    )
+
+
+class RequestQuery(ProvenanceQuery):
     endpoint: str | None = Field(
         default=None, min_length=1, max_length=2048, description="Exact path as requested"
     )
@@ -161,21 +173,21 @@ class RequestQuery(StreamQuery):
     )
 
 
-class DeviceStateQuery(StreamQuery):
+class DeviceStateQuery(ProvenanceQuery):
     device_id: Id64 | None = Field(default=None, description="Device, e.g. pos-terminal-001")
     previous_state: State | None = Field(default=None, description="State before the change")
     new_state: State | None = Field(default=None, description="State after the change")
     changed_by: Id64 | None = Field(default=None, description="A user id, or system")
 
 
-class JobOutcomeQuery(StreamQuery):
+class JobOutcomeQuery(ProvenanceQuery):
     job_id: Id64 | None = Field(default=None, description="The job")
     job_type: Id64 | None = Field(default=None, description="e.g. firmware_update, restart")
     device_id: Id64 | None = Field(default=None, description="Target device")
     status: JobOutcomeStatus | None = Field(default=None, description="How the job ended")
 
 
-class ErrorLogQuery(StreamQuery):
+class ErrorLogQuery(ProvenanceQuery):
     category: Category | None = Field(default=None, description="Where the error arose")
     severity: Severity | None = Field(default=None, description="How bad it is")
     error_code: ErrorCode | None = Field(default=None, description="e.g. DB_CONN_001")
@@ -183,7 +195,7 @@ class ErrorLogQuery(StreamQuery):
     resolved: bool | None = Field(default=None, description="true or false")
 
 
-class UserActivityQuery(StreamQuery):
+class UserActivityQuery(ProvenanceQuery):
     user_id: Id64 | None = Field(default=None, description="The user")
     session_id: Id64 | None = Field(default=None, description="Browser session")
     activity_type: ActivityType | None = Field(
@@ -194,7 +206,7 @@ class UserActivityQuery(StreamQuery):
     )
 
 
-class DeviceMetricsQuery(StreamQuery):
+class DeviceMetricsQuery(ProvenanceQuery):
     device_id: list[Id64] | None = Field(
         default=None,
         max_length=100,
@@ -202,7 +214,7 @@ class DeviceMetricsQuery(StreamQuery):
     )
 
 
-class ConfigHistoryQuery(StreamQuery):
+class ConfigHistoryQuery(ProvenanceQuery):
     entity_type: EntityType | None = Field(default=None, description="What was configured")
     entity_id: Id64 | None = Field(default=None, description="Its id, e.g. pos-terminal-005")
     parameter_name: str | None = Field(
@@ -211,7 +223,7 @@ class ConfigHistoryQuery(StreamQuery):
     change_type: ChangeType | None = Field(default=None, description="Who decided the change")
 
 
-class SiteScheduleQuery(StreamQuery):
+class SiteScheduleQuery(ProvenanceQuery):
     site_id: Id64 | None = Field(default=None, description="Site, e.g. site-001")
     day_of_week: int | None = Field(default=None, ge=0, le=6, description="0 = Monday ... 6")
 
@@ -225,6 +237,7 @@ class EventRead(BaseModel):
     id: int
     event_id: str
     timestamp: datetime
+    source: Source = Field(description="device (recorded for real) or simulated")
 
 
 class APIRequestLogRead(EventRead):
@@ -336,6 +349,7 @@ class SiteOperatingScheduleRead(BaseModel):
     peak_hours_end: time | None
     notes: str | None
     special_considerations: StoredJson
+    source: Source = Field(description="device (a real site's) or simulated")
     created_at: datetime
     updated_at: datetime
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.cli.common import (
@@ -72,6 +73,14 @@ def export(
             "--force", help="Write into a non-empty --out, replacing this export's files."
         ),
     ] = False,
+    include_simulated: Annotated[
+        bool,
+        typer.Option(
+            "--include-simulated",
+            help="Also export rows of the simulation (demo, backfill, sample data, simulated "
+            "terminals); they are left out by default.",
+        ),
+    ] = False,
 ) -> None:
     """Export analytics tables for the AI team, pseudonymized (user ids keyed with
     HOMEPOT_EXPORT_KEY, IPs cut to /24 or /48, free text scrubbed), with a manifest."""
@@ -85,7 +94,9 @@ def export(
     settings = settings_from(ctx)
     key = settings.export_key.get_secret_value() if settings.export_key is not None else None
     try:
-        request = export_service.build_request(tables, since, until, fmt)
+        request = export_service.build_request(
+            tables, since, until, fmt, include_simulated=include_simulated
+        )
         pseudonymizer = pseudonymizer_from(key)
         export_service.prepare_out_dir(out, request, force=force)
     except (export_service.ExportError, ExportKeyError) as exc:
@@ -115,14 +126,20 @@ def export(
     table.add_column("Table")
     table.add_column("File")
     table.add_column("Rows", justify="right")
+    if not include_simulated:
+        table.add_column("Simulated, left out", justify="right")
     for name, entry in manifest.tables.items():
-        table.add_row(name, entry.file, f"{entry.rows:,}")
+        left_out = [] if include_simulated else [f"{entry.simulated_rows_left_out:,}"]
+        table.add_row(name, entry.file, f"{entry.rows:,}", *left_out)
     total = sum(entry.rows for entry in manifest.tables.values())
     table.add_section()
-    table.add_row("total", "manifest.json", f"{total:,}")
+    left_out_total = [] if include_simulated else [f"{manifest.simulated_rows_left_out:,}"]
+    table.add_row("total", "manifest.json", f"{total:,}", *left_out_total)
     console = stdout_console()
     console.print(table)
     console.print(
         f"{total:,} rows in {seconds:.1f} s; pseudonyms under key id {manifest.key_id} "
         "(the same key keeps them joinable across exports)."
     )
+    if manifest.provenance_note is not None:
+        console.print(Text(manifest.provenance_note, style="bold yellow"))

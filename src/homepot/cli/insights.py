@@ -72,6 +72,13 @@ def insights_train(
         str, typer.Option(help="How far ahead a failure is predicted, e.g. 90m, 2h or 1d.")
     ] = "2h",
     seed: Annotated[int, typer.Option(help="Random seed of the model.")] = 0,
+    include_simulated: Annotated[
+        bool,
+        typer.Option(
+            "--include-simulated",
+            help="Learn from the simulation's rows too (demo, backfill); real rows only without.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train the failure-risk model on this database's history and write it to --out.
@@ -98,7 +105,14 @@ def insights_train(
         report = in_transaction(
             settings_from(ctx),
             lambda session: train_from_history(
-                session, since=start, until=end, horizon=ahead, out=out, now=now, seed=seed
+                session,
+                since=start,
+                until=end,
+                horizon=ahead,
+                out=out,
+                now=now,
+                seed=seed,
+                include_simulated=include_simulated,
             ),
         )
     except ModelError as exc:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homepot import sample_data
@@ -46,6 +47,14 @@ def quality(
             help="A terminal silent this long while its site's others report has stopped.",
         ),
     ] = 15.0,
+    include_simulated: Annotated[
+        bool,
+        typer.Option(
+            "--include-simulated",
+            help="Also judge rows of the simulation (demo, backfill, sample data, simulated "
+            "terminals); they are left out by default.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The Phase 3 data-quality gate of the eight analytics tables; exits 1 when a table
@@ -64,7 +73,7 @@ def quality(
 
     async def assess(engine: AsyncEngine) -> QualityReport:
         async with engine.connect() as connection:
-            return await assess_quality(connection, thresholds)
+            return await assess_quality(connection, thresholds, include_simulated=include_simulated)
 
     result = with_engine(settings_from(ctx), assess)
     if as_json:
@@ -75,6 +84,8 @@ def quality(
         details = quality_report.quality_details(result)
         if details is not None:
             console.print(details)
+        if result.provenance_note is not None:
+            console.print(Text(result.provenance_note, style="bold yellow"))
     if not result.passed:
         raise fail(f"quality gate failed: {result.summary()}")
 

@@ -117,7 +117,12 @@ def simulate(
 
     async def run(stop: asyncio.Event) -> simulation.SimulationStats:
         async with (
-            httpx.AsyncClient(base_url=config.server_url, timeout=30) as http,
+            httpx.AsyncClient(
+                base_url=config.server_url,
+                timeout=30,
+                # The operator's calls are the simulation's too: the server marks them simulated.
+                headers={"User-Agent": simulation.SIM_AGENT_VERSION},
+            ) as http,
             simulation.device_connection_pools(config) as pools,
         ):
             simulator = simulation.FleetSimulator(config, http, device_http=pools)

@@ -54,7 +54,7 @@ from homepot.analytics.config_history import (
     change_config,
     measure_performance,
 )
-from homepot.analytics.models import ConfigurationHistory
+from homepot.analytics.models import SIMULATED, ConfigurationHistory, source_of
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import same_value
 from homepot.config import FleetSettings, Settings
@@ -320,6 +320,7 @@ def _log_failure(
         ),
         exception=cause,
         device_id=row.entity_id if row is not None and row.entity_type == "device" else None,
+        source=source_of(row is not None and row.source == SIMULATED),
         context=(
             {
                 "event_id": row.event_id,

@@ -4,9 +4,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Enum, Float, ForeignKey, Index, String
+from sqlalchemy import Enum, Float, ForeignKey, Index, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
+from homepot.analytics.models import Source, source_of
 from homepot.db import Base, BigIntId, utcnow
 
 
@@ -41,6 +42,14 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # A terminal of the simulation (its registration said so): every analytics row about it
+    # is recorded with source "simulated".
+    simulated: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+    @property
+    def source(self) -> Source:
+        """The ``source`` of the analytics rows this device produces."""
+        return source_of(self.simulated)
 
     @property
     def config_entity(self) -> tuple[str, str]:

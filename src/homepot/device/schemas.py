@@ -127,6 +127,10 @@ class DeviceRead(BaseModel):
     firmware_version: str | None
     ip_address: str | None
     last_seen_at: datetime | None
+    simulated: bool = Field(
+        description="A terminal of the simulation (it registered as simulated): its analytics "
+        "rows have source 'simulated'"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -89,6 +89,7 @@ async def transition(
         changed_by=changed_by,
         reason=reason,
         extra_data={**(extra_data or {}), "site_id": device.site_id},
+        source=device.source,
     )
     return True
 

@@ -33,7 +33,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     "/exports",
     summary="Export analytics tables, pseudonymized",
     description="The chosen tables (default: all eight) in the time range as Parquet or CSV "
-    "files with a manifest.json, in one ZIP. User and session ids become keyed pseudonyms, "
+    "files with a manifest.json, in one ZIP. Rows of the simulation (source `simulated`) are "
+    "left out unless `include_simulated` is true; the manifest's `simulated_rows_left_out` and "
+    "`provenance_note` (and the X-Export-Simulated-Rows-Left-Out header) say how many. "
+    "User and session ids become keyed pseudonyms, "
     "IP addresses their /24 or /48 network, and free text loses e-mail addresses, tokens "
     "and card numbers. The archive is built before the first byte is sent, in bounded "
     "memory. Each export is written to the audit log. Admin only.",
@@ -59,5 +62,6 @@ async def create_export(
         headers={
             "Content-Disposition": f'attachment; filename="homepot-export-{stamp}.zip"',
             "X-Export-Id": manifest.export_id,
+            "X-Export-Simulated-Rows-Left-Out": str(manifest.simulated_rows_left_out),
         },
     )

@@ -23,6 +23,11 @@ class ExportCreate(BaseModel):
         default=None, description="Rows up to this moment; a date includes that whole UTC day."
     )
     format: ExportFormat = "parquet"
+    include_simulated: bool = Field(
+        default=False,
+        description="Also export rows of the simulation (source 'simulated': demo, backfill, "
+        "sample data, simulated terminals). Left out by default; the manifest says how many.",
+    )
 
     @field_validator("tables")
     @classmethod
@@ -43,4 +48,5 @@ class ExportCreate(BaseModel):
             tables=resolve_tables(self.tables),
             time_range=time_range_of(self.since, self.until),
             format=self.format,
+            include_simulated=self.include_simulated,
         )

@@ -1,5 +1,9 @@
 """Streaming, pseudonymized exports of the analytics tables to Parquet or CSV files.
 
+Simulated rows (``source = simulated``: the backfill, sample data, simulated terminals) are
+left out unless the request includes them; the manifest says how many were left out, and
+says so plainly when every row was simulated.
+
 Rows are read with a server-side cursor in pages of ``batch_size`` and each page is
 transformed and written before the next is read (a Parquet row group or a run of CSV lines),
 so memory stays flat however large the export. The transformation and the file writes run in
@@ -22,11 +26,12 @@ from typing import IO, Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot import __version__
+from homepot.analytics.provenance import left_out_note, real_rows_only, simulated_rows
 from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.models import User
 from homepot.db import utcnow
@@ -81,6 +86,9 @@ class ColumnInfo(BaseModel):
 class TableManifest(BaseModel):
     file: str
     rows: int
+    simulated_rows_left_out: int = Field(
+        description="Rows in range with source 'simulated' not exported (0 when included)"
+    )
     time_column: str
     time_filtered: bool
     min_timestamp: datetime | None
@@ -104,6 +112,14 @@ class ExportManifest(BaseModel):
     time_range: TimeRangeInfo
     key_id: str
     pseudonymization: dict[str, str]
+    include_simulated: bool = Field(
+        description="Whether rows of the simulation (source 'simulated') were exported"
+    )
+    simulated_rows_left_out: int = Field(description="Simulated rows not exported, all tables")
+    provenance_note: str | None = Field(
+        description="Set when simulated rows were left out: how many, and what to do to "
+        "include them (it says so plainly when every row was simulated)"
+    )
     tables: dict[str, TableManifest]
 
     def audit_details(self) -> dict[str, Any]:
@@ -115,6 +131,8 @@ class ExportManifest(BaseModel):
             "until": _iso(self.time_range.until),
             "until_inclusive": self.time_range.until_inclusive,
             "rows": {name: table.rows for name, table in self.tables.items()},
+            "include_simulated": self.include_simulated,
+            "simulated_rows_left_out": self.simulated_rows_left_out,
             "key_id": self.key_id,
         }
 
@@ -128,6 +146,8 @@ class ExportRequest:
     tables: Sequence[ExportTable]
     time_range: TimeRange
     format: ExportFormat
+    # Rows of the simulation are for demos and tests, not for training: out unless asked.
+    include_simulated: bool = False
 
 
 def build_request(
@@ -135,6 +155,8 @@ def build_request(
     since: str | None,
     until: str | None,
     fmt: str,
+    *,
+    include_simulated: bool = False,
 ) -> ExportRequest:
     """An export request from what a person typed; tables may be comma-separated."""
     if fmt not in FORMATS:
@@ -146,7 +168,12 @@ def build_request(
         end = parse_time_bound(until) if until else None
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    return ExportRequest(tables=chosen, time_range=time_range_of(start, end), format=fmt)
+    return ExportRequest(
+        tables=chosen,
+        time_range=time_range_of(start, end),
+        format=fmt,
+        include_simulated=include_simulated,
+    )
 
 
 def write_export_audit(session: AsyncSession, actor: Actor, manifest: ExportManifest) -> None:
@@ -240,8 +267,16 @@ def _open_writer(fmt: ExportFormat, path: Path, table: ExportTable) -> _TableWri
 # --- reading -------------------------------------------------------------------------------
 
 
-def _statement(table: ExportTable, time_range: TimeRange) -> tuple[Select[Any], Select[Any]]:
-    """The rows of ``table`` in ``time_range`` in export order, and their count."""
+@dataclass(frozen=True)
+class _Statements:
+    rows: Select[Any]  # the rows to export, in export order
+    count: Select[Any]  # how many they are
+    simulated: Select[Any] | None  # how many simulated rows are left out (None: included)
+
+
+def _statements(table: ExportTable, time_range: TimeRange, include_simulated: bool) -> _Statements:
+    """The rows of ``table`` in ``time_range`` in export order, their count, and the count of
+    the simulated rows left out."""
     sql_table = table.model.__table__
     time_column = sql_table.c[table.time_column]
     conditions: list[ColumnElement[bool]] = []
@@ -254,6 +289,14 @@ def _statement(table: ExportTable, time_range: TimeRange) -> tuple[Select[Any], 
                 if time_range.end_inclusive
                 else time_column < time_range.end
             )
+    simulated = None
+    if not include_simulated:
+        simulated = (
+            select(func.count())
+            .select_from(sql_table)
+            .where(simulated_rows(sql_table), *conditions)
+        )
+    conditions += real_rows_only(sql_table, include_simulated)
     where = and_(*conditions) if conditions else None
     rows = select(*(sql_table.c[c.name] for c in table.columns)).order_by(
         *(sql_table.c[name] for name in table.order_by)
@@ -261,7 +304,7 @@ def _statement(table: ExportTable, time_range: TimeRange) -> tuple[Select[Any], 
     count = select(func.count()).select_from(sql_table)
     if where is not None:
         rows, count = rows.where(where), count.where(where)
-    return rows, count
+    return _Statements(rows, count, simulated)
 
 
 @dataclass
@@ -307,7 +350,8 @@ async def export_tables(
     manifests: dict[str, TableManifest] = {}
     for table in request.tables:
         file_name = f"{table.name}.{request.format}"
-        rows, count = _statement(table, request.time_range)
+        statements = _statements(table, request.time_range, request.include_simulated)
+        simulated_left_out = 0
         writer = await asyncio.to_thread(_open_writer, request.format, out_dir / file_name, table)
         run = _TableRun(
             table=table,
@@ -317,9 +361,14 @@ async def export_tables(
         )
         try:
             async with engine.connect() as connection:
+                if statements.simulated is not None:
+                    simulated_left_out = int(await connection.scalar(statements.simulated) or 0)
                 if progress is not None:
-                    progress.table_started(table.name, int(await connection.scalar(count) or 0))
-                result = await connection.stream(rows.execution_options(yield_per=batch_size))
+                    total = int(await connection.scalar(statements.count) or 0)
+                    progress.table_started(table.name, total)
+                result = await connection.stream(
+                    statements.rows.execution_options(yield_per=batch_size)
+                )
                 async for page in result.partitions(batch_size):
                     await asyncio.to_thread(run.write_page, page)
                     if progress is not None:
@@ -329,6 +378,7 @@ async def export_tables(
         manifests[table.name] = TableManifest(
             file=file_name,
             rows=run.rows,
+            simulated_rows_left_out=simulated_left_out,
             time_column=table.time_column,
             time_filtered=table.time_filtered,
             min_timestamp=run.min_timestamp,
@@ -338,6 +388,9 @@ async def export_tables(
                 for c in table.columns
             ],
         )
+    counts = {
+        name: (entry.rows, entry.simulated_rows_left_out) for name, entry in manifests.items()
+    }
     manifest = ExportManifest(
         export_id=uuid.uuid4().hex,
         created_at=utcnow(),
@@ -350,6 +403,9 @@ async def export_tables(
         ),
         key_id=pseudonymizer.key_id,
         pseudonymization=PSEUDONYMIZATION_RULES,
+        include_simulated=request.include_simulated,
+        simulated_rows_left_out=sum(left_out for _, left_out in counts.values()),
+        provenance_note=left_out_note(counts, done="exported", doing="export"),
         tables=manifests,
     )
     await asyncio.to_thread(

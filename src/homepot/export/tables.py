@@ -57,6 +57,7 @@ KEPT_COLUMNS = frozenset(
         "entity_type",
         "parameter_name",
         "change_type",
+        "source",
     }
 )
 # Keys inside JSON columns that hold a user (or session) id.

@@ -45,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from homepot.analytics.models import DEVICE, Source
 from homepot.analytics.recorder import Recorder
 from homepot.config import Settings
 from homepot.db import utcnow
@@ -264,6 +265,8 @@ class _Received:
     recorded: bool = False
     # Nothing is left to do: stored and committed, or dropped and logged.
     settled: bool = False
+    # Known once its key is checked: a simulated terminal's errors are simulated too.
+    source: Source = DEVICE
 
 
 class UplinkBridge:
@@ -495,6 +498,7 @@ class UplinkBridge:
                 problem=device,
             )
             return
+        item.source = device.source
         if item.recorded:
             # Stored again after a rollback: its samples are queued already.
             device.last_seen_at = utcnow()
@@ -510,6 +514,7 @@ class UplinkBridge:
                 category="validation",
                 error_code="MQTT_MESSAGE_REJECTED",
                 problem=f"the {item.uplink.kind} message was refused: {exc}",
+                source=item.source,
             )
         except fleet_service.TelemetryNotQueued as exc:
             # The HTTP caller would be told to resend; an MQTT device has had its PUBACK.
@@ -522,6 +527,7 @@ class UplinkBridge:
                 device_id=item.device_id,
                 context={"topic": item.topic},
                 recorder=self._recorder,
+                source=item.source,
             )
         except fleet_service.ErrorReportNotQueued as exc:
             item.settled = True
@@ -565,6 +571,7 @@ class UplinkBridge:
             device_id=item.device_id,
             context={"topic": item.topic},
             recorder=self._recorder,
+            source=item.source,
         )
         logger.error(
             "MQTT bridge failed on a %s message from %s",
@@ -574,7 +581,14 @@ class UplinkBridge:
         )
 
     def _log_dropped(
-        self, device_id: str, topic: str, *, category: str, error_code: str, problem: str
+        self,
+        device_id: str,
+        topic: str,
+        *,
+        category: str,
+        error_code: str,
+        problem: str,
+        source: Source = DEVICE,
     ) -> None:
         message = f"dropped an MQTT message on {topic}: {problem}"
         logger.warning("%s", message)
@@ -586,6 +600,7 @@ class UplinkBridge:
             device_id=device_id,
             context={"topic": topic},
             recorder=self._recorder,
+            source=source,
         )
 
 

@@ -145,16 +145,17 @@ async def register_device(
             firmware_version=data.firmware_version,
             agent_version=data.agent_version,
             ip_address=ip_address,
+            simulated=data.simulated,
         )
         session.add(device)
         action = "device.register"
-        details |= data.model_dump(include={"name", "device_type", "firmware_version"})
+        details |= data.model_dump(include={"name", "device_type", "firmware_version", "simulated"})
         details["agent_version"] = data.agent_version
     else:
         if device.site_id != site.site_id:
             raise DeviceOfAnotherSite(device.device_id, site.site_id)
         action = "device.rekey"
-        for name in ("name", "device_type", "firmware_version", "agent_version"):
+        for name in ("name", "device_type", "firmware_version", "agent_version", "simulated"):
             value = getattr(data, name)
             if name in data.model_fields_set and value is not None:
                 if getattr(device, name) != value:
@@ -278,6 +279,7 @@ def ingest_telemetry(
             event_id=device_event_id(device.device_id, sample.event_id),
             timestamp=sample.timestamp,
             device_id=device.device_id,
+            source=device.source,
             **sample.model_dump(include=_METRIC_FIELDS),
         )
         if event_id is None and recorder.enabled:
@@ -310,6 +312,7 @@ def record_device_error(
         recorder=recorder,
         timestamp=report.occurred_at,
         stack_trace=report.stack,
+        source=device.source,
     )
     if event_id is None and recorder.enabled:
         raise ErrorReportNotQueued()

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import (
+    DEVICE,
     ConfigurationHistory,
     DeviceMetrics,
     DeviceStateHistory,
@@ -103,19 +104,25 @@ async def load_history(
     since: datetime,
     until: datetime,
     *,
-    include_simulated: bool = True,
+    include_simulated: bool = False,
 ) -> History:
     """Every device's rows needed to compute features over ``[since, until]``.
 
     Reads ``HISTORY`` before ``since`` too, so that the first moments have their context.
+    Without ``include_simulated`` only real rows count (``source = device``) and simulated
+    terminals are left out, so that a model never learns the simulator for the real fleet.
     """
-    del include_simulated  # provenance filtering lands with the source column
     start = since - HISTORY
     devices: dict[str, DeviceHistory] = {}
-    for device_id, site_id in (
-        await session.execute(select(Device.device_id, Device.site_id))
-    ).all():
+    fleet = select(Device.device_id, Device.site_id)
+    if not include_simulated:
+        fleet = fleet.where(Device.simulated.is_(False))
+    for device_id, site_id in (await session.execute(fleet)).all():
         devices[device_id] = DeviceHistory(device_id, site_id)
+    real: dict[type[Any], list[Any]] = {
+        model: [] if include_simulated else [model.source == DEVICE]
+        for model in (DeviceMetrics, DeviceStateHistory, ErrorLog, JobOutcome, ConfigurationHistory)
+    }
 
     def history(device_id: str | None) -> DeviceHistory | None:
         if device_id is None:
@@ -129,6 +136,7 @@ async def load_history(
     statement = (
         select(DeviceMetrics.device_id, DeviceMetrics.timestamp, *columns)
         .where(DeviceMetrics.timestamp >= start, DeviceMetrics.timestamp <= until)
+        .where(*real[DeviceMetrics])
         .order_by(DeviceMetrics.device_id, DeviceMetrics.timestamp)
     )
     for row in (await session.execute(statement)).all():
@@ -151,6 +159,7 @@ async def load_history(
                 DeviceStateHistory.new_state,
             )
             .where(DeviceStateHistory.timestamp >= start, DeviceStateHistory.timestamp <= until)
+            .where(*real[DeviceStateHistory])
             .order_by(DeviceStateHistory.timestamp)
         )
     ).all():
@@ -166,6 +175,7 @@ async def load_history(
                 ErrorLog.device_id.is_not(None),
                 ErrorLog.timestamp >= start,
                 ErrorLog.timestamp <= until,
+                *real[ErrorLog],
             )
             .order_by(ErrorLog.timestamp)
         )
@@ -183,6 +193,7 @@ async def load_history(
                 JobOutcome.status.in_(("failed", "timeout")),
                 JobOutcome.timestamp >= start,
                 JobOutcome.timestamp <= until,
+                *real[JobOutcome],
             )
             .order_by(JobOutcome.timestamp)
         )
@@ -197,6 +208,7 @@ async def load_history(
                 ConfigurationHistory.entity_type == "device",
                 ConfigurationHistory.timestamp >= start,
                 ConfigurationHistory.timestamp <= until,
+                *real[ConfigurationHistory],
             )
             .order_by(ConfigurationHistory.timestamp)
         )

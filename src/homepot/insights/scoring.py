@@ -34,15 +34,27 @@ async def train_from_history(
     out: Path,
     now: datetime,
     seed: int = 0,
+    include_simulated: bool = False,
 ) -> TrainingReport:
     """Fit a model on ``[since, until]`` of this database and write it to ``out``.
 
-    Raises :class:`homepot.insights.risk.ModelError` when the history holds too few failures.
+    Real rows only unless ``include_simulated``. Raises
+    :class:`homepot.insights.risk.ModelError` when the history holds too few failures.
     """
+    from homepot.analytics.provenance import INCLUDE_FLAG
     from homepot.insights.features import load_history, training_samples
-    from homepot.insights.risk import train
+    from homepot.insights.risk import ModelError, train
 
-    history = await load_history(session, since, until)
+    history = await load_history(session, since, until, include_simulated=include_simulated)
+    if not include_simulated and not any(
+        entry.metric_times.size for entry in history.devices.values()
+    ):
+        everything = await load_history(session, since, until, include_simulated=True)
+        if any(entry.metric_times.size for entry in everything.devices.values()):
+            raise ModelError(
+                "every metric row in the range is simulated, so there is nothing real to learn "
+                f"from; pass {INCLUDE_FLAG.split(' (')[0]} to train on the simulation's rows"
+            )
     samples = training_samples(history, horizon)
     model = train(samples, horizon=horizon, since=since, until=until, now=now, seed=seed)
     model.save(out)
@@ -155,7 +167,8 @@ async def score_devices(session: AsyncSession, model: RiskModel, now: datetime) 
     """
     from homepot.insights.features import current_features, load_history
 
-    history = await load_history(session, now - timedelta(hours=1), now)
+    # Every device is scored, simulated ones too: the demo's operators see its risk.
+    history = await load_history(session, now - timedelta(hours=1), now, include_simulated=True)
     samples = current_features(history, sorted(history.devices), now)
     from threadpoolctl import threadpool_limits
 

@@ -24,7 +24,7 @@ from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.config_history import change_config
-from homepot.analytics.models import JobOutcome, SiteOperatingSchedule
+from homepot.analytics.models import JobOutcome, SiteOperatingSchedule, Source, source_of
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
 from homepot.config import Settings, get_settings
@@ -393,7 +393,7 @@ async def finish(
     if status is ExecutionStatus.success:
         await _apply_success(session, recorder, job, device, settings or get_settings(), now)
     _job_started(job, now)
-    _record_outcome(session, recorder, job, execution, device.site_id)
+    _record_outcome(session, recorder, job, execution, device.site_id, device.source)
     await _settle_job(session, job, now)
     return FinishAnswer(execution, True, f"execution {execution.id} finished as {status.value}")
 
@@ -467,6 +467,7 @@ def _record_outcome(
     job: Job,
     execution: JobExecution,
     site_id: str | None,
+    source: Source,
     **extra: Any,
 ) -> None:
     assert execution.finished_at is not None
@@ -487,6 +488,7 @@ def _record_outcome(
         error_message=execution.error_message,
         retry_count=execution.attempt,
         initiated_by=job.created_by,
+        source=source,
         extra_data={
             "execution_id": execution.id,
             "delivery": execution.delivery,
@@ -581,10 +583,13 @@ async def expire(
     await session.refresh(execution)
     if not timed_out.rowcount:  # type: ignore[attr-defined]
         return None
-    site_id = await session.scalar(
-        select(Device.site_id).where(Device.device_id == execution.device_id)
-    )
-    _record_outcome(session, recorder, job, execution, site_id)
+    target = (
+        await session.execute(
+            select(Device.site_id, Device.simulated).where(Device.device_id == execution.device_id)
+        )
+    ).first()
+    site_id, simulated = target if target is not None else (None, False)
+    _record_outcome(session, recorder, job, execution, site_id, source_of(simulated))
     await _settle_job(session, job, now)
     return ExecutionStatus.timeout
 
@@ -610,13 +615,13 @@ async def cancel_job(
         raise JobAlreadyFinished(job)
     rows = (
         await session.execute(
-            select(JobExecution, Device.site_id)
+            select(JobExecution, Device.site_id, Device.simulated)
             .join(Device, Device.device_id == JobExecution.device_id)
             .where(JobExecution.job_id == job_id, JobExecution.status.in_(_UNFINISHED))
         )
     ).all()
     cancelled = 0
-    for execution, site_id in rows:
+    for execution, site_id, simulated in rows:
         if await _finish_execution(
             session,
             execution,
@@ -626,7 +631,15 @@ async def cancel_job(
             error_message=f"cancelled by {actor.user_id}",
         ):
             cancelled += 1
-            _record_outcome(session, recorder, job, execution, site_id, cancelled_by=actor.user_id)
+            _record_outcome(
+                session,
+                recorder,
+                job,
+                execution,
+                site_id,
+                source_of(simulated),
+                cancelled_by=actor.user_id,
+            )
     job.status = JobStatus.cancelled
     job.completed_at = now
     write_audit_log(

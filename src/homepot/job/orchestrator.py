@@ -11,7 +11,8 @@ Each pass, in its own short transactions:
    dispatched and committed, and only then pushed through ``app.state.push_channel``. A
    missing or failing channel leaves them to polling.
 
-Everything lives in the database, so a restarted server simply continues.
+Everything lives in the database, so a restarted server simply continues. An error about a
+simulated terminal is recorded as simulated, like everything else about it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from homepot.analytics.error_logger import failed_pass_logger, record_error
+from homepot.analytics.models import source_of
 from homepot.analytics.recorder import Recorder
 from homepot.config import FleetSettings
 from homepot.db import utcnow
+from homepot.device.models import Device
 from homepot.job import executions
 from homepot.job.models import ExecutionStatus, Job, JobExecution
 from homepot.kit.periodic import run_periodically
@@ -97,6 +100,16 @@ class Orchestrator:
         await self._dispatch_due(now, report)
         return report
 
+    async def _simulated(self, device_ids: set[str]) -> set[str]:
+        """Which of ``device_ids`` are simulated terminals."""
+        if not device_ids:
+            return set()
+        async with self.session_factory() as session:
+            found = await session.scalars(
+                select(Device.device_id).where(Device.device_id.in_(device_ids), Device.simulated)
+            )
+            return set(found)
+
     # -- steps -----------------------------------------------------------------------------
 
     async def _expire_overdue(self, now: datetime, report: PassReport) -> None:
@@ -114,6 +127,7 @@ class Orchestrator:
                     .limit(self.batch_size)
                 )
             ).all()
+        simulated = await self._simulated({execution.device_id for execution in overdue})
         for execution in overdue:
             # One transaction each: it locks the execution's job (see executions.expire).
             async with self.session_factory() as session, session.begin():
@@ -133,10 +147,14 @@ class Orchestrator:
                     f"{execution.device_id} sent no result for execution {execution.id} in"
                     f" time; retry {execution.attempt} at {execution.not_before.isoformat()}",
                     execution,
+                    execution.device_id in simulated,
                 )
             elif outcome is ExecutionStatus.timeout:
                 report.timed_out += 1
-                self._error("error", "JOB_TIMEOUT", execution.error_message or "", execution)
+                message = execution.error_message or ""
+                self._error(
+                    "error", "JOB_TIMEOUT", message, execution, execution.device_id in simulated
+                )
 
     async def _leave_unacknowledged_for_polling(self, now: datetime, report: PassReport) -> None:
         overdue = now - timedelta(seconds=self.settings.ack_timeout_seconds)
@@ -152,6 +170,7 @@ class Orchestrator:
                 .returning(JobExecution.id, JobExecution.device_id)
             )
             unacknowledged = result.all()
+        simulated = await self._simulated({device_id for _, device_id in unacknowledged})
         for execution_id, device_id in unacknowledged:
             report.left_for_polling += 1
             record_error(
@@ -164,6 +183,7 @@ class Orchestrator:
                 device_id=device_id,
                 context={"execution_id": execution_id},
                 recorder=self.recorder,
+                source=source_of(device_id in simulated),
             )
 
     async def _dispatch_due(self, now: datetime, report: PassReport) -> None:
@@ -233,9 +253,12 @@ class Orchestrator:
             device_id=device_id,
             context={"execution_id": command.execution_id, "job_id": command.job_id},
             recorder=self.recorder,
+            source=source_of(bool(await self._simulated({device_id}))),
         )
 
-    def _error(self, severity: str, code: str, message: str, execution: JobExecution) -> None:
+    def _error(
+        self, severity: str, code: str, message: str, execution: JobExecution, simulated: bool
+    ) -> None:
         record_error(
             category="external_service",
             severity=severity,
@@ -244,6 +267,7 @@ class Orchestrator:
             device_id=execution.device_id,
             context={"execution_id": execution.id, "job_id": execution.job_id},
             recorder=self.recorder,
+            source=source_of(simulated),
         )
 
 

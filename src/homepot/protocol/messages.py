@@ -71,6 +71,11 @@ class RegisterRequest(Strict):
     device_type: str = Field(default="pos_terminal", max_length=64, pattern=r"^[a-z0-9_]+$")
     firmware_version: str | None = Field(default=None, max_length=64)
     agent_version: str | None = Field(default=None, max_length=64)
+    simulated: bool = Field(
+        default=False,
+        description="True for a terminal of the simulation (homepot simulate, the demo): "
+        "everything it reports is stored with source 'simulated', never taken for real data",
+    )
 
 
 class MqttInfo(BaseModel):

@@ -44,6 +44,7 @@ def quality_table(report: QualityReport) -> Table:
     for heading, justify in (
         ("Table", "left"),
         ("Rows", "right"),
+        ("Simulated, left out", "right"),
         ("Target", "center"),
         ("Span", "right"),
         ("Freshness", "right"),
@@ -58,6 +59,7 @@ def quality_table(report: QualityReport) -> Table:
         view.add_row(
             table.table,
             f"{table.rows:,}",
+            "included" if report.include_simulated else f"{table.simulated_rows_left_out:,}",
             Text("met", style="green") if table.target_met else Text("missed", style="red"),
             _hours(table.span_hours),
             _hours(table.freshness_hours) if table.freshness_hours is not None else "n/a",

@@ -20,7 +20,9 @@ router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
     summary="Data quality of the eight analytics tables",
     description="Per table: rows and whether the row target is met, time span, freshness "
     "(age of the newest row), null rate per column, out-of-range values, timestamps in the "
-    "future, duplicate events and terminals that stopped reporting. `passed` is false when a "
+    "future, duplicate events and terminals that stopped reporting. Only real rows (source "
+    "`device`) are judged unless `include_simulated=true`; `simulated_rows_left_out` and "
+    "`provenance_note` say how many simulated rows were not. `passed` is false when a "
     "table misses a threshold; each failing table lists its `problems`. The answer is 200 "
     "either way (use `homepot quality` for an exit code). Admin only.",
     responses={
@@ -32,4 +34,6 @@ router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
 async def read_quality(
     _admin: AdminUser, session: SessionDep, params: Annotated[QualityQuery, Query()]
 ) -> QualityReport:
-    return await assess_quality(session, params.thresholds())
+    return await assess_quality(
+        session, params.thresholds(), include_simulated=params.include_simulated
+    )

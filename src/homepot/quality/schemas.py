@@ -40,6 +40,12 @@ class QualityQuery(StrictQuery):
         le=7 * 24 * 60,
         description="A terminal silent this long while its site's others report has stopped",
     )
+    include_simulated: bool = Field(
+        default=False,
+        description="Also judge rows of the simulation (source 'simulated': demo, backfill, "
+        "sample data, simulated terminals); left out by default, and counted in "
+        "simulated_rows_left_out",
+    )
 
     def thresholds(self) -> Thresholds:
         return Thresholds(

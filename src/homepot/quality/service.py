@@ -15,6 +15,11 @@ one job's outcome on one device and attempt, one configuration parameter changed
 instant. The unique ``event_id`` already stops a replayed batch; this catches the same event
 recorded twice under two ids.
 
+Only real rows (``source = device``) are judged unless simulated ones are included: the
+simulation's rows (demo, backfill, sample data, simulated terminals) say nothing about the
+data a model would be trained on. The report says how many simulated rows were left out, and
+says so plainly when there is nothing but simulated data.
+
 A device *stopped reporting* when its newest sample is older than ``stopped_after`` compared
 with the newest sample of the other terminals of its site. Comparing with its own site, not
 with the clock, keeps a store that is closed for the night (every terminal silent) from being
@@ -43,6 +48,7 @@ from homepot.analytics.models import (
     SiteOperatingSchedule,
     UserActivity,
 )
+from homepot.analytics.provenance import left_out_note, real_rows_only, simulated_rows
 from homepot.db import Base, utcnow
 from homepot.device.models import Device
 
@@ -224,6 +230,9 @@ class TableQuality(BaseModel):
     )
     null_rates: dict[str, float] = Field(description="Share of rows (0-1) with NULL, per column")
     required_columns: list[str] = Field(description="Columns whose null rate is gated")
+    simulated_rows_left_out: int = Field(
+        description="Rows with source 'simulated' not judged (0 when they are included)"
+    )
     out_of_range: dict[str, int] = Field(description="Rows failing each range check (>0 only)")
     future_timestamps: int
     duplicate_key: list[str] = Field(description="The natural key duplicates are counted on")
@@ -238,6 +247,14 @@ class QualityReport(BaseModel):
     thresholds: ThresholdsRead
     passed: bool
     failing_tables: list[str]
+    include_simulated: bool = Field(
+        description="Whether rows of the simulation (source 'simulated') were judged too"
+    )
+    simulated_rows_left_out: int = Field(description="Simulated rows not judged, all tables")
+    provenance_note: str | None = Field(
+        description="Set when simulated rows were left out: how many, and how to include "
+        "them; it says so plainly when every row is simulated"
+    )
     tables: list[TableQuality]
     elapsed_ms: float = Field(description="Time the report took to compute")
 
@@ -264,7 +281,15 @@ class _Aggregates:
     future: int = 0
 
 
-async def _aggregates(connection: Connection, check: TableCheck, now: datetime) -> _Aggregates:
+async def _simulated_rows(connection: Connection, check: TableCheck) -> int:
+    table = check.table
+    statement = select(func.count()).select_from(table).where(simulated_rows(table))
+    return int(await connection.scalar(statement) or 0)
+
+
+async def _aggregates(
+    connection: Connection, check: TableCheck, now: datetime, judged: list[ColumnElement[bool]]
+) -> _Aggregates:
     """Counts, non-null counts, time bounds and out-of-range counts in one statement."""
     table = check.table
     time_column = table.c[check.time_column]
@@ -280,7 +305,8 @@ async def _aggregates(connection: Connection, check: TableCheck, now: datetime) 
         _count_where(rc.condition(table)).label(f"oor_{index}")
         for index, rc in enumerate(check.ranges)
     ]
-    row = (await connection.execute(select(*columns).select_from(table))).one()._mapping
+    statement = select(*columns).select_from(table).where(*judged)
+    row = (await connection.execute(statement)).one()._mapping
     return _Aggregates(
         rows=int(row["rows"] or 0),
         non_null={name: int(row[f"nn_{index}"] or 0) for index, name in enumerate(names)},
@@ -295,14 +321,16 @@ def _count_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-async def _duplicates(connection: Connection, check: TableCheck) -> int:
+async def _duplicates(
+    connection: Connection, check: TableCheck, judged: list[ColumnElement[bool]]
+) -> int:
     """Rows beyond the first of each natural key (a NULL single-column key is no key).
 
     A grouped count, not COUNT(DISTINCT): SQLite runs it several times faster.
     """
     table = check.table
     key = [table.c[name] for name in check.natural_key]
-    groups = select(func.count().label("n")).select_from(table)
+    groups = select(func.count().label("n")).select_from(table).where(*judged)
     if len(key) == 1:
         groups = groups.where(key[0].is_not(None))
     duplicated = groups.group_by(*key).having(func.count() > 1).subquery()
@@ -310,7 +338,9 @@ async def _duplicates(connection: Connection, check: TableCheck) -> int:
     return int(await connection.scalar(statement) or 0)
 
 
-async def _stopped_devices(connection: Connection, stopped_after: timedelta) -> list[StoppedDevice]:
+async def _stopped_devices(
+    connection: Connection, stopped_after: timedelta, judged: list[ColumnElement[bool]]
+) -> list[StoppedDevice]:
     """Devices silent for ``stopped_after`` while the other terminals of their site reported."""
     metrics = DeviceMetrics.__table__
     devices = Device.__table__
@@ -318,6 +348,7 @@ async def _stopped_devices(connection: Connection, stopped_after: timedelta) -> 
     assert isinstance(devices, Table)
     latest = (
         select(metrics.c.device_id, func.max(metrics.c.timestamp).label("last_sample_at"))
+        .where(*judged)
         .group_by(metrics.c.device_id)
         .subquery()
     )
@@ -362,6 +393,7 @@ def _judge(
     now: datetime,
     duplicates: int,
     stopped: Sequence[StoppedDevice],
+    simulated_left_out: int,
 ) -> TableQuality:
     null_rates = {
         name: round(1 - count / data.rows, 4) if data.rows else 0.0
@@ -370,7 +402,8 @@ def _judge(
     problems: list[str] = []
     target_met = data.rows >= thresholds.min_rows
     if not target_met:
-        problems.append(f"has {_rows(data.rows)} (< {thresholds.min_rows:,})")
+        besides = f", not counting {simulated_left_out:,} simulated" if simulated_left_out else ""
+        problems.append(f"has {_rows(data.rows)} (< {thresholds.min_rows:,}{besides})")
     freshness = None
     if check.is_event_stream and data.newest is not None:
         age = max(now - data.newest, timedelta(0))
@@ -407,6 +440,7 @@ def _judge(
         null_rates=null_rates,
         required_columns=list(check.required),
         out_of_range=out_of_range,
+        simulated_rows_left_out=simulated_left_out,
         future_timestamps=data.future,
         duplicate_key=list(check.natural_key),
         duplicates=duplicates,
@@ -421,28 +455,36 @@ async def assess_quality(
     thresholds: Thresholds | None = None,
     *,
     now: datetime | None = None,
+    include_simulated: bool = False,
 ) -> QualityReport:
     """The quality report of the eight analytics tables; ``passed`` is the gate's verdict.
 
-    Stopped devices are reported, not gated: a terminal can be switched off on purpose.
+    Only real rows are judged unless ``include_simulated``. Stopped devices are reported,
+    not gated: a terminal can be switched off on purpose.
     """
     thresholds = thresholds or Thresholds()
     started = utcnow()
     now = now or started
     tables: list[TableQuality] = []
     for check in CHECKS:
-        data = await _aggregates(connection, check, now)
-        duplicates = await _duplicates(connection, check) if data.rows else 0
+        judged = real_rows_only(check.table, include_simulated)
+        data = await _aggregates(connection, check, now, judged)
+        duplicates = await _duplicates(connection, check, judged) if data.rows else 0
         stopped: list[StoppedDevice] = []
         if check.model is DeviceMetrics and data.rows:
-            stopped = await _stopped_devices(connection, thresholds.stopped_after)
-        tables.append(_judge(check, data, thresholds, now, duplicates, stopped))
+            stopped = await _stopped_devices(connection, thresholds.stopped_after, judged)
+        left_out = 0 if include_simulated else await _simulated_rows(connection, check)
+        tables.append(_judge(check, data, thresholds, now, duplicates, stopped, left_out))
     failing = [table.table for table in tables if not table.passed]
+    counts = {table.table: (table.rows, table.simulated_rows_left_out) for table in tables}
     return QualityReport(
         generated_at=now,
         thresholds=ThresholdsRead.of(thresholds),
         passed=not failing,
         failing_tables=failing,
+        include_simulated=include_simulated,
+        simulated_rows_left_out=sum(left_out for _, left_out in counts.values()),
+        provenance_note=left_out_note(counts, done="judged", doing="judge"),
         tables=tables,
         elapsed_ms=round((utcnow() - started).total_seconds() * 1000, 1),
     )

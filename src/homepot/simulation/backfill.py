@@ -9,6 +9,9 @@ and suffer the faults of :mod:`homepot.simulation.faults`, whose ground truth go
 file. Operators at head office log in a few times a day, browse the dashboard, create jobs and
 change site settings.
 
+Every row it writes is marked as the simulation's: events and schedules with source
+``simulated``, sites and devices with ``simulated`` true.
+
 Event rows (the seven analytics event tables) go through a :class:`Recorder` of their own;
 core rows (sites, schedules, devices, users, jobs, executions, health checks, audit logs) through
 a session, in short transactions, each committed before the recorder writes (SQLite allows one
@@ -38,6 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import (
+    SIMULATED,
     APIRequestLog,
     ConfigurationHistory,
     DeviceMetrics,
@@ -169,7 +173,7 @@ class _Backfill:
         return uuid.uuid5(_NAMESPACE, f"{self.config.seed}/{self.counter}").hex
 
     def record(self, model: type[Any], **fields: Any) -> None:
-        self.recorder.record(model, event_id=self.event_id(), **fields)
+        self.recorder.record(model, event_id=self.event_id(), source=SIMULATED, **fields)
 
     def add_core(self, model: type[Base], row: Row) -> None:
         self.core.setdefault(model, []).append(row)
@@ -221,6 +225,7 @@ class _Backfill:
                 "config": {"receipt_footer": "Thank you!", "price_table_version": "pt-0"},
                 "created_at": opened,
                 "updated_at": opened,
+                "simulated": True,
             },
         )
         for weekday, day in enumerate(site.days):
@@ -242,6 +247,7 @@ class _Backfill:
                     else None,
                     "created_at": opened,
                     "updated_at": opened,
+                    "source": SIMULATED,
                 },
             )
 
@@ -1067,4 +1073,5 @@ def _device_row(terminal: _Terminal, start: datetime) -> Row:
         "last_seen_at": terminal.samples[-1]["timestamp"] if terminal.samples else None,
         "created_at": created,
         "updated_at": created,
+        "simulated": True,
     }

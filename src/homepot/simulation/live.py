@@ -71,6 +71,8 @@ from homepot.simulation.model import (
 
 logger = logging.getLogger(__name__)
 
+# The simulator's User-Agent: the server records every request carrying it as simulated
+# (homepot.analytics.middleware.SIMULATOR_PRODUCT).
 SIM_AGENT_VERSION = "homepot-sim/1"
 # A sample in the backlog of an unreachable terminal is kept this many ticks at most.
 MAX_BACKLOG_SAMPLES = 2_000
@@ -315,6 +317,7 @@ class FleetSimulator:
                     "site_id": site_id,
                     "name": f"Simulated store {number + 1}",
                     "timezone": timezone,
+                    "simulated": True,
                 },
             )
             if created.status_code not in (201, 409):
@@ -411,6 +414,7 @@ class FleetSimulator:
             name=f"Simulated terminal {terminal.device_id}",
             firmware_version=terminal.model.firmware_version,
             agent_version=SIM_AGENT_VERSION,
+            simulated=True,
         )
         for attempt in range(REGISTRATION_ATTEMPTS):
             try:

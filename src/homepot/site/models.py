@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String
+from sqlalchemy import String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
+from homepot.analytics.models import Source, source_of
 from homepot.db import Base, utcnow
 
 
@@ -22,6 +23,13 @@ class Site(Base):
     bootstrap_key_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # A store of the simulation: its schedules and configuration changes are "simulated".
+    simulated: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+    @property
+    def source(self) -> Source:
+        """The ``source`` of the analytics rows about this site."""
+        return source_of(self.simulated)
 
     @property
     def config_entity(self) -> tuple[str, str]:

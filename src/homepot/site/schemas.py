@@ -84,6 +84,11 @@ class SiteCreate(BaseModel):
     timezone: TimeZoneName = "UTC"
     address: str | None = Field(default=None, max_length=500)
     config: ConfigObject = Field(default_factory=dict)
+    simulated: bool = Field(
+        default=False,
+        description="A store of the simulation: its schedules and configuration history are "
+        "recorded with source 'simulated'. Set once, at creation.",
+    )
 
 
 class SiteUpdate(BaseModel):
@@ -130,6 +135,7 @@ class SiteRead(BaseModel):
     timezone: str
     address: str | None
     config: StoredJsonObject
+    simulated: bool = Field(description="A store of the simulation, not a real one")
     created_at: datetime
     updated_at: datetime
 

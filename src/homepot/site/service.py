@@ -227,7 +227,9 @@ async def put_schedule(
     schedule = await _find_schedule(session, site, day_of_week)
     created = schedule is None
     if schedule is None:
-        schedule = SiteOperatingSchedule(site_id=site.site_id, day_of_week=day_of_week, **values)
+        schedule = SiteOperatingSchedule(
+            site_id=site.site_id, day_of_week=day_of_week, source=site.source, **values
+        )
         session.add(schedule)
         action, details = "schedule.create", values
     else:

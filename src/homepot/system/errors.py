@@ -26,6 +26,7 @@ from sqlalchemy.exc import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from homepot.analytics.error_logger import record_error
+from homepot.analytics.models import DEVICE
 from homepot.kit.jsonlimits import clip_stored_json, replace_lone_surrogates
 from homepot.kit.redaction import TOO_DEEP
 
@@ -112,6 +113,7 @@ async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
                 endpoint=request.url.path,
                 user_id=getattr(request.state, "user_id", None),
                 recorder=recorder,
+                source=getattr(request.state, "source", DEVICE),
             )
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -125,6 +125,15 @@ export function badge(value) {
   return el("span", { class: `badge badge-${String(value).replace(/[^a-z_]/gi, "")}` }, value);
 }
 
+// Marks a terminal or store of the simulation, so that its data is never taken for real.
+export function simulatedBadge(what = "terminal") {
+  return el(
+    "span",
+    { class: "badge badge-simulated", title: `A simulated ${what}: its analytics rows are recorded with source "simulated" and left out of exports and the quality gate` },
+    "simulated",
+  );
+}
+
 // A user id is a long hex string: show its start, the whole id on hover.
 export function who(id) {
   if (!id) return "—";

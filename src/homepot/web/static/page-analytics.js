@@ -34,6 +34,8 @@ const TABLES = {
   ],
   "site-schedules": [text("site_id", "Site id"), choice("day_of_week", "Day of week", ["0", "1", "2", "3", "4", "5", "6"])],
 };
+// Every table tells real rows from the simulation's.
+for (const fields of Object.values(TABLES)) fields.push(choice("source", "Source", ["device", "simulated"]));
 
 const state = { table: null, query: null, cursor: null, rows: [], columns: [] };
 

@@ -1,4 +1,4 @@
-import { $, api, badge, el, formatTime, notFound, pageStatus, queryParam, siteLink, startPage, syncQuery, timeCell, who } from "/static/app.js";
+import { $, api, badge, el, formatTime, notFound, pageStatus, queryParam, simulatedBadge, siteLink, startPage, syncQuery, timeCell, who } from "/static/app.js";
 import { lineChart } from "/static/charts.js";
 
 const deviceId = $("#device-root").dataset.deviceId;
@@ -19,9 +19,10 @@ const CHARTS = [
 async function loadDevice() {
   try {
     const device = await api(base);
-    document.querySelector("h1").textContent = `${device.name} (${device.device_id})`;
+    document.querySelector("h1").replaceChildren(`${device.name} (${device.device_id})`, ...(device.simulated ? [" ", simulatedBadge()] : []));
     $("#device-info").replaceChildren(
       el("dt", {}, "Status"), el("dd", {}, badge(device.status)),
+      el("dt", {}, "Data"), el("dd", { id: "device-provenance" }, device.simulated ? simulatedBadge() : "real terminal"),
       el("dt", {}, "Site"), el("dd", {}, siteLink(device.site_id)),
       el("dt", {}, "Type"), el("dd", {}, device.device_type),
       el("dt", {}, "Firmware"), el("dd", {}, device.firmware_version || "—"),

@@ -1,4 +1,4 @@
-import { $, api, badge, debounce, deviceLink, el, fillTable, pageStatus, queryParam, renderPager, siteLink, startPage, syncQuery, timeCell } from "/static/app.js";
+import { $, api, badge, debounce, deviceLink, el, fillTable, pageStatus, queryParam, renderPager, simulatedBadge, siteLink, startPage, syncQuery, timeCell } from "/static/app.js";
 
 const LIMIT = 50;
 const search = $("#device-search");
@@ -30,7 +30,7 @@ async function load(offset = 0) {
           "tr",
           {},
           el("td", { class: "nowrap" }, deviceLink(device.device_id)),
-          el("td", {}, device.name),
+          el("td", {}, device.name, device.simulated ? [" ", simulatedBadge()] : null),
           el("td", {}, siteLink(device.site_id)),
           el("td", {}, device.device_type),
           el("td", {}, badge(device.status)),

@@ -1,4 +1,4 @@
-import { $, api, badge, deviceLink, el, fillTable, isAdmin, notFound, pageStatus, renderPager, showStatus, startPage, timeCell } from "/static/app.js";
+import { $, api, badge, deviceLink, el, fillTable, isAdmin, notFound, pageStatus, renderPager, showStatus, simulatedBadge, startPage, timeCell } from "/static/app.js";
 
 const siteId = $("#site-root").dataset.siteId;
 const form = $("#schedule-form");
@@ -58,7 +58,7 @@ function weekFromForm() {
 async function loadSite() {
   try {
     const site = await api(`/api/v1/sites/${encodeURIComponent(siteId)}`);
-    document.querySelector("h1").textContent = `${site.name} (${site.site_id})`;
+    document.querySelector("h1").replaceChildren(`${site.name} (${site.site_id})`, ...(site.simulated ? [" ", simulatedBadge("store")] : []));
     $("#site-timezone").textContent = site.timezone;
     $("#site-info").replaceChildren(
       el("dt", {}, "Time zone"), el("dd", {}, site.timezone),
@@ -81,7 +81,7 @@ async function loadDevices(offset = 0) {
           "tr",
           {},
           el("td", { class: "nowrap" }, deviceLink(device.device_id)),
-          el("td", {}, device.name),
+          el("td", {}, device.name, device.simulated ? [" ", simulatedBadge()] : null),
           el("td", {}, device.device_type),
           el("td", {}, badge(device.status)),
           timeCell(device.last_seen_at),

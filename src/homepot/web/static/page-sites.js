@@ -1,4 +1,4 @@
-import { $, api, debounce, el, fillTable, pageStatus, queryParam, renderPager, siteLink, startPage, syncQuery } from "/static/app.js";
+import { $, api, debounce, el, fillTable, pageStatus, queryParam, renderPager, simulatedBadge, siteLink, startPage, syncQuery } from "/static/app.js";
 
 const LIMIT = 25;
 const search = $("#site-search");
@@ -15,7 +15,7 @@ async function load(offset = 0) {
           "tr",
           {},
           el("td", {}, siteLink(site.site_id)),
-          el("td", {}, site.name),
+          el("td", {}, site.name, site.simulated ? [" ", simulatedBadge("store")] : null),
           el("td", {}, site.timezone),
           el("td", {}, site.address || "—"),
         ),
