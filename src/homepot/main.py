@@ -18,6 +18,9 @@ from homepot.analytics.recorder import Recorder, set_recorder
 from homepot.analytics.router import router as analytics_router
 from homepot.audit.router import router as audit_router
 from homepot.auth.router import router as auth_router
+from homepot.auth.secret import with_secret_key
+from homepot.auth.service import set_password_hash_threads
+from homepot.auth.throttle import RateLimits
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
 from homepot.device.router import router as device_router
@@ -49,7 +52,9 @@ BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    # Without a configured token secret, the data directory's (generated on first start).
+    settings = with_secret_key(settings or get_settings())
+    set_password_hash_threads(settings.auth.password_hash_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.recorder = None
+    app.state.rate_limits = RateLimits.of(settings.rate_limits)
     registry.register(RecorderCollector(lambda: app.state.recorder))
     app.add_middleware(
         RequestLogMiddleware,

@@ -1,0 +1,54 @@
+"""Fail-closed security: token revocation, expiring bootstrap keys, device key revocation
+
+users.token_generation: raised by logout, disabling and role changes; tokens carrying an
+older value are refused. sites.bootstrap_key_expires_at: when the site's bootstrap key stops
+registering terminals; sites.bootstrap_key_replaces_devices: the key was issued by an admin
+to re-register devices that already exist. devices.key_revoked_at: an admin revoked the
+device's key; only an admin's approval registers it again.
+
+Revision ID: c3f1a2b4d5e6
+Revises: 5b1e0c7a9d42
+Create Date: 2026-11-30 21:00:00.000000+00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "c3f1a2b4d5e6"
+down_revision: str | None = "5b1e0c7a9d42"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # batch_alter_table: SQLite cannot alter a table in place; PostgreSQL alters it directly.
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(
+            sa.Column("token_generation", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
+    with op.batch_alter_table("sites") as batch_op:
+        batch_op.add_column(
+            sa.Column("bootstrap_key_expires_at", sa.DateTime(timezone=True), nullable=True)
+        )
+        batch_op.add_column(
+            sa.Column(
+                "bootstrap_key_replaces_devices",
+                sa.Boolean(),
+                server_default=sa.false(),
+                nullable=False,
+            )
+        )
+    with op.batch_alter_table("devices") as batch_op:
+        batch_op.add_column(sa.Column("key_revoked_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("devices") as batch_op:
+        batch_op.drop_column("key_revoked_at")
+    with op.batch_alter_table("sites") as batch_op:
+        batch_op.drop_column("bootstrap_key_replaces_devices")
+        batch_op.drop_column("bootstrap_key_expires_at")
+    with op.batch_alter_table("users") as batch_op:
+        batch_op.drop_column("token_generation")
