@@ -12,6 +12,7 @@ Create Date: 2026-11-30 21:00:00.000000+00:00
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from alembic import op
@@ -42,6 +43,20 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("devices") as batch_op:
         batch_op.add_column(sa.Column("key_revoked_at", sa.DateTime(timezone=True), nullable=True))
+    # Keys issued before keys expired keep working for one more default lifetime (24 h).
+    sites = sa.table(
+        "sites",
+        sa.column("bootstrap_key_hash", sa.String()),
+        sa.column("bootstrap_key_expires_at", sa.DateTime(timezone=True)),
+    )
+    expires = datetime.now(UTC) + timedelta(hours=24)
+    if op.get_bind().dialect.name == "sqlite":
+        expires = expires.replace(tzinfo=None)  # stored as naive UTC (homepot.db.UTCDateTime)
+    op.execute(
+        sites.update()
+        .where(sites.c.bootstrap_key_hash.is_not(None))
+        .values(bootstrap_key_expires_at=expires)
+    )
 
 
 def downgrade() -> None:

@@ -26,6 +26,7 @@ from homepot.db import create_engine, create_session_factory
 from homepot.device.router import router as device_router
 from homepot.device.states import run_device_watchdog
 from homepot.export.router import router as export_router
+from homepot.fleet.key_router import router as device_key_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
 from homepot.job.agent_router import router as job_agent_router
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(site_router)
     app.include_router(device_router)
+    app.include_router(device_key_router)
     app.include_router(fleet_router)
     app.include_router(job_router)
     app.include_router(job_agent_router)
