@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import jwt
-from argon2 import PasswordHasher
 import pytest
+from argon2 import PasswordHasher
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
