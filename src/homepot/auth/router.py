@@ -21,13 +21,13 @@ router = APIRouter(prefix=API_PREFIX, tags=["auth"])
 ANONYMOUS = "anonymous"
 
 
-async def _audit_failed_login(request: Request, email: str, *, locked: bool) -> None:
-    """Audit rows for a failed login, in their own transaction (the request's rolls back)."""
+async def _audit_failed_login(request: Request, account_id: str | None, *, locked: bool) -> None:
+    """Audit rows for a failed login, in a short transaction of their own."""
     async with request.app.state.session_factory() as session:
-        user = await service.get_user_by_email(session, email)
-        actor = Actor(user_id=user.id if user else ANONYMOUS, ip_address=client_address(request))
-        resource = {"resource_type": "user", "resource_id": user.id if user else ANONYMOUS}
-        reason = "unknown account" if user is None else "wrong password or disabled account"
+        author = account_id or ANONYMOUS
+        actor = Actor(user_id=author, ip_address=client_address(request))
+        resource = {"resource_type": "user", "resource_id": author}
+        reason = "unknown account" if account_id is None else "wrong password or disabled account"
         write_audit_log(
             session, actor, action="auth.login.failed", details={"reason": reason}, **resource
         )
@@ -55,11 +55,8 @@ async def _audit_failed_login(request: Request, email: str, *, locked: bool) -> 
         429: {"description": "Too many failed logins from this address or for this account"},
     },
 )
-async def login(
-    request: Request,
-    session: SessionDep,
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
-) -> Token:
+async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
+    # No request session: authenticate holds no connection while the password is hashed.
     limits = rate_limits(request)
     address = f"address:{client_address(request)}"
     account = f"account:{service.normalise_email(form.username)}"
@@ -70,7 +67,10 @@ async def login(
         )
         if wait:
             raise too_many(wait, "too many failed logins from this address or for this account")
-    user = await service.authenticate(session, form.username, form.password)
+    attempt = await service.authenticate(
+        request.app.state.session_factory, form.username, form.password
+    )
+    user = attempt.user
     if user is None:
         locked = False
         if limits is not None:
@@ -80,7 +80,7 @@ async def login(
                 limits.login_by_address.retry_after(address)
                 or limits.login_by_account.retry_after(account)
             )
-        await _audit_failed_login(request, form.username, locked=locked)
+        await _audit_failed_login(request, attempt.account_id, locked=locked)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "incorrect e-mail or password",

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from homepot.auth.models import Role, User
 from homepot.auth.schemas import UserPreferences
@@ -27,9 +31,26 @@ _DUMMY_HASH = _hasher.hash("homepot-timing-equaliser")
 
 T = TypeVar("T")
 
+# Hashing threads run at a lower CPU priority than the event loop (Linux: nice is per
+# thread, and argon2's own lane threads inherit it), so that on a busy machine a burst of
+# logins takes CPU time the requests of everyone else leave over.
+HASH_THREAD_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+
+
+def _hashing_threads(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=count, thread_name_prefix="homepot-password", initializer=_lower_priority
+    )
+
+
 # argon2 costs ~50 ms of CPU per hash and releases the GIL while it works: run in these
 # threads, a burst of logins waits its turn here instead of stalling the event loop.
-_hash_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="homepot-password")
+_hash_threads = _hashing_threads(2)
 
 
 class InvalidToken(Exception):
@@ -47,10 +68,7 @@ def set_password_hash_threads(count: int) -> None:
     global _hash_threads
     if _hash_threads._max_workers == count:
         return
-    previous, _hash_threads = (
-        _hash_threads,
-        ThreadPoolExecutor(max_workers=count, thread_name_prefix="homepot-password"),
-    )
+    previous, _hash_threads = _hash_threads, _hashing_threads(count)
     previous.shutdown(wait=False)
 
 
@@ -134,15 +152,38 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email == normalise_email(email)))
 
 
-async def authenticate(session: AsyncSession, email: str, password: str) -> User | None:
-    user = await get_user_by_email(session, email)
+@dataclass(frozen=True)
+class LoginAttempt:
+    """The outcome of a login: the user when it succeeded, and the account it named."""
+
+    user: User | None
+    # The id of the account the e-mail belongs to, also when the password was wrong (for the
+    # audit trail); None when no account has that e-mail.
+    account_id: str | None
+
+
+async def authenticate(
+    session_factory: async_sessionmaker[AsyncSession], email: str, password: str
+) -> LoginAttempt:
+    """Check an e-mail and password without holding a database connection while hashing.
+
+    The account is read in one short transaction and ``last_login_at`` written in another;
+    in between, the password is verified in the hashing threads. A burst of logins then
+    waits for those threads, not for connections that every other request needs too.
+    """
+    async with session_factory() as session:
+        user = await get_user_by_email(session, email)
     if user is None:
         await verify_password_off_loop(_DUMMY_HASH, password)
-        return None
+        return LoginAttempt(user=None, account_id=None)
     if not await verify_password_off_loop(user.password_hash, password) or not user.is_active:
-        return None
+        return LoginAttempt(user=None, account_id=user.id)
     user.last_login_at = utcnow()
-    return user
+    async with session_factory() as session, session.begin():
+        await session.execute(
+            update(User).where(User.id == user.id).values(last_login_at=user.last_login_at)
+        )
+    return LoginAttempt(user=user, account_id=user.id)
 
 
 async def create_user(
