@@ -35,6 +35,7 @@ from homepot.auth.schemas import UserCreate
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory, run_migrations
 from homepot.fleet import simulator as fleet_simulator
+from homepot.kit.urls import mask_url_credentials
 from homepot.retention.policy import (
     RetentionPolicyError,
     TablePolicy,
@@ -224,7 +225,7 @@ def _init_database(settings: Settings, *, with_sample_data: bool) -> list[sample
         try:
             run_migrations(settings.database_url)
         except CommandError as exc:
-            raise _fail(f"migrations failed: {exc}") from None
+            raise _fail(f"migrations failed: {mask_url_credentials(str(exc))}") from None
     console.print(f"Database {_safe_url(settings.database_url)} is at the latest schema.")
     if not with_sample_data:
         return []
@@ -767,7 +768,7 @@ def simulate_backfill(
         try:
             run_migrations(settings.database_url)
         except CommandError as exc:
-            raise _fail(f"migrations failed: {exc}") from None
+            raise _fail(f"migrations failed: {mask_url_credentials(str(exc))}") from None
     console = _out()
     console.print(f"Backfilling {days:g} days for {devices} terminals in {sites} stores ...")
     try:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 )
 
 from homepot.analytics.error_logger import record_error
+from homepot.kit.urls import mask_url_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig if exc.orig is not None else exc).splitlines()[0][:300]
+    # Shown to the client and recorded: never with a password from a URL in the driver's text.
+    text = mask_url_credentials(str(exc.orig if exc.orig is not None else exc))
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
