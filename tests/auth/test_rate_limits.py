@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
@@ -67,6 +69,19 @@ async def test_an_account_is_locked_after_repeated_failures_and_audited(
     assert actions == ["auth.login.failed"] * 3 + ["auth.login.throttled"]
     assert {a.ip_address for a in audits} == {"203.0.113.7"}
     assert {a.user_id for a in audits} == {user["id"]}
+
+
+async def test_a_concurrent_burst_cannot_slip_past_the_limit(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    user = await create_user(app)
+
+    answers = await asyncio.gather(
+        *(_log_in(client, user["email"], f"guess-{n}") for n in range(8))
+    )
+
+    # Attempts are counted before the password is checked: only the first three are.
+    assert sorted(answers) == [401] * 3 + [429] * 5
 
 
 async def test_an_address_is_limited_across_accounts(app: FastAPI, client: AsyncClient) -> None:

@@ -36,6 +36,18 @@ def test_refused_attempts_do_not_extend_the_wait() -> None:
     assert limiter.retry_after("a") == 5
 
 
+def test_a_forgiven_hit_no_longer_counts() -> None:
+    limiter = SlidingWindowLimiter(2, 10, clock=Clock())
+    limiter.hit("a")
+    limiter.hit("a")
+    assert limiter.retry_after("a") > 0
+    limiter.forgive("a")
+    assert limiter.retry_after("a") == 0
+    limiter.forgive("a")
+    limiter.forgive("a")  # nothing left to forgive: no error
+    assert limiter.try_hit("a") == 0
+
+
 def test_reset_forgets_a_key_and_the_header_rounds_up() -> None:
     limiter = SlidingWindowLimiter(1, 10, clock=Clock())
     limiter.hit("a")

@@ -67,19 +67,19 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
         )
         if wait:
             raise too_many(wait, "too many failed logins from this address or for this account")
+        # Counted before the password is checked, so that concurrent attempts cannot all
+        # pass the check above; a success is forgiven below.
+        limits.login_by_address.hit(address)
+        limits.login_by_account.hit(account)
     attempt = await service.authenticate(
         request.app.state.session_factory, form.username, form.password
     )
     user = attempt.user
     if user is None:
-        locked = False
-        if limits is not None:
-            limits.login_by_address.hit(address)
-            limits.login_by_account.hit(account)
-            locked = bool(
-                limits.login_by_address.retry_after(address)
-                or limits.login_by_account.retry_after(account)
-            )
+        locked = limits is not None and bool(
+            limits.login_by_address.retry_after(address)
+            or limits.login_by_account.retry_after(account)
+        )
         await _audit_failed_login(request, attempt.account_id, locked=locked)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -87,6 +87,7 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
             {"WWW-Authenticate": "Bearer"},
         )
     if limits is not None:
+        limits.login_by_address.forgive(address)
         limits.login_by_account.reset(account)
     request.state.user_id = user.id
     auth = request.app.state.settings.auth

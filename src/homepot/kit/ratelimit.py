@@ -17,9 +17,10 @@ from collections.abc import Callable
 class SlidingWindowLimiter:
     """At most ``limit`` hits per key within any ``window_seconds``.
 
-    ``check`` says how long to wait before the next hit would be allowed (0: allowed now);
-    ``hit`` counts one. Keeping the two apart lets a caller count only failures (logins)
-    while refusing early once a key is over its limit.
+    ``retry_after`` says how long to wait before the next hit would be allowed (0: allowed
+    now); ``hit`` counts one and ``forgive`` takes one back. A caller that limits failures
+    counts every attempt up front (so that a burst of concurrent attempts cannot all slip
+    past the check) and forgives the ones that succeed.
     """
 
     # Beyond this many keys, keys without a recent hit are dropped (bounded memory).
@@ -69,6 +70,14 @@ class SlidingWindowLimiter:
         if wait == 0:
             self.hit(key)
         return wait
+
+    def forgive(self, key: str) -> None:
+        """Take back the latest hit of ``key`` (an attempt counted up front that succeeded)."""
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
+            if not hits:
+                del self._hits[key]
 
     def reset(self, key: str) -> None:
         self._hits.pop(key, None)
