@@ -55,7 +55,7 @@ from homepot.auth.service import create_user
 from homepot.db import create_engine, create_session_factory
 
 ENDPOINT = "/api/v1/users/me"
-EMAIL = "benchmark-viewer@example.com"
+EMAIL = "benchmark-admin@example.com"
 MODES = ("off", "on")
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
@@ -188,6 +188,8 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # The recorder's counters in /api/v1/health are shown to admins only.
+        self.token: str | None = None
 
     def start(self) -> None:
         command = [
@@ -234,7 +236,8 @@ class Server:
         raise RuntimeError(f"the server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def recorder_counters(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.base_url}/api/v1/health", timeout=5)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        response = httpx.get(f"{self.base_url}/api/v1/health", headers=headers, timeout=5)
         response.raise_for_status()
         counters: dict[str, Any] = response.json()["recorder"]
         return counters
@@ -274,7 +277,7 @@ class Server:
 
 
 def create_benchmark_user(database_url: str, env: dict[str, str], password: str) -> str:
-    """A viewer to log in as; through ``homepot users create`` when the CLI has it."""
+    """An admin to log in as (health shows the recorder counters to admins only)."""
     cli = Path(sys.executable).with_name("homepot")
     if cli.exists():
         probe = subprocess.run(
@@ -285,7 +288,7 @@ def create_benchmark_user(database_url: str, env: dict[str, str], password: str)
                 [
                     str(cli),
                     *("users", "create", "--email", EMAIL, "--password", password),
-                    *("--role", Role.viewer.value),
+                    *("--role", Role.admin.value),
                 ],
                 env=env,
                 capture_output=True,
@@ -297,7 +300,7 @@ def create_benchmark_user(database_url: str, env: dict[str, str], password: str)
         engine = create_engine(database_url)
         try:
             async with create_session_factory(engine)() as session:
-                await create_user(session, email=EMAIL, password=password, role=Role.viewer)
+                await create_user(session, email=EMAIL, password=password, role=Role.admin)
                 await session.commit()
         finally:
             await engine.dispose()
@@ -510,7 +513,7 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
         )
     console.print(
         f"[bold]Request recording benchmark[/]  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"  endpoint      GET {ENDPOINT} (bearer token, viewer)\n"
+        f"  endpoint      GET {ENDPOINT} (bearer token, admin)\n"
         f"  database      {describe_database(database_url)}\n"
         f"  server        uvicorn, 1 worker, loop {event_loop_name()}, --no-access-log; "
         "off = HOMEPOT_ANALYTICS__RECORD_REQUESTS=false\n"
@@ -541,6 +544,7 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
             server.start()
             assert server.process is not None
             token = token or obtain_token(server, password)
+            server.token = token
             url = f"{server.base_url}{ENDPOINT}"
             if args.warmup:
                 load(url, token, args.connections, args.warmup, pin)

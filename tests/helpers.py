@@ -106,8 +106,15 @@ async def db_rows(app: FastAPI, model: type[Any], **filters: Any) -> list[Any]:
         return list(await session.scalars(select(model).filter_by(**filters)))
 
 
-async def create_bootstrap_key(app: FastAPI, site_id: str) -> str:
-    """Give an existing site a bootstrap key (stored hashed, as the API does); returns it."""
+async def create_bootstrap_key(
+    app: FastAPI, site_id: str, *, hours: float = 24, replaces_devices: bool = False
+) -> str:
+    """Give an existing site a bootstrap key valid for ``hours`` (stored hashed, as the API
+    does); returns it. ``replaces_devices``: as if an admin issued it to re-register devices.
+    """
+    from datetime import timedelta
+
+    from homepot.db import utcnow
     from homepot.kit.keys import hash_key, new_bootstrap_key
     from homepot.site.models import Site
 
@@ -116,6 +123,8 @@ async def create_bootstrap_key(app: FastAPI, site_id: str) -> str:
         site = await session.get(Site, site_id)
         assert site is not None, f"no site {site_id}"
         site.bootstrap_key_hash = hash_key(key)
+        site.bootstrap_key_expires_at = utcnow() + timedelta(hours=hours)
+        site.bootstrap_key_replaces_devices = replaces_devices
         await session.commit()
     return key
 

@@ -58,8 +58,8 @@ def can_log_in(database_url: str, email: str, password: str) -> bool:
     async def check() -> bool:
         engine = create_engine(database_url)
         try:
-            async with create_session_factory(engine)() as session:
-                return await authenticate(session, email, password) is not None
+            attempt = await authenticate(create_session_factory(engine), email, password)
+            return attempt.user is not None
         finally:
             await engine.dispose()
 

@@ -18,7 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # reads the route template from route.path.
 API_PREFIX = "/api/v1"
 
-DEFAULT_SECRET_KEY = "homepot-development-secret-change-me"
+# Token secrets that were ever published (in this repository's history or documentation):
+# a token signed with one of them could be forged by anyone, so they are refused everywhere.
+PUBLISHED_SECRET_KEYS = frozenset({"homepot-development-secret-change-me"})
+# HS256 wants a key at least as long as its output; production refuses anything shorter.
+MIN_PRODUCTION_SECRET_BYTES = 32
 
 DEFAULT_SKIP_PATHS = (
     "/api/v1/health",
@@ -61,6 +65,8 @@ class FleetSettings(BaseModel):
     # A device whose heartbeats stop for this long is marked offline by the watchdog.
     offline_after_seconds: float = Field(default=90, gt=0)
     watchdog_interval_seconds: float = Field(default=5, gt=0)
+    # A site's bootstrap key registers terminals for this long after it is issued.
+    bootstrap_key_ttl_hours: float = Field(default=24, gt=0, le=24 * 365)
     # How long a pushed job waits for the device's acknowledgement before it is left for
     # the device to poll.
     ack_timeout_seconds: float = Field(default=10, gt=0)
@@ -118,9 +124,28 @@ class InsightsSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    # None: the server generates a random secret once and keeps it in the data directory
+    # (see homepot.auth.secret), so no installation ever signs with a published value.
+    secret_key: SecretStr | None = None
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    # Threads that hash and verify passwords (argon2 takes ~50 ms of CPU each): logins
+    # queue for them instead of stalling the event loop that serves every other request.
+    password_hash_threads: int = Field(default=2, ge=1, le=64)
+
+
+class RateLimitSettings(BaseModel):
+    """In-process limits (per server process, see homepot.kit.ratelimit); 429 beyond them."""
+
+    enabled: bool = True
+    # Failed logins counted per client address and per account within the window.
+    login_window_seconds: float = Field(default=300, gt=0)
+    login_failures_per_address: int = Field(default=20, ge=1)
+    login_failures_per_account: int = Field(default=10, ge=1)
+    # Failed device registrations per client address within a minute.
+    registration_failures_per_minute: int = Field(default=20, ge=1)
+    # Dashboard activity/error batches per user, and device error reports per device.
+    ingest_requests_per_minute: int = Field(default=300, ge=1)
 
 
 class Settings(BaseSettings):
@@ -133,6 +158,8 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "production"] = "development"
+    # Where the server keeps what it generates for itself (the token secret); made on start.
+    data_dir: Path = Path("var")
     database_url: str = "sqlite+aiosqlite:///./homepot.db"
     database_echo: bool = False
     # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For is believed.
@@ -141,6 +168,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     # Origins (e.g. https://ops.example.com) whose pages may call the API from a browser.
@@ -174,14 +202,20 @@ class Settings(BaseSettings):
         return values
 
     @model_validator(mode="after")
-    def _refuse_default_secret(self) -> Settings:
-        if (
-            self.environment != "development"
-            and self.auth.secret_key.get_secret_value() == DEFAULT_SECRET_KEY
-        ):
+    def _refuse_weak_secret(self) -> Settings:
+        if self.auth.secret_key is None:
+            return self
+        secret = self.auth.secret_key.get_secret_value()
+        if secret in PUBLISHED_SECRET_KEYS:
             raise ValueError(
-                "HOMEPOT_AUTH__SECRET_KEY is still the development default; "
-                "set a long random secret before running in production"
+                "HOMEPOT_AUTH__SECRET_KEY is a published value anyone can sign tokens with; "
+                "unset it (the server then generates its own) or set a long random secret"
+            )
+        if self.environment == "production" and len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+            raise ValueError(
+                f"HOMEPOT_AUTH__SECRET_KEY is {len(secret.encode())} bytes; production needs"
+                f" at least {MIN_PRODUCTION_SECRET_BYTES} (e.g. python -c 'import secrets;"
+                " print(secrets.token_urlsafe(48))'), or unset it to have one generated"
             )
         return self
 

@@ -18,6 +18,9 @@ from homepot.analytics.recorder import Recorder, set_recorder
 from homepot.analytics.router import router as analytics_router
 from homepot.audit.router import router as audit_router
 from homepot.auth.router import router as auth_router
+from homepot.auth.secret import with_secret_key
+from homepot.auth.service import set_password_hash_threads
+from homepot.auth.throttle import RateLimits
 from homepot.config import Settings, get_settings
 from homepot.db import create_engine, create_session_factory
 from homepot.device.impact import run_impact_evaluator
@@ -25,6 +28,7 @@ from homepot.device.router import router as device_router
 from homepot.device.states import run_device_watchdog
 from homepot.export.router import router as export_router
 from homepot.fleet.jobs_router import router as job_agent_router
+from homepot.fleet.key_router import router as device_key_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
 from homepot.insights.router import router as insights_router
@@ -56,7 +60,9 @@ BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    # Without a configured token secret, the data directory's (generated on first start).
+    settings = with_secret_key(settings or get_settings())
+    set_password_hash_threads(settings.auth.password_hash_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.recorder = None
+    app.state.rate_limits = RateLimits.of(settings.rate_limits)
     registry.register(RecorderCollector(lambda: app.state.recorder))
     # Innermost first: bodies are checked before any route reads them; every answer, also a
     # refusal, carries the security headers (and CORS headers when origins are configured)
@@ -122,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(site_router)
     app.include_router(device_router)
+    app.include_router(device_key_router)
     app.include_router(fleet_router)
     app.include_router(job_router)
     app.include_router(job_agent_router)

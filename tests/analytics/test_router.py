@@ -689,6 +689,7 @@ async def test_a_client_error_report_is_stored_as_a_frontend_api_error(
     assert error["context"] == {
         "component": "DeviceTable",
         "source": "frontend",
+        "client_reported": True,
         "page_url": "/devices",
         "user_agent": "Mozilla/5.0 probe",
     }

@@ -198,25 +198,32 @@ async def test_registration_is_refused_without_the_right_key(
     await create_bootstrap_key(app, site_id)
     wrong = await client.post(f"{AGENT}/register", json=body)
     assert wrong.status_code == 401
-    assert "not valid" in detail(wrong)
+    assert detail(wrong) == detail(no_key_yet)
 
     missing = await client.post(f"{AGENT}/register", json={"site_id": site_id, "device_id": "p-x"})
     assert missing.status_code == 422
     assert error_fields(missing) == ["bootstrap_key"]
 
+    # An unknown site gets the same answer as a wrong key: existence is not revealed.
     unknown = await client.post(f"{AGENT}/register", json=body | {"site_id": "no-such-site"})
-    assert unknown.status_code == 404
-    assert "no-such-site" in detail(unknown)
+    assert unknown.status_code == 401
+    assert detail(unknown) == detail(wrong).replace(site_id, "no-such-site")
     assert await db_rows(app, Device) == []
 
 
-async def test_registering_again_replaces_the_devices_key(
+async def test_registering_again_with_the_current_key_replaces_the_devices_key(
     app: FastAPI, client: AsyncClient
 ) -> None:
     site_id = await create_site(app)
     device_id, old_headers = await create_registered_device(app, client, site_id=site_id)
+    current_key = old_headers["Authorization"].removeprefix("Bearer ")
     _, new_headers = await create_registered_device(
-        app, client, site_id=site_id, device_id=device_id, firmware_version="2.7.0"
+        app,
+        client,
+        site_id=site_id,
+        device_id=device_id,
+        firmware_version="2.7.0",
+        current_api_key=current_key,
     )
 
     old = await client.post(f"{AGENT}/heartbeat", json={}, headers=old_headers)
@@ -242,7 +249,7 @@ async def test_a_device_of_another_site_cannot_be_taken_over(
     )
 
     assert response.status_code == 409
-    assert "another site" in detail(response)
+    assert "already registered" in detail(response)
     device = await device_row(app, device_id)
     assert (device.site_id, device.api_key_hash) == (home, None)
 

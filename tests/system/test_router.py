@@ -10,10 +10,10 @@ from tests.helpers import auth_headers, flush
 async def test_health_reports_database_and_recorder_counters(
     app: FastAPI, client: AsyncClient
 ) -> None:
-    headers = await auth_headers(app, client, Role.viewer)
+    headers = await auth_headers(app, client, Role.admin)
     await client.get("/api/v1/users/me", headers=headers)
     await flush(app)
-    health = (await client.get("/api/v1/health")).json()
+    health = (await client.get("/api/v1/health", headers=headers)).json()
     assert health["status"] == "ok"
     assert health["database"] == "ok"
     recorder = health["recorder"]

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from homepot.analytics.models import DEVICE, ErrorLog, Source
 from homepot.analytics.recorder import Recorder, get_recorder
+from homepot.kit.urls import mask_url_credentials
 
 CATEGORIES: Final = ("api", "database", "external_service", "validation")
 SEVERITIES: Final = ("critical", "error", "warning", "info")
@@ -55,8 +56,9 @@ def record_error(
         category=category,
         severity=severity,
         error_code=error_code,
-        error_message=error_message,
-        stack_trace=stack_trace,
+        # A database or broker URL in an exception's text must not carry its password here.
+        error_message=mask_url_credentials(error_message),
+        stack_trace=mask_url_credentials(stack_trace) if stack_trace else stack_trace,
         endpoint=endpoint,
         user_id=user_id,
         device_id=device_id,

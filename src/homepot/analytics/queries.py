@@ -26,8 +26,10 @@ from homepot.analytics.models import (
     UserActivity,
 )
 from homepot.analytics.recorder import Recorder
+from homepot.audit.service import Actor, write_audit_log
 from homepot.db import utcnow
-from homepot.kit.streams import Stream, any_of, at_least, equals
+from homepot.kit.pagination import CursorPage
+from homepot.kit.streams import ReadT, Stream, StreamQuery, any_of, at_least, equals, read_page
 
 REQUESTS = Stream(
     APIRequestLog,
@@ -127,6 +129,32 @@ SITE_SCHEDULES = Stream(
 )
 
 
+async def read_audited_page(
+    session: AsyncSession,
+    actor: Actor,
+    stream: Stream[ReadT],
+    params: StreamQuery,
+) -> CursorPage[ReadT]:
+    """A page of ``stream``, with an audit row of who read it, from where, with which filters.
+
+    Every read of an analytics stream goes through here (the admin streams and the error log
+    that every signed-in user sees), so the audit log answers "who looked at what".
+    """
+    write_audit_log(
+        session,
+        actor,
+        action="analytics.query",
+        resource_type="analytics",
+        resource_id=stream.model.__tablename__,
+        details={
+            name: value
+            for name in type(params).model_fields
+            if (value := getattr(params, name)) is not None
+        },
+    )
+    return await read_page(session, stream, params)
+
+
 async def set_error_resolved(
     session: AsyncSession, error_id: int, resolved: bool
 ) -> ErrorLog | None:
@@ -171,6 +199,8 @@ def record_client_error(
     context: dict[str, Any] = dict(report.context or {})
     context.update(
         source="frontend",
+        # Said by the browser, not observed by the server: readers weigh it accordingly.
+        client_reported=True,
         page_url=report.page_url,
         user_agent=report.user_agent or user_agent,
     )

@@ -35,8 +35,9 @@ from homepot.analytics.schemas import (
     UserActivityRead,
 )
 from homepot.audit.service import Actor, write_audit_log
-from homepot.auth.deps import AdminUser, CurrentUser
+from homepot.auth.deps import AdminUser
 from homepot.auth.models import User
+from homepot.auth.throttle import IngestingUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit import streams
@@ -63,6 +64,10 @@ _TOO_LARGE = (
     "A request body over the ingestion limit (HOMEPOT_LIMITS__MAX_INGEST_BODY_BYTES, "
     "256 KiB by default)"
 )
+_TOO_MANY = (
+    "More than HOMEPOT_RATE_LIMITS__INGEST_REQUESTS_PER_MINUTE batches from this user in a "
+    "minute; send again after Retry-After"
+)
 
 
 _PAGING = (
@@ -80,20 +85,7 @@ async def _audited_page(
     stream: streams.Stream[streams.ReadT],
     params: StreamQuery,
 ) -> CursorPage[streams.ReadT]:
-    """A page of ``stream``, with an audit row of who read it, from where, with which filters."""
-    write_audit_log(
-        session,
-        Actor.of(request, admin),
-        action="analytics.query",
-        resource_type="analytics",
-        resource_id=stream.model.__tablename__,
-        details={
-            name: value
-            for name in type(params).model_fields
-            if (value := getattr(params, name)) is not None
-        },
-    )
-    return await streams.read_page(session, stream, params)
+    return await queries.read_audited_page(session, Actor.of(request, admin), stream, params)
 
 
 @router.get(
@@ -231,6 +223,7 @@ async def list_site_schedules(
         413: {
             "description": f"More than {MAX_ACTIVITY_BATCH} events in one batch, or {_TOO_LARGE}"
         },
+        429: {"description": _TOO_MANY},
         422: {
             "description": "An invalid event (the error names the event's index and field): "
             f"over {MAX_EVENT_BYTES} bytes as JSON, an activity_type other than page_view, "
@@ -240,7 +233,7 @@ async def list_site_schedules(
     },
 )
 async def record_user_activities(
-    request: Request, user: CurrentUser, batch: UserActivityBatch
+    request: Request, user: IngestingUser, batch: UserActivityBatch
 ) -> ActivityBatchAccepted:
     if len(batch.events) > MAX_ACTIVITY_BATCH:
         raise HTTPException(
@@ -261,15 +254,21 @@ async def record_user_activities(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Report a client-side error",
     description="An error caught in the dashboard, stored in the error log with category "
-    "`api` and `context.source = frontend`, the page and the browser. Any logged-in user.",
+    "`api`, `context.source = frontend` and `context.client_reported = true`, the page and "
+    "the browser. Its code starts with `FRONTEND_` and its severity is at most `error`: a "
+    "browser cannot pose as a server-side alarm. Any logged-in user.",
     responses={
         **_AUTH_ERRORS,
         413: {"description": _TOO_LARGE},
-        422: {"description": "A missing message or a field over its size limit"},
+        422: {
+            "description": "A missing message, a field over its size limit, a code not "
+            "starting with FRONTEND_ or severity critical"
+        },
+        429: {"description": _TOO_MANY},
     },
 )
 async def report_client_error(
-    request: Request, user: CurrentUser, report: ClientErrorCreate
+    request: Request, user: IngestingUser, report: ClientErrorCreate
 ) -> ClientErrorAccepted:
     user_agent = request.headers.get("user-agent", "")[:512] or None
     event_id = queries.record_client_error(

@@ -435,6 +435,9 @@ class ActivityBatchAccepted(BaseModel):
     accepted: int = Field(description="Events queued for storage")
 
 
+CLIENT_ERROR_CODE_PREFIX = "FRONTEND_"
+
+
 class ClientErrorCreate(BaseModel):
     """An error the dashboard caught in the browser."""
 
@@ -446,11 +449,28 @@ class ClientErrorCreate(BaseModel):
     user_agent: str | None = Field(
         default=None, max_length=512, description="Defaults to the request's User-Agent"
     )
-    severity: Severity = "error"
-    error_code: ErrorCode = "FRONTEND_ERROR"
+    # Client-reported: a browser cannot raise a server-side alarm. "critical" and codes
+    # outside FRONTEND_* belong to what the server and devices detect themselves.
+    severity: Literal["error", "warning", "info"] = Field(
+        default="error", description="error, warning or info; critical is for server-side errors"
+    )
+    error_code: ErrorCode = Field(
+        default="FRONTEND_ERROR",
+        description=f"Starts with {CLIENT_ERROR_CODE_PREFIX} (e.g. FRONTEND_RENDER_FAILED)",
+    )
     context: SmallJsonObject | None = Field(
         default=None, description=f"Free-form context, at most {MAX_JSON_BYTES} bytes as JSON"
     )
+
+    @field_validator("error_code")
+    @classmethod
+    def _client_side_code(cls, value: str) -> str:
+        if not value.startswith(CLIENT_ERROR_CODE_PREFIX):
+            raise ValueError(
+                f"an error reported by the dashboard has a code starting with"
+                f" {CLIENT_ERROR_CODE_PREFIX}; server-side codes are the server's"
+            )
+        return value
 
     @field_validator("context")
     @classmethod

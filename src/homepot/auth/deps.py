@@ -26,7 +26,7 @@ async def get_current_user(
             status.HTTP_401_UNAUTHORIZED, "not authenticated: send a bearer token", _UNAUTHORIZED
         )
     try:
-        user_id = decode_access_token(token, request.app.state.settings.auth)
+        user_id, generation = decode_access_token(token, request.app.state.settings.auth)
     except InvalidToken as exc:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, f"invalid or expired token: {exc}", _UNAUTHORIZED
@@ -36,6 +36,12 @@ async def get_current_user(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "the token's user no longer exists or is disabled",
+            _UNAUTHORIZED,
+        )
+    if generation != user.token_generation:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "the token was revoked (logged out, or the account changed); log in again",
             _UNAUTHORIZED,
         )
     # The request log middleware reads the principal from here.

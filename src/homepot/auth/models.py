@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, String, false
+from sqlalchemy import Boolean, Enum, Integer, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from homepot.db import Base, new_event_id, utcnow
@@ -30,5 +30,7 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # The user's "Don't track my activity" choice: their dashboard events are then discarded.
     analytics_opt_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Raised by logout, disabling and a role change: tokens carrying an older one are refused.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]

@@ -20,6 +20,17 @@ class UserCreate(BaseModel):
     full_name: str | None = Field(default=None, max_length=200)
 
 
+class UserUpdate(BaseModel):
+    """What an admin changes about another user; omitted fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    is_active: bool | None = Field(
+        default=None, description="false disables the account; its tokens stop working at once"
+    )
+    role: Role | None = Field(default=None, description="A new role; existing tokens are revoked")
+
+
 class UserPreferences(BaseModel):
     """What a user chooses for themself; every field is required on PUT."""
 

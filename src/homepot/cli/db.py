@@ -29,6 +29,7 @@ from homepot.cli.common import (
 )
 from homepot.config import Settings
 from homepot.db import run_migrations
+from homepot.kit.urls import mask_url_credentials
 
 db_app = typer.Typer(
     help="Set up and inspect the database (migrations, sample data, counts, rows).",
@@ -57,7 +58,7 @@ def init_database(settings: Settings, *, with_sample_data: bool) -> list[sample_
         try:
             run_migrations(settings.database_url)
         except CommandError as exc:
-            raise fail(f"migrations failed: {exc}") from None
+            raise fail(f"migrations failed: {mask_url_credentials(str(exc))}") from None
     console.print(f"Database {safe_url(settings.database_url)} is at the latest schema.")
     if not with_sample_data:
         return []

@@ -21,6 +21,7 @@ from homepot.cli.common import (
     with_engine,
 )
 from homepot.db import run_migrations
+from homepot.kit.urls import mask_url_credentials
 from homepot.simulation import live as simulation
 from homepot.simulation.model import SimulationError
 
@@ -190,7 +191,7 @@ def simulate_backfill(
         try:
             run_migrations(settings.database_url)
         except CommandError as exc:
-            raise fail(f"migrations failed: {exc}") from None
+            raise fail(f"migrations failed: {mask_url_credentials(str(exc))}") from None
     console = stdout_console()
     console.print(f"Backfilling {days:g} days for {devices} terminals in {sites} stores ...")
     try:

@@ -38,6 +38,8 @@ class Device(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     # SHA-256 of the device's API key: one indexed lookup authenticates a request.
     api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # When an admin revoked the device's key: only an admin's approval registers it again.
+    key_revoked_at: Mapped[datetime | None]
     ip_address: Mapped[str | None] = mapped_column(String(45))
     last_seen_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,6 +16,7 @@ from homepot.config import Settings
 from homepot.device.models import Device, DeviceStatus
 from homepot.device.schemas import DeviceCreate, DeviceUpdate
 from homepot.device.states import transition
+from homepot.kit.keycache import device_key_changed
 from homepot.kit.pagination import PageParams, fetch_page
 from homepot.site.service import get_site
 
@@ -172,3 +173,4 @@ async def delete_device(session: AsyncSession, actor: Actor, device: Device) -> 
         details={"site_id": device.site_id, "name": device.name},
     )
     await session.flush()
+    device_key_changed(session, device.device_id)

@@ -24,6 +24,12 @@ def bootstrap_key_matches(site: Site, key: str) -> bool:
     return hmac.compare_digest(site.bootstrap_key_hash, hash_key(key))
 
 
+def device_key_matches(device: Device, key: str) -> bool:
+    if device.api_key_hash is None:
+        return False
+    return hmac.compare_digest(device.api_key_hash, hash_key(key))
+
+
 async def device_for_key(session: AsyncSession, key: str) -> Device | None:
     return await session.scalar(select(Device).where(Device.api_key_hash == hash_key(key)))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
+from homepot.auth.throttle import client_address, limit_ingest, rate_limits, too_many
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.device.models import DeviceStatus
@@ -24,7 +25,6 @@ from homepot.protocol.messages import (
     TelemetryAccepted,
     TelemetryBatch,
 )
-from homepot.site.service import SiteNotFound
 
 router = APIRouter(prefix=f"{API_PREFIX}/agent", tags=["agent"])
 
@@ -40,24 +40,44 @@ class HeartbeatAccepted(BaseModel):
     "/register",
     response_model=RegisterResponse,
     summary="Register a terminal with its site's bootstrap key; returns its own API key once",
+    description="A device id that is already registered is re-keyed only with its current "
+    "key (`current_api_key`) or a bootstrap key an admin issued to re-register devices. "
+    "Failed registrations are counted per client address "
+    "(`HOMEPOT_RATE_LIMITS__REGISTRATION_FAILURES_PER_MINUTE`); beyond that, 429.",
     responses={
-        401: {"description": "Wrong bootstrap key, or the site has none"},
-        404: {"description": "Unknown site"},
-        409: {"description": "The device id belongs to another site"},
+        401: {
+            "description": "The site id and bootstrap key are not a valid, current pair (one "
+            "answer for an unknown site, a wrong key and an expired key)"
+        },
+        409: {
+            "description": "The device id is registered; its current key or an admin's "
+            "approval is needed"
+        },
+        429: {"description": "Too many failed registrations from this address"},
     },
 )
 async def register(
     body: RegisterRequest, request: Request, session: SessionDep
 ) -> RegisterResponse:
+    limits = rate_limits(request)
+    address = client_address(request)
+    if limits is not None and (wait := limits.registration_by_address.retry_after(address)):
+        raise too_many(wait, "too many failed registrations from this address")
     try:
         return await service.register_device(
             session, body, settings=request.app.state.settings, ip_address=request.state.client_ip
         )
-    except SiteNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except service.BootstrapKeyRejected as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from exc
-    except (service.DeviceOfAnotherSite, service.RegistrationConflict) as exc:
+    except service.RegistrationRefused as exc:
+        if limits is not None:
+            limits.registration_by_address.hit(address)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, str(exc), {"WWW-Authenticate": "Bearer"}
+        ) from exc
+    except service.DeviceKeyRequired as exc:
+        if limits is not None:
+            limits.registration_by_address.hit(address)
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except service.RegistrationConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
@@ -102,12 +122,16 @@ async def telemetry(
     response_model=DeviceErrorAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     summary="An error the device saw itself (e.g. a payment gateway timeout), for error_logs",
-    responses={503: {"description": "The server is busy; send the same report again later"}},
+    responses={
+        429: {"description": "Too many reports from this device; send again after Retry-After"},
+        503: {"description": "The server is busy; send the same report again later"},
+    },
 )
 async def report_error(
     device: CurrentDevice, body: DeviceErrorReport, request: Request
 ) -> DeviceErrorAccepted:
     ensure_own_device(device, body.device_id)
+    limit_ingest(request, f"device:{device.device_id}")
     try:
         event_id = service.record_device_error(request.app.state.recorder, device, body)
     except service.ErrorReportNotQueued as exc:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +24,8 @@ from homepot.config import Settings
 from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
-from homepot.fleet.auth import bootstrap_key_matches
+from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
+from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.protocol.messages import (
     DeviceErrorReport,
@@ -35,7 +37,7 @@ from homepot.protocol.messages import (
     device_event_id,
     topics,
 )
-from homepot.site.service import get_site
+from homepot.site.models import Site
 
 # What a heartbeat says when it says nothing, and the report that clears an error state.
 HEALTHY = "ok"
@@ -57,15 +59,32 @@ _METRIC_FIELDS = {
 }
 
 
-class BootstrapKeyRejected(Exception):
-    """The registration's bootstrap key is not the site's current one (or it has none)."""
+class RegistrationRefused(Exception):
+    """The site id and bootstrap key are not a valid, current pair.
 
+    One answer for an unknown site, a site without a key, a wrong key and an expired key, so
+    that an unauthenticated caller learns nothing about which sites exist; the message says
+    what a legitimate installer does next.
+    """
 
-class DeviceOfAnotherSite(Exception):
-    def __init__(self, device_id: str, site_id: str) -> None:
+    def __init__(self, site_id: str, ttl_hours: float) -> None:
         super().__init__(
-            f"device {device_id!r} is registered at another site than {site_id!r}; move it"
-            " with PATCH /api/v1/devices/{device_id} or register it with its own site's key"
+            "registration refused: the site id and bootstrap key do not form a valid, current"
+            " pair. Check the site id for typos and ask an operator for a fresh bootstrap key"
+            f" (POST /api/v1/sites/{site_id}/bootstrap-key); keys stop working"
+            f" {ttl_hours:g} h after they are issued, and when a newer one is issued"
+        )
+
+
+class DeviceKeyRequired(Exception):
+    """The device id is registered with a working key, and no proof of it came along."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(
+            f"device {device_id!r} is already registered: a site's bootstrap key alone does not"
+            " replace its key. Send the device's current key as current_api_key, or ask an"
+            f" admin to issue one (POST /api/v1/devices/{device_id}/key) or a bootstrap key"
+            " that re-registers existing devices"
         )
 
 
@@ -116,20 +135,20 @@ async def register_device(
     """Create the device in its site, or give an existing device of that site a new key.
 
     The new API key is returned once and only its hash is stored; the previous key stops
-    working. Raises SiteNotFound (unknown site), BootstrapKeyRejected (wrong key, or the site
-    has none), DeviceOfAnotherSite and RegistrationConflict.
+    working. A device id that already exists is re-keyed only with proof: its current key
+    (``current_api_key``), or a bootstrap key an admin issued to re-register existing devices;
+    a device created by an operator and never registered takes its first key from the site
+    key alone, a revoked one does not. Raises RegistrationRefused (unknown site, no key, wrong
+    or expired key), DeviceKeyRequired and RegistrationConflict.
     """
-    site = await get_site(session, data.site_id)
-    if site.bootstrap_key_hash is None:
-        raise BootstrapKeyRejected(
-            f"site {site.site_id!r} has no bootstrap key yet; an operator creates one with"
-            f" POST /api/v1/sites/{site.site_id}/bootstrap-key"
-        )
-    if not bootstrap_key_matches(site, data.bootstrap_key):
-        raise BootstrapKeyRejected(
-            f"the bootstrap key is not valid for site {site.site_id!r}; ask an operator for"
-            " the site's current key"
-        )
+    # The caller's own site id echoed back: it tells them nothing they did not send.
+    refused = RegistrationRefused(data.site_id, settings.fleet.bootstrap_key_ttl_hours)
+    site = await session.get(Site, data.site_id)
+    if site is None or not bootstrap_key_matches(site, data.bootstrap_key):
+        raise refused
+    # A key without an expiry (none is issued so) is treated as expired: fail closed.
+    if site.bootstrap_key_expires_at is None or site.bootstrap_key_expires_at <= utcnow():
+        raise refused
     api_key = new_device_key()
     device = await session.get(Device, data.device_id)
     details: dict[str, Any] = {"site_id": site.site_id}
@@ -149,11 +168,13 @@ async def register_device(
         )
         session.add(device)
         action = "device.register"
+        authenticated_by: str | None = "site bootstrap key"
         details |= data.model_dump(include={"name", "device_type", "firmware_version", "simulated"})
         details["agent_version"] = data.agent_version
     else:
-        if device.site_id != site.site_id:
-            raise DeviceOfAnotherSite(device.device_id, site.site_id)
+        authenticated_by = _proof_of_ownership(device, site, data)
+        if authenticated_by is None:
+            raise DeviceKeyRequired(device.device_id)
         action = "device.rekey"
         for name in ("name", "device_type", "firmware_version", "agent_version", "simulated"):
             value = getattr(data, name)
@@ -164,18 +185,20 @@ async def register_device(
         if ip_address is not None:
             device.ip_address = ip_address
     device.api_key_hash = hash_key(api_key)
+    device.key_revoked_at = None
     write_audit_log(
         session,
         Actor(user_id=SYSTEM, ip_address=ip_address),
         action=action,
         resource_type="device",
         resource_id=device.device_id,
-        details=details | {"authenticated_by": "site bootstrap key"},
+        details=details | {"authenticated_by": authenticated_by},
     )
     try:
         await session.flush()
     except IntegrityError as exc:  # the same new device registered twice at once
         raise RegistrationConflict(data.device_id) from exc
+    device_key_changed(session, device.device_id)
     return RegisterResponse(
         device_id=device.device_id,
         site_id=site.site_id,
@@ -184,6 +207,64 @@ async def register_device(
         telemetry_interval_seconds=settings.fleet.telemetry_interval_seconds,
         mqtt=mqtt_info(settings),
     )
+
+
+def _proof_of_ownership(device: Device, site: Site, data: RegisterRequest) -> str | None:
+    """How a re-registration of an existing device is authorised; None when it is not."""
+    if device.site_id != site.site_id:
+        # A site key never reaches devices of another site; moving one is an operator's
+        # PATCH /api/v1/devices/{device_id}.
+        return None
+    if data.current_api_key is not None and device_key_matches(device, data.current_api_key):
+        return "the device's current key"
+    if site.bootstrap_key_replaces_devices:
+        return "a bootstrap key an admin issued to re-register devices"
+    if device.api_key_hash is None and device.key_revoked_at is None:
+        return "site bootstrap key (the device had no key yet)"
+    return None
+
+
+class DeviceKeyIssued(BaseModel):
+    device_id: str
+    api_key: str = Field(
+        description="The device's new key; shown once, stored only hashed. The previous key "
+        "stops working at once"
+    )
+
+
+async def issue_device_key(session: AsyncSession, actor: Actor, device: Device) -> DeviceKeyIssued:
+    """Replace the device's key with a new one (an admin's rotation); returns it once."""
+    api_key = new_device_key()
+    had_key = device.api_key_hash is not None
+    device.api_key_hash = hash_key(api_key)
+    device.key_revoked_at = None
+    write_audit_log(
+        session,
+        actor,
+        action="device.key.rotate",
+        resource_type="device",
+        resource_id=device.device_id,
+        details={"replaced_previous_key": had_key},
+    )
+    await session.flush()
+    device_key_changed(session, device.device_id)
+    return DeviceKeyIssued(device_id=device.device_id, api_key=api_key)
+
+
+async def revoke_device_key(session: AsyncSession, actor: Actor, device: Device) -> None:
+    """The device's key stops working at once, on HTTP and MQTT; it can re-register only with
+    an admin's approval (a new key from POST .../key, or an admin-issued bootstrap key)."""
+    device.api_key_hash = None
+    device.key_revoked_at = utcnow()
+    write_audit_log(
+        session,
+        actor,
+        action="device.key.revoke",
+        resource_type="device",
+        resource_id=device.device_id,
+    )
+    await session.flush()
+    device_key_changed(session, device.device_id)
 
 
 async def record_heartbeat(

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Query, Request
 
 from homepot.analytics import queries
 from homepot.analytics.schemas import ErrorLogQuery, ErrorLogRead
+from homepot.audit.service import Actor
 from homepot.auth.deps import CurrentUser
+from homepot.auth.models import Role
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
-from homepot.kit import streams
 from homepot.kit.pagination import CursorPage
 from homepot.overview import service
 from homepot.overview.cache import FleetMetricsCache
@@ -52,12 +53,25 @@ async def read_overview(
 
 @router.get(
     "/errors",
-    summary="Error log, newest first (any signed-in user)",
+    summary="Error log, newest first (any signed-in user; details for admins)",
     description="The analytics error stream with its filters (`category`, `severity`, "
     "`error_code`, `device_id`, `resolved`, `start_date`, `end_date`) as "
-    "`{items, next_cursor}` pages; unknown parameters are refused with 422.",
+    "`{items, next_cursor}` pages; unknown parameters are refused with 422. Operators and "
+    "viewers get `stack_trace`, `user_id` and `context` as null (stack traces name server "
+    "paths, context may name people); admins see them. Every read is audited "
+    "(`analytics.query`), like the analytics streams.",
 )
 async def list_errors(
-    _user: CurrentUser, session: SessionDep, params: Annotated[ErrorLogQuery, Query()]
+    user: CurrentUser,
+    request: Request,
+    session: SessionDep,
+    params: Annotated[ErrorLogQuery, Query()],
 ) -> CursorPage[ErrorLogRead]:
-    return await streams.read_page(session, queries.ERRORS, params)
+    page = await queries.read_audited_page(session, Actor.of(request, user), queries.ERRORS, params)
+    if user.role == Role.admin:
+        return page
+    hidden = {"stack_trace": None, "user_id": None, "context": None}
+    return CursorPage[ErrorLogRead](
+        items=[item.model_copy(update=hidden) for item in page.items],
+        next_cursor=page.next_cursor,
+    )

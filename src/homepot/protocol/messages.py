@@ -67,6 +67,12 @@ class RegisterRequest(Strict):
     site_id: str = Field(min_length=1, max_length=64)
     device_id: str = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")
     bootstrap_key: str = Field(min_length=16, max_length=200)
+    current_api_key: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The device's current API key, when it re-registers an id that already "
+        "has a working key: a site's bootstrap key alone never replaces a device's key",
+    )
     name: str | None = Field(default=None, max_length=200)
     device_type: str = Field(default="pos_terminal", max_length=64, pattern=r"^[a-z0-9_]+$")
     firmware_version: str | None = Field(default=None, max_length=64)

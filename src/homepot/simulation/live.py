@@ -331,7 +331,13 @@ class FleetSimulator:
                 f"reading {site_id} failed ({response.status_code}): {response.text[:200]}"
             )
         self.sites[site_id] = await self._site_schedule(site_id, timezone, number, given)
-        key = await self._api("POST", f"/sites/{site_id}/bootstrap-key")
+        # A rerun re-registers the same terminal ids: that needs an admin's key (a site key
+        # alone never replaces a registered device's key); an operator's registers new ones.
+        key = await self._api(
+            "POST", f"/sites/{site_id}/bootstrap-key", json={"replaces_existing_devices": True}
+        )
+        if key.status_code == 403:
+            key = await self._api("POST", f"/sites/{site_id}/bootstrap-key")
         if key.status_code not in (200, 201):
             raise SimulationError(
                 f"issuing a bootstrap key for {site_id} failed "

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, false
+from sqlalchemy import Boolean, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from homepot.analytics.models import Source, source_of
@@ -21,6 +21,13 @@ class Site(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # SHA-256 of the key new terminals of this site register with (see homepot.fleet.auth).
     bootstrap_key_hash: Mapped[str | None] = mapped_column(String(64))
+    # The bootstrap key registers terminals until then (fleet.bootstrap_key_ttl_hours).
+    bootstrap_key_expires_at: Mapped[datetime | None]
+    # An admin issued the key to re-register devices that already exist (replacing their
+    # keys); a key from an operator only registers new devices.
+    bootstrap_key_replaces_devices: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # A store of the simulation: its schedules and configuration changes are "simulated".

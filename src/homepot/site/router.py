@@ -7,12 +7,14 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from homepot.analytics.models import SiteOperatingSchedule
 from homepot.audit.service import Actor
 from homepot.auth.deps import AdminUser, CurrentUser, OperatorUser
+from homepot.auth.models import Role
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit.pagination import Page
 from homepot.site import service
 from homepot.site.models import Site
 from homepot.site.schemas import (
+    BootstrapKeyCreate,
     BootstrapKeyRead,
     ScheduleRead,
     ScheduleWrite,
@@ -112,12 +114,39 @@ async def delete_site(
     response_model=BootstrapKeyRead,
     status_code=status.HTTP_201_CREATED,
     summary="Create or replace the key the site's terminals register with (operator or admin)",
+    description="The previous key stops working at once; the new one expires after "
+    "`HOMEPOT_FLEET__BOOTSTRAP_KEY_TTL_HOURS` (24 by default). It registers new devices only, "
+    "unless an admin asks for `replaces_existing_devices`.",
+    responses={403: {"description": "replaces_existing_devices asked for by a non-admin"}},
 )
 async def rotate_bootstrap_key(
-    user: OperatorUser, site: SiteFromPath, request: Request, session: SessionDep
+    user: OperatorUser,
+    site: SiteFromPath,
+    request: Request,
+    session: SessionDep,
+    body: BootstrapKeyCreate | None = None,
 ) -> BootstrapKeyRead:
-    key, replaced = await service.rotate_bootstrap_key(session, Actor.of(request, user), site)
-    return BootstrapKeyRead(site_id=site.site_id, bootstrap_key=key, replaced_previous_key=replaced)
+    replaces_devices = body is not None and body.replaces_existing_devices
+    if replaces_devices and user.role != Role.admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "only an admin issues a bootstrap key that re-registers existing devices",
+        )
+    key, replaced = await service.rotate_bootstrap_key(
+        session,
+        Actor.of(request, user),
+        site,
+        ttl_hours=request.app.state.settings.fleet.bootstrap_key_ttl_hours,
+        replaces_devices=replaces_devices,
+    )
+    assert site.bootstrap_key_expires_at is not None
+    return BootstrapKeyRead(
+        site_id=site.site_id,
+        bootstrap_key=key,
+        replaced_previous_key=replaced,
+        expires_at=site.bootstrap_key_expires_at,
+        replaces_existing_devices=replaces_devices,
+    )
 
 
 def _week(site: Site, schedules: list[SiteOperatingSchedule]) -> WeekSchedule:

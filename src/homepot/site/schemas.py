@@ -256,6 +256,17 @@ class WeekSchedule(BaseModel):
     days: list[ScheduleRead] = Field(description="The days that have a schedule, Monday first")
 
 
+class BootstrapKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replaces_existing_devices: bool = Field(
+        default=False,
+        description="Admin only: the key also re-registers devices of the site that already "
+        "have a key (e.g. terminals that lost theirs), replacing their keys. Without it, a "
+        "device id that is registered needs its current key to register again",
+    )
+
+
 class BootstrapKeyRead(BaseModel):
     site_id: str
     bootstrap_key: str = Field(
@@ -266,4 +277,8 @@ class BootstrapKeyRead(BaseModel):
     )
     replaced_previous_key: bool = Field(
         description="True when a previous key existed; it no longer registers devices"
+    )
+    expires_at: datetime = Field(description="The key registers no device after this time")
+    replaces_existing_devices: bool = Field(
+        description="Whether the key also re-registers devices that already exist"
     )

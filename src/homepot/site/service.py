@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import column, delete, func, select, table
@@ -14,6 +15,7 @@ from homepot.analytics.models import SiteOperatingSchedule
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, apply_changes, write_audit_log
 from homepot.config import Settings
+from homepot.db import utcnow
 from homepot.kit.keys import hash_key, new_bootstrap_key
 from homepot.kit.pagination import PageParams, fetch_page
 from homepot.site.models import Site
@@ -162,22 +164,37 @@ async def delete_site(session: AsyncSession, actor: Actor, site: Site) -> None:
         raise SiteHasDevices(site.site_id, 1) from exc
 
 
-async def rotate_bootstrap_key(session: AsyncSession, actor: Actor, site: Site) -> tuple[str, bool]:
+async def rotate_bootstrap_key(
+    session: AsyncSession,
+    actor: Actor,
+    site: Site,
+    *,
+    ttl_hours: float,
+    replaces_devices: bool = False,
+) -> tuple[str, bool]:
     """A new bootstrap key for the site's terminals; returns it and whether one was replaced.
 
-    Only the key's hash is stored, and the audit row records that the key changed, never
-    the key. Devices already registered keep their own API keys.
+    The previous key stops working at once; the new one expires after ``ttl_hours``. With
+    ``replaces_devices`` (an admin's approval) it also re-registers devices that already
+    exist in the site, replacing their keys. Only the key's hash is stored, and the audit
+    row records that the key changed, never the key. Devices keep their own API keys.
     """
     replaced = site.bootstrap_key_hash is not None
     key = new_bootstrap_key()
     site.bootstrap_key_hash = hash_key(key)
+    site.bootstrap_key_expires_at = utcnow() + timedelta(hours=ttl_hours)
+    site.bootstrap_key_replaces_devices = replaces_devices
     write_audit_log(
         session,
         actor,
         action="site.bootstrap_key.rotate" if replaced else "site.bootstrap_key.create",
         resource_type="site",
         resource_id=site.site_id,
-        details={"replaced_previous_key": replaced},
+        details={
+            "replaced_previous_key": replaced,
+            "expires_at": site.bootstrap_key_expires_at,
+            "replaces_existing_devices": replaces_devices,
+        },
     )
     await session.flush()
     return key, replaced

@@ -29,6 +29,7 @@ from homepot.analytics.error_logger import record_error
 from homepot.analytics.models import DEVICE
 from homepot.kit.jsonlimits import clip_stored_json, replace_lone_surrogates
 from homepot.kit.redaction import TOO_DEEP
+from homepot.kit.urls import mask_url_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig if exc.orig is not None else exc).splitlines()[0][:300]
+    # Shown to the client and recorded: never with a password from a URL in the driver's text.
+    text = mask_url_credentials(str(exc.orig if exc.orig is not None else exc))
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
