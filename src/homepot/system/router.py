@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,18 +13,23 @@ from homepot import __version__
 
 router = APIRouter(tags=["system"])
 
+HEALTH_DATABASE_TIMEOUT_SECONDS = 2.0
+
 
 @router.get("/api/v1/health", summary="Service health, database reachability and recorder counters")
 async def health(request: Request) -> dict[str, Any]:
     database = "ok"
     try:
-        async with request.app.state.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        # A database that hangs must not hang the health check with it.
+        async with asyncio.timeout(HEALTH_DATABASE_TIMEOUT_SECONDS):
+            async with request.app.state.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
     except Exception as exc:  # reported, not raised: health must answer while the DB is down
         database = f"unreachable: {type(exc).__name__}"
     recorder = request.app.state.recorder
+    spool_failing = recorder is not None and recorder.stats.spool_failures_pending > 0
     return {
-        "status": "ok" if database == "ok" else "degraded",
+        "status": "ok" if database == "ok" and not spool_failing else "degraded",
         "version": __version__,
         "database": database,
         "recorder": recorder.snapshot() if recorder is not None else None,
