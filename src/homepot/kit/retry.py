@@ -54,7 +54,7 @@ class Backoff:
 
 # Reconnecting to the server (agent registration) and to the broker (agent and MQTT bridge).
 SERVER_RECONNECT = Backoff(initial=1.0, maximum=60.0)
-BROKER_RECONNECT = Backoff(initial=1.0, maximum=30.0)
+BROKER_RECONNECT = Backoff(initial=0.5, maximum=30.0)
 
 
 def database_write_backoff(initial: float) -> Backoff:
@@ -89,6 +89,7 @@ async def retry_async(
         before_sleep=before_sleep,
         reraise=True,
     )
+
     async def attempt() -> T:  # a coroutine function, which is how tenacity knows to await
         return await operation()
 
