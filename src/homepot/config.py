@@ -89,6 +89,8 @@ class FleetSettings(BaseModel):
     # How long a pushed job waits for the device's acknowledgement before it is left for
     # the device to poll.
     ack_timeout_seconds: float = Field(default=10, gt=0)
+    # Pushes in flight at once: a slow or silent device delays none of the others.
+    push_concurrency: int = Field(default=16, ge=1, le=1000)
     orchestrator_interval_seconds: float = Field(default=1, gt=0)
     retry_backoff_seconds: float = Field(default=30, ge=0)
     # Configuration impact: metrics windows before and after a change, and the rollback policy.

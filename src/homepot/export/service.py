@@ -1,9 +1,11 @@
 """Streaming, pseudonymized exports of the analytics tables to Parquet or CSV files.
 
-Rows are read with a server-side cursor in pages of ``batch_size`` and each page is
-transformed and written before the next is read (a Parquet row group or a run of CSV lines),
-so memory stays flat however large the export. The transformation and the file writes run in
-a worker thread, so the API's event loop keeps serving while an export runs.
+Rows are read in keyset pages of ``batch_size`` (the table's order plus ``id``), each page
+in a short transaction of its own, and each page is transformed and written before the next
+is read (a Parquet row group or a run of CSV lines), so memory stays flat however large the
+export, and no transaction (nor a pooled connection) is held while a file is written: a slow
+disk cannot hold back the database's vacuum or the pool. The transformation and the file
+writes run in a worker thread, so the API's event loop keeps serving while an export runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import IO, Any, Literal, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot import __version__
@@ -228,6 +230,11 @@ def _open_writer(fmt: ExportFormat, path: Path, table: ExportTable) -> _TableWri
 # --- reading -------------------------------------------------------------------------------
 
 
+def _keyset(table: ExportTable) -> tuple[str, ...]:
+    """The export order, made unique by the primary key: a page resumes after its last row."""
+    return table.order_by if "id" in table.order_by else (*table.order_by, "id")
+
+
 def _statement(table: ExportTable, time_range: TimeRange) -> tuple[Select[Any], Select[Any]]:
     """The rows of ``table`` in ``time_range`` in export order, and their count."""
     sql_table = table.model.__table__
@@ -244,7 +251,7 @@ def _statement(table: ExportTable, time_range: TimeRange) -> tuple[Select[Any], 
             )
     where = and_(*conditions) if conditions else None
     rows = select(*(sql_table.c[c.name] for c in table.columns)).order_by(
-        *(sql_table.c[name] for name in table.order_by)
+        *(sql_table.c[name] for name in _keyset(table))
     )
     count = select(func.count()).select_from(sql_table)
     if where is not None:
@@ -278,6 +285,32 @@ class _TableRun:
                 self.max_timestamp = high
 
 
+async def _pages(
+    engine: AsyncEngine, table: ExportTable, rows: Select[Any], batch_size: int
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """``rows`` in pages, each read in its own short transaction and handed over after the
+    connection went back to the pool."""
+    names = [c.name for c in table.columns]
+    keys = _keyset(table)
+    columns = [table.model.__table__.c[name] for name in keys]
+    key_index = [names.index(name) for name in keys]
+    after: tuple[Any, ...] | None = None
+    while True:
+        statement = rows
+        if after is not None:
+            # Bound with the columns' own types (UTC timestamps stored as SQLite wants them).
+            last = tuple_(*(literal(v, c.type) for v, c in zip(after, columns, strict=True)))
+            statement = rows.where(tuple_(*columns) > last)
+        async with engine.connect() as connection:
+            page = (await connection.execute(statement.limit(batch_size))).all()
+        if not page:
+            return
+        yield page
+        if len(page) < batch_size:
+            return
+        after = tuple(page[-1][i] for i in key_index)
+
+
 async def export_tables(
     engine: AsyncEngine,
     request: ExportRequest,
@@ -304,14 +337,14 @@ async def export_tables(
             time_index=[c.name for c in table.columns].index(table.time_column),
         )
         try:
-            async with engine.connect() as connection:
+            if progress is not None:
+                async with engine.connect() as connection:
+                    total = int(await connection.scalar(count) or 0)
+                progress.table_started(table.name, total)
+            async for page in _pages(engine, table, rows, batch_size):
+                await asyncio.to_thread(run.write_page, page)
                 if progress is not None:
-                    progress.table_started(table.name, int(await connection.scalar(count) or 0))
-                result = await connection.stream(rows.execution_options(yield_per=batch_size))
-                async for page in result.partitions(batch_size):
-                    await asyncio.to_thread(run.write_page, page)
-                    if progress is not None:
-                        progress.rows_written(table.name, len(page))
+                    progress.rows_written(table.name, len(page))
         finally:
             await asyncio.to_thread(run.writer.close)
         manifests[table.name] = TableManifest(
