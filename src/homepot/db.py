@@ -19,6 +19,7 @@ from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
+    InternalError,
     OperationalError,
     ProgrammingError,
     StatementError,
@@ -178,8 +179,13 @@ def classify_failure(exc: BaseException) -> Failure | None:
     (retry and spool, or reject the row), so that the two never disagree.
     """
     code = sqlstate_of(exc)
-    if code is not None and code.startswith(_OUTAGE_SQLSTATES):
-        return Failure.OUTAGE
+    if code is not None:
+        if code.startswith(_OUTAGE_SQLSTATES):
+            return Failure.OUTAGE
+        if code.startswith(("22", "23")):  # data exception, integrity constraint violation
+            return Failure.DATA
+        if code.startswith("42"):  # syntax error or access rule violation (no such table)
+            return Failure.SCHEMA
     if isinstance(exc, PoolTimeoutError):
         return Failure.OUTAGE
     if isinstance(exc, _OUTAGE_TYPES):
@@ -191,6 +197,10 @@ def classify_failure(exc: BaseException) -> Failure | None:
     if not isinstance(exc, DBAPIError):
         return None
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return Failure.OUTAGE
+    if isinstance(exc, InternalError) and code is None:
+        # The driver's own state broke (asyncpg "cannot switch to state ...", after a
+        # cancelled statement): the connection is unusable, the data is not at fault.
         return Failure.OUTAGE
     if isinstance(exc, ProgrammingError):
         return Failure.SCHEMA
