@@ -334,6 +334,16 @@ class Spool:
         self._pending += 1
         return unencodable
 
+    def check_writable(self) -> None:
+        """Raise OSError unless a batch could be spooled now (a probe file, fsync'd)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f".probe-{os.getpid()}.tmp"
+        with probe.open("w", encoding="utf-8") as handle:
+            handle.write("ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+
     def claim_oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
         """Take the oldest batch for replay; None when the spool is empty."""
         for path in self._files():
@@ -516,6 +526,14 @@ class Recorder:
                 break  # neither database nor spool: the events wait in memory
             for _ in range(size):
                 self._queue.popleft()
+        if self.stats.spool_failures_pending and not self._queue:
+            # The database took everything; is the spool back for the next outage?
+            try:
+                await asyncio.to_thread(self.spool.check_writable)
+            except OSError:
+                pass
+            else:
+                self._spool_recovered()
         self.stats.flushes += 1
         self.stats.last_flush_at = utcnow()
 
@@ -548,13 +566,16 @@ class Recorder:
         except OSError as exc:
             self._spool_failed(exc, len(batch))
             return False
-        if self.stats.spool_failures_pending:
-            logger.warning("the analytics spool can be written again")
-        self.stats.spool_failures_pending = 0
+        self._spool_recovered()
         for table_name, _row in unencodable:
             self._reject(table_name, "a value could not be written to the spool")
         self.stats.spilled += len(batch) - len(unencodable)
         return True
+
+    def _spool_recovered(self) -> None:
+        if self.stats.spool_failures_pending:
+            logger.warning("the analytics spool can be written again")
+        self.stats.spool_failures_pending = 0
 
     def _spool_failed(self, exc: OSError, events: int) -> None:
         self.stats.spool_failures += 1
