@@ -327,6 +327,7 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+            _fsync_directory(self.directory)  # the rename itself survives a power loss
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -370,6 +371,14 @@ class Spool:
     def release(self, claimed: Path) -> None:
         """Put a claimed batch back, unchanged, for a later replay."""
         claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _process_alive(pid: int) -> bool:
