@@ -327,6 +327,11 @@ async def test_accepted_samples_are_spooled_while_the_database_is_down_then_repl
     assert snapshot["queued"] == 0
     assert snapshot["spool_pending_batches"] >= 1
     assert snapshot["rejected"] == 0  # an outage is never bad data
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=held_app), base_url="http://testserver"
+    ) as client:  # health does not hang with the database
+        health = await asyncio.wait_for(client.get("/api/v1/health"), timeout=20)
+    assert health.json()["status"] == "degraded"
 
     proxy.flow()
     await recorder.flush()

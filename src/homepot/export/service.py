@@ -299,8 +299,10 @@ async def _pages(
         statement = rows
         if after is not None:
             # Bound with the columns' own types (UTC timestamps stored as SQLite wants them).
-            last = tuple_(*(literal(v, c.type) for v, c in zip(after, columns, strict=True)))
-            statement = rows.where(tuple_(*columns) > last)
+            bound = [literal(v, c.type) for v, c in zip(after, columns, strict=True)]
+            # The first column's own bound lets its index start the scan; the row value
+            # comparison then resumes exactly after the last row.
+            statement = rows.where(columns[0] >= bound[0], tuple_(*columns) > tuple_(*bound))
         async with engine.connect() as connection:
             page = (await connection.execute(statement.limit(batch_size))).all()
         if not page:
