@@ -212,14 +212,25 @@ class AnsweringTransport(SwitchableTransport):
         return await super().handle_async_request(request)
 
 
-async def test_a_503_keeps_the_samples_and_nothing_is_resent_before_retry_after(
+AnsweredAgent = tuple[AnsweringTransport, Clock, Agent]
+
+
+@pytest.fixture
+async def answered_agent(
     app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
-) -> None:
-    site_id, key = site_and_key
+) -> AnsweredAgent:
+    """A registered agent whose telemetry the front may answer instead of the app."""
     transport = AnsweringTransport(app)
     clock = Clock(datetime.now(UTC) - timedelta(minutes=5))
-    agent = make_agent(transport, site_id, key, tmp_path, clock)
+    agent = make_agent(transport, *site_and_key, tmp_path, clock)
     await agent.ensure_registered()
+    return transport, clock, agent
+
+
+async def test_a_503_keeps_the_samples_and_nothing_is_resent_before_retry_after(
+    answered_agent: AnsweredAgent,
+) -> None:
+    transport, clock, agent = answered_agent
     transport.answer = httpx.Response(
         503, json={"detail": "the database is starting up"}, headers={"Retry-After": "120"}
     )
@@ -235,13 +246,9 @@ async def test_a_503_keeps_the_samples_and_nothing_is_resent_before_retry_after(
 
 @pytest.mark.parametrize("status", [403, 404, 429, 500])
 async def test_an_answer_that_does_not_name_the_sample_keeps_it(
-    status: int, app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+    status: int, app: FastAPI, answered_agent: AnsweredAgent
 ) -> None:
-    site_id, key = site_and_key
-    transport = AnsweringTransport(app)
-    clock = Clock(datetime.now(UTC) - timedelta(minutes=5))
-    agent = make_agent(transport, site_id, key, tmp_path, clock)
-    await agent.ensure_registered()
+    transport, clock, agent = answered_agent
     transport.answer = httpx.Response(status, json={"detail": "not here"})
     for _ in range(2):
         clock.now += timedelta(seconds=30)

@@ -22,6 +22,7 @@ from homepot.analytics.models import (
 from homepot.analytics.recorder import Recorder
 from homepot.config import AnalyticsSettings
 from homepot.db import create_engine
+from tests.faults.servers import TcpProxy
 
 
 def _settings(tmp_path: Path, **overrides: object) -> AnalyticsSettings:
@@ -180,48 +181,6 @@ async def test_disabled_recorder_records_nothing(engine: AsyncEngine, tmp_path: 
     recorder = Recorder(engine, _settings(tmp_path, enabled=False))
     assert recorder.record(DeviceMetrics, device_id="d") is None
     assert recorder.queued == 0
-
-
-class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL that can be cut and restored: a real outage."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update({writer, up_writer})
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update({writer, up_writer})
 
 
 async def test_postgres_outage_through_a_cut_connection(

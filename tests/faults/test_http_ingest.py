@@ -9,6 +9,7 @@ device's series has no gap, and the agents only ever see 2xx or 503 answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +23,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from homepot.agent.agent import Agent, AgentConfig, TransactionCounters
+from homepot.agent.agent import Agent, AgentConfig
 from homepot.agent.client import DeviceClient
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.config import (
@@ -35,6 +36,7 @@ from homepot.config import (
 )
 from homepot.db import run_migrations
 from homepot.main import create_app
+from tests.agent.test_agent import FixedHost, FixedSales
 from tests.conftest import TEST_SECRET
 from tests.faults.servers import OwnPostgres, TcpProxy
 from tests.helpers import create_bootstrap_key, create_site
@@ -128,16 +130,6 @@ class CountingTransport(httpx.AsyncBaseTransport):
         return response
 
 
-class FixedHost:
-    def read(self) -> dict[str, float]:
-        return {"cpu_percent": 20.0, "memory_percent": 50.0, "disk_percent": 40.0}
-
-
-class FixedSales:
-    def collect(self, moment: datetime, interval: timedelta) -> TransactionCounters:
-        return TransactionCounters(5, 60.0, 0.0, 1, 0)
-
-
 class Fleet:
     """Terminal agents on one clock: each tick, every agent reports once."""
 
@@ -193,12 +185,20 @@ class Fleet:
             await agent.client.aclose()
 
 
+@contextlib.asynccontextmanager
+async def registered_fleet(app: FastAPI, state_root: Path) -> AsyncIterator[Fleet]:
+    fleet = Fleet(app, state_root)
+    await fleet.register(DEVICES)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
+
+
 @pytest.fixture
 async def fleet(app: FastAPI, tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(app, tmp_path / "agents")
-    await fleet.register(DEVICES)
-    yield fleet
-    await fleet.close()
+    async with registered_fleet(app, tmp_path / "agents") as fleet:
+        yield fleet
 
 
 async def stored_series(app: FastAPI) -> dict[str, list[datetime]]:
@@ -301,10 +301,8 @@ async def held_app(
 
 @pytest.fixture
 async def held_fleet(held_app: FastAPI, tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(held_app, tmp_path / "agents")
-    await fleet.register(DEVICES)
-    yield fleet
-    await fleet.close()
+    async with registered_fleet(held_app, tmp_path / "agents") as fleet:
+        yield fleet
 
 
 async def metric_rows(app: FastAPI) -> int:
