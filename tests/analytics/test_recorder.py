@@ -19,7 +19,7 @@ from homepot.analytics.models import (
     DeviceStateHistory,
     ErrorLog,
 )
-from homepot.analytics.recorder import Recorder
+from homepot.analytics.recorder import JSON_MAX_DEPTH, TOO_DEEP, Recorder
 from homepot.config import AnalyticsSettings
 from homepot.db import create_engine
 from tests.faults.servers import TcpProxy
@@ -411,3 +411,20 @@ async def test_an_unwritable_spool_keeps_the_events_in_memory_and_says_so(
         codes = list((await connection.execute(select(ErrorLog.error_code))).scalars())
     assert codes == ["ANALYTICS_SPOOL_UNWRITABLE"]
     await broken.dispose()
+
+
+async def test_json_nested_too_deep_is_cut_not_a_crash(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    nested: dict[str, object] = {"leaf": 1}
+    for _ in range(800):  # deeper than the interpreter's recursion limit allows redaction
+        nested = {"k": nested}
+    recorder.record(
+        ErrorLog, category="api", severity="error", error_message="deep", context=nested
+    )
+    await recorder.flush()
+    async with engine.connect() as connection:
+        (context,) = (await connection.execute(select(ErrorLog.context))).scalars()
+    depth = 0
+    while isinstance(context, dict):
+        context, depth = context["k"], depth + 1
+    assert (depth, context) == (JSON_MAX_DEPTH, TOO_DEEP)
