@@ -207,14 +207,15 @@ def classify_failure(exc: BaseException) -> Failure | None:
     return Failure.DATA
 
 
-_DATABASE_MODULES = ("sqlalchemy.", "asyncpg", "aiosqlite", "homepot.db")
+_DATABASE_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.")
 
 
 def _raised_by_the_database_layer(exc: BaseException) -> bool:
-    return any(
-        str(frame.f_globals.get("__name__", "")).startswith(_DATABASE_MODULES)
-        for frame, _line in traceback.walk_tb(exc.__traceback__)
-    )
+    for frame, _line in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", ""))
+        if module == __name__ or module.startswith(_DATABASE_MODULES):
+            return True
+    return False
 
 
 def _report_outages_as_such(engine: AsyncEngine) -> None:
