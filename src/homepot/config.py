@@ -35,6 +35,28 @@ DEFAULT_SKIP_PATHS = (
 )
 
 
+class DatabaseSettings(BaseModel):
+    """How long the server waits for the database before it calls it an outage.
+
+    Without these limits a database that stops answering (a black-holed network, a stuck
+    server) holds a request or the recorder for minutes; with them a request answers 503 and
+    the recorder spools within seconds. SQLite ignores the network ones and has its own
+    busy timeout. Raise ``command_timeout_seconds`` where single reads are expected to run
+    longer (very large analytics tables).
+    """
+
+    # Opening a connection, TCP and authentication included (asyncpg ``timeout``).
+    connect_timeout_seconds: float = Field(default=5, gt=0, le=300)
+    # One statement (asyncpg ``command_timeout``).
+    command_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    # SQLite: how long a writer waits for another's lock before it gives up.
+    sqlite_busy_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    # Waiting for a free connection of the pool before the request is answered 503.
+    pool_timeout_seconds: float = Field(default=5, gt=0, le=300)
+    pool_size: int = Field(default=10, ge=1, le=500)
+    pool_max_overflow: int = Field(default=20, ge=0, le=500)
+
+
 class AnalyticsSettings(BaseModel):
     """Switches and tuning for analytics recording."""
 
@@ -49,6 +71,9 @@ class AnalyticsSettings(BaseModel):
     flush_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     retry_attempts: int = Field(default=3, ge=0, le=20)
     retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    # No new attempt at a batch starts after this long: then it goes to the spool. With the
+    # database's timeouts, a hanging database sends events to the spool within ~10 s.
+    retry_max_seconds: float = Field(default=3.0, ge=0, le=300)
     spool_dir: Path = Path("var/spool")
     # How often a spooled backlog is retried while the database stays unreachable.
     spool_replay_interval_seconds: float = Field(default=2.0, gt=0)
@@ -70,6 +95,8 @@ class FleetSettings(BaseModel):
     # How long a pushed job waits for the device's acknowledgement before it is left for
     # the device to poll.
     ack_timeout_seconds: float = Field(default=10, gt=0)
+    # Pushes in flight at once: a slow or silent device delays none of the others.
+    push_concurrency: int = Field(default=16, ge=1, le=1000)
     orchestrator_interval_seconds: float = Field(default=1, gt=0)
     retry_backoff_seconds: float = Field(default=30, ge=0)
     # Configuration impact: metrics windows before and after a change, and the rollback policy.
@@ -162,6 +189,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = "sqlite+aiosqlite:///./homepot.db"
     database_echo: bool = False
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For is believed.
     trusted_proxies: list[str] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)

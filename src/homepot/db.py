@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, ExceptionContext
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,6 +33,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+from homepot.config import DatabaseSettings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -80,9 +93,14 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, settings: DatabaseSettings | None = None
+) -> AsyncEngine:
+    """The engine for ``url``, with the timeouts that turn a hanging database into an outage."""
+    settings = settings or DatabaseSettings()
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        busy = settings.sqlite_busy_timeout_seconds
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": busy})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -91,11 +109,144 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cursor.close()
 
+        _report_outages_as_such(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(
+        url,
+        echo=echo,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_max_overflow,
+        pool_timeout=settings.pool_timeout_seconds,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.connect_timeout_seconds,
+            "command_timeout": settings.command_timeout_seconds,
+        },
+    )
+    _report_outages_as_such(engine)
+    return engine
+
+
+# --- outages -------------------------------------------------------------------------------
+
+
+class DatabaseUnreachable(OperationalError):
+    """The database could not be reached or did not answer in time (a refused or reset
+    connection, a connect or command timeout): an outage, never a fault of the data."""
+
+
+class Failure(StrEnum):
+    """What a failed database operation means to the one who asked."""
+
+    OUTAGE = "outage"  # the database cannot be used now: wait, then try the same again
+    DATA = "data"  # the database refused these values: they will never go in
+    SCHEMA = "schema"  # the statement does not fit the schema: a bug, or migrations not run
+
+
+# SQLSTATE classes and codes that say "not now" rather than "not this": connection exceptions
+# (08), operator intervention (57P01 admin shutdown ... 57P03 cannot connect now, 57014 a
+# statement cancelled by a timeout), insufficient resources (53), system errors (58),
+# serialization failures and deadlocks (40001, 40P01), lock not available (55P03).
+_OUTAGE_SQLSTATES = ("08", "57P", "57014", "53", "58", "40001", "40P01", "55P03")
+# Timeouts of the pool and the driver, and the socket's failures (refused, reset, no route).
+_OUTAGE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    PoolTimeoutError,
+)
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a failure (wrapped or not), None when there is none."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
+
+
+def classify_failure(exc: BaseException) -> Failure | None:
+    """Outage, bad data or a schema problem; None when ``exc`` is not a database failure.
+
+    The one place that decides, for the request path (503 or 409/422) and the recorder
+    (retry and spool, or reject the row), so that the two never disagree.
+    """
+    code = sqlstate_of(exc)
+    if code is not None:
+        if code.startswith(_OUTAGE_SQLSTATES):
+            return Failure.OUTAGE
+        if code.startswith(("22", "23")):  # data exception, integrity constraint violation
+            return Failure.DATA
+        if code.startswith("42"):  # syntax error or access rule violation (no such table)
+            return Failure.SCHEMA
+    if isinstance(exc, PoolTimeoutError):
+        return Failure.OUTAGE
+    if isinstance(exc, _OUTAGE_TYPES):
+        # Raised by the driver as it is (a refused connect, a timed-out ping): an outage
+        # when it came out of the database layer, not from a file or another service.
+        return Failure.OUTAGE if _raised_by_the_database_layer(exc) else None
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return Failure.DATA  # a value SQLAlchemy could not bind (e.g. a naive datetime)
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return Failure.OUTAGE
+    if isinstance(exc, InternalError) and code is None:
+        # The driver's own state broke (asyncpg "cannot switch to state ...", after a
+        # cancelled statement): the connection is unusable, the data is not at fault.
+        return Failure.OUTAGE
+    if isinstance(exc, ProgrammingError):
+        return Failure.SCHEMA
+    return Failure.DATA
+
+
+_DATABASE_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.")
+
+
+def _raised_by_the_database_layer(exc: BaseException) -> bool:
+    for frame, _line in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", ""))
+        if module == __name__ or module.startswith(_DATABASE_MODULES):
+            return True
+    return False
+
+
+def _report_outages_as_such(engine: AsyncEngine) -> None:
+    """Raise :class:`DatabaseUnreachable` for failures the driver leaves unwrapped.
+
+    A refused connection (``OSError``) or a connect timeout is raised by asyncpg as it is,
+    and SQLAlchemy passes it on unwrapped; a command timeout likewise. Wrapped here, every
+    caller sees one exception type for "the database is not there".
+    """
+
+    def unreachable(exc: BaseException) -> DatabaseUnreachable:
+        return DatabaseUnreachable(None, None, exc, connection_invalidated=True)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            dbapi = dialect.loaded_dbapi
+            if isinstance(exc, dbapi.Error) or classify_failure(exc) is not Failure.OUTAGE:
+                raise
+            raise unreachable(exc) from exc
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _execute(context: ExceptionContext) -> BaseException | None:
+        original = context.original_exception
+        if context.sqlalchemy_exception is None and isinstance(original, _OUTAGE_TYPES):
+            return unreachable(original)
+        return None
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

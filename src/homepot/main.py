@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, echo=settings.database_echo)
+        engine = create_engine(
+            settings.database_url, echo=settings.database_echo, settings=settings.database
+        )
         recorder = Recorder(engine, settings.analytics)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)

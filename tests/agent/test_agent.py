@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from homepot.agent.agent import (
     AgentError,
     TransactionCounters,
 )
-from homepot.agent.client import DeviceClient
+from homepot.agent.client import DeviceClient, retry_after_seconds
 from homepot.agent.outbox import Outbox
 from homepot.analytics.models import APIRequestLog, DeviceMetrics, DeviceStateHistory, JobOutcome
 from homepot.auth.models import Role
@@ -196,6 +197,77 @@ async def test_a_sample_the_server_refuses_is_dropped_and_counted_not_retried_fo
     assert (stats.pending, stats.rejected, stats.sent) == (0, 1, 1)
     await flush(app)
     assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 1
+
+
+class AnsweringTransport(SwitchableTransport):
+    """The app, behind a front (a proxy, a load balancer) that may answer for it."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(app)
+        self.answer: httpx.Response | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.answer is not None and request.url.path.endswith("/telemetry"):
+            self.requests.append((request.method, request.url.path, None))
+            return self.answer
+        return await super().handle_async_request(request)
+
+
+AnsweredAgent = tuple[AnsweringTransport, Clock, Agent]
+
+
+@pytest.fixture
+async def answered_agent(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> AnsweredAgent:
+    """A registered agent whose telemetry the front may answer instead of the app."""
+    transport = AnsweringTransport(app)
+    clock = Clock(datetime.now(UTC) - timedelta(minutes=5))
+    agent = make_agent(transport, *site_and_key, tmp_path, clock)
+    await agent.ensure_registered()
+    return transport, clock, agent
+
+
+async def test_a_503_keeps_the_samples_and_nothing_is_resent_before_retry_after(
+    answered_agent: AnsweredAgent,
+) -> None:
+    transport, clock, agent = answered_agent
+    transport.answer = httpx.Response(
+        503, json={"detail": "the database is starting up"}, headers={"Retry-After": "120"}
+    )
+    await agent.report_once()
+    assert len(transport.sent("/telemetry")) == 1
+    for _ in range(3):  # the next reports queue their samples but keep quiet
+        clock.now += timedelta(seconds=30)
+        await agent.report_once()
+    assert len(transport.sent("/telemetry")) == 1
+    stats = agent.outbox.stats()
+    assert (stats.pending, stats.rejected, stats.dropped) == (4, 0, 0)
+
+
+@pytest.mark.parametrize("status", [403, 404, 429, 500])
+async def test_an_answer_that_does_not_name_the_sample_keeps_it(
+    status: int, app: FastAPI, answered_agent: AnsweredAgent
+) -> None:
+    transport, clock, agent = answered_agent
+    transport.answer = httpx.Response(status, json={"detail": "not here"})
+    for _ in range(2):
+        clock.now += timedelta(seconds=30)
+        await agent.report_once()
+    assert (agent.outbox.stats().pending, agent.outbox.stats().rejected) == (2, 0)
+
+    transport.answer = None  # the front lets requests through again
+    assert await agent.deliver()
+    await flush(app)
+    assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 2
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    dated = httpx.Response(503, headers={"Retry-After": format_datetime(later, usegmt=True)})
+    assert 80 <= (retry_after_seconds(dated) or 0) <= 90
+    assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "5"})) == 5
+    assert retry_after_seconds(httpx.Response(503)) is None
 
 
 async def test_a_polled_job_is_run_and_its_result_reported(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,10 @@ from homepot.analytics.models import (
     DeviceStateHistory,
     ErrorLog,
 )
-from homepot.analytics.recorder import Recorder
+from homepot.analytics.recorder import JSON_MAX_DEPTH, TOO_DEEP, Recorder
 from homepot.config import AnalyticsSettings
 from homepot.db import create_engine
+from tests.faults.servers import TcpProxy
 
 
 def _settings(tmp_path: Path, **overrides: object) -> AnalyticsSettings:
@@ -198,48 +202,6 @@ async def test_disabled_recorder_records_nothing(engine: AsyncEngine, tmp_path: 
     assert recorder.queued == 0
 
 
-class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL that can be cut and restored: a real outage."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update({writer, up_writer})
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update({writer, up_writer})
-
-
 async def test_postgres_outage_through_a_cut_connection(
     engine: AsyncEngine, backend: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -381,3 +343,107 @@ async def test_events_tied_to_a_transaction_follow_its_outcome(
     async with engine.connect() as connection:
         stored = (await connection.execute(select(DeviceStateHistory.event_id))).scalars().all()
     assert stored == [kept]
+
+
+async def test_values_json_cannot_encode_are_normalised_and_cost_no_batch(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    before = _record_metrics(recorder, 3)
+    identifier = uuid.UUID("9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f")
+    recorder.record(
+        ErrorLog,
+        category="api",
+        severity="error",
+        error_message="odd values",
+        context={
+            "uuid": identifier,
+            "decimal": Decimal("12.50"),
+            "not_a_number": Decimal("NaN"),
+            "when": datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
+            "raw": b"\xff\x00",
+            "text_bytes": b"ok",
+            "tags": {"b", "a"},
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "pair": (1, 2),
+            7: "int key",
+        },
+    )
+    after = _record_metrics(recorder, 3, start=3)
+    await recorder.flush()
+    assert await _metric_ids(engine) == before + after
+    async with engine.connect() as connection:
+        (context,) = (await connection.execute(select(ErrorLog.context))).scalars()
+    assert context == {
+        "uuid": "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f",
+        "decimal": 12.5,
+        "not_a_number": None,
+        "when": "2026-11-30T12:00:00+00:00",
+        "raw": "base64:/wA=",
+        "text_bytes": "ok",
+        "tags": ["a", "b"],
+        "nan": None,
+        "inf": None,
+        "pair": [1, 2],
+        "7": "int key",
+    }
+    assert recorder.snapshot()["rejected"] == 0
+
+
+async def test_a_value_the_database_refuses_costs_its_own_event_only(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    good = _record_metrics(recorder, 4)
+    recorder.record(DeviceMetrics, device_id="pos-terminal-bad", cpu_percent="not a number")
+    more = _record_metrics(recorder, 4, start=4)
+    await recorder.flush()
+    assert await _metric_ids(engine) == good + more
+    snapshot = recorder.snapshot()
+    assert (snapshot["rejected"], snapshot["spilled"], snapshot["queued"]) == (1, 0, 0)
+
+
+async def test_an_unwritable_spool_keeps_the_events_in_memory_and_says_so(
+    engine: AsyncEngine, backend: str, tmp_path: Path
+) -> None:
+    broken = create_engine(_unreachable_url(backend, tmp_path))
+    await asyncio.to_thread((tmp_path / "spool").write_text, "a file, not a directory")
+    recorder = Recorder(broken, _settings(tmp_path, retry_attempts=0, batch_size=10))
+    ids = _record_metrics(recorder, 25)
+    await recorder.flush()
+    snapshot = recorder.snapshot()
+    assert snapshot["spool_failures"] == 1
+    assert snapshot["spool_writable"] is False
+    assert snapshot["last_spool_error"]
+    # Nothing was taken off the queue: the 25 events and the error report about the spool.
+    assert snapshot["queued"] == 26
+    assert (snapshot["spilled"], snapshot["dropped"], snapshot["rejected"]) == (0, 0, 0)
+
+    await asyncio.to_thread((tmp_path / "spool").unlink)
+    recorder.engine = engine
+    await recorder.flush()
+    assert await _metric_ids(engine) == ids
+    snapshot = recorder.snapshot()
+    assert (snapshot["queued"], snapshot["spool_writable"]) == (0, True)
+    async with engine.connect() as connection:
+        codes = list((await connection.execute(select(ErrorLog.error_code))).scalars())
+    assert codes == ["ANALYTICS_SPOOL_UNWRITABLE"]
+    await broken.dispose()
+
+
+async def test_json_nested_too_deep_is_cut_not_a_crash(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    nested: dict[str, object] = {"leaf": 1}
+    for _ in range(800):  # deeper than the interpreter's recursion limit allows redaction
+        nested = {"k": nested}
+    recorder.record(
+        ErrorLog, category="api", severity="error", error_message="deep", context=nested
+    )
+    await recorder.flush()
+    async with engine.connect() as connection:
+        (context,) = (await connection.execute(select(ErrorLog.context))).scalars()
+    depth = 0
+    while isinstance(context, dict):
+        context, depth = context["k"], depth + 1
+    assert (depth, context) == (JSON_MAX_DEPTH, TOO_DEEP)

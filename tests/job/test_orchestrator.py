@@ -27,6 +27,7 @@ from homepot.device.models import Device
 from homepot.job.models import ExecutionStatus
 from homepot.job.orchestrator import Orchestrator, PassReport, run_pass
 from homepot.main import create_app
+from homepot.protocol.messages import JobCommand
 from homepot.site.windows import next_maintenance_window
 from tests.helpers import (
     auth_headers,
@@ -160,6 +161,41 @@ async def test_what_the_orchestrator_records_about_a_simulated_terminal_is_simul
     }
     outcomes = {o.device_id: (o.status, o.source) for o in await db_rows(app, JobOutcome)}
     assert outcomes == {simulated_id: ("timeout", "simulated"), real_id: ("timeout", "device")}
+
+
+class OneSilentDevice(RecordingChannel):
+    """The first device's push hangs until every other device has been pushed: pushed one
+    after the other, that push would wait out its acknowledgement timeout and fail."""
+
+    def __init__(self, silent: str, others: int) -> None:
+        super().__init__()
+        self.silent = silent
+        self.others = others
+        self.others_pushed = asyncio.Event()
+
+    async def push(self, device_id: str, command: JobCommand) -> None:
+        if device_id == self.silent:
+            await self.others_pushed.wait()
+        await super().push(device_id, command)
+        if len(self.pushed) == self.others:
+            self.others_pushed.set()
+
+
+async def test_one_slow_device_does_not_hold_back_the_pushes_to_the_others(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    site_id = await create_site(app)
+    devices = [(await create_registered_device(app, client, site_id=site_id))[0] for _ in range(4)]
+    operator = await auth_headers(app, client, Role.operator)
+    for device_id in devices:  # the silent device's job is first in dispatch order
+        await create_job(client, operator, target_id=device_id)
+    channel = OneSilentDevice(devices[0], others=len(devices) - 1)
+    app.state.push_channel = channel
+
+    passed = await run_pass(app)
+
+    assert (passed.dispatched, passed.pushed, passed.push_failed) == (4, 4, 0)
+    assert [device_id for device_id, _ in channel.pushed] == [*devices[1:], devices[0]]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -188,20 +189,29 @@ async def test_simulated_terminals_report_and_their_faults_are_labelled(
     assert stored == reachable
 
 
+async def one_open_site(
+    app: FastAPI, tmp_path: Path, *, devices: int, seed: int, **options: Any
+) -> SimulationConfig:
+    """A fleet of one always-open site, set up by a fresh admin, with no random faults."""
+    operator = await create_user(app, role=Role.admin)
+    return SimulationConfig(
+        server_url="http://testserver",
+        sites=1,
+        devices=devices,
+        fault_rate=0,
+        schedules=always_open_week(["sim-site-001"], tmp_path / "week.json"),
+        seed=seed,
+        admin_email=operator["email"],
+        admin_password=operator["password"],
+        **options,
+    )
+
+
 async def test_a_payment_gateway_timeout_is_reported_by_the_terminal(
     app: FastAPI, tmp_path: Path
 ) -> None:
-    operator = await create_user(app, role=Role.admin)
-    config = SimulationConfig(
-        server_url="http://testserver",
-        sites=1,
-        devices=2,
-        fault_rate=0,
-        opening_faults=(FaultKind.payment_gateway_timeout,),
-        schedules=always_open_week(["sim-site-001"], tmp_path / "week.json"),
-        seed=3,
-        admin_email=operator["email"],
-        admin_password=operator["password"],
+    config = await one_open_site(
+        app, tmp_path, devices=2, seed=3, opening_faults=(FaultKind.payment_gateway_timeout,)
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
@@ -229,3 +239,38 @@ async def test_a_payment_gateway_timeout_is_reported_by_the_terminal(
 def test_a_fleet_needs_a_terminal_per_site() -> None:
     with pytest.raises(SimulationError, match="at least one terminal per site"):
         SimulationConfig(sites=5, devices=2).validate()
+
+
+async def test_a_refused_sample_is_dropped_alone_and_the_backlog_waits_out_an_outage(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    config = await one_open_site(app, tmp_path, devices=1, seed=5)
+    answer: list[httpx.Response] = []
+
+    async def front(request: httpx.Request) -> httpx.Response:
+        if answer and request.url.path.endswith("/telemetry"):
+            return answer[0]
+        return await inner.handle_async_request(request)
+
+    inner = httpx.ASGITransport(app=app)
+    transport = httpx.MockTransport(front)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        simulator = FleetSimulator(config, http, use_mqtt=False)
+        await simulator.setup()
+        (terminal,) = simulator.terminals
+        # The server is away (503, Retry-After): the samples stay for later.
+        answer.append(httpx.Response(503, json={"detail": "later"}, headers={"Retry-After": "0"}))
+        await simulator.report(terminal)
+        await simulator.report(terminal)
+        assert len(terminal.backlog) == 2
+        # Back, but one sample in the backlog is one the server will never take (too old).
+        answer.clear()
+        poison = {**terminal.backlog[0], "event_id": "0" * 32}
+        poison["timestamp"] = "2020-01-01T00:00:00+00:00"
+        terminal.backlog.appendleft(poison)
+        await simulator.report(terminal)
+
+    assert not terminal.backlog
+    assert (simulator.stats.samples_refused, simulator.stats.samples_sent) == (1, 3)
+    await flush(app)
+    assert len(await db_rows(app, DeviceMetrics, device_id=terminal.device_id)) == 3

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ import psutil
 from homepot import __version__
 from homepot.agent.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
 from homepot.agent.outbox import Outbox, QueuedMessage
+from homepot.kit.retry import BROKER_RECONNECT, SERVER_RECONNECT, retry_until_stopped, wait_or_stop
 from homepot.protocol.messages import (
     MAX_SAMPLES_PER_BATCH,
     Heartbeat,
@@ -233,6 +235,8 @@ class Agent:
         self.stats = AgentStats()
         self.started = clock()
         self._running: set[int] = set()
+        # time.monotonic() before which nothing is sent again (the server's Retry-After).
+        self._resume_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- registration ----------------------------------------------------------------------
@@ -325,7 +329,14 @@ class Agent:
             return None
 
     async def deliver(self) -> bool:
-        """Send the queue oldest first until it is empty (True) or the server fails (False)."""
+        """Send the queue oldest first until it is empty (True) or the server fails (False).
+
+        A message is dropped only when the server refuses it by name (400, 409, 413, 422);
+        on a 5xx, 429 or any other refusal it stays queued, and nothing is sent again before
+        the server's ``Retry-After`` has passed.
+        """
+        if time.monotonic() < self._resume_at:
+            return False
         while True:
             messages = await self.outbox.aoldest(MAX_SAMPLES_PER_BATCH)
             if not messages:
@@ -339,40 +350,59 @@ class Agent:
             try:
                 await self._send(run)
             except ServerUnavailable as exc:
-                logger.warning("server unavailable; %d messages wait: %s", len(messages), exc)
+                self._hold_off(exc, len(messages))
                 return False
             except Unauthorized:
                 await self._register_again()
                 return False
             except Refused as exc:
-                await self._isolate_refused(run, exc)
+                if not await self._isolate_refused(run, exc):
+                    return False
                 continue
-            await self.outbox.adelivered([m.id for m in run])
-            if run[0].kind == "telemetry":
-                self.stats.samples_delivered += len(run)
+            await self._delivered(run)
+
+    async def _delivered(self, run: list[QueuedMessage]) -> None:
+        await self.outbox.adelivered([m.id for m in run])
+        if run[0].kind == "telemetry":
+            self.stats.samples_delivered += len(run)
+        else:
+            self.stats.results_delivered += len(run)
+
+    def _hold_off(self, exc: ServerUnavailable, waiting: int) -> None:
+        logger.warning("server unavailable; %d messages wait: %s", waiting, exc)
+        if exc.retry_after:
+            self._resume_at = time.monotonic() + exc.retry_after
+
+    async def _isolate_refused(self, run: list[QueuedMessage], error: Refused) -> bool:
+        """A refused batch is sent one by one: only the messages refused by name are
+        dropped. False when the server stopped taking messages (they stay queued)."""
+        if not error.names_the_message:
+            logger.warning("the server refused delivery (%s); the messages stay queued", error)
+            return False
+        if len(run) == 1:
+            logger.error("the server refused a queued %s: %s; dropped", run[0].kind, error)
+            await self.outbox.arefused([run[0].id])
+            return True
+        for message in run:
+            try:
+                await self._send([message])
+            except ServerUnavailable as exc:
+                self._hold_off(exc, len(run))
+                return False
+            except Refused as exc:
+                if isinstance(exc, Unauthorized) or not exc.names_the_message:
+                    return False
+                logger.error("the server refused a queued %s: %s; dropped", message.kind, exc)
+                await self.outbox.arefused([message.id])
             else:
-                self.stats.results_delivered += len(run)
+                await self._delivered([message])
+        return True
 
     async def _send(self, run: list[QueuedMessage]) -> None:
         if run[0].kind == "telemetry":
             await self.client.send_raw_telemetry([m.payload for m in run])
         else:
             await self.client.send_raw_result(run[0].payload)
-
-    async def _isolate_refused(self, run: list[QueuedMessage], error: Refused) -> None:
-        """A refused batch is sent one by one: only the messages at fault are dropped."""
-        if len(run) == 1:
-            logger.error("the server refused a queued %s: %s; dropped", run[0].kind, error)
-            await self.outbox.arefused([run[0].id])
-            return
-        for message in run:
-            try:
-                await self._send([message])
-            except Refused as exc:
-                logger.error("the server refused a queued %s: %s; dropped", message.kind, exc)
-                await self.outbox.arefused([message.id])
-            else:
-                await self.outbox.adelivered([message.id])
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -440,39 +470,35 @@ class Agent:
             return
         from homepot.agent.mqtt import DeviceMqttLink
 
-        delay = 1.0
+        delays = BROKER_RECONNECT.delays()
         while not stop.is_set():
             try:
                 async with DeviceMqttLink(
                     mqtt["host"], int(mqtt["port"]), self.config.device_id, self.state.api_key
                 ) as link:
-                    delay = 1.0
+                    delays = BROKER_RECONNECT.delays()  # connected: the next outage starts over
                     async for command in link.commands():
                         self.start_job(command)
             except Exception as exc:  # the broker is optional; polling still delivers jobs
-                logger.warning("MQTT link down (%s); retrying in %.0f s", exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 60)
+                logger.warning("MQTT link down (%s); reconnecting", exc)
+            await wait_or_stop(stop, next(delays))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Register (retrying while the server is away), then report until ``stop``."""
-        delay = 1.0
-        while not stop.is_set():
-            try:
-                await self.ensure_registered()
-                break
-            except ServerUnavailable as exc:
-                logger.warning("cannot reach the server to register (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 60)
+        await retry_until_stopped(
+            self.ensure_registered,
+            backoff=SERVER_RECONNECT,
+            stop=stop,
+            retry_on=lambda exc: isinstance(exc, ServerUnavailable),
+            on_retry=lambda exc, delay: logger.warning(
+                "cannot reach the server to register (%s); retrying in %.1f s", exc, delay
+            ),
+        )
         pushed = asyncio.create_task(self._receive_pushed_jobs(stop))
         try:
             while not stop.is_set():
                 await self.report_once()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.interval_seconds)
+                await wait_or_stop(stop, self.config.interval_seconds)
         finally:
             pushed.cancel()
             with contextlib.suppress(asyncio.CancelledError):

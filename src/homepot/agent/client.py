@@ -2,16 +2,21 @@
 simulator alike.
 
 Failures come back as two kinds of exception, because a device must treat them differently:
-:class:`ServerUnavailable` (no connection, a timeout, a 5xx, 429) means "keep the message
-and try again later"; :class:`Refused` (any other 4xx) means the server read the message and
-will never accept it as it is. :class:`Unauthorized` (401) is the refusal that a new
-registration can cure.
+:class:`ServerUnavailable` (no connection, a timeout, a 5xx, 408, 429) means "keep the
+message and try again later", not before the server's ``Retry-After``; :class:`Refused`
+(any other 4xx) means the server will not accept the message now. Only a refusal that names
+the message (:attr:`Refused.names_the_message`: 400, 409, 413, 422) means it will never be
+accepted as it is and may be dropped; any other (403, 404, ...) says something about the
+device or the server, so the message is kept. :class:`Unauthorized` (401) is the refusal
+that a new registration can cure.
 """
 
 from __future__ import annotations
 
+import email.utils
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -41,20 +46,55 @@ class DeviceClientError(Exception):
 
 
 class ServerUnavailable(DeviceClientError):
-    """The server could not be reached or could not answer now; retry later."""
+    """The server could not be reached or could not answer now; retry later.
+
+    ``retry_after``: the seconds the server asked for (its ``Retry-After``), if it did.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# Answers that are about the message itself: it will never be accepted as it is.
+MESSAGE_REFUSALS = frozenset({400, 409, 413, 422})
 
 
 class Refused(DeviceClientError):
-    """The server answered 4xx: the message will not be accepted as it is."""
+    """The server answered 4xx: the message is not accepted now."""
 
     def __init__(self, status_code: int, detail: str) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
 
+    @property
+    def names_the_message(self) -> bool:
+        """True when the refusal is about the message itself (drop it, or it blocks the
+        queue forever); False when it is about the device or the server (keep it)."""
+        return self.status_code in MESSAGE_REFUSALS
+
 
 class Unauthorized(Refused):
     """The device key is unknown or revoked (401): register again."""
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (a number or an HTTP date), None without one."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 def _detail(response: httpx.Response) -> str:
@@ -174,7 +214,8 @@ class DeviceClient:
         self.last_round_trip_ms = (time.perf_counter() - started) * 1000
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise ServerUnavailable(
-                f"{method} {path}: the server answered {response.status_code}: {_detail(response)}"
+                f"{method} {path}: the server answered {response.status_code}: {_detail(response)}",
+                retry_after=retry_after_seconds(response),
             )
         if response.status_code == 401:
             raise Unauthorized(401, _detail(response))

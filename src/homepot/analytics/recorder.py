@@ -5,12 +5,22 @@ ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bou
 in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
 in batches, one multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` per table per batch.
 
-When the database cannot be reached, a batch is retried with exponential backoff and then
-spilled to an on-disk spool (one JSON-lines file per batch). While a spool backlog exists,
-newer batches join the end of it, so that replay keeps the original order. The backlog is
-replayed oldest first as soon as the database answers again. Every event carries a unique
-``event_id``, so a batch that reached the database before its acknowledgement was lost is
-not stored twice when replayed.
+Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
+value can fail a batch later, in the database or in the spool.
+
+When the database cannot be reached (an outage as :func:`homepot.db.classify_failure` tells
+it: refused, timed out, starting up, shutting down), a batch is retried with the one retry
+policy (:mod:`homepot.kit.retry`) and then spilled to an on-disk spool (one JSON-lines file
+per batch, fsync'd before it counts). While a spool backlog exists, newer batches join the
+end of it, so that replay keeps the original order. The backlog is replayed oldest first as
+soon as the database answers again. Every event carries a unique ``event_id``, so a batch
+that reached the database before its acknowledgement was lost is not stored twice when
+replayed. A batch leaves the queue only once it is written or spooled.
+
+Rows the database refuses as data are rejected one by one and counted (``rejected``); the
+rest of their batch is stored. A spool that cannot be written (disk full, read-only) is
+counted (``spool_failures``), reported in ``/api/v1/health`` and ``error_logs``, and the
+events stay in memory until it can be written again.
 
 At the memory bound (``queue_max_events``) a new event is dropped and counted in
 ``dropped``: the queue only grows that far when both the database and the spool fail to keep
@@ -20,30 +30,35 @@ up, and dropping the newest event there keeps the process alive and its memory b
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import enum
 import json
 import logging
+import math
 import os
 import time as monotonic_time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from time import time_ns
 from typing import Any
 
 from sqlalchemy import JSON, String, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.schema import ColumnDefault
 
-from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent
+from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog
 from homepot.config import AnalyticsSettings
-from homepot.db import UTCDateTime, new_event_id, utcnow
+from homepot.db import Failure, UTCDateTime, classify_failure, new_event_id, utcnow
 from homepot.kit.redaction import REDACTED, is_sensitive_key, mask_text, redact
+from homepot.kit.retry import database_write_backoff, retry_async
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +120,12 @@ class _TableShape:
             value = fields.get(name, self.static_defaults.get(name))
             if value is not None:
                 if name in self.json_columns:
-                    value = _storable(redact(value))
-                elif isinstance(value, str):
+                    value = _storable(redact(json_safe(value)))
+                elif not isinstance(value, str | int | float | datetime):
+                    value = _scalar(value)
+                elif isinstance(value, float) and not math.isfinite(value):
+                    value = None  # no numeric column stores NaN or Infinity on both backends
+                if isinstance(value, str):
                     if name in self.text_columns:
                         value = mask_text(value)
                     value = _storable(value)
@@ -128,6 +147,67 @@ class _TableShape:
         elif row["timestamp"].tzinfo is None:
             raise ValueError("timestamp must be timezone-aware (UTC)")
         return row
+
+
+# JSON nested deeper than this is cut (the rest becomes one string): deeper nesting is never
+# a metric, and it would make the row a burden to every reader.
+JSON_MAX_DEPTH = 32
+TOO_DEEP = "[nested too deep]"
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON (dict, list, str, int, float, bool, None), decided at record
+    time so that no value can fail its batch later:
+
+    - ``uuid.UUID`` -> its text (``"0f1e..."`` with dashes); enums -> their value;
+    - ``Decimal`` -> float (a non-finite one -> null); float NaN / Infinity -> null;
+    - ``datetime``, ``date``, ``time`` -> ISO 8601 text; ``timedelta`` -> seconds (float);
+    - ``bytes`` -> UTF-8 text, or ``"base64:..."`` when it is not UTF-8;
+    - sets and tuples -> lists (a set sorted when its items can be); other keys -> text;
+    - anything else -> ``str(value)``; nesting deeper than ``JSON_MAX_DEPTH`` -> ``TOO_DEEP``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= JSON_MAX_DEPTH:
+        return TOO_DEEP
+    if isinstance(value, Mapping):
+        return {_key(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, depth + 1) for v in value]
+    if isinstance(value, set | frozenset):
+        try:
+            items = sorted(value)
+        except TypeError:
+            items = list(value)
+        return [json_safe(v, depth + 1) for v in items]
+    return _scalar(value)
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else str(json_safe(key, JSON_MAX_DEPTH - 1))
+
+
+def _scalar(value: Any) -> Any:
+    """One value that is not plain JSON (see :func:`json_safe`)."""
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(value)
 
 
 def _storable(value: Any) -> Any:
@@ -176,6 +256,10 @@ class RecorderStats:
     replayed: int = 0
     dropped: int = 0
     rejected: int = 0
+    spool_failures: int = 0
+    # Spool writes failing now (reset by the next that succeeds): health says "degraded".
+    spool_failures_pending: int = 0
+    last_spool_error: str | None = None
     flushes: int = 0
     last_flush_at: datetime | None = None
     last_error: str | None = None
@@ -219,20 +303,47 @@ class Spool:
     def has_backlog(self) -> bool:
         return self._pending > 0
 
-    def write(self, batch: list[QueuedEvent]) -> None:
+    def write(self, batch: list[QueuedEvent]) -> list[QueuedEvent]:
+        """Store ``batch`` durably (fsync'd file, then an atomic rename); returns the events
+        that could not be encoded, which are left out. Raises OSError when the spool cannot
+        be written (disk full, read-only): then nothing of the batch is in it."""
+        lines: list[str] = []
+        unencodable: list[QueuedEvent] = []
+        for table_name, row in batch:
+            try:
+                lines.append(json.dumps({"t": table_name, "r": row}, default=_encode) + "\n")
+            except (TypeError, ValueError):
+                unencodable.append((table_name, row))
+        if not lines:
+            return unencodable
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = max(time_ns(), self._last_name + 1)  # strictly increasing within a process
         self._last_name = stamp
         path = self.directory / f"{stamp:020d}-{os.getpid()}.jsonl"
         tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for table_name, row in batch:
-                handle.write(json.dumps({"t": table_name, "r": row}, default=_encode))
-                handle.write("\n")
+        try:
+            with tmp.open("w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            _fsync_directory(self.directory)  # the rename itself survives a power loss
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        self._pending += 1
+        return unencodable
+
+    def check_writable(self) -> None:
+        """Raise OSError unless a batch could be spooled now (a probe file, fsync'd)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f".probe-{os.getpid()}.tmp"
+        with probe.open("w", encoding="utf-8") as handle:
+            handle.write("ok")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        self._pending += 1
+        probe.unlink()
 
     def claim_oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
         """Take the oldest batch for replay; None when the spool is empty."""
@@ -260,6 +371,14 @@ class Spool:
     def release(self, claimed: Path) -> None:
         """Put a claimed batch back, unchanged, for a later replay."""
         claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _process_alive(pid: int) -> bool:
@@ -407,30 +526,89 @@ class Recorder:
         if self._clock() >= self._next_replay_at and self.spool.has_backlog():
             await self._replay_spool()
         while self._queue:
-            batch = [
+            # Looked at, not taken: the batch leaves the queue once written or spooled.
+            size = min(self.settings.batch_size, len(self._queue))
+            batch = [self._queue[i] for i in range(size)]
+            if (
+                self.spool.has_backlog() or not await self._write_with_retry(batch)
+            ) and not await self._spill(batch):
+                break  # neither database nor spool: the events wait in memory
+            for _ in range(size):
                 self._queue.popleft()
-                for _ in range(min(self.settings.batch_size, len(self._queue)))
-            ]
-            if self.spool.has_backlog() or not await self._write_with_retry(batch):
-                await asyncio.to_thread(self.spool.write, batch)
-                self.stats.spilled += len(batch)
+        if self.stats.spool_failures_pending and not self._queue:
+            # The database took everything; is the spool back for the next outage?
+            try:
+                await asyncio.to_thread(self.spool.check_writable)
+            except OSError:
+                pass
+            else:
+                self._spool_recovered()
         self.stats.flushes += 1
         self.stats.last_flush_at = utcnow()
 
     async def _write_with_retry(self, batch: list[QueuedEvent]) -> bool:
-        delay = self.settings.retry_backoff_seconds
-        for attempt in range(self.settings.retry_attempts + 1):
-            if attempt:
-                self.stats.retried += 1
-                await asyncio.sleep(delay)
-                delay *= 2
-            try:
-                await self._write_isolating_bad_rows(batch)
-                return True
-            except Exception as exc:
-                self._note_error(exc)
+        def retried(exc: BaseException) -> None:
+            self.stats.retried += 1
+            self._note_error(exc)
+
+        try:
+            await retry_async(
+                lambda: self._write_isolating_bad_rows(batch),
+                backoff=database_write_backoff(self.settings.retry_backoff_seconds),
+                attempts=self.settings.retry_attempts + 1,
+                max_seconds=self.settings.retry_max_seconds,
+                # Whatever escaped the row-by-row isolation is not about the data: an outage,
+                # a schema not migrated yet, or a surprise; all are worth another try.
+                retry_on=lambda _exc: True,
+                on_retry=retried,
+            )
+            return True
+        except Exception as exc:
+            self._note_error(exc)
         self._next_replay_at = self._clock() + self.settings.spool_replay_interval_seconds
         return False
+
+    async def _spill(self, batch: list[QueuedEvent]) -> bool:
+        """Spool ``batch``; False (counted, reported) when the spool cannot be written."""
+        try:
+            unencodable = await asyncio.to_thread(self.spool.write, batch)
+        except OSError as exc:
+            self._spool_failed(exc, len(batch))
+            return False
+        self._spool_recovered()
+        for table_name, _row in unencodable:
+            self._reject(table_name, "a value could not be written to the spool")
+        self.stats.spilled += len(batch) - len(unencodable)
+        return True
+
+    def _spool_recovered(self) -> None:
+        if self.stats.spool_failures_pending:
+            logger.warning("the analytics spool can be written again")
+        self.stats.spool_failures_pending = 0
+
+    def _spool_failed(self, exc: OSError, events: int) -> None:
+        self.stats.spool_failures += 1
+        self.stats.spool_failures_pending += 1
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.stats.last_spool_error = message
+        self._next_replay_at = self._clock() + self.settings.spool_replay_interval_seconds
+        if self.stats.spool_failures_pending == 1:
+            # Once per failing stretch: the row itself waits in this queue for the database.
+            logger.error(
+                "analytics spool %s cannot be written (%s); %d events wait in memory",
+                self.spool.directory,
+                message,
+                events,
+            )
+            self.record(
+                ErrorLog,
+                category="system",
+                severity="critical",
+                error_code="ANALYTICS_SPOOL_UNWRITABLE",
+                error_message=f"the analytics spool cannot be written: {message}; events wait "
+                f"in memory (at most {self.settings.queue_max_events}) until it can",
+                context={"spool_dir": str(self.spool.directory), "events_waiting": events},
+            )
 
     async def _replay_spool(self) -> None:
         while True:
@@ -460,22 +638,21 @@ class Recorder:
         try:
             await self._write(batch)
             return
-        except DBAPIError as exc:
-            if not _is_about_the_data(exc):
+        except Exception as exc:
+            if classify_failure(exc) is not Failure.DATA:
                 raise
             self._note_error(exc)
         for queued in batch:
             try:
                 await self._write([queued])
-            except DBAPIError as exc:
-                if not _is_about_the_data(exc):
+            except Exception as exc:
+                if classify_failure(exc) is not Failure.DATA:
                     raise
-                self.stats.rejected += 1
-                logger.error(
-                    "analytics event %s rejected by the database and dropped: %s",
-                    queued[0],
-                    str(exc).splitlines()[0][:300],
-                )
+                self._reject(queued[0], str(exc).splitlines()[0][:300])
+
+    def _reject(self, table_name: str, reason: str) -> None:
+        self.stats.rejected += 1
+        logger.error("analytics event for %s rejected and dropped: %s", table_name, reason)
 
     async def _write(self, batch: list[QueuedEvent]) -> None:
         by_table: dict[str, list[Row]] = {}
@@ -495,7 +672,7 @@ class Recorder:
                 self.stats.written_by_table.get(table_name, 0) + inserted
             )
 
-    def _note_error(self, exc: Exception) -> None:
+    def _note_error(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         if message != self.stats.last_error:
             logger.warning("analytics write failed: %s", message)
@@ -519,6 +696,9 @@ class Recorder:
             "replayed": s.replayed,
             "dropped": s.dropped,
             "rejected": s.rejected,
+            "spool_failures": s.spool_failures,
+            "spool_writable": s.spool_failures_pending == 0,
+            "last_spool_error": s.last_spool_error,
             "spool_pending_batches": self.spool.pending_files(),
             "flushes": s.flushes,
             "last_flush_at": s.last_flush_at.isoformat() if s.last_flush_at else None,
@@ -526,17 +706,6 @@ class Recorder:
             "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
             "written_by_table": dict(s.written_by_table),
         }
-
-
-def _is_about_the_data(exc: DBAPIError) -> bool:
-    """True when the database refused the values, False when it could not be reached or used.
-
-    A lost connection, a locked SQLite file or a missing table (migrations not applied yet)
-    is worth waiting for; a value out of range or a violated NOT NULL will never go in.
-    """
-    if exc.connection_invalidated:
-        return False
-    return not isinstance(exc, OperationalError | InterfaceError | ProgrammingError)
 
 
 _current: Recorder | None = None

@@ -74,7 +74,7 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
     """Run ``work`` with an engine of its own, disposed of afterwards."""
 
     async def main() -> T:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, settings=settings.database)
         try:
             return await work(engine)
         finally:

@@ -52,6 +52,9 @@ async def create_export(
         pseudonymizer = pseudonymizer_from(key)
     except ExportKeyError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    # The request's transaction (it loaded the admin) must not stay open while the export
+    # reads and writes for minutes: end it now; the audit row below starts a short one.
+    await session.commit()
     export = await service.export_zip(request.app.state.engine, body.to_request(), pseudonymizer)
     manifest = export.manifest
     service.write_export_audit(session, Actor.of(request, admin), manifest)

@@ -4,10 +4,12 @@ Simulated rows (``source = simulated``: the backfill, sample data, simulated ter
 left out unless the request includes them; the manifest says how many were left out, and
 says so plainly when every row was simulated.
 
-Rows are read with a server-side cursor in pages of ``batch_size`` and each page is
-transformed and written before the next is read (a Parquet row group or a run of CSV lines),
-so memory stays flat however large the export. The transformation and the file writes run in
-a worker thread, so the API's event loop keeps serving while an export runs.
+Rows are read in keyset pages of ``batch_size`` (the table's order plus ``id``), each page
+in a short transaction of its own, and each page is transformed and written before the next
+is read (a Parquet row group or a run of CSV lines), so memory stays flat however large the
+export, and no transaction (nor a pooled connection) is held while a file is written: a slow
+disk cannot hold back the database's vacuum or the pool. The transformation and the file
+writes run in a worker thread, so the API's event loop keeps serving while an export runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import IO, Any, Literal, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot import __version__
@@ -267,6 +269,11 @@ def _open_writer(fmt: ExportFormat, path: Path, table: ExportTable) -> _TableWri
 # --- reading -------------------------------------------------------------------------------
 
 
+def _keyset(table: ExportTable) -> tuple[str, ...]:
+    """The export order, made unique by the primary key: a page resumes after its last row."""
+    return table.order_by if "id" in table.order_by else (*table.order_by, "id")
+
+
 @dataclass(frozen=True)
 class _Statements:
     rows: Select[Any]  # the rows to export, in export order
@@ -299,7 +306,7 @@ def _statements(table: ExportTable, time_range: TimeRange, include_simulated: bo
     conditions += real_rows_only(sql_table, include_simulated)
     where = and_(*conditions) if conditions else None
     rows = select(*(sql_table.c[c.name] for c in table.columns)).order_by(
-        *(sql_table.c[name] for name in table.order_by)
+        *(sql_table.c[name] for name in _keyset(table))
     )
     count = select(func.count()).select_from(sql_table)
     if where is not None:
@@ -333,6 +340,34 @@ class _TableRun:
                 self.max_timestamp = high
 
 
+async def _pages(
+    engine: AsyncEngine, table: ExportTable, rows: Select[Any], batch_size: int
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """``rows`` in pages, each read in its own short transaction and handed over after the
+    connection went back to the pool."""
+    names = [c.name for c in table.columns]
+    keys = _keyset(table)
+    columns = [table.model.__table__.c[name] for name in keys]
+    key_index = [names.index(name) for name in keys]
+    after: tuple[Any, ...] | None = None
+    while True:
+        statement = rows
+        if after is not None:
+            # Bound with the columns' own types (UTC timestamps stored as SQLite wants them).
+            bound = [literal(v, c.type) for v, c in zip(after, columns, strict=True)]
+            # The first column's own bound lets its index start the scan; the row value
+            # comparison then resumes exactly after the last row.
+            statement = rows.where(columns[0] >= bound[0], tuple_(*columns) > tuple_(*bound))
+        async with engine.connect() as connection:
+            page = (await connection.execute(statement.limit(batch_size))).all()
+        if not page:
+            return
+        yield page
+        if len(page) < batch_size:
+            return
+        after = tuple(page[-1][i] for i in key_index)
+
+
 async def export_tables(
     engine: AsyncEngine,
     request: ExportRequest,
@@ -360,19 +395,20 @@ async def export_tables(
             time_index=[c.name for c in table.columns].index(table.time_column),
         )
         try:
-            async with engine.connect() as connection:
-                if statements.simulated is not None:
-                    simulated_left_out = int(await connection.scalar(statements.simulated) or 0)
-                if progress is not None:
-                    total = int(await connection.scalar(statements.count) or 0)
-                    progress.table_started(table.name, total)
-                result = await connection.stream(
-                    statements.rows.execution_options(yield_per=batch_size)
-                )
-                async for page in result.partitions(batch_size):
-                    await asyncio.to_thread(run.write_page, page)
+            if statements.simulated is not None or progress is not None:
+                async with engine.connect() as connection:
+                    if statements.simulated is not None:
+                        simulated_left_out = int(
+                            await connection.scalar(statements.simulated) or 0
+                        )
                     if progress is not None:
-                        progress.rows_written(table.name, len(page))
+                        total = int(await connection.scalar(statements.count) or 0)
+                if progress is not None:
+                    progress.table_started(table.name, total)
+            async for page in _pages(engine, table, statements.rows, batch_size):
+                await asyncio.to_thread(run.write_page, page)
+                if progress is not None:
+                    progress.rows_written(table.name, len(page))
         finally:
             await asyncio.to_thread(run.writer.close)
         manifests[table.name] = TableManifest(

@@ -55,6 +55,7 @@ from homepot.fleet import service as fleet_service
 from homepot.fleet.auth import device_for_key
 from homepot.job import executions
 from homepot.kit.keys import hash_key
+from homepot.kit.retry import BROKER_RECONNECT
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
     DeviceErrorReport,
@@ -70,9 +71,6 @@ from homepot.protocol.mqtt import QOS, broker_address, validation_summary
 
 logger = logging.getLogger(__name__)
 
-# Reconnect delays: doubled after each failed attempt, up to the maximum.
-RECONNECT_INITIAL_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 30.0
 # A push waits this long for the broker's PUBACK before the job is left for polling.
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # Uplink messages are handled by this many workers (one on SQLite, which has one writer); one
@@ -318,7 +316,7 @@ class UplinkBridge:
     async def run(self) -> None:
         """Connect, subscribe, read; on any broker failure, reconnect with backoff. Forever."""
         workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
-        delay = RECONNECT_INITIAL_SECONDS
+        delays = BROKER_RECONNECT.delays()
         outage_logged = False
         try:
             while True:
@@ -331,7 +329,7 @@ class UplinkBridge:
                         self.connected.set()
                         self.first_attempt_done.set()
                         logger.info("MQTT bridge connected to %s:%s", self._host, self._port)
-                        delay = RECONNECT_INITIAL_SECONDS
+                        delays = BROKER_RECONNECT.delays()
                         outage_logged = False
                         async for message in client.messages:
                             await self._enqueue(message)
@@ -353,10 +351,10 @@ class UplinkBridge:
                             context={"host": self._host, "port": self._port},
                             recorder=self._recorder,
                         )
+                    delay = next(delays)
                     logger.warning("%s; retrying in %.1f s", reason, delay)
                     self.first_attempt_done.set()
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
         finally:
             self.connected.clear()
             self._set_channel(UnavailableChannel("the server is shutting down"))

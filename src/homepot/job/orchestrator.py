@@ -8,8 +8,9 @@ Each pass, in its own short transactions:
    execution's delivery becomes ``poll``; the device collects it from ``GET /agent/jobs``.
 3. Due executions (pending, ``not_before`` reached) are claimed — ``SELECT ... FOR UPDATE SKIP
    LOCKED`` on PostgreSQL, so several server processes never claim the same one — marked
-   dispatched and committed, and only then pushed through ``app.state.push_channel``. A
-   missing or failing channel leaves them to polling.
+   dispatched and committed, and only then pushed through ``app.state.push_channel``,
+   ``fleet.push_concurrency`` at a time, so that one slow device delays none of the others.
+   A missing or failing channel leaves them to polling.
 
 Everything lives in the database, so a restarted server simply continues. An error about a
 simulated terminal is recorded as simulated, like everything else about it.
@@ -213,8 +214,13 @@ class Orchestrator:
         if channel is None:
             report.left_for_polling += len(claimed)
             return
-        for device_id, command in claimed:
-            await self._push(channel, device_id, command, now, report)
+        gate = asyncio.Semaphore(self.settings.push_concurrency)
+
+        async def push(device_id: str, command: JobCommand) -> None:
+            async with gate:
+                await self._push(channel, device_id, command, now, report)
+
+        await asyncio.gather(*(push(device_id, command) for device_id, command in claimed))
 
     async def _push(
         self,

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ from fastapi import FastAPI
 
 from homepot.agent.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
 from homepot.config import API_PREFIX
+from homepot.kit.retry import SERVER_RECONNECT, Backoff, retry_async, wait_or_stop
 from homepot.protocol.messages import (
     DeviceErrorReport,
     ErrorCategory,
@@ -81,6 +83,11 @@ POOL_CONNECTIONS = 16
 # With a push channel, the share of ticks on which a terminal also polls for jobs.
 PUSHED_POLL_SHARE = 0.1
 REGISTRATION_ATTEMPTS = 5
+REGISTRATION_MAX_SECONDS = 60.0
+
+
+def _names_a_sample(refusal: Refused) -> bool:
+    return refusal.names_the_message and not isinstance(refusal, Unauthorized)
 
 
 # --- the live simulator --------------------------------------------------------------------
@@ -171,6 +178,8 @@ class SimulationStats:
     heartbeats: int = 0
     samples_sent: int = 0
     samples_dropped: int = 0
+    # Samples the server refused by name (400, 409, 413, 422): dropped, one by one.
+    samples_refused: int = 0
     unavailable: int = 0
     refused: int = 0
     jobs_received: int = 0
@@ -207,6 +216,8 @@ class SimulatedTerminal:
     mqtt: Any = None  # a homepot.fleet.mqtt.DeviceMqttLink when the server offers a broker
     pool: int = 0  # which of the simulator's HTTP clients (and report caps) it uses
     jobs: set[asyncio.Task[None]] = field(default_factory=set)  # running job executions
+    # time.monotonic() before which it sends nothing (the server's Retry-After).
+    resume_at: float = 0.0
 
     @property
     def device_id(self) -> str:
@@ -422,19 +433,17 @@ class FleetSimulator:
             agent_version=SIM_AGENT_VERSION,
             simulated=True,
         )
-        for attempt in range(REGISTRATION_ATTEMPTS):
-            try:
-                terminal.registration = await terminal.client.register(request)
-                break
-            except ServerUnavailable as exc:
-                # A busy server, or a kept-alive connection it closed: try again, later.
-                if attempt == REGISTRATION_ATTEMPTS - 1:
-                    raise SimulationError(
-                        f"registering {terminal.device_id} failed: {exc}"
-                    ) from exc
-                await asyncio.sleep(0.5 * 2**attempt)
-            except Refused as exc:
-                raise SimulationError(f"registering {terminal.device_id} failed: {exc}") from exc
+        try:
+            # A busy server, or a kept-alive connection it closed: try again, later.
+            terminal.registration = await retry_async(
+                lambda: terminal.client.register(request),
+                backoff=SERVER_RECONNECT,
+                attempts=REGISTRATION_ATTEMPTS,
+                max_seconds=REGISTRATION_MAX_SECONDS,
+                retry_on=lambda exc: isinstance(exc, ServerUnavailable),
+            )
+        except (ServerUnavailable, Refused) as exc:
+            raise SimulationError(f"registering {terminal.device_id} failed: {exc}") from exc
         self.stats.registered += 1
 
     # -- running ---------------------------------------------------------------------------
@@ -455,7 +464,7 @@ class FleetSimulator:
     async def _run_terminal(self, terminal: SimulatedTerminal, stop: asyncio.Event) -> None:
         tick = self.tick
         # Spread the fleet over the interval, as real terminals switched on at random times.
-        if await _wait(stop, self.rng.uniform(0, tick.total_seconds())):
+        if await wait_or_stop(stop, self.rng.uniform(0, tick.total_seconds())):
             return
         async with contextlib.AsyncExitStack() as stack:
             await self._connect_mqtt(terminal, stack)
@@ -464,7 +473,7 @@ class FleetSimulator:
                 while not stop.is_set():
                     async with self._in_flight[terminal.pool]:
                         await self.report(terminal)
-                    if await _wait(stop, tick.total_seconds()):
+                    if await wait_or_stop(stop, tick.total_seconds()):
                         break
             finally:
                 # Jobs still running stop with their terminal, before its MQTT link closes.
@@ -545,7 +554,7 @@ class FleetSimulator:
         if len(terminal.backlog) == terminal.backlog.maxlen:
             self.stats.samples_dropped += 1
         terminal.backlog.append(sample)
-        if not effects.reachable:
+        if not effects.reachable or time.monotonic() < terminal.resume_at:
             return
         heartbeat = Heartbeat(
             status="degraded" if effects is not NO_EFFECT else "ok",
@@ -562,11 +571,13 @@ class FleetSimulator:
             )
             self.stats.refused += 1
         except Refused as exc:
+            # Not about a sample (those are dropped one by one): the backlog stays.
             self.stats.refused += 1
             logger.warning("%s: refused: %s", terminal.device_id, exc)
-            terminal.backlog.clear()
-        except ServerUnavailable:
+        except ServerUnavailable as exc:
             self.stats.unavailable += 1
+            if exc.retry_after:
+                terminal.resume_at = time.monotonic() + exc.retry_after
 
     async def _send(
         self,
@@ -588,12 +599,7 @@ class FleetSimulator:
                 raise ServerUnavailable(f"MQTT: {exc}") from exc
         else:
             await terminal.client.heartbeat(heartbeat)
-            while terminal.backlog:
-                chunk = [terminal.backlog[i] for i in range(min(500, len(terminal.backlog)))]
-                await terminal.client.send_raw_telemetry(chunk)
-                for _ in chunk:
-                    terminal.backlog.popleft()
-                self.stats.samples_sent += len(chunk)
+            await self._deliver_backlog(terminal)
             if error_report is not None:
                 await terminal.client.report_error(error_report)
         if link is not None:
@@ -608,6 +614,35 @@ class FleetSimulator:
             # Without push, poll every tick; with push, now and then, for missed pushes.
             for command in await terminal.client.poll_jobs():
                 self._start_job(terminal, command)
+
+    async def _deliver_backlog(self, terminal: SimulatedTerminal) -> None:
+        """Send the backlog oldest first, 500 at a time. A sample leaves it once the server
+        took it, or refused it by name; a refused chunk is sent again one by one, so that
+        only the samples at fault are dropped."""
+        while terminal.backlog:
+            chunk = [terminal.backlog[i] for i in range(min(500, len(terminal.backlog)))]
+            try:
+                await terminal.client.send_raw_telemetry(chunk)
+            except Refused as exc:
+                if not _names_a_sample(exc):
+                    raise
+                for _ in chunk:
+                    await self._deliver_alone(terminal)
+                continue
+            for _ in chunk:
+                terminal.backlog.popleft()
+            self.stats.samples_sent += len(chunk)
+
+    async def _deliver_alone(self, terminal: SimulatedTerminal) -> None:
+        try:
+            await terminal.client.send_raw_telemetry([terminal.backlog[0]])
+            self.stats.samples_sent += 1
+        except Refused as exc:
+            if not _names_a_sample(exc):
+                raise
+            self.stats.samples_refused += 1
+            logger.warning("%s: a sample was refused and dropped: %s", terminal.device_id, exc)
+        terminal.backlog.popleft()
 
     async def _receive_jobs(self, terminal: SimulatedTerminal, stop: asyncio.Event) -> None:
         if terminal.mqtt is not None:
@@ -641,20 +676,30 @@ class FleetSimulator:
             terminal.model, command, speed=self.config.speed, fault=terminal.fault
         )
         result = result.model_copy(update={"started_at": started, "finished_at": self.clock()})
-        for _attempt in range(5):
-            try:
-                if terminal.mqtt is not None:
-                    await terminal.mqtt.publish_result(result)
-                else:
-                    await terminal.client.send_result(result)
-                break
-            except Refused as exc:
-                logger.info(
-                    "%s: result of %s refused: %s", terminal.device_id, command.execution_id, exc
-                )
-                break
-            except Exception:
-                await asyncio.sleep(self.tick.total_seconds())
+
+        async def send_result() -> None:
+            if terminal.mqtt is not None:
+                await terminal.mqtt.publish_result(result)
+            else:
+                await terminal.client.send_result(result)
+
+        tick = self.tick.total_seconds()
+        try:
+            await retry_async(
+                send_result,
+                backoff=Backoff(initial=tick, maximum=4 * tick),
+                attempts=5,
+                max_seconds=20 * tick,
+                retry_on=lambda exc: not isinstance(exc, Refused),
+            )
+        except Refused as exc:
+            logger.info(
+                "%s: result of %s refused: %s", terminal.device_id, command.execution_id, exc
+            )
+        except Exception as exc:
+            logger.info(
+                "%s: result of %s not delivered: %s", terminal.device_id, command.execution_id, exc
+            )
         if result.status is JobResultStatus.success:
             self.stats.jobs_succeeded += 1
         else:
@@ -667,7 +712,7 @@ class FleetSimulator:
         session_id = uuid.uuid4().hex
         rng = random.Random(self.rng.random())
         step = 0
-        while not await _wait(stop, self.config.operator_interval_seconds if step else 1.0):
+        while not await wait_or_stop(stop, self.config.operator_interval_seconds if step else 1.0):
             try:
                 await self._operator_step(rng, session_id, step)
             except (httpx.TransportError, SimulationError) as exc:
@@ -790,13 +835,6 @@ async def simulate_job(
     return JobResult(
         execution_id=command.execution_id, status=JobResultStatus.success, output=output
     )
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` unless ``stop`` is set first; True when stopping."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,17 +17,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import (
-    DBAPIError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-)
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from homepot.analytics.error_logger import record_error
 from homepot.analytics.models import DEVICE
+from homepot.db import Failure, classify_failure, sqlstate_of
 from homepot.kit.jsonlimits import clip_stored_json, replace_lone_surrogates
 from homepot.kit.redaction import TOO_DEEP
 from homepot.kit.urls import mask_url_credentials
@@ -91,40 +88,49 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-def _first_line(exc: DBAPIError) -> str:
+def _first_line(exc: BaseException) -> str:
     # Shown to the client and recorded: never with a password from a URL in the driver's text.
-    text = mask_url_credentials(str(exc.orig if exc.orig is not None else exc))
+    orig = getattr(exc, "orig", None)
+    text = mask_url_credentials(str(orig if orig is not None else exc))
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DBAPIError)
+# Seconds a client is asked to wait after a 503 for a database outage.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+# An outage is written to error_logs once per this many seconds, not once per request.
+_OUTAGE_LOG_INTERVAL_SECONDS = 10.0
+
+
+def outage_reason(exc: BaseException) -> str:
+    """What a person is told about an outage: its kind, never the server's address."""
+    code = sqlstate_of(exc) or ""
+    if isinstance(exc, PoolTimeoutError):
+        return "no database connection became free in time (the server is overloaded)"
+    if code.startswith("57P"):
+        return "the database is starting up or shutting down"
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, TimeoutError) or code == "57014":
+        return "the database did not answer in time"
+    return "the database cannot be reached"
+
+
+async def _database_failed(request: Request, exc: Exception) -> JSONResponse:
+    failure = classify_failure(exc)
+    if failure is Failure.OUTAGE:
+        reason = outage_reason(exc)
+        _log_outage(request, exc, reason)
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": f"{reason}; nothing was stored, send the same request again"},
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
+        )
+    if failure is not Failure.DATA or not isinstance(exc, DBAPIError):
+        raise exc  # a bug (or a schema not migrated): the middleware answers 500 and logs it
     if isinstance(exc, IntegrityError):
         return JSONResponse(
             status_code=status.HTTP_409_CONFLICT,
             content={"detail": f"the change conflicts with stored data: {_first_line(exc)}"},
         )
-    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-        recorder = request.app.state.recorder
-        if recorder is not None:
-            record_error(
-                category="database",
-                severity="critical",
-                error_code="DB_UNAVAILABLE",
-                error_message=f"database unavailable: {_first_line(exc)}",
-                exception=exc,
-                endpoint=request.url.path,
-                user_id=getattr(request.state, "user_id", None),
-                recorder=recorder,
-                source=getattr(request.state, "source", DEVICE),
-            )
-        return JSONResponse(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            content={"detail": "the database is unavailable; try again shortly"},
-            headers={"Retry-After": "5"},
-        )
-    if isinstance(exc, ProgrammingError):
-        raise exc  # a bug (or a schema not migrated): the middleware answers 500 and logs it
     message = _first_line(exc)
     if "0x00" in message or "\\u0000" in message:
         message = "text must not contain NUL (\\u0000) characters"
@@ -138,7 +144,33 @@ async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _log_outage(request: Request, exc: Exception, reason: str) -> None:
+    """One error_logs row per outage interval (a 40 s outage is not thousands of rows)."""
+    recorder = request.app.state.recorder
+    now = time.monotonic()
+    last = getattr(request.app.state, "database_outage_logged_at", None)
+    if recorder is None or (last is not None and now - last < _OUTAGE_LOG_INTERVAL_SECONDS):
+        return
+    request.app.state.database_outage_logged_at = now
+    record_error(
+        category="database",
+        severity="critical",
+        error_code="DB_UNAVAILABLE",
+        error_message=f"database unavailable: {reason}: {_first_line(exc)}",
+        exception=exc,
+        endpoint=request.url.path,
+        user_id=getattr(request.state, "user_id", None),
+        recorder=recorder,
+        source=getattr(request.state, "source", DEVICE),
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(DBAPIError, _database_refused)
+    app.add_exception_handler(DBAPIError, _database_failed)
+    # Raised unwrapped by the driver (a refused connection, a timed-out ping); answered 503
+    # only when they came out of the database layer, re-raised (500) otherwise.
+    app.add_exception_handler(PoolTimeoutError, _database_failed)
+    app.add_exception_handler(OSError, _database_failed)
+    app.add_exception_handler(TimeoutError, _database_failed)

@@ -76,10 +76,13 @@ async def health(request: Request) -> dict[str, Any]:
     database, is_admin = await asyncio.gather(
         _probe_database(request.app.state.engine), _caller_is_admin(request)
     )
-    answer: dict[str, Any] = {"status": "ok" if database == "ok" else "degraded"}
+    recorder = request.app.state.recorder
+    # A spool that cannot be written keeps accepted events in memory only: degraded too.
+    spool_failing = recorder is not None and recorder.stats.spool_failures_pending > 0
+    healthy = database == "ok" and not spool_failing
+    answer: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
     if not is_admin:
         return answer
-    recorder = request.app.state.recorder
     snapshot = recorder.snapshot() if recorder is not None else None
     if snapshot is not None and snapshot.get("last_error"):
         snapshot["last_error"] = mask_url_credentials(str(snapshot["last_error"]))

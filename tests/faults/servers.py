@@ -1,0 +1,155 @@
+"""A PostgreSQL of the test's own and a TCP proxy in front of it: the faults are real.
+
+:class:`OwnPostgres` runs ``initdb`` into a temporary directory and serves on a free port on
+127.0.0.1; it can be stopped, started, and started in its start-up phase (a standby with
+hot standby off answers every connection with SQLSTATE 57P03, "the database system is not
+accepting connections", until it is promoted). The shared server on 5432 is never touched.
+
+:class:`TcpProxy` sits between the app and that server and can cut every connection
+(refusing new ones) or stall them (connections are accepted and bytes held, as a
+black-holed network does), and then let traffic flow again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PG_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OwnPostgres:
+    """A throw-away PostgreSQL cluster (trust auth, user ``postgres``, fsync off)."""
+
+    def __init__(self) -> None:
+        if not PG_BINARIES:
+            pytest.skip("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin) are missing")
+        self.bin = PG_BINARIES[-1]
+        self.port = free_port()
+        # Under /tmp, not pytest's (root-only) tmp_path: the server may run as another user.
+        self.root = Path(tempfile.mkdtemp(prefix="homepot-pg-"))
+        self.data = self.root / "data"
+        self._user = "postgres" if os.geteuid() == 0 else None  # initdb refuses root
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-N")
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "16MB",
+            "max_connections": "60",
+            # Only matters while it runs as a standby: then no connection is accepted.
+            "hot_standby": "off",
+        }
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def url(self, port: int | None = None, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{port or self.port}/{database}"
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> None:
+        command = [str(self.bin / tool), *args]
+        if self._user is not None:
+            command = ["runuser", "-u", self._user, "--", *command]
+        subprocess.run(command, check=check, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def start_in_startup_phase(self) -> None:
+        """Start as a standby that accepts no connection (57P03) until :meth:`promote`."""
+        signal = self.data / "standby.signal"
+        signal.touch()
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(signal, entry.pw_uid, entry.pw_gid)
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-W", "start")
+
+    def promote(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
+
+    def close(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP proxy that can cut or stall every connection through it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    async def start(self) -> None:
+        """Listen (again, on the same port after a cut) and let traffic flow."""
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Close every connection and refuse new ones, as a stopped server or a cable."""
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._writers.clear()
+
+    def stall(self) -> None:
+        """Accept connections, answer nothing: bytes are held in both directions."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        await self._flowing.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            self._writers.discard(writer)
+            return
+        self._writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    await self._flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
