@@ -444,7 +444,11 @@ class Agent:
         while not stop.is_set():
             try:
                 async with DeviceMqttLink(
-                    mqtt["host"], int(mqtt["port"]), self.config.device_id, self.state.api_key
+                    mqtt["host"],
+                    int(mqtt["port"]),
+                    self.config.device_id,
+                    self.state.api_key,
+                    tls=bool(mqtt.get("tls")),
                 ) as link:
                     delay = 1.0
                     async for command in link.commands():

@@ -24,6 +24,7 @@ from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches
+from homepot.fleet.device_keys import device_credentials_changed
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.protocol.messages import (
     DeviceErrorReport,
@@ -103,6 +104,7 @@ def mqtt_info(settings: Settings) -> MqttInfo | None:
         host=url.hostname or "127.0.0.1",
         port=url.port or default_port,
         topic_prefix=topics.PREFIX,
+        tls=url.scheme in ("mqtts", "ssl", "tls"),
     )
 
 
@@ -175,6 +177,8 @@ async def register_device(
         await session.flush()
     except IntegrityError as exc:  # the same new device registered twice at once
         raise RegistrationConflict(data.device_id) from exc
+    # The old key stops working over MQTT too: cached verifiers and the broker account.
+    await device_credentials_changed(settings.fleet, device.device_id, device.api_key_hash)
     return RegisterResponse(
         device_id=device.device_id,
         site_id=site.site_id,
