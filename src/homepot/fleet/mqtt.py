@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import socket
@@ -263,17 +264,30 @@ def parse_uplink_topic(topic: str) -> tuple[str, _Uplink] | None:
     return None
 
 
-def share_group(database_url: str) -> str:
-    """Servers sharing a database URL share the uplink: each device message is handled once."""
+def share_group(database_url: str, server_password: str | None = None) -> str:
+    """Servers sharing a database URL share the uplink: each device message is handled once.
+
+    With a server account, the group's name is a secret derived from its password: Mosquitto's
+    ACL refuses a device the messages of the group, not a place in it, and a member that may
+    not read them still takes its turn, so a device that guessed the name would make the
+    server miss a share of the messages.
+    """
+    if server_password:
+        digest = hmac.new(server_password.encode(), database_url.encode(), hashlib.sha256)
+        return "homepot-" + digest.hexdigest()[:24]
     return "homepot-" + hashlib.sha256(database_url.encode()).hexdigest()[:12]
 
 
-def server_client_id(settings: Settings) -> str:
-    """The server's MQTT client id, stable across restarts so the broker keeps its session."""
+def server_client_id(settings: Settings, server_password: str | None = None) -> str:
+    """The server's MQTT client id, stable across restarts so the broker keeps its session.
+
+    Derived from the server's password too when it has one: a client connecting with the
+    same id would take the session over (and the messages waiting in it).
+    """
     if settings.fleet.mqtt_client_id:
         return settings.fleet.mqtt_client_id
     host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
-    return f"{share_group(settings.database_url)}-{host}"[:128]
+    return f"{share_group(settings.database_url + '/' + host, server_password)}-{host}"[:128]
 
 
 @dataclass(frozen=True)
@@ -358,8 +372,8 @@ class UplinkBridge:
         self._host = address.host
         self._port = address.port
         self._settings: Settings = app.state.settings
-        self._group = share_group(self._settings.database_url)
-        self.client_id = server_client_id(self._settings)
+        self._group = share_group(self._settings.database_url, address.password)
+        self.client_id = server_client_id(self._settings, address.password)
         self._session_factory: async_sessionmaker[AsyncSession] = app.state.session_factory
         workers = 1 if self._settings.is_sqlite else BRIDGE_WORKERS
         # Unbounded queues, bounded by the broker: it never has more than the Receive Maximum
