@@ -772,6 +772,8 @@ class UplinkBridge:
                     for item in items:
                         await self._apply(session, devices, item)
                     await session.commit()
+            except _DatabaseUnavailable:
+                raise
             except _MessageFailed as failed:
                 if not await self._database_answers():
                     raise _DatabaseUnavailable([]) from failed
