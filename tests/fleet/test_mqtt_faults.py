@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -353,3 +354,40 @@ async def test_a_broker_restart_during_job_pushes_loses_no_job_and_runs_none_twi
         assert len(runs) == len(set(runs)) == 15
         # Both ways were taken: pushed while the broker was up, polled while it was not.
         assert {row.delivery for row in executions} == {"push", "poll"}
+
+
+async def test_an_unwritable_spool_during_an_outage_keeps_messages_with_the_broker(
+    proxied: tuple[Settings, TcpProxy], open_broker: Broker
+) -> None:
+    """Neither the database nor the spool takes the messages: they are not acknowledged, the
+    failure is reported, and they are stored once the database is back."""
+    settings, proxy = proxied
+    application = create_app(settings.model_copy(update={"fleet": mqtt_fleet(open_broker.url)}))
+    async with LifespanManager(application):
+        bridge = application.state.mqtt_bridge
+        device_id, api_key = await _device_with_key(application)
+        # Where the spool would go is a file: every spool write fails.
+        shutil.rmtree(bridge.spool.directory, ignore_errors=True)
+        bridge.spool.directory.parent.mkdir(parents=True, exist_ok=True)
+        bridge.spool.directory.write_text("not a directory")
+        proxy.cut_connections()
+        async with DeviceMqttLink(HOST, open_broker.port, device_id, api_key) as link:
+            for _ in range(10):
+                await link.publish_telemetry(_batch(samples=5))
+
+        async def spool_failed() -> bool:
+            return bridge.stats["spool_failures"] > 0
+
+        await _eventually(spool_failed, within=60)
+        assert bridge.stats["spooled"] == 0
+        proxy.restore()
+
+        async def all_stored() -> bool:
+            await flush(application)
+            return await _samples(application, device_id) == 50
+
+        await _eventually(all_stored, within=90)
+        await flush(application)
+        failures = await db_rows(application, ErrorLog, error_code="MQTT_SPOOL_FAILED")
+        assert failures
+        assert {row.severity for row in failures} == {"critical"}

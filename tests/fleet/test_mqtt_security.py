@@ -16,18 +16,20 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import update
 
 from homepot.agent.mqtt import DeviceMqttLink, JobReplayGuard
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.config import Settings
-from homepot.device.models import HealthCheck
-from homepot.fleet.mqtt import share_group
+from homepot.device.models import Device, HealthCheck
+from homepot.fleet.device_keys import device_credentials_changed
+from homepot.fleet.mqtt import PushUnavailableError, share_group
 from homepot.kit.keys import new_device_key
 from homepot.main import create_app
 from homepot.protocol.messages import Heartbeat, JobCommand, topics
 from homepot.protocol.mqtt import SignedMessage, broker_password, device_secret
 from tests.fleet.brokers import HOST, Broker, open_broker, secured_broker
-from tests.fleet.test_mqtt import _batch, _command, _eventually, mqtt_fleet
+from tests.fleet.test_mqtt import _batch, _command, _device_with_key, _eventually, mqtt_fleet
 from tests.helpers import create_registered_device, create_site, db_rows, flush
 
 __all__ = ["open_broker", "secured_broker"]  # fixtures
@@ -275,3 +277,45 @@ def test_the_replay_guard_forgets_only_what_its_window_refuses() -> None:
     assert "window" in (guard.refusal("a" * 64, command) or "")
     future = command.model_copy(update={"issued_at": clock[0] + timedelta(minutes=10)})
     assert "window" in (guard.refusal("b" * 64, future) or "")
+
+
+async def test_accounts_follow_the_database_at_start_and_a_revoked_key_loses_its_own(
+    settings: Settings, secured_broker: Broker
+) -> None:
+    # A device whose key was set while no server kept the broker's accounts.
+    offline_app = create_app(settings)
+    async with LifespanManager(offline_app):
+        device_id, api_key = await _device_with_key(offline_app)
+    login = {"username": device_id, "password": broker_password(device_secret(api_key))}
+    assert await _refused(secured_broker, **login)
+
+    fleet = mqtt_fleet(
+        secured_broker.server_url,
+        mqtt_password_file=secured_broker.password_file,
+        mqtt_broker_pid_file=secured_broker.pid_file,
+    )
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
+    async with LifespanManager(application):
+
+        async def accepted() -> bool:
+            return not await _refused(secured_broker, **login)
+
+        await _eventually(accepted)
+        bridge = application.state.mqtt_bridge
+        assert await bridge.secret_for(device_id) == device_secret(api_key)
+
+        # What revoking the key does (the admin endpoint clears it, then tells the bridge).
+        async with application.state.session_factory() as session:
+            await session.execute(
+                update(Device).where(Device.device_id == device_id).values(api_key_hash=None)
+            )
+            await session.commit()
+        await device_credentials_changed(fleet, device_id, None)
+
+        async def refused() -> bool:
+            return await _refused(secured_broker, **login)
+
+        await _eventually(refused)
+        # No job can be signed for it any more: the push is left to (authenticated) polling.
+        with pytest.raises(PushUnavailableError, match="no API key"):
+            await application.state.push_channel.push(device_id, _command(execution_id=4))

@@ -389,7 +389,7 @@ class UplinkBridge:
         # Set once the first connection attempt has finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
         self.connected = asyncio.Event()
-        self.stats = {"acknowledged": 0, "spooled": 0, "replayed": 0}
+        self.stats = {"acknowledged": 0, "spooled": 0, "replayed": 0, "spool_failures": 0}
 
     @property
     def _recorder(self) -> Recorder:
@@ -490,7 +490,8 @@ class UplinkBridge:
             self._set_channel(UnavailableChannel("the server is shutting down"))
             await self._drain(workers)
             self._client_now = None
-            self._running_marker().unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a clean stop: no "unclean stop" at next start
+                self._running_marker().unlink(missing_ok=True)
 
     def _running_marker(self) -> Path:
         return self.spool.directory / "running.pid"
@@ -600,6 +601,7 @@ class UplinkBridge:
         try:
             await asyncio.to_thread(self.spool.write, messages)
         except OSError as exc:
+            self.stats["spool_failures"] += 1
             record_error(
                 category="external_service",
                 severity="critical",
