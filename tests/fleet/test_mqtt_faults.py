@@ -379,7 +379,10 @@ async def test_an_unwritable_spool_during_an_outage_keeps_messages_with_the_brok
             return bridge.stats["spool_failures"] > 0
 
         await _eventually(spool_failed, within=60)
-        assert bridge.stats["spooled"] == 0
+        reported = bridge.snapshot()
+        assert reported["spooled"] == 0
+        assert reported["spool_failures"] > 0
+        assert reported["acknowledged"] == 0
         proxy.restore()
 
         async def all_stored() -> bool:

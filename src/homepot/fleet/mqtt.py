@@ -391,6 +391,15 @@ class UplinkBridge:
         self.connected = asyncio.Event()
         self.stats = {"acknowledged": 0, "spooled": 0, "replayed": 0, "spool_failures": 0}
 
+    def snapshot(self) -> dict[str, Any]:
+        """For /api/v1/health: the connection, the backlog and the spool."""
+        return {
+            "connected": self.connected.is_set(),
+            "waiting": sum(queue.qsize() for queue in self._queues),
+            **self.stats,
+            "spool_backlog_files": self.spool.pending_files,
+        }
+
     @property
     def _recorder(self) -> Recorder:
         recorder: Recorder = self._app.state.recorder

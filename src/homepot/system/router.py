@@ -22,11 +22,13 @@ async def health(request: Request) -> dict[str, Any]:
     except Exception as exc:  # reported, not raised: health must answer while the DB is down
         database = f"unreachable: {type(exc).__name__}"
     recorder = request.app.state.recorder
+    bridge = getattr(request.app.state, "mqtt_bridge", None)
     return {
         "status": "ok" if database == "ok" else "degraded",
         "version": __version__,
         "database": database,
         "recorder": recorder.snapshot() if recorder is not None else None,
+        "mqtt": bridge.snapshot() if bridge is not None else None,
     }
 
 
