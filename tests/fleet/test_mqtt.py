@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
@@ -42,7 +38,10 @@ from homepot.protocol.messages import (
     topics,
 )
 from homepot.protocol.mqtt import SignedMessage, broker_address, device_secret, sign
+from tests.fleet.brokers import Broker, open_broker
 from tests.helpers import create_device, db_rows, flush
+
+__all__ = ["open_broker"]  # fixture
 
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = 1883
@@ -428,56 +427,10 @@ async def test_a_broker_that_does_not_answer_leaves_jobs_to_polling(settings: Se
         assert str(closed_port) in logged.error_message
 
 
-class PrivateBroker:
-    """A Mosquitto of the test's own on a free port, so that it can be stopped and restarted."""
-
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary = binary
-        with socket.socket() as spare:
-            spare.bind((BROKER_HOST, 0))
-            self.port = int(spare.getsockname()[1])
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} {BROKER_HOST}\nallow_anonymous true\npersistence false\n"
-        )
-        self.config.chmod(0o644)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            if _answers(self.port):
-                return
-            if self.process.poll() is not None:
-                pytest.fail(f"mosquitto exited with {self.process.returncode}")
-            time.sleep(0.05)
-        pytest.fail(f"mosquitto did not answer on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=5)
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.skip("mosquitto is not installed; install it to test reconnects")
-    broker = PrivateBroker(binary, tmp_path)
-    yield broker
-    broker.stop()
-
-
 async def test_the_bridge_reconnects_after_the_broker_restarts(
-    settings: Settings, private_broker: PrivateBroker
+    settings: Settings, open_broker: Broker
 ) -> None:
-    port = private_broker.port
-    private_broker.start()
+    port = open_broker.port
     application = create_app(
         settings.model_copy(update={"fleet": mqtt_fleet(f"mqtt://{BROKER_HOST}:{port}")})
     )
@@ -485,7 +438,7 @@ async def test_the_bridge_reconnects_after_the_broker_restarts(
         bridge = application.state.mqtt_bridge
         assert isinstance(application.state.push_channel, MqttChannel)
 
-        private_broker.stop()
+        open_broker.stop()
 
         async def disconnected() -> bool:
             return isinstance(application.state.push_channel, UnavailableChannel)
@@ -494,7 +447,7 @@ async def test_the_bridge_reconnects_after_the_broker_restarts(
         with pytest.raises(PushUnavailableError, match="unreachable"):
             await application.state.push_channel.push("pos-1", _command())
 
-        private_broker.start()
+        open_broker.start()
 
         async def reconnected() -> bool:
             return bridge.connected.is_set()
