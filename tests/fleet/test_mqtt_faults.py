@@ -97,8 +97,10 @@ async def test_a_database_outage_during_mqtt_ingest_loses_nothing(
             for _ in range(batches):
                 for device_id in device_ids:
                     await links[device_id].publish_telemetry(_batch(samples=5))
-                    await links[device_id].publish_heartbeat(Heartbeat(status="ok"))
                     expected[device_id] += 5
+                    # Numbered, to see the order they are stored in.
+                    uptime = expected[device_id]
+                    await links[device_id].publish_heartbeat(Heartbeat(uptime_seconds=uptime))
 
         async def all_stored() -> bool:
             await flush(application)
@@ -135,7 +137,12 @@ async def test_a_database_outage_during_mqtt_ingest_loses_nothing(
         assert await all_stored()
         for device_id in expected:
             heartbeats = await db_rows(application, HealthCheck, device_id=device_id)
-            assert len(heartbeats) == expected[device_id] // 5
+            # Every heartbeat once, in the order the device sent them, spool or not.
+            stored_order = [
+                row.details["uptime_seconds"] for row in sorted(heartbeats, key=lambda row: row.id)
+            ]
+            assert stored_order == sorted(stored_order)
+            assert len(stored_order) == len(set(stored_order)) == expected[device_id] // 5
         await flush(application)
         [refused] = await db_rows(application, ErrorLog, error_code="MQTT_AUTH_REJECTED")
         assert refused.device_id == known_ids[0]

@@ -438,8 +438,10 @@ class Agent:
         mqtt = self.state.mqtt
         if not mqtt or not self.state.api_key:
             return
-        from homepot.agent.mqtt import DeviceMqttLink
+        from homepot.agent.mqtt import DeviceMqttLink, JobReplayGuard
 
+        # One guard for every connection: a job replayed after a reconnect is still refused.
+        replay_guard = JobReplayGuard()
         delay = 1.0
         while not stop.is_set():
             try:
@@ -449,6 +451,7 @@ class Agent:
                     self.config.device_id,
                     self.state.api_key,
                     tls=bool(mqtt.get("tls")),
+                    replay_guard=replay_guard,
                 ) as link:
                     delay = 1.0
                     async for command in link.commands():
