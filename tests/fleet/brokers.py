@@ -36,7 +36,7 @@ def answers(port: int) -> bool:
 class Broker:
     """A Mosquitto on a free port; ``secured`` adds the password file and the ACL."""
 
-    def __init__(self, binary: str, directory: Path, *, secured: bool) -> None:
+    def __init__(self, binary: str, directory: Path, *, secured: bool, tls: bool = False) -> None:
         self.binary = binary
         self.directory = directory
         self.port = free_port()
@@ -67,6 +67,16 @@ class Broker:
             PasswordFile(self.password_file).update({SERVER_USERNAME: self.server_password})
         else:
             lines.append("allow_anonymous true")
+        self.tls = tls
+        if tls:
+            # A private CA and the broker's certificate for 127.0.0.1, as a fleet would have.
+            self.ca_file = directory / "ca.crt"
+            _make_certificates(directory)
+            lines += [
+                f"cafile {self.ca_file}",
+                f"certfile {directory / 'broker.crt'}",
+                f"keyfile {directory / 'broker.key'}",
+            ]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
@@ -77,14 +87,15 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{HOST}:{self.port}"
 
     @property
     def server_url(self) -> str:
         """The URL the HOMEPOT server connects with (its own account when secured)."""
         if not self.secured:
             return self.url
-        return f"mqtt://{SERVER_USERNAME}:{self.server_password}@{HOST}:{self.port}"
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{SERVER_USERNAME}:{self.server_password}@{HOST}:{self.port}"
 
     def start(self) -> None:
         log = (self.directory / "mosquitto.log").open("ab")
@@ -105,6 +116,21 @@ class Broker:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+def _make_certificates(directory: Path) -> None:
+    def openssl(*arguments: str) -> None:
+        subprocess.run(["openssl", *arguments], cwd=directory, check=True, capture_output=True)
+
+    new_key = ["-newkey", "rsa:2048", "-nodes"]
+    openssl("req", "-x509", *new_key, "-days", "1", "-subj", "/CN=HOMEPOT test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", *new_key, "-subj", f"/CN={HOST}", "-keyout", "broker.key",
+            "-out", "broker.csr")  # fmt: skip
+    (directory / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
+    signed_by_ca = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+    openssl("x509", "-req", "-in", "broker.csr", *signed_by_ca, "-days", "1",
+            "-extfile", "san.ext", "-out", "broker.crt")  # fmt: skip
 
 
 def _binary() -> str:
@@ -129,6 +155,19 @@ def open_broker(tmp_path: Path) -> Iterator[Broker]:
     directory = tmp_path / "open-broker"
     directory.mkdir()
     broker = Broker(_binary(), directory, secured=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Secured, and TLS only (as on 8883), with a private CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    directory = tmp_path / "tls-broker"
+    directory.mkdir()
+    broker = Broker(_binary(), directory, secured=True, tls=True)
     broker.start()
     yield broker
     broker.stop()

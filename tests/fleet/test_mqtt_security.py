@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -28,11 +29,17 @@ from homepot.kit.keys import new_device_key
 from homepot.main import create_app
 from homepot.protocol.messages import Heartbeat, JobCommand, topics
 from homepot.protocol.mqtt import SignedMessage, broker_password, device_secret
-from tests.fleet.brokers import HOST, Broker, open_broker, secured_broker
+from tests.fleet.brokers import HOST, Broker, open_broker, secured_broker, tls_broker
 from tests.fleet.test_mqtt import _batch, _command, _device_with_key, _eventually, mqtt_fleet
-from tests.helpers import create_registered_device, create_site, db_rows, flush
+from tests.helpers import (
+    create_bootstrap_key,
+    create_registered_device,
+    create_site,
+    db_rows,
+    flush,
+)
 
-__all__ = ["open_broker", "secured_broker"]  # fixtures
+__all__ = ["open_broker", "secured_broker", "tls_broker"]  # fixtures
 
 
 @pytest.fixture
@@ -319,3 +326,57 @@ async def test_accounts_follow_the_database_at_start_and_a_revoked_key_loses_its
         # No job can be signed for it any more: the push is left to (authenticated) polling.
         with pytest.raises(PushUnavailableError, match="no API key"):
             await application.state.push_channel.push(device_id, _command(execution_id=4))
+
+
+async def test_server_and_devices_speak_tls_with_a_private_ca(
+    settings: Settings, tls_broker: Broker
+) -> None:
+    fleet = mqtt_fleet(
+        tls_broker.server_url,
+        mqtt_ca_file=tls_broker.ca_file,
+        mqtt_password_file=tls_broker.password_file,
+        mqtt_broker_pid_file=tls_broker.pid_file,
+    )
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
+    async with LifespanManager(application):
+        assert application.state.mqtt_bridge.connected.is_set()
+        transport = ASGITransport(app=application, client=("203.0.113.9", 50000))
+        async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+            registered = await http.post(
+                "/api/v1/agent/register",
+                json={
+                    "site_id": (site_id := await create_site(application)),
+                    "device_id": (device_id := f"pos-{uuid.uuid4().hex[:10]}"),
+                    "bootstrap_key": await create_bootstrap_key(application, site_id),
+                },
+            )
+        assert registered.status_code == 200, registered.text
+        body = registered.json()
+        assert body["mqtt"]["tls"] is True
+        trusted = ssl.create_default_context(cafile=str(tls_broker.ca_file))
+        # Without the fleet's CA the broker's certificate is refused.
+        with pytest.raises(aiomqtt.MqttError):
+            async with DeviceMqttLink(HOST, tls_broker.port, device_id, body["api_key"], tls=True):
+                pass
+
+        async def linked() -> DeviceMqttLink | None:
+            link = DeviceMqttLink(
+                HOST, tls_broker.port, device_id, body["api_key"], tls_context=trusted
+            )
+            try:
+                return await link.__aenter__()
+            except aiomqtt.MqttError:
+                return None  # the broker is still reloading its password file
+
+        link = await _eventually(linked)
+        try:
+            await link.publish_heartbeat(Heartbeat(status="ok"))
+
+            async def a_health_check() -> list[Any]:
+                return await db_rows(application, HealthCheck, device_id=device_id)
+
+            assert await _eventually(a_health_check)
+            await application.state.push_channel.push(device_id, _command(execution_id=8))
+            assert (await _next(link)).execution_id == 8
+        finally:
+            await link.__aexit__(None, None, None)

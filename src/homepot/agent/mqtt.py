@@ -100,6 +100,7 @@ class DeviceMqttLink:
         api_key: str,
         *,
         tls: bool = False,
+        tls_context: ssl.SSLContext | None = None,
         replay_guard: JobReplayGuard | None = None,
     ) -> None:
         self.device_id = device_id
@@ -115,7 +116,9 @@ class DeviceMqttLink:
             identifier=f"homepot-device-{device_id}-{uuid.uuid4().hex[:8]}",
             keepalive=30,
             timeout=PUBLISH_TIMEOUT_SECONDS,
-            tls_context=ssl.create_default_context() if tls else None,
+            # TLS checks the broker's certificate against the system's CAs, or those of
+            # the context given (a fleet's private CA).
+            tls_context=tls_context or (ssl.create_default_context() if tls else None),
         )
 
     @classmethod
