@@ -389,7 +389,13 @@ class UplinkBridge:
         # Set once the first connection attempt has finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
         self.connected = asyncio.Event()
-        self.stats = {"acknowledged": 0, "spooled": 0, "replayed": 0, "spool_failures": 0}
+        self.stats = {
+            "received": 0,
+            "acknowledged": 0,
+            "spooled": 0,
+            "replayed": 0,
+            "spool_failures": 0,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """For /api/v1/health: the connection, the backlog and the spool."""
@@ -550,6 +556,7 @@ class UplinkBridge:
         await asyncio.gather(*workers, return_exceptions=True)
 
     def _enqueue(self, incoming: _Incoming) -> None:
+        self.stats["received"] += 1
         # One device always maps to the same worker: its messages keep their order.
         key = incoming.topic.encode()
         parsed = parse_uplink_topic(incoming.topic)
