@@ -178,13 +178,15 @@ async def test_a_bad_key_in_the_middle_of_a_batch_costs_the_others_nothing(
     rejected = await _errors(mqtt_app, first, "MQTT_AUTH_REJECTED")
     rejected += await _errors(mqtt_app, second, "MQTT_AUTH_REJECTED")
     reasons = sorted(row.error_message.split(": ", 1)[1] for row in rejected)
-    assert reasons == [
-        f"the payload names {second}, but the message came from {first}",
-        f"the signature is not made with {first}'s current key"
-        " (a forged message, or an old key: rotated or revoked)",
-        f"the signature is not made with {second}'s current key"
-        " (a forged message, or an old key: rotated or revoked)",
-    ]
+    assert reasons == sorted(
+        [
+            f"the payload names {second}, but the message came from {first}",
+            f"the signature is not made with {first}'s current key"
+            " (a forged message, or an old key: rotated or revoked)",
+            f"the signature is not made with {second}'s current key"
+            " (a forged message, or an old key: rotated or revoked)",
+        ]
+    )
     assert len(await _errors(mqtt_app, second, "MQTT_BAD_PAYLOAD")) == 1
     for row in rejected:
         assert intruder_key not in row.error_message

@@ -475,8 +475,15 @@ class UplinkBridge:
                         delay = RECONNECT_INITIAL_SECONDS
                         outage_logged = False
                         generation = self._generation
-                        async for message in client.messages:
-                            self._enqueue(_Incoming.of(message, generation))
+                        try:
+                            async for message in client.messages:
+                                self._enqueue(_Incoming.of(message, generation))
+                        except asyncio.CancelledError:
+                            # Shutting down: store what came and acknowledge it while still
+                            # connected, so that the broker does not send it again.
+                            self._set_channel(UnavailableChannel("the server is shutting down"))
+                            await self._drain(workers)
+                            raise
                 except Exception as exc:  # the broker's failures, and anything unforeseen
                     self.connected.clear()
                     self._client_now = None
@@ -537,12 +544,16 @@ class UplinkBridge:
                 recorder=self._recorder,
             )
         try:
-            async with self._session_factory() as session:
+            async with (
+                asyncio.timeout(DATABASE_PROBE_SECONDS),
+                self._session_factory() as session,
+            ):
                 await self.keys.load(session)
                 if self._accounts is not None:
                     await sync_device_accounts(session, self._accounts)
-        except (SQLAlchemyError, OSError) as exc:
-            # The database may be down at start-up: the cache fills as it comes back.
+        except Exception as exc:
+            # The database may be down or slow at start-up: the bridge connects all the same,
+            # and the cache fills as batches load their devices.
             logger.warning("MQTT bridge start-up could not load the device keys: %s", exc)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
