@@ -70,14 +70,12 @@ from homepot.fleet import service as fleet_service
 from homepot.fleet.broker_accounts import password_file, sync_device_accounts
 from homepot.fleet.device_keys import DeviceKeyCache
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
+from homepot.fleet.uplinks import Uplink, parse_uplink_topic
 from homepot.job import executions
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
     DeviceErrorReport,
-    Heartbeat,
-    JobAck,
     JobCommand,
-    JobResult,
     TelemetryBatch,
     topics,
 )
@@ -178,92 +176,6 @@ class UnavailableChannel:
 # -- the uplink bridge ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Uplink:
-    """One kind of device message: its topic suffix, its schema and the service it feeds."""
-
-    kind: str
-    suffix: str
-    schema: type[BaseModel]
-    handle: Callable[[AsyncSession, Recorder, Settings, Device, Any], Awaitable[None]]
-    # Stored with the other messages of a batch in one transaction; job acknowledgements and
-    # results lock their job's row and get a transaction of their own.
-    shares_transaction: bool = True
-
-
-async def _telemetry(
-    session: AsyncSession,
-    recorder: Recorder,
-    settings: Settings,
-    device: Device,
-    batch: TelemetryBatch,
-) -> None:
-    # Samples go through the recorder; the session saves the device's last_seen_at.
-    fleet_service.ingest_telemetry(recorder, device, batch)
-
-
-async def _heartbeat(
-    session: AsyncSession,
-    recorder: Recorder,
-    settings: Settings,
-    device: Device,
-    heartbeat: Heartbeat,
-) -> None:
-    await fleet_service.record_heartbeat(session, recorder, device, heartbeat)
-
-
-async def _ack(
-    session: AsyncSession, recorder: Recorder, settings: Settings, device: Device, ack: JobAck
-) -> None:
-    await executions.acknowledge(session, device.device_id, ack.execution_id)
-
-
-async def _result(
-    session: AsyncSession,
-    recorder: Recorder,
-    settings: Settings,
-    device: Device,
-    result: JobResult,
-) -> None:
-    answer = await executions.finish(session, recorder, device.device_id, result, settings=settings)
-    if not answer.accepted:
-        # A duplicate or late result (QoS 1 may deliver twice): nothing to store.
-        logger.info("%s: %s", device.device_id, answer.detail)
-
-
-async def _error(
-    session: AsyncSession,
-    recorder: Recorder,
-    settings: Settings,
-    device: Device,
-    report: DeviceErrorReport,
-) -> None:
-    fleet_service.record_device_error(recorder, device, report)
-
-
-UPLINKS = (
-    _Uplink("telemetry", "/telemetry", TelemetryBatch, _telemetry),
-    _Uplink("heartbeat", "/heartbeat", Heartbeat, _heartbeat),
-    _Uplink("job ack", "/jobs/ack", JobAck, _ack, shares_transaction=False),
-    _Uplink("job result", "/jobs/result", JobResult, _result, shares_transaction=False),
-    _Uplink("error report", "/errors", DeviceErrorReport, _error),
-)
-
-
-def parse_uplink_topic(topic: str) -> tuple[str, _Uplink] | None:
-    """``homepot/v1/devices/{device_id}/telemetry`` → (device_id, telemetry uplink)."""
-    prefix = topics.PREFIX + "/"
-    if not topic.startswith(prefix):
-        return None
-    rest = topic[len(prefix) :]
-    for uplink in UPLINKS:
-        if rest.endswith(uplink.suffix):
-            device_id = rest[: -len(uplink.suffix)]
-            if device_id and "/" not in device_id:
-                return device_id, uplink
-    return None
-
-
 def share_group(database_url: str, server_password: str | None = None) -> str:
     """Servers sharing a database URL share the uplink: each device message is handled once.
 
@@ -340,7 +252,7 @@ class _Received:
 
     incoming: _Incoming
     device_id: str
-    uplink: _Uplink
+    uplink: Uplink
     signed: SignedMessage
     payload: BaseModel
     rows: int  # what it adds to the analytics queue: a telemetry batch's samples, else 1
