@@ -85,6 +85,22 @@ class FleetSettings(BaseModel):
     # e.g. mqtt://127.0.0.1:1883; empty: no broker, jobs are pushed through an in-process
     # channel (the embedded demo) and devices fall back to polling.
     mqtt_url: str = ""
+    # The broker's password_file HOMEPOT keeps in step with the devices' keys (a device's
+    # entry is written when it registers or gets a new key, removed when its key is revoked),
+    # and the broker's pid file, to make it reload (SIGHUP). Empty: the broker's accounts
+    # are managed elsewhere. See README "Reliability and security / MQTT".
+    mqtt_password_file: Path | None = None
+    mqtt_broker_pid_file: Path | None = None
+    # CA certificate(s) to check the broker's TLS certificate (mqtts://); empty: the system's.
+    mqtt_ca_file: Path | None = None
+    # The server's MQTT client id: the broker keeps its session (subscriptions, messages not
+    # yet acknowledged) under it while the server restarts. Empty: derived from the database
+    # URL and the host name; give each server process on one host its own.
+    mqtt_client_id: str = Field(default="", max_length=128)
+    # How long the broker keeps that session while the server is away.
+    mqtt_session_expiry_seconds: int = Field(default=86_400, ge=60, le=4_294_967_295)
+    # Device messages received and not yet stored or spooled (the broker holds the rest).
+    mqtt_max_unacknowledged: int = Field(default=4_000, ge=10, le=65_535)
     heartbeat_interval_seconds: float = Field(default=30, gt=0)
     telemetry_interval_seconds: float = Field(default=30, gt=0)
     # A device whose heartbeats stop for this long is marked offline by the watchdog.

@@ -18,14 +18,13 @@ from sqlalchemy import func, select, update
 
 from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics, ErrorLog
-from homepot.config import FleetSettings, Settings
+from homepot.config import Settings
 from homepot.device.models import Device, HealthCheck
 from homepot.fleet import service as fleet_service
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.main import create_app
 from homepot.protocol.messages import (
     DeviceErrorReport,
-    Envelope,
     ErrorCategory,
     ErrorSeverity,
     Heartbeat,
@@ -33,7 +32,8 @@ from homepot.protocol.messages import (
     TelemetryBatch,
     topics,
 )
-from tests.fleet.test_mqtt import BROKER_HOST, BROKER_PORT, BROKER_URL, requires_broker
+from homepot.protocol.mqtt import SignedMessage, device_secret
+from tests.fleet.test_mqtt import BROKER_HOST, BROKER_PORT, mqtt_fleet, requires_broker
 from tests.helpers import create_device, db_rows, flush
 
 pytestmark = requires_broker
@@ -41,9 +41,7 @@ pytestmark = requires_broker
 
 @pytest.fixture
 async def mqtt_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(
-        settings.model_copy(update={"fleet": FleetSettings(mqtt_url=BROKER_URL)})
-    )
+    application = create_app(settings.model_copy(update={"fleet": mqtt_fleet()}))
     async with LifespanManager(application):
         assert application.state.mqtt_bridge.connected.is_set()
         yield application
@@ -81,8 +79,8 @@ def _batch(cpu: float = 40.0) -> TelemetryBatch:
 
 def _message(topic: str, api_key: str, payload: BaseModel) -> aiomqtt.Message:
     """A device message as the bridge receives it from the broker."""
-    envelope = Envelope(api_key=api_key, payload=payload.model_dump(mode="json", exclude_none=True))
-    return aiomqtt.Message(topic, envelope.model_dump_json().encode(), 1, False, 1, None)
+    signed = SignedMessage.of(device_secret(api_key), topic, payload)
+    return aiomqtt.Message(topic, signed.model_dump_json().encode(), 1, False, 1, None)
 
 
 async def _count(app: FastAPI, model: type[Any], **filters: Any) -> int:
@@ -180,11 +178,15 @@ async def test_a_bad_key_in_the_middle_of_a_batch_costs_the_others_nothing(
     rejected = await _errors(mqtt_app, first, "MQTT_AUTH_REJECTED")
     rejected += await _errors(mqtt_app, second, "MQTT_AUTH_REJECTED")
     reasons = sorted(row.error_message.split(": ", 1)[1] for row in rejected)
-    assert reasons == [
-        f"the API key belongs to {first}, not to {second}",
-        "the API key is unknown or revoked",
-        f"the payload names {second}, but the message came from {first}",
-    ]
+    assert reasons == sorted(
+        [
+            f"the payload names {second}, but the message came from {first}",
+            f"the signature is not made with {first}'s current key"
+            " (a forged message, or an old key: rotated or revoked)",
+            f"the signature is not made with {second}'s current key"
+            " (a forged message, or an old key: rotated or revoked)",
+        ]
+    )
     assert len(await _errors(mqtt_app, second, "MQTT_BAD_PAYLOAD")) == 1
     for row in rejected:
         assert intruder_key not in row.error_message
@@ -207,7 +209,7 @@ async def test_a_rotated_key_stops_working_at_once(mqtt_app: FastAPI) -> None:
     stored = await db_rows(mqtt_app, DeviceMetrics, device_id=device_id)
     assert sorted(row.cpu_percent for row in stored) == [1.0, 3.0]
     [rejected] = await _errors(mqtt_app, device_id, "MQTT_AUTH_REJECTED")
-    assert "unknown or revoked" in rejected.error_message
+    assert "rotated or revoked" in rejected.error_message
 
 
 async def test_a_message_that_fails_to_store_is_logged_and_the_batch_is_stored_once(
@@ -266,9 +268,7 @@ async def test_large_batches_wait_for_a_busy_analytics_queue_instead_of_dropping
     batches, many times what the analytics queue holds, is stored whole."""
     small_queue = settings.analytics.model_copy(update={"queue_max_events": 1_000})
     application = create_app(
-        settings.model_copy(
-            update={"fleet": FleetSettings(mqtt_url=BROKER_URL), "analytics": small_queue}
-        )
+        settings.model_copy(update={"fleet": mqtt_fleet(), "analytics": small_queue})
     )
     async with LifespanManager(application):
         device_id, api_key = await _device_with_key(application)

@@ -468,13 +468,20 @@ class Agent:
         mqtt = self.state.mqtt
         if not mqtt or not self.state.api_key:
             return
-        from homepot.agent.mqtt import DeviceMqttLink
+        from homepot.agent.mqtt import DeviceMqttLink, JobReplayGuard
 
+        # One guard for every connection: a job replayed after a reconnect is still refused.
+        replay_guard = JobReplayGuard()
         delays = BROKER_RECONNECT.delays()
         while not stop.is_set():
             try:
                 async with DeviceMqttLink(
-                    mqtt["host"], int(mqtt["port"]), self.config.device_id, self.state.api_key
+                    mqtt["host"],
+                    int(mqtt["port"]),
+                    self.config.device_id,
+                    self.state.api_key,
+                    tls=bool(mqtt.get("tls")),
+                    replay_guard=replay_guard,
                 ) as link:
                     delays = BROKER_RECONNECT.delays()  # connected: the next outage starts over
                     async for command in link.commands():

@@ -398,9 +398,7 @@ async def export_tables(
             if statements.simulated is not None or progress is not None:
                 async with engine.connect() as connection:
                     if statements.simulated is not None:
-                        simulated_left_out = int(
-                            await connection.scalar(statements.simulated) or 0
-                        )
+                        simulated_left_out = int(await connection.scalar(statements.simulated) or 0)
                     if progress is not None:
                         total = int(await connection.scalar(statements.count) or 0)
                 if progress is not None:

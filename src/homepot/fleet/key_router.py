@@ -43,7 +43,9 @@ async def rotate_device_key(
     device_id: DeviceId, admin: AdminUser, request: Request, session: SessionDep
 ) -> service.DeviceKeyIssued:
     device = await _device(session, device_id)
-    return await service.issue_device_key(session, Actor.of(request, admin), device)
+    return await service.issue_device_key(
+        session, Actor.of(request, admin), device, fleet=request.app.state.settings.fleet
+    )
 
 
 @router.delete(
@@ -58,4 +60,6 @@ async def revoke_device_key(
     device_id: DeviceId, admin: AdminUser, request: Request, session: SessionDep
 ) -> None:
     device = await _device(session, device_id)
-    await service.revoke_device_key(session, Actor.of(request, admin), device)
+    await service.revoke_device_key(
+        session, Actor.of(request, admin), device, fleet=request.app.state.settings.fleet
+    )

@@ -20,11 +20,12 @@ from homepot.analytics.error_logger import record_error
 from homepot.analytics.models import DeviceMetrics
 from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
-from homepot.config import Settings
+from homepot.config import FleetSettings, Settings
 from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
+from homepot.fleet.device_keys import device_credentials_changed
 from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.protocol.messages import (
@@ -122,6 +123,7 @@ def mqtt_info(settings: Settings) -> MqttInfo | None:
         host=url.hostname or "127.0.0.1",
         port=url.port or default_port,
         topic_prefix=topics.PREFIX,
+        tls=url.scheme in ("mqtts", "ssl", "tls"),
     )
 
 
@@ -199,6 +201,8 @@ async def register_device(
     except IntegrityError as exc:  # the same new device registered twice at once
         raise RegistrationConflict(data.device_id) from exc
     device_key_changed(session, device.device_id)
+    # The old key stops working over MQTT too: cached verifiers and the broker account.
+    await device_credentials_changed(settings.fleet, device.device_id, device.api_key_hash)
     return RegisterResponse(
         device_id=device.device_id,
         site_id=site.site_id,
@@ -232,7 +236,9 @@ class DeviceKeyIssued(BaseModel):
     )
 
 
-async def issue_device_key(session: AsyncSession, actor: Actor, device: Device) -> DeviceKeyIssued:
+async def issue_device_key(
+    session: AsyncSession, actor: Actor, device: Device, *, fleet: FleetSettings
+) -> DeviceKeyIssued:
     """Replace the device's key with a new one (an admin's rotation); returns it once."""
     api_key = new_device_key()
     had_key = device.api_key_hash is not None
@@ -248,10 +254,13 @@ async def issue_device_key(session: AsyncSession, actor: Actor, device: Device) 
     )
     await session.flush()
     device_key_changed(session, device.device_id)
+    await device_credentials_changed(fleet, device.device_id, device.api_key_hash)
     return DeviceKeyIssued(device_id=device.device_id, api_key=api_key)
 
 
-async def revoke_device_key(session: AsyncSession, actor: Actor, device: Device) -> None:
+async def revoke_device_key(
+    session: AsyncSession, actor: Actor, device: Device, *, fleet: FleetSettings
+) -> None:
     """The device's key stops working at once, on HTTP and MQTT; it can re-register only with
     an admin's approval (a new key from POST .../key, or an admin-issued bootstrap key)."""
     device.api_key_hash = None
@@ -265,6 +274,7 @@ async def revoke_device_key(session: AsyncSession, actor: Actor, device: Device)
     )
     await session.flush()
     device_key_changed(session, device.device_id)
+    await device_credentials_changed(fleet, device.device_id, None)
 
 
 async def record_heartbeat(

@@ -85,9 +85,13 @@ class RegisterRequest(Strict):
 
 
 class MqttInfo(BaseModel):
+    """Where the device reaches the broker. It logs in as its device id, with the password
+    :func:`homepot.protocol.mqtt.broker_password` derives from its key."""
+
     host: str
     port: int
     topic_prefix: str
+    tls: bool = False
 
 
 class RegisterResponse(BaseModel):
@@ -209,13 +213,6 @@ class DeviceErrorReport(DeviceScoped):
 
 class DeviceErrorAccepted(BaseModel):
     event_id: str | None = Field(description="The error_logs event id; null when recording is off")
-
-
-class Envelope(Strict):
-    """An MQTT message from a device: its key (the broker is not trusted) and the payload."""
-
-    api_key: str = Field(min_length=16, max_length=200)
-    payload: dict[str, Any]
 
 
 class topics:  # noqa: N801 - a namespace of topic builders, read as topics.jobs(...)

@@ -492,7 +492,13 @@ class FleetSimulator:
 
         try:
             terminal.mqtt = await stack.enter_async_context(
-                DeviceMqttLink(info.host, info.port, terminal.device_id, terminal.client.api_key)
+                DeviceMqttLink(
+                    info.host,
+                    info.port,
+                    terminal.device_id,
+                    terminal.client.api_key,
+                    tls=info.tls,
+                )
             )
         except Exception as exc:  # the broker is optional: HTTP carries everything
             logger.warning("%s: MQTT unavailable (%s); using HTTP", terminal.device_id, exc)

@@ -86,7 +86,13 @@ async def health(request: Request) -> dict[str, Any]:
     snapshot = recorder.snapshot() if recorder is not None else None
     if snapshot is not None and snapshot.get("last_error"):
         snapshot["last_error"] = mask_url_credentials(str(snapshot["last_error"]))
-    return answer | {"version": __version__, "database": database, "recorder": snapshot}
+    bridge = getattr(request.app.state, "mqtt_bridge", None)
+    return answer | {
+        "version": __version__,
+        "database": database,
+        "recorder": snapshot,
+        "mqtt": bridge.snapshot() if bridge is not None else None,
+    }
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,0 +1,173 @@
+"""Mosquitto brokers of a test's own, on a free port: open, or secured as README describes
+(password file + ACL kept by HOMEPOT, no anonymous clients), with persistence, so that a
+test can restart one without touching the shared broker."""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from homepot.fleet.broker_accounts import PasswordFile, acl_rules
+from homepot.protocol.mqtt import SERVER_USERNAME
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as spare:
+        spare.bind((HOST, 0))
+        return int(spare.getsockname()[1])
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((HOST, port)) == 0
+
+
+class Broker:
+    """A Mosquitto on a free port; ``secured`` adds the password file and the ACL."""
+
+    def __init__(self, binary: str, directory: Path, *, secured: bool, tls: bool = False) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.secured = secured
+        self.password_file = directory / "passwords"
+        self.acl_file = directory / "acl"
+        self.pid_file = directory / "mosquitto.pid"
+        self.server_password = secrets.token_urlsafe(24)
+        (directory / "data").mkdir(exist_ok=True)
+        lines = [
+            f"listener {self.port} {HOST}",
+            # The broker keeps sessions and queued messages across its own restarts.
+            "persistence true",
+            f"persistence_location {directory / 'data'}/",
+            # Far beyond a test's bursts: the broker holds what the bridge has not taken.
+            "max_queued_messages 1000000",
+            # Mosquitto drops root for the user 'mosquitto', who cannot read a test's files.
+            f"user {getpass.getuser()}",
+        ]
+        if secured:
+            lines += [
+                "allow_anonymous false",
+                f"password_file {self.password_file}",
+                f"acl_file {self.acl_file}",
+            ]
+            self.acl_file.write_text(acl_rules())
+            # Written before the broker starts: nothing to reload yet.
+            PasswordFile(self.password_file).update({SERVER_USERNAME: self.server_password})
+        else:
+            lines.append("allow_anonymous true")
+        self.tls = tls
+        if tls:
+            # A private CA and the broker's certificate for 127.0.0.1, as a fleet would have.
+            self.ca_file = directory / "ca.crt"
+            _make_certificates(directory)
+            lines += [
+                f"cafile {self.ca_file}",
+                f"certfile {directory / 'broker.crt'}",
+                f"keyfile {directory / 'broker.key'}",
+            ]
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def accounts(self) -> PasswordFile:
+        return PasswordFile(self.password_file, self.pid_file)
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{HOST}:{self.port}"
+
+    @property
+    def server_url(self) -> str:
+        """The URL the HOMEPOT server connects with (its own account when secured)."""
+        if not self.secured:
+            return self.url
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{SERVER_USERNAME}:{self.server_password}@{HOST}:{self.port}"
+
+    def start(self) -> None:
+        log = (self.directory / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        self.pid_file.write_text(str(self.process.pid))
+        for _ in range(100):
+            if answers(self.port):
+                return
+            if self.process.poll() is not None:
+                pytest.fail(f"mosquitto exited with {self.process.returncode}")
+            time.sleep(0.05)
+        pytest.fail(f"mosquitto did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): the broker saves its sessions and queued messages."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def _make_certificates(directory: Path) -> None:
+    def openssl(*arguments: str) -> None:
+        subprocess.run(["openssl", *arguments], cwd=directory, check=True, capture_output=True)
+
+    new_key = ["-newkey", "rsa:2048", "-nodes"]
+    openssl("req", "-x509", *new_key, "-days", "1", "-subj", "/CN=HOMEPOT test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", *new_key, "-subj", f"/CN={HOST}", "-keyout", "broker.key",
+            "-out", "broker.csr")  # fmt: skip
+    (directory / "san.ext").write_text(f"subjectAltName=IP:{HOST}\n")
+    signed_by_ca = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+    openssl("x509", "-req", "-in", "broker.csr", *signed_by_ca, "-days", "1",
+            "-extfile", "san.ext", "-out", "broker.crt")  # fmt: skip
+
+
+def _binary() -> str:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.skip("mosquitto is not installed; install Debian's mosquitto package")
+    return binary
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[Broker]:
+    directory = tmp_path / "secured-broker"
+    directory.mkdir()
+    broker = Broker(_binary(), directory, secured=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def open_broker(tmp_path: Path) -> Iterator[Broker]:
+    directory = tmp_path / "open-broker"
+    directory.mkdir()
+    broker = Broker(_binary(), directory, secured=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Secured, and TLS only (as on 8883), with a private CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    directory = tmp_path / "tls-broker"
+    directory.mkdir()
+    broker = Broker(_binary(), directory, secured=True, tls=True)
+    broker.start()
+    yield broker
+    broker.stop()
