@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 import jwt
@@ -21,6 +23,15 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("homepot-timing-equaliser")
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A user created with a generated password (shown once, then only its hash is kept)."""
+
+    email: str
+    role: Role
+    password: str
+
+
 class InvalidToken(Exception):
     """The token is missing, malformed, expired or signed with another key."""
 
@@ -33,6 +44,11 @@ class EmailTaken(Exception):
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+def generate_password() -> str:
+    """16 URL- and shell-safe characters (96 bits)."""
+    return secrets.token_urlsafe(12)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -117,3 +133,20 @@ async def ensure_user(
     if existing is not None:
         return existing, False
     return await create_user(session, email=email, password=password, role=role), True
+
+
+async def ensure_user_with_generated_password(
+    session: AsyncSession, *, email: str, role: Role, full_name: str | None = None
+) -> tuple[User, Credentials | None]:
+    """The user of that e-mail, created with a generated password unless it exists.
+
+    Returns the user and, when it was created, its credentials; an existing user keeps its
+    password and role.
+    """
+    password = generate_password()
+    user, created = await ensure_user(session, email=email, password=password, role=role)
+    if not created:
+        return user, None
+    if full_name is not None:
+        user.full_name = full_name
+    return user, Credentials(email, role, password)

@@ -90,6 +90,22 @@ def default_week(site_number: int) -> tuple[DaySchedule, ...]:
     return (weekday,) * 5 + (saturday, sunday)
 
 
+def site_ids(site_prefix: str, sites: int) -> list[str]:
+    """The simulated sites' ids: ``<prefix>-001``, ``<prefix>-002``, ..."""
+    return [f"{site_prefix}-{number + 1:03d}" for number in range(sites)]
+
+
+def deal_terminals(sites: list[str], devices: int, device_prefix: str) -> list[tuple[str, str]]:
+    """(device_id, site_id) of ``devices`` terminals dealt round-robin over ``sites``.
+
+    The live simulator and the backfill name and place terminals alike, so that a history
+    backfilled for a fleet belongs to the very terminals that then run live.
+    """
+    return [
+        (f"{device_prefix}-{index + 1:04d}", sites[index % len(sites)]) for index in range(devices)
+    ]
+
+
 def _minutes(moment: time) -> float:
     return moment.hour * 60 + moment.minute + moment.second / 60
 
