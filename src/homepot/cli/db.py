@@ -75,8 +75,8 @@ def init_database(
     added = sum(result.added.values())
     tables = sum(1 for rows in result.added.values() if rows)
     console.print(
-        f"Sample data loaded: {added:,} rows in {tables} tables, {fleet.days:g} days of a simulated "
-        f"fleet (see them with `{homepot_command()} db count`)."
+        f"Sample data loaded: {added:,} rows in {tables} tables, {fleet.days:g} days of a "
+        f"simulated fleet (see them with `{homepot_command()} db count`)."
     )
     print_credentials(result.credentials)
     return result.credentials
