@@ -341,7 +341,7 @@ class _Backfill:
             return
         self.record(
             DeviceStateHistory,
-            timestamp=moment + timedelta(seconds=self.rng.uniform(0, 20)),
+            timestamp=min(moment + timedelta(seconds=self.rng.uniform(0, 20)), self.end),
             device_id=terminal.device_id,
             previous_state=terminal.state,
             new_state=new,

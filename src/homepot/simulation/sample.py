@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.auth.models import Role
 from homepot.auth.service import Credentials, ensure_user_with_generated_password
 from homepot.db import create_session_factory, utcnow
 from homepot.dbtools import count_rows
+from homepot.device.models import Device, DeviceStatus
 from homepot.simulation.backfill import BackfillConfig, history_loaded_at, run_backfill
+from homepot.simulation.model import deal_terminals, site_ids
 
 # The reserved .example domain (RFC 2606): no real mailbox, yet a valid e-mail for the API.
 # (.local is refused by e-mail validation, so such a user could not be read back.)
@@ -51,6 +54,12 @@ class SampleFleet:
     device_prefix: str = "pos-terminal"
     interval_minutes: float = 5.0
     fault_rate: float = 0.5  # faults per terminal per day
+
+    def terminals(self) -> list[tuple[str, str]]:
+        """(device_id, site_id) of every terminal."""
+        return deal_terminals(
+            site_ids(self.site_prefix, self.sites), self.devices, self.device_prefix
+        )
 
     def backfill(self, end: datetime) -> BackfillConfig:
         return BackfillConfig(
@@ -107,6 +116,15 @@ async def load_sample_data(
             if role.value in staff:
                 staff[role.value].append(user.id)
     await run_backfill(engine, fleet.backfill(end), staff=staff)
+    # The terminals online at the end went on heartbeating while their history was written
+    # (seconds): the watchdog must not find them silent since the history's end.
+    device_ids = [device_id for device_id, _site in fleet.terminals()]
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Device)
+            .where(Device.device_id.in_(device_ids), Device.status == DeviceStatus.online)
+            .values(last_seen_at=utcnow())
+        )
 
     async with engine.connect() as connection:
         after = await count_rows(connection)
