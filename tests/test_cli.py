@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 from homepot import cli
@@ -415,3 +416,28 @@ def test_query_db_script_reads_the_database_url_on_both_backends(database_url: s
     assert re.search(r"│ device_metrics\s*│\s*[1-9]", result.stdout)
     schedules = query_db(database_url, "site_operating_schedules", "7")
     assert "site-001" in schedules.stdout
+
+
+# --- help texts ----------------------------------------------------------------------------
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command's path, the groups' too (Typer's click may be its own copy)."""
+    found = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _commands(sub, (*path, name))
+    return found
+
+
+def test_every_help_text_reads_as_paragraphs() -> None:
+    """A description breaks its lines only where the next word would not fit (at 100
+    columns), never mid-sentence as a docstring's own line breaks would."""
+    width = 100
+    for path in _commands(typer.main.get_command(cli.app)):
+        output = runner.invoke(cli.app, [*path, "--help"], env={"COLUMNS": str(width)}).stdout
+        description = output.split("Usage:", 1)[1].split("\n", 1)[1].split("╭", 1)[0]
+        lines = [line.strip() for line in description.splitlines()]
+        for line, following in zip(lines, lines[1:], strict=False):
+            if line and following:
+                next_word = following.split()[0]
+                assert len(line) + 1 + len(next_word) > width - 4, (path, line, following)

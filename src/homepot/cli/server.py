@@ -110,11 +110,9 @@ def demo(
         int, typer.Option(min=1, max=1000, help="Simulated terminals (at least one per site).")
     ] = 12,
 ) -> None:
-    """Serve the dashboard and the API with a simulated fleet, ready to look at.
-
-    The first run loads the sample data (two days of the fleet's history) and creates a demo
-    admin; then the same terminals report live, so every chart is full from the start.
-    """
+    """Serve the dashboard and the API with a simulated fleet, ready to look at: the first
+    run loads the sample data (two days of the fleet's history) and creates a demo admin, then
+    the same terminals report live, so every chart is full from the start."""
     settings = settings_from(ctx)
     if fleet and devices < sites:
         raise fail("--devices must be at least --sites (one terminal per site)", EXIT_USAGE)
