@@ -293,15 +293,7 @@ class _Backfill:
                     self.fault_count += 1
                     if self.labels is not None:
                         self.labels.write(fault)
-            effects = (
-                fault.effects_at(
-                    moment,
-                    base_memory=terminal.model.base_memory,
-                    base_disk=terminal.model.base_disk,
-                )
-                if fault is not None and on
-                else NO_EFFECT
-            )
+            effects = terminal.model.effects_of(fault, moment) if on else NO_EFFECT
             silent = not on or effects.crashed
             if silent or not effects.reachable:
                 if unreachable_since is None:

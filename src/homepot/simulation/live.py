@@ -476,18 +476,13 @@ class FleetSimulator:
             logger.warning("%s: MQTT unavailable (%s); using HTTP", terminal.device_id, exc)
 
     def _fault_effects(self, terminal: SimulatedTerminal, now: datetime) -> FaultEffects:
-        model = terminal.model
         if terminal.fault is not None and now >= terminal.fault.end:
             terminal.fault = None
         if terminal.fault is None:
             fault = self.planner.maybe_start(terminal.device_id, terminal.site_id, now, self.tick)
             if fault is not None:
                 self._inject(terminal, fault)
-        if terminal.fault is None:
-            return NO_EFFECT
-        return terminal.fault.effects_at(
-            now, base_memory=model.base_memory, base_disk=model.base_disk
-        )
+        return terminal.model.effects_of(terminal.fault, now)
 
     def _inject(self, terminal: SimulatedTerminal, fault: Fault) -> None:
         terminal.fault = fault
@@ -613,13 +608,7 @@ class FleetSimulator:
                 self._start_job(terminal, command)
 
     def _is_down(self, terminal: SimulatedTerminal) -> bool:
-        fault = terminal.fault
-        if fault is None:
-            return False
-        model = terminal.model
-        effects = fault.effects_at(
-            self.clock(), base_memory=model.base_memory, base_disk=model.base_disk
-        )
+        effects = terminal.model.effects_of(terminal.fault, self.clock())
         return effects.crashed or not effects.reachable
 
     def _start_job(self, terminal: SimulatedTerminal, command: JobCommand) -> None:

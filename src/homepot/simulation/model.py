@@ -23,7 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from homepot.agent.agent import TransactionCounters
-from homepot.simulation.faults import NO_EFFECT, FaultEffects
+from homepot.simulation.faults import NO_EFFECT, Fault, FaultEffects
 
 SITE_TIMEZONES = (
     "Europe/London",
@@ -205,6 +205,12 @@ class TerminalModel:
         self.base_latency_ms = self.base_latency_ms or rng.uniform(15, 45)
         self.base_error_rate = self.base_error_rate or rng.uniform(0.1, 0.8)
         self.average_ticket = self.average_ticket or rng.uniform(9, 42)
+
+    def effects_of(self, fault: Fault | None, moment: datetime) -> FaultEffects:
+        """How ``fault`` bends this terminal's readings at ``moment`` (not at all without one)."""
+        if fault is None:
+            return NO_EFFECT
+        return fault.effects_at(moment, base_memory=self.base_memory, base_disk=self.base_disk)
 
     def sample(
         self, moment: datetime, interval: timedelta, effects: FaultEffects = NO_EFFECT
