@@ -76,7 +76,8 @@ def init_database(
     tables = sum(1 for rows in result.added.values() if rows)
     console.print(
         f"Sample data loaded: {added:,} rows in {tables} tables, {fleet.days:g} days of a "
-        f"simulated fleet (see them with `{homepot_command()} db count`)."
+        f"simulated fleet (see them with `{homepot_command()} db count`).",
+        soft_wrap=True,
     )
     print_credentials(result.credentials)
     return result.credentials
