@@ -366,6 +366,12 @@ def test_demo_prepares_data_and_an_admin_then_serves(
     assert "printed when it was created" in again.stdout
     assert can_log_in(database_url, "admin@homepot.example", password)
 
+    # The live terminals are those of the history, so their number cannot change.
+    other_size = homepot(database_url, "demo", "--sites", "4", "--devices", "8")
+    assert other_size.exit_code == 2
+    assert "--sites 3 --devices 12" in other_size.stderr
+    assert served == [("127.0.0.1", 8765)] * 2
+
 
 # --- scripts/query-db.sh ------------------------------------------------------------------
 

@@ -17,11 +17,17 @@ from homepot.cli.common import (
     in_transaction,
     settings_from,
     stdout_console,
+    with_engine,
 )
 from homepot.cli.db import init_database
 from homepot.config import Settings, get_settings
 from homepot.simulation import demo as demo_fleet
-from homepot.simulation.sample import DEMO_ADMIN_EMAIL, SampleFleet, ensure_demo_admin
+from homepot.simulation.sample import (
+    DEMO_ADMIN_EMAIL,
+    SampleFleet,
+    ensure_demo_admin,
+    loaded_fleet_size,
+)
 
 # --- serve ---------------------------------------------------------------------------------
 
@@ -118,6 +124,16 @@ def demo(
         raise fail("--devices must be at least --sites (one terminal per site)", EXIT_USAGE)
     sample = SampleFleet(sites=sites, devices=devices)
     created = init_database(settings, with_sample_data=True, fleet=sample)
+    loaded = with_engine(settings, lambda engine: loaded_fleet_size(engine, sample.site_prefix))
+    if fleet and loaded is not None and loaded != (sites, devices):
+        # The live terminals are those of the history: another size would move them between
+        # sites, which a terminal's registration refuses.
+        raise fail(
+            f"this database's demo fleet has {loaded[0]} sites and {loaded[1]} terminals: "
+            f"run the demo with --sites {loaded[0]} --devices {loaded[1]}, or on a fresh "
+            "database (--database-url) for another size",
+            EXIT_USAGE,
+        )
     admin = next((c for c in created if c.email == DEMO_ADMIN_EMAIL), None)
     if admin is None:
         admin = in_transaction(settings, ensure_demo_admin)

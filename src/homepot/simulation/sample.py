@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from homepot.audit.models import AuditLog
 from homepot.auth.models import Role
 from homepot.auth.service import Credentials, ensure_user_with_generated_password
 from homepot.db import create_session_factory, utcnow
@@ -90,6 +91,19 @@ async def ensure_demo_admin(session: AsyncSession) -> Credentials | None:
         session, email=DEMO_ADMIN_EMAIL, role=Role.admin
     )
     return credentials
+
+
+async def loaded_fleet_size(engine: AsyncEngine, site_prefix: str) -> tuple[int, int] | None:
+    """(sites, terminals) of the sample fleet loaded into this database, None before."""
+    async with engine.connect() as connection:
+        details = await connection.scalar(
+            select(AuditLog.details)
+            .where(AuditLog.resource_type == "backfill", AuditLog.resource_id == site_prefix)
+            .limit(1)
+        )
+    if not isinstance(details, dict):
+        return None
+    return int(details["sites"]), int(details["devices"])
 
 
 async def load_sample_data(
