@@ -19,7 +19,7 @@ def _code_map() -> str:
 
 def test_the_code_map_lists_exactly_the_packages_and_modules_of_the_tree() -> None:
     listed = set(re.findall(r"^  (\w+(?:/|\.py))", _code_map(), flags=re.MULTILINE))
-    present = {f"{path.name}/" for path in PACKAGE.iterdir() if (path / "__init__.py").exists()} | {
-        path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"
-    }
+    present = {
+        f"{path.name}/" for path in PACKAGE.iterdir() if (path / "__init__.py").exists()
+    } | {path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"}
     assert listed == present

@@ -73,8 +73,7 @@ def create_demo_app(settings: Settings | None = None, demo: DemoFleet | None = N
 
     Without arguments (as uvicorn's factory) the settings and the fleet come from the
     environment. The fleet starts once the app's own services run and stops before they do,
-    so no terminal ever calls an app that is shutting down; while it runs, its simulator is
-    ``app.state.demo_simulator``.
+    so no terminal ever calls an app that is shutting down.
     """
     import os
 
@@ -106,7 +105,6 @@ async def _run_demo_fleet(app: FastAPI, demo: DemoFleet, stop: asyncio.Event) ->
             app, demo.simulation(), admin_email=demo.admin_email
         ) as simulator:
             await simulator.setup()
-            app.state.demo_simulator = simulator
             logger.warning(
                 "simulated fleet: %d terminals registered in %d sites",
                 simulator.stats.registered,
