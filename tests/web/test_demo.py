@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import BrowserContext, Page, Response
 from sqlalchemy import select
 
 from homepot.analytics.models import DeviceStateHistory, ErrorLog
@@ -54,7 +54,14 @@ def assert_covers(series: dict[str, Any]) -> None:
 async def chart_data(page: Page, path: str, api_path: str, *, until: float) -> Any:
     """Open a page and return the data its charts got, waiting until ``until`` at most."""
     timeout = max(0.0, until - asyncio.get_running_loop().time()) * 1000
-    async with page.expect_response(api_call(api_path), timeout=timeout) as response:
+
+    # Only this page's request: the page before (the one signing in) may still be loading
+    # its own overview, for the default 6 hours.
+    def this_page(response: Response) -> bool:
+        referer = response.request.headers.get("referer", "")
+        return api_call(api_path)(response) and referer == path
+
+    async with page.expect_response(this_page, timeout=timeout) as response:
         await page.goto(path, timeout=timeout)
     return await (await response.value).json()
 
