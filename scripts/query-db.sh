@@ -17,7 +17,7 @@ Examples:
 
 The database is HOMEPOT_DATABASE_URL (default sqlite:///./homepot.db), e.g.
   HOMEPOT_DATABASE_URL=postgresql://homepot@localhost/homepot ./scripts/query-db.sh count
-For filters and JSON output use the CLI: homepot db show --help
+For filters and JSON output use the CLI: .venv/bin/homepot db show --help
 USAGE
 }
 

@@ -12,11 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from homepot import __version__
+from homepot.analytics.audit_router import router as audit_router
 from homepot.analytics.metrics import RecorderCollector
 from homepot.analytics.middleware import RequestLogMiddleware
 from homepot.analytics.recorder import Recorder, set_recorder
 from homepot.analytics.router import router as analytics_router
-from homepot.audit.router import router as audit_router
 from homepot.auth.router import router as auth_router
 from homepot.auth.secret import with_secret_key
 from homepot.auth.service import set_password_hash_threads

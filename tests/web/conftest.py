@@ -10,6 +10,7 @@ test, through the ``settings`` fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,7 +84,13 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def live(settings: Settings) -> AsyncIterator[LiveServer]:
     """The app served over HTTP on a free local port, with its lifespan running."""
-    app = create_app(settings)
+    async with serve(create_app(settings)) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[LiveServer]:
+    """Serve ``app`` over HTTP on a free local port, its lifespan running, until exit."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )

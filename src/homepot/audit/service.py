@@ -10,15 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.audit.models import AuditLog
-from homepot.auth.models import User
 from homepot.kit.redaction import redact
+
+
+class Identified(Protocol):
+    """A signed-in user (``homepot.auth.models.User``): the audit log needs only its id."""
+
+    @property
+    def id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class Actor:
     ip_address: str | None
 
     @classmethod
-    def of(cls, request: Request, user: User) -> Actor:
+    def of(cls, request: Request, user: Identified) -> Actor:
         # The address the request log stores (X-Forwarded-For only from trusted proxies),
         # resolved once per request by the middleware.
         return cls(user_id=user.id, ip_address=request.state.client_ip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Callable
@@ -53,6 +54,15 @@ def _hashing_threads(count: int) -> ThreadPoolExecutor:
 _hash_threads = _hashing_threads(2)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A user created with a generated password (shown once, then only its hash is kept)."""
+
+    email: str
+    role: Role
+    password: str
+
+
 class InvalidToken(Exception):
     """The token is missing, malformed, expired or signed with another key."""
 
@@ -78,6 +88,11 @@ async def _off_the_loop(work: Callable[..., T], *args: str) -> T:
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+def generate_password() -> str:
+    """16 URL- and shell-safe characters (96 bits)."""
+    return secrets.token_urlsafe(12)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -251,3 +266,20 @@ async def ensure_user(
     if existing is not None:
         return existing, False
     return await create_user(session, email=email, password=password, role=role), True
+
+
+async def ensure_user_with_generated_password(
+    session: AsyncSession, *, email: str, role: Role, full_name: str | None = None
+) -> tuple[User, Credentials | None]:
+    """The user of that e-mail, created with a generated password unless it exists.
+
+    Returns the user and, when it was created, its credentials; an existing user keeps its
+    password and role.
+    """
+    password = generate_password()
+    user, created = await ensure_user(session, email=email, password=password, role=role)
+    if not created:
+        return user, None
+    if full_name is not None:
+        user.full_name = full_name
+    return user, Credentials(email, role, password)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -38,6 +42,19 @@ RECORD_CELL_WIDTH = 400
 def stdout_console() -> Console:
     # Made per call so that COLUMNS and the current stdout are honoured.
     return Console(highlight=False, markup=False)
+
+
+def homepot_command() -> str:
+    """How to run `homepot` from this shell, for commands we print: the bare name when the
+    PATH finds this very installation, else its path (``.venv/bin/homepot`` in a checkout)."""
+    script = Path(sys.executable).parent / "homepot"
+    found = shutil.which("homepot")
+    if found is not None and script.exists() and os.path.samefile(found, script):
+        return "homepot"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from homepot import dbtools, sample_data
+from homepot import dbtools
+from homepot.auth.service import Credentials
 from homepot.cli.common import (
     CELL_WIDTH,
     EXIT_USAGE,
@@ -21,7 +22,7 @@ from homepot.cli.common import (
     JsonOption,
     database_errors,
     fail,
-    in_transaction,
+    homepot_command,
     safe_url,
     settings_from,
     stdout_console,
@@ -30,6 +31,7 @@ from homepot.cli.common import (
 from homepot.config import Settings
 from homepot.db import run_migrations
 from homepot.kit.urls import mask_url_credentials
+from homepot.simulation.sample import SampleFleet, load_sample_data
 
 db_app = typer.Typer(
     help="Set up and inspect the database (migrations, sample data, counts, rows).",
@@ -40,7 +42,7 @@ db_app = typer.Typer(
 # --- db ------------------------------------------------------------------------------------
 
 
-def print_credentials(credentials: list[sample_data.Credentials]) -> None:
+def print_credentials(credentials: list[Credentials]) -> None:
     if not credentials:
         return
     table = Table(title="New users (passwords are shown only now)")
@@ -51,8 +53,10 @@ def print_credentials(credentials: list[sample_data.Credentials]) -> None:
     stdout_console().print(table)
 
 
-def init_database(settings: Settings, *, with_sample_data: bool) -> list[sample_data.Credentials]:
-    """Migrate, and load the sample set once; returns the users it created."""
+def init_database(
+    settings: Settings, *, with_sample_data: bool, fleet: SampleFleet | None = None
+) -> list[Credentials]:
+    """Migrate, and load the sample fleet's history once; returns the users it created."""
     console = stdout_console()
     with database_errors(settings):
         try:
@@ -62,7 +66,8 @@ def init_database(settings: Settings, *, with_sample_data: bool) -> list[sample_
     console.print(f"Database {safe_url(settings.database_url)} is at the latest schema.")
     if not with_sample_data:
         return []
-    result = in_transaction(settings, sample_data.load_sample_data)
+    fleet = fleet or SampleFleet()
+    result = with_engine(settings, lambda engine: load_sample_data(engine, fleet))
     if not result.loaded:
         console.print(
             f"Sample data already present (loaded {result.loaded_at.isoformat()}); nothing added."
@@ -71,7 +76,9 @@ def init_database(settings: Settings, *, with_sample_data: bool) -> list[sample_
     added = sum(result.added.values())
     tables = sum(1 for rows in result.added.values() if rows)
     console.print(
-        f"Sample data loaded: {added:,} rows in {tables} tables (see them with `homepot db count`)."
+        f"Sample data loaded: {added:,} rows in {tables} tables, {fleet.days:g} days of a "
+        f"simulated fleet (see them with `{homepot_command()} db count`).",
+        soft_wrap=True,
     )
     print_credentials(result.credentials)
     return result.credentials
@@ -84,7 +91,8 @@ def db_init(
         bool,
         typer.Option(
             "--sample-data",
-            help="Also add sample rows to every table, once (running it again adds nothing).",
+            help="Also add two days of a small simulated fleet's history to every table, once "
+            "(running it again adds nothing).",
         ),
     ] = False,
 ) -> None:

@@ -81,13 +81,11 @@ def insights_train(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the failure-risk model on this database's history and write it to --out.
-
-    A failure is a device entering error or going offline outside its site's maintenance
-    window, or a critical error it reports. The last quarter of the range is held out to
-    validate the model; its figures are printed and stored in the file. Point the server at
-    the file with HOMEPOT_INSIGHTS__MODEL_PATH.
-    """
+    """Train the failure-risk model on this database's history and write it to --out. A
+    failure is a device entering error or going offline outside its site's maintenance window,
+    or a critical error it reports. The last quarter of the range is held out to validate the
+    model; its figures are printed and stored in the file. Point the server at the file with
+    HOMEPOT_INSIGHTS__MODEL_PATH."""
     from homepot.db import utcnow
     from homepot.insights.risk import ModelError
     from homepot.insights.scoring import train_from_history

@@ -9,7 +9,6 @@ import typer
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from homepot import sample_data
 from homepot.cli.common import (
     EXIT_USAGE,
     JsonOption,
@@ -18,6 +17,7 @@ from homepot.cli.common import (
     stdout_console,
     with_engine,
 )
+from homepot.simulation.sample import DEMO_ADMIN_EMAIL
 
 # --- data quality and validation -----------------------------------------------------------
 
@@ -101,7 +101,7 @@ def validate(
     email: Annotated[
         str,
         typer.Option(envvar="HOMEPOT_VALIDATE_EMAIL", help="Log in as this admin."),
-    ] = sample_data.DEMO_ADMIN_EMAIL,
+    ] = DEMO_ADMIN_EMAIL,
     password: Annotated[
         str | None,
         typer.Option(

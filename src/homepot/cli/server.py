@@ -9,11 +9,25 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from homepot import sample_data
-from homepot.cli.common import EXIT_USAGE, fail, in_transaction, settings_from, stdout_console
+from homepot.auth.service import Credentials
+from homepot.cli.common import (
+    EXIT_USAGE,
+    fail,
+    homepot_command,
+    in_transaction,
+    settings_from,
+    stdout_console,
+    with_engine,
+)
 from homepot.cli.db import init_database
 from homepot.config import Settings, get_settings
 from homepot.simulation import demo as demo_fleet
+from homepot.simulation.sample import (
+    DEMO_ADMIN_EMAIL,
+    SampleFleet,
+    ensure_demo_admin,
+    loaded_fleet_size,
+)
 
 # --- serve ---------------------------------------------------------------------------------
 
@@ -59,10 +73,10 @@ def serve(
 # --- demo ----------------------------------------------------------------------------------
 
 
-def _print_demo_login(credentials: sample_data.Credentials | None, host: str, port: int) -> None:
+def _print_demo_login(credentials: Credentials | None, host: str, port: int) -> None:
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown_host}:{port}"
-    email = sample_data.DEMO_ADMIN_EMAIL
+    email = DEMO_ADMIN_EMAIL
     console = stdout_console()
     console.print()
     console.print(Text(f"Dashboard: {base}/", style="bold"))
@@ -70,7 +84,7 @@ def _print_demo_login(credentials: sample_data.Credentials | None, host: str, po
     if credentials is None:
         console.print(
             f"Log in as {email} with the password printed when it was created, or make "
-            "another admin:\n  homepot users create-admin --email you@example.com"
+            f"another admin:\n  {homepot_command()} users create-admin --email you@example.com"
         )
         password = "PASSWORD"
     else:
@@ -102,15 +116,27 @@ def demo(
         int, typer.Option(min=1, max=1000, help="Simulated terminals (at least one per site).")
     ] = 12,
 ) -> None:
-    """Set up a database with sample data and a demo admin, then serve the API with a
-    simulated fleet (3 sites, 12 terminals) that fills every analytics table within a minute."""
+    """Serve the dashboard and the API with a simulated fleet, ready to look at: the first
+    run loads the sample data (two days of the fleet's history) and creates a demo admin, then
+    the same terminals report live, so every chart is full from the start."""
     settings = settings_from(ctx)
     if fleet and devices < sites:
         raise fail("--devices must be at least --sites (one terminal per site)", EXIT_USAGE)
-    created = init_database(settings, with_sample_data=True)
-    admin = next((c for c in created if c.email == sample_data.DEMO_ADMIN_EMAIL), None)
+    sample = SampleFleet(sites=sites, devices=devices)
+    created = init_database(settings, with_sample_data=True, fleet=sample)
+    loaded = with_engine(settings, lambda engine: loaded_fleet_size(engine, sample.site_prefix))
+    if fleet and loaded is not None and loaded != (sites, devices):
+        # The live terminals are those of the history: another size would move them between
+        # sites, which a terminal's registration refuses.
+        raise fail(
+            f"this database's demo fleet has {loaded[0]} sites and {loaded[1]} terminals: "
+            f"run the demo with --sites {loaded[0]} --devices {loaded[1]}, or on a fresh "
+            "database (--database-url) for another size",
+            EXIT_USAGE,
+        )
+    admin = next((c for c in created if c.email == DEMO_ADMIN_EMAIL), None)
     if admin is None:
-        admin = in_transaction(settings, sample_data.ensure_demo_admin)
+        admin = in_transaction(settings, ensure_demo_admin)
     _print_demo_login(admin, host, port)
     if not fleet:
         os.environ.pop(demo_fleet.DEMO_FLEET_ENV, None)
@@ -120,13 +146,17 @@ def demo(
         sites=sites,
         devices=devices,
         server_url=f"http://{host}:{port}",
-        admin_email=sample_data.DEMO_ADMIN_EMAIL,
+        admin_email=DEMO_ADMIN_EMAIL,
+        site_prefix=sample.site_prefix,
+        device_prefix=sample.device_prefix,
+        seed=sample.seed,
     )
     # The app factory reads it from the environment, as it reads the database URL.
     os.environ[demo_fleet.DEMO_FLEET_ENV] = fleet_config.model_dump_json()
     stdout_console().print(
         f"Simulated fleet: {devices} terminals in {sites} sites, reporting every "
         f"{fleet_config.report_seconds:g} s, with an operator at the dashboard. "
-        "Watch the tables fill: homepot db count"
+        f"Watch the tables fill: {homepot_command()} db count",
+        soft_wrap=True,
     )
     _serve(settings, host, port, reload=False)

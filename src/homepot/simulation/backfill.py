@@ -54,7 +54,7 @@ from homepot.analytics.models import (
 from homepot.analytics.recorder import Recorder
 from homepot.audit.models import AuditLog
 from homepot.auth.models import Role
-from homepot.auth.service import ensure_user
+from homepot.auth.service import ensure_user, generate_password
 from homepot.config import AnalyticsSettings
 from homepot.db import Base, create_session_factory
 from homepot.device.models import Device, DeviceStatus, HealthCheck
@@ -66,7 +66,6 @@ from homepot.job.models import (
     JobStatus,
     JobTargetType,
 )
-from homepot.sample_data import generate_password
 from homepot.simulation.faults import (
     BAD_CONFIG_VERSION,
     NO_EFFECT,
@@ -82,7 +81,9 @@ from homepot.simulation.model import (
     DaySchedule,
     SiteProfile,
     TerminalModel,
+    deal_terminals,
     default_week,
+    site_ids,
 )
 from homepot.site.models import Site
 
@@ -90,6 +91,8 @@ Row = dict[str, Any]
 _NAMESPACE = uuid.UUID("0b8a3f0e-52a1-4c1e-8f7d-6a0f3c9e2b41")
 # Events kept in memory before the recorder writes them.
 _FLUSH_EVERY = 20_000
+# The server's watchdog marks a silent terminal offline after this long (fleet settings).
+_OFFLINE_AFTER = timedelta(seconds=90)
 AGENT_USER_AGENT = "homepot-agent/1.4.2"
 FIRMWARE_OLD, FIRMWARE_NEW = "2.6.0", "2.7.1"
 _BROWSER = (
@@ -113,6 +116,12 @@ class BackfillConfig:
     labels: Path | None = None
     end: datetime | None = None  # default: now
     site_prefix: str = "store"
+    # Name and place terminals as the live simulator does (``<prefix>-0001``, dealt round-robin
+    # over the sites), so that the same fleet can run on live; None: ``<site>-pos-<n>``.
+    device_prefix: str | None = None
+    # Terminals stay on while their site is closed (idle, still reporting), as the live
+    # simulator's do; otherwise they switch on and off with the opening hours.
+    always_on: bool = False
 
     def validate(self) -> None:
         if not 0 < self.days <= 7:
@@ -183,8 +192,12 @@ class _Backfill:
     def sites(self) -> list[tuple[SiteProfile, list[_Terminal]]]:
         config = self.config
         chain: list[tuple[SiteProfile, list[_Terminal]]] = []
-        for number in range(config.sites):
-            site_id = f"{config.site_prefix}-{number + 1:03d}"
+        ids = site_ids(config.site_prefix, config.sites)
+        dealt: dict[str, list[str]] = {site_id: [] for site_id in ids}
+        if config.device_prefix is not None:
+            for device_id, site_id in deal_terminals(ids, config.devices, config.device_prefix):
+                dealt[site_id].append(device_id)
+        for number, site_id in enumerate(ids):
             timezone = SITE_TIMEZONES[number % len(SITE_TIMEZONES)]
             scale = self.rng.uniform(0.6, 1.6)
             week = tuple(
@@ -202,9 +215,9 @@ class _Backfill:
             site = SiteProfile(site_id, timezone, week)
             # Terminals are dealt round-robin, so sites differ by one at most.
             tills = config.devices // config.sites + (number < config.devices % config.sites)
+            names = dealt[site_id] or [f"{site_id}-pos-{till}" for till in range(1, tills + 1)]
             terminals = []
-            for till in range(1, tills + 1):
-                device_id = f"{site_id}-pos-{till}"
+            for till, device_id in enumerate(names, start=1):
                 model = TerminalModel(
                     device_id, site, tills, random.Random(f"{config.seed}/{device_id}")
                 )
@@ -254,7 +267,10 @@ class _Backfill:
     # -- one terminal over the window ------------------------------------------------------
 
     def powered(self, site: SiteProfile, moment: datetime) -> bool:
-        """Terminals are on from half an hour before opening to half an hour after closing."""
+        """Terminals are on from half an hour before opening to half an hour after closing
+        (always, with ``always_on``)."""
+        if self.config.always_on:
+            return True
         local = moment.astimezone(ZoneInfo(site.timezone))
         day = site.day(local.weekday())
         if day.is_closed or day.open_time is None or day.close_time is None:
@@ -283,24 +299,18 @@ class _Backfill:
                     self.fault_count += 1
                     if self.labels is not None:
                         self.labels.write(fault)
-            effects = (
-                fault.effects_at(
-                    moment,
-                    base_memory=terminal.model.base_memory,
-                    base_disk=terminal.model.base_disk,
-                )
-                if fault is not None and on
-                else NO_EFFECT
-            )
+            effects = terminal.model.effects_of(fault, moment) if on else NO_EFFECT
             silent = not on or effects.crashed
             if silent or not effects.reachable:
                 if unreachable_since is None:
                     unreachable_since = moment
-                if terminal.state == "online" and moment - unreachable_since >= timedelta(
-                    seconds=90
-                ):
+                # Silent for this whole step: the watchdog's 90 s may run out within it.
+                offline_at = unreachable_since + _OFFLINE_AFTER
+                if terminal.state == "online" and offline_at < moment + self.step:
                     extra = {"fault": fault.kind.value} if fault is not None and on else None
-                    self.state(terminal, moment, "offline", "No heartbeat for 90 s", extra)
+                    self.state(
+                        terminal, max(moment, offline_at), "offline", "No heartbeat for 90 s", extra
+                    )
                     offline_cause = (
                         "Heartbeat received after a restart"
                         if effects.crashed
@@ -329,7 +339,7 @@ class _Backfill:
             return
         self.record(
             DeviceStateHistory,
-            timestamp=moment + timedelta(seconds=self.rng.uniform(0, 20)),
+            timestamp=min(moment + timedelta(seconds=self.rng.uniform(0, 20)), self.end),
             device_id=terminal.device_id,
             previous_state=terminal.state,
             new_state=new,
@@ -933,14 +943,22 @@ async def _insert(session: AsyncSession, model: type[Base], rows: list[Row]) -> 
         await session.execute(insert(table).on_conflict_do_nothing(), rows[start : start + 2_000])
 
 
+async def history_loaded_at(engine: AsyncEngine, site_prefix: str) -> datetime | None:
+    """When the stores ``<site_prefix>-*`` got their backfilled history (None: not yet)."""
+    async with engine.connect() as connection:
+        loaded_at: datetime | None = await connection.scalar(
+            select(AuditLog.timestamp)
+            .where(AuditLog.resource_type == "backfill", AuditLog.resource_id == site_prefix)
+            .limit(1)
+        )
+    if loaded_at is not None and loaded_at.tzinfo is None:  # SQLite keeps no offset
+        loaded_at = loaded_at.replace(tzinfo=UTC)
+    return loaded_at
+
+
 async def _refuse_a_second_history(engine: AsyncEngine, site_prefix: str) -> None:
     """Terminals live one life: a second history for the same stores would overlap the first."""
-    async with engine.connect() as connection:
-        loaded_at = await connection.scalar(
-            select(AuditLog.timestamp).where(
-                AuditLog.resource_type == "backfill", AuditLog.resource_id == site_prefix
-            )
-        )
+    loaded_at = await history_loaded_at(engine, site_prefix)
     if loaded_at is not None:
         raise BackfillError(
             f"the stores {site_prefix}-* already have a backfilled history (up to "
@@ -972,11 +990,16 @@ async def run_backfill(
     config: BackfillConfig,
     *,
     progress: Callable[[str], None] = lambda _message: None,
+    staff: dict[str, list[str]] | None = None,
 ) -> BackfillResult:
-    """Write the history into the database behind ``engine``; returns what it added."""
+    """Write the history into the database behind ``engine``; returns what it added.
+
+    ``staff`` holds the ids of the head-office users who act in it (keys ``admin`` and
+    ``operator``, one id each at least); by default users are made for the purpose.
+    """
     config.validate()
     await _refuse_a_second_history(engine, config.site_prefix)
-    users = await _ensure_users(engine, max(3, config.sites // 20))
+    users = staff or await _ensure_users(engine, max(3, config.sites // 20))
     with tempfile.TemporaryDirectory(prefix="homepot-backfill-") as spool:
         settings = AnalyticsSettings(
             queue_max_events=_FLUSH_EVERY * 4, batch_size=5_000, spool_dir=Path(spool)
@@ -1039,7 +1062,9 @@ async def run_backfill(
             builder.site_jobs(site, terminals, number)
             for terminal in terminals:
                 # Before the health checks and executions that refer to it.
-                builder.core.setdefault(Device, []).append(_device_row(terminal, builder.start))
+                builder.core.setdefault(Device, []).append(
+                    _device_row(terminal, builder.start, builder.end)
+                )
                 terminal.samples.clear()
             await write_events()
             if (number + 1) % 10 == 0:
@@ -1058,8 +1083,11 @@ async def run_backfill(
     return result
 
 
-def _device_row(terminal: _Terminal, start: datetime) -> Row:
+def _device_row(terminal: _Terminal, start: datetime, end: datetime) -> Row:
     created = start - timedelta(days=60)
+    # An online terminal heartbeats every 30 s between its samples: it was seen at the end.
+    last_sample = terminal.samples[-1]["timestamp"] if terminal.samples else None
+    last_seen = end if terminal.state == "online" else last_sample
     return {
         "device_id": terminal.device_id,
         "site_id": terminal.site.site_id,
@@ -1070,7 +1098,7 @@ def _device_row(terminal: _Terminal, start: datetime) -> Row:
         "firmware_version": terminal.firmware,
         "agent_version": AGENT_USER_AGENT.split("/")[1],
         "ip_address": terminal.ip_address,
-        "last_seen_at": terminal.samples[-1]["timestamp"] if terminal.samples else None,
+        "last_seen_at": last_seen,
         "created_at": created,
         "updated_at": created,
         "simulated": True,

@@ -24,7 +24,7 @@ import math
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,9 +64,11 @@ from homepot.simulation.model import (
     SimulationError,
     SiteProfile,
     TerminalModel,
+    deal_terminals,
     default_week,
     load_schedule_file,
     profile_from_week,
+    site_ids,
     site_load,
     week_body,
 )
@@ -314,9 +316,10 @@ class FleetSimulator:
             self._token = None  # expired: log in again, once
         return response
 
-    async def prepare_site(self, number: int, file_profiles: dict[str, SiteProfile]) -> str:
+    async def prepare_site(
+        self, number: int, site_id: str, file_profiles: dict[str, SiteProfile]
+    ) -> str:
         """Make sure the site exists with a schedule; returns a fresh bootstrap key for it."""
-        site_id = f"{self.config.site_prefix}-{number + 1:03d}"
         given = file_profiles.get(site_id)
         timezone = given.timezone if given else SITE_TIMEZONES[number % len(SITE_TIMEZONES)]
         response = await self._api("GET", f"/sites/{site_id}")
@@ -385,16 +388,10 @@ class FleetSimulator:
         config = self.config
         file_profiles = load_schedule_file(config.schedules) if config.schedules else {}
         keys = {}
-        for number in range(config.sites):
-            key = await self.prepare_site(number, file_profiles)
-            keys[f"{config.site_prefix}-{number + 1:03d}"] = key
-        site_ids = list(keys)
-        per_site = {site_id: 0 for site_id in site_ids}
-        assignments = []
-        for index in range(config.devices):
-            site_id = site_ids[index % len(site_ids)]
-            per_site[site_id] += 1
-            assignments.append((f"{config.device_prefix}-{index + 1:04d}", site_id))
+        for number, site_id in enumerate(site_ids(config.site_prefix, config.sites)):
+            keys[site_id] = await self.prepare_site(number, site_id, file_profiles)
+        assignments = deal_terminals(list(keys), config.devices, config.device_prefix)
+        per_site = Counter(site_id for _device_id, site_id in assignments)
         for number, (device_id, site_id) in enumerate(assignments):
             model = TerminalModel(
                 device_id,
@@ -504,18 +501,13 @@ class FleetSimulator:
             logger.warning("%s: MQTT unavailable (%s); using HTTP", terminal.device_id, exc)
 
     def _fault_effects(self, terminal: SimulatedTerminal, now: datetime) -> FaultEffects:
-        model = terminal.model
         if terminal.fault is not None and now >= terminal.fault.end:
             terminal.fault = None
         if terminal.fault is None:
             fault = self.planner.maybe_start(terminal.device_id, terminal.site_id, now, self.tick)
             if fault is not None:
                 self._inject(terminal, fault)
-        if terminal.fault is None:
-            return NO_EFFECT
-        return terminal.fault.effects_at(
-            now, base_memory=model.base_memory, base_disk=model.base_disk
-        )
+        return terminal.model.effects_of(terminal.fault, now)
 
     def _inject(self, terminal: SimulatedTerminal, fault: Fault) -> None:
         terminal.fault = fault
@@ -661,7 +653,14 @@ class FleetSimulator:
         inbox = self.job_inbox(terminal.device_id)
         while not stop.is_set():
             command = await inbox.get()
-            self._start_job(terminal, command)
+            # Like a real device: a crashed or cut-off terminal never hears the push (and so
+            # never acknowledges it); it gets the job by polling once it is back.
+            if not self._is_down(terminal):
+                self._start_job(terminal, command)
+
+    def _is_down(self, terminal: SimulatedTerminal) -> bool:
+        effects = terminal.model.effects_of(terminal.fault, self.clock())
+        return effects.crashed or not effects.reachable
 
     def _start_job(self, terminal: SimulatedTerminal, command: JobCommand) -> None:
         self.stats.jobs_received += 1

@@ -23,7 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from homepot.agent.agent import TransactionCounters
-from homepot.simulation.faults import NO_EFFECT, FaultEffects
+from homepot.simulation.faults import NO_EFFECT, Fault, FaultEffects
 
 SITE_TIMEZONES = (
     "Europe/London",
@@ -88,6 +88,22 @@ def default_week(site_number: int) -> tuple[DaySchedule, ...]:
         sunday = DaySchedule(time(10), time(17), peak_start=time(13), peak_end=time(15),
                              expected_volume=300, is_maintenance_window=True)  # fmt: skip
     return (weekday,) * 5 + (saturday, sunday)
+
+
+def site_ids(site_prefix: str, sites: int) -> list[str]:
+    """The simulated sites' ids: ``<prefix>-001``, ``<prefix>-002``, ..."""
+    return [f"{site_prefix}-{number + 1:03d}" for number in range(sites)]
+
+
+def deal_terminals(sites: list[str], devices: int, device_prefix: str) -> list[tuple[str, str]]:
+    """(device_id, site_id) of ``devices`` terminals dealt round-robin over ``sites``.
+
+    The live simulator and the backfill name and place terminals alike, so that a history
+    backfilled for a fleet belongs to the very terminals that then run live.
+    """
+    return [
+        (f"{device_prefix}-{index + 1:04d}", sites[index % len(sites)]) for index in range(devices)
+    ]
 
 
 def _minutes(moment: time) -> float:
@@ -189,6 +205,12 @@ class TerminalModel:
         self.base_latency_ms = self.base_latency_ms or rng.uniform(15, 45)
         self.base_error_rate = self.base_error_rate or rng.uniform(0.1, 0.8)
         self.average_ticket = self.average_ticket or rng.uniform(9, 42)
+
+    def effects_of(self, fault: Fault | None, moment: datetime) -> FaultEffects:
+        """How ``fault`` bends this terminal's readings at ``moment`` (not at all without one)."""
+        if fault is None:
+            return NO_EFFECT
+        return fault.effects_at(moment, base_memory=self.base_memory, base_disk=self.base_disk)
 
     def sample(
         self, moment: datetime, interval: timedelta, effects: FaultEffects = NO_EFFECT

@@ -1,4 +1,5 @@
-"""The audit API: admins read who did what, when and from where."""
+"""The audit API: admins read who did what, when and from where (a stream like the analytics
+ones, so it lives with them; the audit package itself sits below auth, which writes to it)."""
 
 from __future__ import annotations
 
