@@ -1,0 +1,1 @@
+"""Insights: what the collected data says about the fleet (anomaly episodes, for now)."""
