@@ -36,10 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,11 +58,11 @@ from _common import (
     raise_keyboard_interrupt_on_sigterm,
 )
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homepot.analytics.models import DeviceMetrics
-from homepot.db import create_engine
+from homepot.db import create_engine, run_migrations
 from homepot.insights.baseline import scan_thresholds
 from homepot.simulation.backfill import BackfillConfig, run_backfill
 from homepot.simulation.faults import FaultKind, read_labels
@@ -127,6 +130,8 @@ class InsightsScan:
         from homepot.insights.models import Anomaly
         from homepot.insights.service import scan
 
+        async with engine.begin() as connection:  # a kept database: forget an older scan's
+            await connection.execute(delete(Anomaly))
         await scan(engine, since, until)
         severities = ("info", "warning", "critical")
         wanted = severities[severities.index(self.min_severity) :]
@@ -281,10 +286,35 @@ def score(detector: str, history: History, episodes: list[Episode], warmup: time
     return result
 
 
+def _parameters(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "days": args.days,
+        "sites": args.sites,
+        "devices": args.devices,
+        "interval_minutes": args.interval_minutes,
+        "fault_rate": args.fault_rate,
+        "end": args.end.isoformat(),
+    }
+
+
 async def backfill(
     name: str, url: str, args: argparse.Namespace, seed: int, mix: dict[FaultKind, float]
 ) -> History:
-    labels = Path(args.labels_dir) / f"{name}-seed{seed}.csv"
+    """The history of ``seed``, backfilled (or, with ``--keep``, the one kept from a previous
+    run with the same parameters: the database is only migrated to the current head)."""
+    labels = Path(args.keep or args.labels_dir) / f"{name}-seed{seed}.csv"
+    marker = labels.with_suffix(".json")
+    kept = (
+        args.keep and marker.exists() and json.loads(marker.read_text()) == _parameters(args, seed)
+    )
+    if kept:
+        run_migrations(url)
+        engine = create_engine(url)
+        try:
+            return await _read_history(name, engine, url, labels, args, 0.0)
+        finally:
+            await engine.dispose()
     labels.unlink(missing_ok=True)
     config = BackfillConfig(
         days=args.days,
@@ -302,28 +332,59 @@ async def backfill(
     try:
         result = await run_backfill(engine, config)
         seconds = time.perf_counter() - started
-        samples: dict[str, list[datetime]] = defaultdict(list)
-        async with engine.connect() as connection:
-            rows = await connection.stream(
-                select(DeviceMetrics.device_id, DeviceMetrics.timestamp).order_by(
-                    DeviceMetrics.device_id, DeviceMetrics.timestamp
-                )
-            )
-            async for device_id, moment in rows:
-                samples[device_id].append(moment)
+        console.print(
+            f"  {name}: seed {seed}, {result.faults} faults, "
+            f"{sum(result.events.values()):,} analytics rows in {seconds:.0f} s"
+        )
+        history = await _read_history(name, engine, url, labels, args, seconds)
     finally:
         await engine.dispose()
-    assert result.start is not None
-    assert result.end is not None
-    devices = sorted(samples)
-    console.print(
-        f"  {name}: seed {seed}, {result.faults} faults, "
-        f"{sum(result.events.values()):,} analytics rows in {seconds:.0f} s "
-        f"(labels: {labels})"
-    )
+    if args.keep:
+        marker.write_text(json.dumps(_parameters(args, seed)))
+    return history
+
+
+async def _read_history(
+    name: str, engine: AsyncEngine, url: str, labels: Path, args: argparse.Namespace, seconds: float
+) -> History:
+    samples: dict[str, list[datetime]] = defaultdict(list)
+    async with engine.connect() as connection:
+        rows = await connection.stream(
+            select(DeviceMetrics.device_id, DeviceMetrics.timestamp).order_by(
+                DeviceMetrics.device_id, DeviceMetrics.timestamp
+            )
+        )
+        async for device_id, moment in rows:
+            samples[device_id].append(moment)
+    end = args.end.replace(microsecond=0)
+    console.print(f"  {name}: labels in {labels}")
     return History(
-        name, url, read_labels(labels), result.start, result.end, devices, samples, seconds
+        name,
+        url,
+        read_labels(labels),
+        end - timedelta(days=args.days),
+        end,
+        sorted(samples),
+        samples,
+        seconds,
     )
+
+
+@contextmanager
+def database(args: argparse.Namespace, label: str) -> Iterator[str]:
+    """A throw-away database, or with ``--keep`` a SQLite file kept in that directory."""
+    if args.keep:
+        directory = Path(args.keep)
+        directory.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite+aiosqlite:///{directory / label}.db"
+        if not (directory / f"{label}.db").exists():
+            run_migrations(url)
+        yield url
+        return
+    kind = "postgresql" if args.database_url else "sqlite"
+    server = args.database_url or DEFAULT_POSTGRES_SERVER
+    with benchmark_database(kind, server, label) as url:
+        yield url
 
 
 def detectors(args: argparse.Namespace) -> list[Detector]:
@@ -402,13 +463,11 @@ def print_targets(scores: list[Score]) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    kind = "postgresql" if args.database_url else "sqlite"
-    server = args.database_url or DEFAULT_POSTGRES_SERVER
     chosen = detectors(args)
     warmup = timedelta(days=args.warmup_days)
     with (
-        benchmark_database(kind, server, "insights_train") as train_url,
-        benchmark_database(kind, server, "insights_test") as test_url,
+        database(args, "insights_train") as train_url,
+        database(args, "insights_test") as test_url,
     ):
         console.print(f"databases: {describe_database(train_url)}, {describe_database(test_url)}")
         histories = [
@@ -464,9 +523,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--labels-dir", default=tempfile.gettempdir(), help="where the labels files go"
     )
+    parser.add_argument(
+        "--keep",
+        default=None,
+        metavar="DIR",
+        help="keep both histories as SQLite files (and their labels) in DIR, and reuse them "
+        "on the next run with the same parameters instead of backfilling again",
+    )
     args = parser.parse_args()
     if args.warmup_days >= args.days:
         parser.error("--warmup-days must be shorter than --days")
+    if args.keep and args.database_url:
+        parser.error("--keep keeps SQLite files: leave out --database-url")
     return args
 
 
