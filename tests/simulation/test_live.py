@@ -12,6 +12,8 @@ from fastapi import FastAPI
 
 from homepot.analytics.models import DeviceMetrics, ErrorLog
 from homepot.auth.models import Role
+from homepot.device.models import Device
+from homepot.protocol.messages import JobCommand
 from homepot.simulation.faults import (
     BAD_CONFIG_VERSION,
     FaultKind,
@@ -21,6 +23,7 @@ from homepot.simulation.faults import (
 )
 from homepot.simulation.live import FleetSimulator, SimulationConfig
 from homepot.simulation.model import (
+    HARDWARE,
     DaySchedule,
     SimulationError,
     SiteProfile,
@@ -231,3 +234,48 @@ async def test_a_payment_gateway_timeout_is_reported_by_the_terminal(
 def test_a_fleet_needs_a_terminal_per_site() -> None:
     with pytest.raises(SimulationError, match="at least one terminal per site"):
         SimulationConfig(sites=5, devices=2).validate()
+
+
+async def test_a_firmware_update_reboots_the_terminal_and_is_labelled_benign(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    operator = await create_user(app, role=Role.admin)
+    labels = tmp_path / "labels.jsonl"
+    now = [datetime.now(UTC)]
+    config = SimulationConfig(
+        server_url="http://testserver",
+        sites=1,
+        devices=1,
+        fault_rate=0,
+        speed=1_000,
+        labels=labels,
+        seed=2,
+        admin_email=operator["email"],
+        admin_password=operator["password"],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        simulator = FleetSimulator(config, http, use_mqtt=False, clock=lambda: now[0])
+        await simulator.setup()
+        (terminal,) = simulator.terminals
+        command = JobCommand(
+            execution_id=1, job_id="job-fw", job_type="firmware_update",
+            payload={"version": "2.7.1"}, timeout_seconds=300, attempt=0, issued_at=now[0],
+        )  # fmt: skip
+        await simulator._execute(terminal, command)
+        assert simulator.stats.jobs_succeeded == 1
+        await simulator.report(terminal)  # still restarting: nothing to say
+        assert not terminal.backlog
+        now[0] += timedelta(seconds=1)  # 4 simulated minutes later (speed 1,000) it is back
+        await simulator.report(terminal)
+
+    (reboot,) = [
+        label for label in read_labels(labels) if label["fault"] == "benign_firmware_reboot"
+    ]
+    assert reboot["device_id"] == terminal.device_id
+    assert datetime.fromisoformat(reboot["start"]) == now[0] - timedelta(seconds=1)
+    await flush(app)
+    (device,) = await db_rows(app, Device)
+    assert device.device_type in {hardware.device_type for hardware in HARDWARE}
+    assert device.firmware_version == "2.7.1"
+    assert len(await db_rows(app, DeviceMetrics)) == 1
