@@ -321,8 +321,12 @@ class _Backfill:
         unreachable_since: datetime | None = None
         offline_cause: str | None = None
         was_on = False
+        switched_off_at = self.start
         reboots = list(terminal.reboots)
         rebooting_until = self.start
+        # Settlements and log rotations, in time order; labelled when the terminal is on.
+        benign = model.benign_events(self.start, self.end)
+        benign.sort(key=lambda event: event.start)
         while moment < self.end:
             on = self.powered(terminal.site, moment)
             if fault is not None and moment >= fault.end:
@@ -331,6 +335,7 @@ class _Backfill:
                 fault = None
             if on and not was_on:
                 model.boot(moment)  # switched on in the morning
+                switched_off_at = self.powered_until(terminal.site, moment)
             was_on = on
             if fault is None and on:
                 fault = self.planner.maybe_start(
@@ -338,7 +343,7 @@ class _Backfill:
                     terminal.site.site_id,
                     moment,
                     self.step,
-                    powered_until=self.powered_until(terminal.site, moment),
+                    powered_until=switched_off_at,
                 )
                 if fault is not None:
                     terminal.faults.append(fault)
@@ -349,8 +354,9 @@ class _Backfill:
                 if on:
                     self.label(model.firmware_reboot(reboot, terminal.site.site_id))
                     rebooting_until = reboot + FIRMWARE_REBOOT
-            if on:
-                for event in model.benign_events(moment, moment + self.step):
+            while benign and benign[0].start < moment + self.step:
+                event = benign.pop(0)
+                if on:
                     self.label(event)
             effects = (
                 fault.effects_at(

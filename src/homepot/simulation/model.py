@@ -226,10 +226,12 @@ HARDWARE = (
 HARDWARE_BY_TYPE = {hardware.device_type: hardware for hardware in HARDWARE}
 
 # Autocorrelated noise: (time constant, standard deviation) per reading.
-_CPU_NOISE = (timedelta(minutes=20), 5.0)
-_MEMORY_NOISE = (timedelta(minutes=45), 1.8)
-_LATENCY_NOISE = (timedelta(minutes=15), 0.18)  # of the logarithm
-_ERROR_NOISE = (timedelta(minutes=30), 0.25)
+_NOISES = {
+    "cpu": (timedelta(minutes=20), 5.0),
+    "memory": (timedelta(minutes=45), 1.8),
+    "latency": (timedelta(minutes=15), 0.18),  # of the logarithm
+    "error": (timedelta(minutes=30), 0.25),
+}
 # Rare one-sample bursts, per hour of reporting: a background scan pins the CPU, the shop's
 # uplink stalls, a card reader throws a run of errors. None is a fault; each alarms a threshold.
 _CPU_BURSTS_PER_HOUR = 0.05
@@ -287,7 +289,8 @@ class TerminalModel:
         self.base_error_rate = self.base_error_rate or rng.uniform(0.1, 0.8)
         self.average_ticket = self.average_ticket or rng.uniform(9, 42)
         self.rotation_minute = rng.randint(*_ROTATION_MINUTES)
-        self._noise = {"cpu": 0.0, "memory": 0.0, "latency": 0.0, "error": 0.0}
+        self._noise = dict.fromkeys(_NOISES, 0.0)
+        self._steps: dict[float, list[tuple[str, float, float]]] = {}
         self._last: datetime | None = None
         self.booted_at: datetime | None = None
         self._migration: tuple[datetime, float] | None = None  # until, CPU
@@ -367,14 +370,22 @@ class TerminalModel:
 
     # -- readings ------------------------------------------------------------------------
 
-    def _wander(self, name: str, noise: tuple[timedelta, float], elapsed: float) -> float:
-        """One step of an AR(1) process: it remembers about ``tau`` of its past."""
-        tau, sigma = noise
-        sigma *= self.hardware.noise if self.hardware is not None else 1.0
-        keep = math.exp(-elapsed / tau.total_seconds())
-        value = self._noise[name] * keep + sigma * math.sqrt(1 - keep * keep) * self.rng.gauss()
-        self._noise[name] = value
-        return value
+    def _wander(self, elapsed: float) -> None:
+        """One step of each reading's AR(1) noise: it remembers about ``tau`` of its past."""
+        elapsed = float(min(round(elapsed), 6 * 3600))  # past hours, nothing is remembered
+        steps = self._steps.get(elapsed)
+        if steps is None:
+            if len(self._steps) > 64:  # the live simulator's ticks jitter: keep a few
+                self._steps.clear()
+            scale = self.hardware.noise if self.hardware is not None else 1.0
+            steps = self._steps[elapsed] = [
+                (name, keep, scale * sigma * math.sqrt(1 - keep * keep))
+                for name, (tau, sigma) in _NOISES.items()
+                for keep in [math.exp(-elapsed / tau.total_seconds())]
+            ]
+        gauss, noise = self.rng.gauss, self._noise
+        for name, keep, spread in steps:
+            noise[name] = noise[name] * keep + spread * gauss()
 
     def sample(
         self, moment: datetime, interval: timedelta, effects: FaultEffects = NO_EFFECT
@@ -394,9 +405,7 @@ class TerminalModel:
             )
         elapsed = (moment - self._last).total_seconds() if self._last is not None else 86_400.0
         if elapsed > 0:
-            for name, noise in (("cpu", _CPU_NOISE), ("memory", _MEMORY_NOISE),
-                                ("latency", _LATENCY_NOISE), ("error", _ERROR_NOISE)):  # fmt: skip
-                self._wander(name, noise, elapsed)
+            self._wander(elapsed)
             self._last = moment
         hours = interval.total_seconds() / 3600
         minutes = interval.total_seconds() / 60
