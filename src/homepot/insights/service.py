@@ -303,11 +303,12 @@ class _Bins:
 class ScanState:
     """What a long-running scanner (the server) keeps between passes.
 
-    ``baselines``: per device and day. ``bins``: each chunk's recent bins, so that a pass
+    ``baselines``: per chunk and day. ``bins``: each chunk's recent bins, so that a pass
     loads only the bins since the previous one, plus ``REFRESH_BINS`` re-read for samples
-    that arrived late. ``baseline_refresh_devices`` bounds how many devices a pass computes
-    today's baselines for (14 days of history each); the others keep yesterday's until
-    their turn, or the recent-window fallback on a fresh start.
+    that arrived late (older late samples are seen by the next command-line scan).
+    ``baseline_refresh_devices`` bounds how many devices a pass computes today's baselines
+    for (14 days of history each); the others keep yesterday's until their turn, or the
+    recent-window fallback on a fresh start. None: no bound (a command-line scan).
     """
 
     baseline_refresh_devices: int | None = None
@@ -397,15 +398,15 @@ async def _chunk_bins(
         values, counts = await _load(session, ids, history_from, end_bin)
         everything = _Bins(history_from, values, counts)
         offset = context_bin - history_from
+        # Copies: a view would keep the whole history alive in the cache.
         context = _Bins(
             context_bin,
-            {name: array[:, offset:] for name, array in values.items()},
-            counts[:, offset:],
+            {name: array[:, offset:].copy() for name, array in values.items()},
+            counts[:, offset:].copy(),
         )
-        if state.baseline_refresh_devices is not None:
-            state.bins[key] = context
+        state.bins[key] = context
         return context, everything
-    cached = state.bins.get(key) if state.baseline_refresh_devices is not None else None
+    cached = state.bins.get(key)
     if cached is None or cached.first_bin > context_bin or cached.end_bin < context_bin:
         values, counts = await _load(session, ids, context_bin, end_bin)
         context = _Bins(context_bin, values, counts)
@@ -425,8 +426,7 @@ async def _chunk_bins(
         counts[:, :keep] = cached.counts[:, source]
         counts[:, keep:] = fresh_counts
         context = _Bins(context_bin, values, counts)
-    if state.baseline_refresh_devices is not None:
-        state.bins[key] = context
+    state.bins[key] = context
     return context, None
 
 
