@@ -10,8 +10,11 @@ What "normal" is for a device, metric and bin (first that has enough data wins):
    over the ``BASELINE_WEEKS`` weeks before the bin's UTC day (at least 12 bins, from two
    different weeks);
 2. ``hour_of_day``: the same per local hour of the day (at least 36 bins: three days);
-3. ``recent``: the device's previous 12 hours (at least 24 bins);
-4. ``cohort``: the other devices of its site and type at the same moment (at least 3).
+3. ``recent``: the device's previous 12 hours (at least 24 bins); a deviation must then also
+   stand out against its cohort at that moment, since a recent window cannot know the
+   daily cycle and the cohort shares it;
+4. ``cohort``: the other devices of its site and type at the same moment (at least 3; for
+   a small site, the devices of that type in the same time zone).
 
 The spread is ``1.4826 * MAD`` (a standard deviation for normal noise, unmoved by outliers),
 never below a floor per metric, so that a perfectly flat series does not turn every wobble
@@ -281,7 +284,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Episode:
-    """One contiguous anomaly found in the evaluated bins."""
+    """One contiguous anomaly that reaches into the evaluated bins."""
 
     subject: str
     device_id: str | None
@@ -580,7 +583,7 @@ def _trend_text(spec: MetricSpec, slope: float, hours: float, now: datetime) -> 
 
 @dataclass(frozen=True)
 class Trend:
-    slope_per_hour: FloatArray  # (devices, evaluated bins)
+    slope_per_hour: FloatArray  # (devices, bins)
     hours_to_limit: FloatArray
     flags: BoolArray
 
