@@ -80,6 +80,8 @@ def insights_scan(
         summary = asyncio.run(run())
     except (SQLAlchemyError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if "no such table" in detail or ("relation" in detail and "does not exist" in detail):
+            detail += " (is the database initialised? run `homepot db init`)"
         raise _fail(f"database: {detail}", 1) from None
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -228,8 +228,9 @@ class Chunk:
     # Per site: which bins are open / inside a maintenance window (1-D over the bins).
     open_bins: dict[str, BoolArray]
     maintenance_bins: dict[str, BoolArray]
-    # Devices whose silence is already an open episode: alive even with nothing loaded.
-    known_silent: set[str] = field(default_factory=set)
+    # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
+    # with the bin it began in: alive from then on even with nothing loaded.
+    known_silent: dict[str, int] = field(default_factory=dict)
 
     @property
     def bins(self) -> int:
@@ -764,8 +765,15 @@ def _silence(chunk: Chunk, start: int) -> list[Episode]:
     # Alive: reported at some point in the loaded bins before, or already known silent.
     seen = np.maximum.accumulate(reported, axis=1)
     seen_before = np.concatenate([np.zeros((reported.shape[0], 1), dtype=bool), seen[:, :-1]], 1)
-    known = np.array([d.device_id in chunk.known_silent for d in chunk.devices], dtype=bool)
-    alive = seen_before | known[:, None]
+    alive = seen_before.copy()
+    for row, device in enumerate(chunk.devices):
+        since = [
+            chunk.known_silent[subject]
+            for subject in (device.device_id, f"site:{device.site_id}")
+            if subject in chunk.known_silent
+        ]
+        if since:
+            alive[row, max(0, min(since) - chunk.first_bin) :] = True
     silent = alive & ~reported
     episodes: list[Episode] = []
     by_site: dict[str, list[int]] = {}

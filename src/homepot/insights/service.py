@@ -437,7 +437,7 @@ async def _prepare_chunk(
     span: tuple[int, int],
     state: ScanState,
     budget: list[int | None],
-    known_silent: set[str],
+    known_silent: dict[str, int],
 ) -> tuple[Chunk, dict[str, list[tuple[int, int, BucketBaseline]]]]:
     """The chunk's bins from ``CONTEXT_BINS`` before the span, and its baselines per day."""
     np = det.numpy()
@@ -527,7 +527,9 @@ async def _scan_chunk(
         )
     )
     known_silent = {
-        row.subject for row in stored if row.metric == det.REPORTING and row.ended_at is None
+        row.subject: det.bin_of(row.started_at)
+        for row in stored
+        if row.metric == det.REPORTING and row.ended_at is None
     }
     chunk, day_baselines = await _prepare_chunk(
         session, fleet, devices, span, state, budget, known_silent
@@ -739,7 +741,7 @@ async def device_insights(
     peers = [d for d in fleet.devices if d.site_id == device.site_id]
     row = next(index for index, d in enumerate(peers) if d.device_id == device_id)
     chunk, day_baselines = await _prepare_chunk(
-        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], set()
+        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], {}
     )
     start = det.CONTEXT_BINS
     times = [det.bin_start(first_bin + column) for column in range(end_bin - first_bin)]
