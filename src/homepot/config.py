@@ -91,6 +91,15 @@ class RetentionSettings(BaseModel):
     batch_size: int = Field(default=5000, ge=1, le=100_000)
 
 
+class InsightsSettings(BaseModel):
+    """The anomaly scanner the server runs over the newest metrics (see homepot.insights)."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=60, gt=0)
+    # Devices whose bins are loaded and scanned together (whole sites per chunk).
+    chunk_devices: int = Field(default=250, ge=1, le=10_000)
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -116,6 +125,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    insights: InsightsSettings = Field(default_factory=InsightsSettings)
     # HOMEPOT_EXPORT_KEY: the secret behind the user pseudonyms of analytics exports. There is
     # no default: without it, exports are refused.
     export_key: SecretStr | None = None

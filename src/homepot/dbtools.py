@@ -1,4 +1,4 @@
-"""Read-only inspection of the 15 tables: row counts and the newest rows of one table.
+"""Read-only inspection of the 16 tables: row counts and the newest rows of one table.
 
 This is what ``homepot db count`` / ``homepot db show`` and ``scripts/query-db.sh`` print.
 Table and column names are checked against the ORM metadata before any SQL is built, and
@@ -17,7 +17,13 @@ from sqlalchemy import JSON, ColumnElement, Enum, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from homepot.kit.redaction import REDACTED, is_sensitive_key
-from homepot.models import ALL_MODELS, CORE_MODELS, MODELS_BY_TABLE, OPERATIONAL_MODELS
+from homepot.models import (
+    ALL_MODELS,
+    CORE_MODELS,
+    INSIGHTS_MODELS,
+    MODELS_BY_TABLE,
+    OPERATIONAL_MODELS,
+)
 
 # The spec's grouping: 6 core tables, 5 operational analytics tables, 3 AI-focused tables;
 # then the orchestrator's job_executions, in a group "operational" of its own.
@@ -39,7 +45,7 @@ class InspectionError(ValueError):
 @dataclass(frozen=True)
 class TableCount:
     table: str
-    group: str  # "core", "analytics", "AI-focused" or "operational"
+    group: str  # "core", "analytics", "AI-focused", "operational" or "insights"
     rows: int
 
 
@@ -56,6 +62,8 @@ def table_group(table: str) -> str:
         return "core"
     if MODELS_BY_TABLE[table] in OPERATIONAL_MODELS:
         return "operational"
+    if MODELS_BY_TABLE[table] in INSIGHTS_MODELS:
+        return "insights"
     return "AI-focused" if table in AI_FOCUSED_TABLES else "analytics"
 
 

@@ -26,6 +26,8 @@ from homepot.export.router import router as export_router
 from homepot.fleet.jobs_router import router as job_agent_router
 from homepot.fleet.mqtt import run_push_channel
 from homepot.fleet.router import router as fleet_router
+from homepot.insights.router import router as insights_router
+from homepot.insights.tasks import run_insights
 from homepot.job.orchestrator import run_orchestrator
 from homepot.job.router import router as job_router
 from homepot.overview.router import router as overview_router
@@ -45,6 +47,7 @@ BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]
     run_device_watchdog,
     run_impact_evaluator,
     run_retention,
+    run_insights,
 )
 
 
@@ -107,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_router)
     app.include_router(job_agent_router)
     app.include_router(overview_router)
+    app.include_router(insights_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Last, so that API routes win over the dashboard's pages.
     app.include_router(web_router)

@@ -16,6 +16,7 @@ from homepot.audit.models import AuditLog
 from homepot.auth.models import User
 from homepot.db import Base
 from homepot.device.models import Device, HealthCheck
+from homepot.insights.models import Anomaly
 from homepot.job.models import Job, JobExecution
 from homepot.site.models import Site
 
@@ -23,7 +24,11 @@ CORE_MODELS: tuple[type[Base], ...] = (Site, Device, User, Job, HealthCheck, Aud
 # Operational tables beyond the spec's 14: the orchestrator's per-device executions.
 OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution,)
 ANALYTICS_MODELS: tuple[type[Base], ...] = (*EVENT_MODELS, SiteOperatingSchedule)
-ALL_MODELS: tuple[type[Base], ...] = CORE_MODELS + ANALYTICS_MODELS + OPERATIONAL_MODELS
+# What the insights package derives from the data: anomaly episodes.
+INSIGHTS_MODELS: tuple[type[Base], ...] = (Anomaly,)
+ALL_MODELS: tuple[type[Base], ...] = (
+    CORE_MODELS + ANALYTICS_MODELS + OPERATIONAL_MODELS + INSIGHTS_MODELS
+)
 MODELS_BY_TABLE: dict[str, type[Base]] = {m.__tablename__: m for m in ALL_MODELS}
 metadata = Base.metadata
 
@@ -31,10 +36,12 @@ __all__ = [
     "ALL_MODELS",
     "ANALYTICS_MODELS",
     "CORE_MODELS",
+    "INSIGHTS_MODELS",
     "MODELS_BY_TABLE",
     "OPERATIONAL_MODELS",
     "APIRequestLog",
     "AnalyticsEvent",
+    "Anomaly",
     "AuditLog",
     "ConfigurationHistory",
     "Device",

@@ -1,4 +1,4 @@
-"""A small, consistent sample fleet with history in all 15 tables (``db init --sample-data``).
+"""A small, consistent sample fleet with history in all 16 tables (``db init --sample-data``).
 
 Three sites in three time zones run twelve POS terminals. The terminals' current status
 matches the last state change recorded for them, their metrics follow their site's opening
@@ -46,6 +46,7 @@ from homepot.auth.service import ensure_user
 from homepot.db import Base, utcnow
 from homepot.dbtools import count_rows
 from homepot.device.models import Device, DeviceStatus, HealthCheck
+from homepot.insights.models import Anomaly
 from homepot.job.models import (
     ExecutionStatus,
     Job,
@@ -495,6 +496,7 @@ class _SampleBuilder:
             (DeviceMetrics, _with_event_ids("device_metrics", self.device_metrics())),
             (ConfigurationHistory, _with_event_ids("configuration_history", self.config())),
             (SiteOperatingSchedule, self.schedules()),
+            (Anomaly, self.anomalies()),
         ]
 
     # -- core tables -----------------------------------------------------------------------
@@ -833,6 +835,51 @@ class _SampleBuilder:
                 "duration_ms": duration,
             }
             for minutes, user, activity, page, element, query, duration in _ACTIVITIES
+        ]
+
+    def anomalies(self) -> list[Row]:
+        """The episodes the insights scanner finds in the sample metrics: the offline terminal
+        went silent, the failing one's latency is far above its usual."""
+        silent_since = self.ago(70)
+        slow_since = self.ago(120)
+        common = {"status": "active", "expected_maintenance": False, "ended_at": None}
+        return [
+            {
+                **common,
+                "subject": "pos-terminal-004",
+                "device_id": "pos-terminal-004",
+                "site_id": _site_of("pos-terminal-004").site_id,
+                "metric": "reporting",
+                "detector": "silence",
+                "started_at": silent_since,
+                "last_seen_at": self.ago(0),
+                "score": 60,
+                "severity": "warning",
+                "observed": 0.0,
+                "expected": None,
+                "explanation": "pos-terminal-004 sent no metrics for 1 h 10 min "
+                f"(since {silent_since:%Y-%m-%d %H:%M} UTC) while the site is open",
+                "created_at": self.ago(55),
+                "updated_at": self.ago(0),
+            },
+            {
+                **common,
+                "subject": "pos-terminal-010",
+                "device_id": "pos-terminal-010",
+                "site_id": _site_of("pos-terminal-010").site_id,
+                "metric": "network_latency",
+                "detector": "level",
+                "started_at": slow_since,
+                "last_seen_at": self.ago(0),
+                "score": 92,
+                "severity": "critical",
+                "observed": 312.0,
+                "expected": 34.0,
+                "explanation": "network latency 312 ms vs a usual 34 ms ± 9.0 ms "
+                "over its previous 12 h",
+                "created_at": self.ago(105),
+                "updated_at": self.ago(0),
+            },
         ]
 
     def device_metrics(self) -> list[Row]:

@@ -19,6 +19,7 @@ from homepot.cli.agent import agent
 from homepot.cli.common import EXIT_USAGE, SUPPORTED_DRIVERS, URL_FORMS, fail
 from homepot.cli.db import db_app
 from homepot.cli.export import export
+from homepot.cli.insights import insights_app
 from homepot.cli.quality import quality, validate
 from homepot.cli.retention import retention_app
 from homepot.cli.server import demo, serve
@@ -72,3 +73,4 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(retention_app, name="retention")
+app.add_typer(insights_app, name="insights")

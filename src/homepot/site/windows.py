@@ -106,3 +106,57 @@ def next_maintenance_window(
         candidates.extend(_minus(_whole_day(day, zone), _opening_hours(day, schedule, zone)))
     start = _first_start(candidates, after)
     return start if start is not None else after
+
+
+def _local_days(timezone: str, start: datetime, end: datetime) -> tuple[ZoneInfo, list[date]]:
+    zone = ZoneInfo(timezone)
+    first = start.astimezone(zone).date() - timedelta(days=1)
+    last = end.astimezone(zone).date() + timedelta(days=1)
+    return zone, [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _clipped(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[Interval]:
+    """Inside [start, end), in order, touching intervals joined (days open all day)."""
+    joined: list[Interval] = []
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in intervals if b > start and a < end):
+        if joined and a <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(b, joined[-1][1]))
+        else:
+            joined.append((a, b))
+    return joined
+
+
+def opening_intervals(
+    schedules: Sequence[ScheduleDay], timezone: str, start: datetime, end: datetime
+) -> list[Interval]:
+    """The site's opening hours between ``start`` and ``end`` (UTC), in order.
+
+    A weekday without a schedule row is open all day; so is every day of a site without any
+    schedule (nobody can say when it trades, so it is never taken for closed).
+    """
+    zone, days = _local_days(timezone, start, end)
+    by_weekday = {schedule.day_of_week: schedule for schedule in schedules}
+    hours = (_opening_hours(day, by_weekday.get(day.weekday()), zone) for day in days)
+    return _clipped((interval for interval in hours if interval is not None), start, end)
+
+
+def maintenance_intervals(
+    schedules: Sequence[ScheduleDay], timezone: str, start: datetime, end: datetime
+) -> list[Interval]:
+    """The site's maintenance windows between ``start`` and ``end`` (UTC), by rules 1 to 3
+    of this module; none for a site without a schedule (rule 4 names no window)."""
+    if not schedules:
+        return []
+    zone, days = _local_days(timezone, start, end)
+    by_weekday = {schedule.day_of_week: schedule for schedule in schedules}
+    marked = any(schedule.is_maintenance_window for schedule in schedules)
+    has_closed_day = any(_is_closed(schedule) for schedule in schedules)
+    windows: list[Interval] = []
+    for day in days:
+        schedule = by_weekday.get(day.weekday())
+        if marked and (schedule is None or not schedule.is_maintenance_window):
+            continue
+        if not marked and has_closed_day and (schedule is None or not _is_closed(schedule)):
+            continue
+        windows.extend(_minus(_whole_day(day, zone), _opening_hours(day, schedule, zone)))
+    return _clipped(windows, start, end)

@@ -1,0 +1,826 @@
+"""The detectors: pure numpy over 5-minute bins, no database.
+
+Every series is cut into 5-minute bins on one UTC grid (bin ``b`` covers ``[b*300, b*300+300)``
+seconds since the epoch), a bin holding the mean of the samples in it. A chunk of devices is
+a 2-D array per metric, one row a device, one column a bin, NaN where a device sent nothing.
+
+What "normal" is for a device, metric and bin (first that has enough data wins):
+
+1. ``hour_of_week``: median and MAD of the device's own bins in that local hour of the week
+   over the ``BASELINE_WEEKS`` weeks before the bin's UTC day (at least 12 bins, from two
+   different weeks);
+2. ``hour_of_day``: the same per local hour of the day (at least 36 bins: three days);
+3. ``recent``: the device's previous 12 hours (at least 24 bins); a deviation must then also
+   stand out against its cohort at that moment, since a recent window cannot know the
+   daily cycle and the cohort shares it;
+4. ``cohort``: the other devices of its site and type at the same moment (at least 3; for
+   a small site, the devices of that type in the same time zone).
+
+The spread is ``1.4826 * MAD`` (a standard deviation for normal noise, unmoved by outliers),
+never below a floor per metric, so that a perfectly flat series does not turn every wobble
+into an anomaly. Three detectors read the bins:
+
+- ``level``: the robust z of a bin is at least ``z_threshold`` on the bad side (and the
+  deviation at least the metric's ``min_deviation``) for ``PERSISTENCE_BINS`` bins in a row
+  (one normal bin in between is tolerated): a spike of a few minutes never qualifies;
+- ``trend``: memory and disk. A robust slope (the median of the slopes between bins half a
+  window apart, a Theil-Sen estimate) of the deviation from normal, significant against
+  the noise, that brings the metric to its limit within the horizon: flagged with the
+  projected crossing, before any threshold is reached;
+- ``silence``: a device that reported in the hours before sends nothing while its site is
+  open (metric ``reporting``); when every device of a site is silent, one site episode.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    FloatArray = NDArray[np.float64]
+    BoolArray = NDArray[np.bool_]
+    IntArray = NDArray[np.int64]
+
+BIN_SECONDS: Final = 300
+BIN = timedelta(seconds=BIN_SECONDS)
+BINS_PER_HOUR: Final = 12
+BINS_PER_DAY: Final = 24 * BINS_PER_HOUR
+BINS_PER_WEEK: Final = 7 * BINS_PER_DAY
+BASELINE_WEEKS: Final = 2
+RECENT_BINS: Final = 12 * BINS_PER_HOUR
+# How far before the first evaluated bin a run may begin (an episode under way keeps its
+# start), and the longest look back: that and the longest trend window.
+RUN_LOOKBACK_BINS: Final = 2 * BINS_PER_HOUR
+LOOKBACK_BINS: Final = 8 * BINS_PER_HOUR
+# Bins loaded before the first evaluated one: the look back, and a recent window before it.
+CONTEXT_BINS: Final = RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
+PERSISTENCE_BINS: Final = 3
+SILENCE_BINS: Final = 3
+# How many normal bins may sit inside one episode without splitting it in two.
+GAP_BINS: Final = 1
+MAD_TO_SIGMA: Final = 1.4826
+WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+SOURCE_NONE, SOURCE_WEEK, SOURCE_DAY, SOURCE_RECENT, SOURCE_COHORT = range(5)
+SOURCE_NAMES: Final = ("none", "hour_of_week", "hour_of_day", "recent", "cohort")
+
+DEVICE_SILENCE_SCORE: Final = 60
+SITE_SILENCE_SCORE: Final = 85
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: where it comes from, which side is bad, and how big a deviation matters."""
+
+    name: str
+    label: str
+    unit: str
+    direction: int  # +1: high is bad; -1: low is bad
+    min_deviation: float
+    scale_floor: float
+    z_threshold: float = 4.0
+    # The deviation must also be at least this share of the expected value.
+    relative_deviation: float = 0.0
+    # Trend detection (memory, disk): the level whose crossing is projected.
+    limit: float | None = None
+    trend_window_bins: int = 24
+    trend_horizon_hours: float = 6.0
+    min_slope_per_hour: float = 0.0
+
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    MetricSpec("cpu", "CPU", "%", +1, min_deviation=20, scale_floor=3),
+    MetricSpec(
+        "memory",
+        "memory",
+        "%",
+        +1,
+        min_deviation=10,
+        scale_floor=2,
+        limit=98,
+        trend_window_bins=24,
+        trend_horizon_hours=6,
+        min_slope_per_hour=2,
+    ),
+    MetricSpec(
+        "disk",
+        "disk",
+        "%",
+        +1,
+        min_deviation=5,
+        scale_floor=1,
+        limit=99,
+        trend_window_bins=72,
+        trend_horizon_hours=48,
+        min_slope_per_hour=0.3,
+    ),
+    MetricSpec(
+        "network_latency",
+        "network latency",
+        " ms",
+        +1,
+        min_deviation=50,
+        scale_floor=5,
+        relative_deviation=1.0,
+    ),
+    MetricSpec("error_rate", "error rate", "%", +1, min_deviation=2, scale_floor=0.3),
+    MetricSpec(
+        "transactions",
+        "transactions",
+        "/min",
+        -1,
+        min_deviation=0.5,
+        scale_floor=0.3,
+        z_threshold=2.5,
+        relative_deviation=0.75,
+    ),
+)
+METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}
+REPORTING: Final = "reporting"
+
+
+def numpy() -> Any:
+    """numpy, imported on first use: a server without insights never loads it."""
+    import numpy
+
+    return numpy
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """All-NaN slices are expected (a device silent for a while): their median is NaN."""
+    np = numpy()
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def nanmedian(values: Any, axis: int = -1) -> Any:
+    """The median along ``axis`` ignoring NaN (NaN where all are NaN).
+
+    numpy's own goes through masked arrays for short axes, ten times slower on the many short
+    rows (one per device) a scan reduces.
+    """
+    np = numpy()
+    moved = np.moveaxis(values, axis, -1)
+    ordered = np.sort(moved, axis=-1)  # NaN sorts last
+    present = (~np.isnan(moved)).sum(axis=-1)
+    low = np.take_along_axis(ordered, np.maximum(present - 1, 0)[..., None] // 2, axis=-1)
+    high = np.take_along_axis(ordered, (present // 2)[..., None], axis=-1)
+    result = (low[..., 0] + high[..., 0]) / 2
+    return np.where(present > 0, result, np.nan)
+
+
+def bin_of(moment: datetime) -> int:
+    return math.floor(moment.timestamp() / BIN_SECONDS)
+
+
+def bin_start(index: int) -> datetime:
+    return datetime.fromtimestamp(index * BIN_SECONDS, UTC)
+
+
+def severity_of(score: int) -> str:
+    if score >= 75:
+        return "critical"
+    if score >= 45:
+        return "warning"
+    return "info"
+
+
+def level_score(z: float) -> int:
+    return max(0, min(100, round(100 * (1 - 2 ** (-z / 5)))))
+
+
+def trend_score(hours_to_limit: float) -> int:
+    return max(10, min(95, round(95 - 12 * math.log2(max(hours_to_limit, 1.0)))))
+
+
+# -- the chunk --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    site_id: str
+    device_type: str
+    # The site's UTC offset in whole bins at the scanned day: hour-of-week buckets are local.
+    shift_bins: int
+    timezone: str
+
+
+@dataclass
+class Chunk:
+    """Bins of some devices (whole sites) from ``first_bin`` on, one column per bin."""
+
+    devices: list[DeviceInfo]
+    first_bin: int
+    values: dict[str, FloatArray]  # metric name -> (devices, bins)
+    counts: IntArray  # samples per (device, bin)
+    # Per site: which bins are open / inside a maintenance window (1-D over the bins).
+    open_bins: dict[str, BoolArray]
+    maintenance_bins: dict[str, BoolArray]
+    # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
+    # with the bin it began in: alive from then on even with nothing loaded.
+    known_silent: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bins(self) -> int:
+        return int(self.counts.shape[1])
+
+    def tail(self, column: int) -> Chunk:
+        """The same chunk from ``column`` on (views, no copies)."""
+        return Chunk(
+            devices=self.devices,
+            first_bin=self.first_bin + column,
+            values={name: array[:, column:] for name, array in self.values.items()},
+            counts=self.counts[:, column:],
+            open_bins={site: mask[column:] for site, mask in self.open_bins.items()},
+            maintenance_bins={site: mask[column:] for site, mask in self.maintenance_bins.items()},
+            known_silent=self.known_silent,
+        )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What is normal for each (device, bin) of the evaluated range, and where it came from."""
+
+    expected: FloatArray
+    scale: FloatArray
+    source: NDArray[np.int8]
+    # The cohort's (expected, scale, ok) where the recent window stood in, else None.
+    peers: tuple[FloatArray, FloatArray, BoolArray] | None = None
+
+    def tail(self, column: int) -> Baseline:
+        peers = None if self.peers is None else tuple(part[:, column:] for part in self.peers)
+        return Baseline(
+            self.expected[:, column:],
+            self.scale[:, column:],
+            self.source[:, column:],
+            peers,  # type: ignore[arg-type]
+        )
+
+    def peer_gate(self, level: FloatArray, direction: int, threshold: float) -> BoolArray:
+        """False where the recent window is the baseline but the device's peers, at the same
+        moment, are no better off: a shared load cycle, not an anomaly."""
+        np = numpy()
+        if self.peers is None:
+            everywhere: BoolArray = np.ones(self.source.shape, dtype=bool)
+            return everywhere
+        peer_expected, peer_scale, peer_ok = self.peers
+        with _quiet():
+            peer_z = direction * (level - peer_expected) / peer_scale
+        checked = (self.source == SOURCE_RECENT) & peer_ok
+        result: BoolArray = ~checked | (peer_z >= threshold)
+        return result
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One contiguous anomaly that reaches into the evaluated bins."""
+
+    subject: str
+    device_id: str | None
+    site_id: str
+    metric: str
+    detector: str
+    started_at: datetime
+    last_seen_at: datetime  # end of its last anomalous bin
+    open: bool  # still under way at the end of the evaluated range
+    # Entirely inside the site's maintenance window: stored, never alerts. An episode that
+    # outlasts the window is a real one.
+    score: int
+    observed: float | None
+    expected: float | None
+    explanation: str
+    expected_maintenance: bool
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketBaseline:
+    """A device's hour-of-week and hour-of-day medians and spreads for one metric and day."""
+
+    week_median: FloatArray  # (devices, 168)
+    week_scale: FloatArray
+    week_ok: BoolArray
+    day_median: FloatArray  # (devices, 24)
+    day_scale: FloatArray
+    day_ok: BoolArray
+
+
+def bucket_baseline(
+    history: FloatArray, history_first_bin: int, shifts: IntArray, floor: float
+) -> BucketBaseline:
+    """Baselines from exactly ``BASELINE_WEEKS`` weeks of bins (devices, weeks*2016).
+
+    ``shifts`` (per device, in bins) turns UTC bins into the site's local time.
+    """
+    np = numpy()
+    devices, width = history.shape
+    weeks = width // BINS_PER_WEEK
+    assert weeks >= 1
+    assert width == weeks * BINS_PER_WEEK
+    with_data = ~np.isnan(history).all(axis=1)
+    if not with_data.all():  # devices without history: nothing to learn, nothing to sort
+        if not with_data.any():
+            nothing = np.full((devices, 168), np.nan)
+            none_ok = np.zeros((devices, 168), dtype=bool)
+            return BucketBaseline(
+                nothing, nothing, none_ok, nothing[:, :24], nothing[:, :24], none_ok[:, :24]
+            )
+        known = bucket_baseline(history[with_data], history_first_bin, shifts[with_data], floor)
+        return _spread_rows(known, with_data)
+    # Stable sorts: within a bucket the bins stay in time order, i.e. grouped by week.
+    if (shifts == shifts[0]).all():  # one time zone: one permutation for every device
+        local = history_first_bin + np.arange(width) + shifts[0]
+        order = np.argsort((local // BINS_PER_HOUR) % 168, kind="stable")
+        by_bucket = history[:, order].reshape(devices, 168, weeks, 12)
+    else:
+        local = history_first_bin + np.arange(width)[None, :] + shifts[:, None]
+        order = np.argsort((local // BINS_PER_HOUR) % 168, axis=1, kind="stable")
+        by_bucket = np.take_along_axis(history, order, axis=1).reshape(devices, 168, weeks, 12)
+    with _quiet():
+        flat = by_bucket.reshape(devices, 168, weeks * 12)
+        week_median = nanmedian(flat, axis=2)
+        week_mad = nanmedian(np.abs(flat - week_median[:, :, None]), axis=2)
+        present = ~np.isnan(by_bucket)
+        week_ok = (present.sum(axis=(2, 3)) >= 12) & (present.any(axis=3).sum(axis=2) >= 2)
+        by_day_hour = by_bucket.reshape(devices, 7, 24, weeks * 12).transpose(0, 2, 1, 3)
+        by_hour = by_day_hour.reshape(devices, 24, 7 * weeks * 12)
+        day_median = nanmedian(by_hour, axis=2)
+        day_mad = nanmedian(np.abs(by_hour - day_median[:, :, None]), axis=2)
+        day_ok = (~np.isnan(by_hour)).sum(axis=2) >= 36
+    return BucketBaseline(
+        week_median,
+        np.maximum(np.nan_to_num(week_mad) * MAD_TO_SIGMA, floor),
+        week_ok & ~np.isnan(week_median),
+        day_median,
+        np.maximum(np.nan_to_num(day_mad) * MAD_TO_SIGMA, floor),
+        day_ok & ~np.isnan(day_median),
+    )
+
+
+def _spread_rows(known: BucketBaseline, rows: BoolArray) -> BucketBaseline:
+    """``known`` (for the rows marked in ``rows``) with NaN, not-ok rows for the others."""
+    np = numpy()
+
+    def spread(part: Any, fill: Any) -> Any:
+        out = np.full((len(rows), *part.shape[1:]), fill, dtype=part.dtype)
+        out[rows] = part
+        return out
+
+    return BucketBaseline(
+        spread(known.week_median, np.nan),
+        spread(known.week_scale, np.nan),
+        spread(known.week_ok, False),
+        spread(known.day_median, np.nan),
+        spread(known.day_scale, np.nan),
+        spread(known.day_ok, False),
+    )
+
+
+def _recent_baseline(
+    values: FloatArray, floor: float, first_bin: int, from_column: int
+) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Median and spread of each device's previous ``RECENT_BINS`` bins, for the columns from
+    ``from_column`` on; computed once per hour of the clock (the window moves little within
+    one), so that every scan of a bin gets the same answer."""
+    np = numpy()
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    devices, width = values.shape
+    expected = np.full((devices, width), np.nan)
+    scale = np.full((devices, width), np.nan)
+    ok = np.zeros((devices, width), dtype=bool)
+    first_step = max(0, from_column - (first_bin + from_column) % BINS_PER_HOUR)
+    steps = np.arange(first_step, width, BINS_PER_HOUR)
+    padded = np.concatenate([np.full((devices, RECENT_BINS), np.nan), values], axis=1)
+    # View j covers padded[j : j + RECENT_BINS], i.e. the bins [j - RECENT_BINS, j).
+    windows = sliding_window_view(padded, RECENT_BINS, axis=1)[:, steps, :]
+    with _quiet():
+        median = nanmedian(windows)
+        mad = nanmedian(np.abs(windows - median[:, :, None]))
+        enough = (~np.isnan(windows)).sum(axis=2) >= 24
+    columns = np.arange(first_step, width)
+    which = (columns - first_step) // BINS_PER_HOUR
+    expected[:, first_step:] = median[:, which]
+    scale[:, first_step:] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[:, which]
+    ok[:, first_step:] = enough[:, which]
+    return expected, scale, ok
+
+
+def _cohort_baseline(
+    values: FloatArray, groups: Sequence[int], floor: float, from_column: int
+) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """Per bin from ``from_column`` on, the median and spread over the device's cohort (all
+    cohorts at once: one NaN-padded block per cohort)."""
+    np = numpy()
+    devices, width = values.shape
+    expected = np.full(values.shape, np.nan)
+    scale = np.full(values.shape, np.nan)
+    ok = np.zeros(values.shape, dtype=bool)
+    group_of = np.asarray(groups)
+    sizes = np.bincount(group_of)
+    usable = sizes >= 4  # the device itself and at least three peers
+    if not usable.any():
+        return expected, scale, ok
+    order = np.argsort(group_of, kind="stable")
+    slot = np.arange(devices) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[group_of[order]]
+    block = np.full((len(sizes), int(sizes.max()), width - from_column), np.nan)
+    block[group_of[order], slot] = values[order, from_column:]
+    with _quiet():
+        median = nanmedian(block, axis=1)
+        mad = nanmedian(np.abs(block - median[:, None, :]), axis=1)
+        enough = ((~np.isnan(block)).sum(axis=1) >= 4) & usable[:, None]
+    expected[:, from_column:] = median[group_of]
+    scale[:, from_column:] = np.maximum(np.nan_to_num(mad) * MAD_TO_SIGMA, floor)[group_of]
+    ok[:, from_column:] = enough[group_of]
+    return expected, scale, ok
+
+
+def baseline(
+    chunk: Chunk,
+    spec: MetricSpec,
+    day_baselines: Sequence[tuple[int, int, BucketBaseline]],
+    from_column: int = 0,
+) -> Baseline:
+    """Normal for the bins of the chunk from ``from_column`` on, through the four-step
+    cascade (the columns before are left unknown where the first two steps have nothing).
+
+    ``day_baselines``: ``(first column, end column, baseline)`` per UTC day of the chunk.
+    Where the device's recent window is the baseline, its peers at the same moment are kept
+    too (``peers``): a recent window cannot know the daily cycle, its peers share it.
+    """
+    np = numpy()
+    values = chunk.values[spec.name]
+    devices, width = values.shape
+    expected = np.full(values.shape, np.nan)
+    scale = np.full(values.shape, np.nan)
+    source = np.zeros(values.shape, dtype=np.int8)
+    shifts = np.array([device.shift_bins for device in chunk.devices], dtype=np.int64)
+    rows = np.arange(devices)[:, None]
+    for first, end, buckets in day_baselines:
+        first = max(first, from_column)
+        if first >= end:
+            continue
+        local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
+        week_bucket = (local // BINS_PER_HOUR) % 168
+        day_bucket = week_bucket % 24
+        for median, spread, ok, bucket, code in (
+            (buckets.day_median, buckets.day_scale, buckets.day_ok, day_bucket, SOURCE_DAY),
+            (buckets.week_median, buckets.week_scale, buckets.week_ok, week_bucket, SOURCE_WEEK),
+        ):
+            usable = ok[rows, bucket]
+            part = slice(first, end)
+            expected[:, part] = np.where(usable, median[rows, bucket], expected[:, part])
+            scale[:, part] = np.where(usable, spread[rows, bucket], scale[:, part])
+            source[:, part] = np.where(usable, code, source[:, part])
+    missing = source == SOURCE_NONE
+    if not missing.any():
+        return Baseline(expected, scale, source)
+    recent, recent_scale, recent_ok = _recent_baseline(
+        values, spec.scale_floor, chunk.first_bin, from_column
+    )
+    use = missing & recent_ok
+    expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
+    cohort, cohort_scale, cohort_ok = _cohort_baseline(
+        values, _cohort_groups(chunk), spec.scale_floor, from_column
+    )
+    use = (source == SOURCE_NONE) & cohort_ok
+    expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
+    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok))
+
+
+def _cohort_groups(chunk: Chunk) -> list[int]:
+    """Its site's devices of the same type; for a site with fewer than four, every device of
+    that type in the chunk whose site keeps the same local time."""
+    by_site: dict[tuple[str, str], int] = {}
+    for device in chunk.devices:
+        key = (device.site_id, device.device_type)
+        by_site[key] = by_site.get(key, 0) + 1
+    keys: dict[tuple[str, str, int], int] = {}
+    groups = []
+    for device in chunk.devices:
+        shared_site = by_site[(device.site_id, device.device_type)] >= 4
+        site, shift = (device.site_id, 0) if shared_site else ("", device.shift_bins)
+        groups.append(keys.setdefault((site, device.device_type, shift), len(keys)))
+    return groups
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def runs(flags: BoolArray, *, gap: int, minimum: int) -> list[tuple[int, int]]:
+    """``(first, last)`` columns of runs of True, joined across gaps of up to ``gap`` False
+    columns, with at least ``minimum`` True columns each."""
+    np = numpy()
+    hits = np.flatnonzero(flags)
+    if hits.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(hits) > gap + 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [hits.size - 1]])
+    return [
+        (int(hits[a]), int(hits[b]))
+        for a, b in zip(starts, ends, strict=True)
+        if b - a + 1 >= minimum
+    ]
+
+
+# -- explanations -----------------------------------------------------------------------------
+
+
+def _number(value: float, unit: str) -> str:
+    text = f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}"
+    return f"{text} {unit.strip()}" if unit == "%" else f"{text}{unit}"
+
+
+def duration_text(hours: float) -> str:
+    minutes = max(1, round(hours * 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    whole, rest = divmod(minutes, 60)
+    if whole >= 48:
+        return f"{round(hours / 24)} days"
+    return f"{whole} h {rest} min" if rest else f"{whole} h"
+
+
+def _normal_text(
+    spec: MetricSpec, expected: float, scale: float, source: int, when: datetime, device: DeviceInfo
+) -> str:
+    usual = f"a usual {_number(expected, spec.unit)} ± {_number(scale, spec.unit)}"
+    local = when.astimezone(ZoneInfo(device.timezone))
+    if source == SOURCE_WEEK:
+        return f"{usual} for {WEEKDAYS[local.weekday()]} {local:%H}:00"
+    if source == SOURCE_DAY:
+        return f"{usual} at {local:%H}:00"
+    if source == SOURCE_RECENT:
+        return f"{usual} over its previous 12 h"
+    return f"{usual} across its site's other {device.device_type} devices"
+
+
+def _trend_text(spec: MetricSpec, slope: float, hours: float, now: datetime) -> str:
+    assert spec.limit is not None
+    crossing = now + timedelta(hours=hours)
+    return (
+        f"rising {slope:.1f} points/h, reaches {_number(spec.limit, spec.unit)} in "
+        f"~{duration_text(hours)} (around {crossing:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
+# -- detection --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trend:
+    slope_per_hour: FloatArray  # (devices, bins)
+    hours_to_limit: FloatArray
+    flags: BoolArray
+
+
+def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: int) -> Trend:
+    """Robust slope of the deviation from normal over the window ending at each bin from
+    ``from_column`` on, and the projected time to the limit."""
+    np = numpy()
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    assert spec.limit is not None
+    window = spec.trend_window_bins
+    half = window // 2
+    devices, width = values.shape
+    residual = values - base.expected
+    slopes = (residual[:, half:] - residual[:, :-half]) / half  # slopes[k]: bin k to k + half
+    padded = np.concatenate([np.full((devices, window), np.nan), slopes], axis=1)
+    # View j covers padded[j : j + half] = slopes[j - window : j - half]; for bin i, view
+    # i + 1 holds the slopes of the pairs inside the window ending at i.
+    chosen = sliding_window_view(padded, half, axis=1)[:, np.arange(from_column, width) + 1, :]
+    slope = np.full(values.shape, np.nan)
+    enough = np.zeros(values.shape, dtype=bool)
+    with _quiet():
+        enough[:, from_column:] = (~np.isnan(chosen)).sum(axis=2) >= max(2, half // 2)
+        slope[:, from_column:] = nanmedian(chosen, axis=2) * BINS_PER_HOUR
+        level = _rolling_median3(values)
+        expected, spread = base.expected, base.scale
+        hours = (spec.limit - level) / slope
+        flags = (
+            enough
+            & ~np.isnan(values)
+            & (slope >= spec.min_slope_per_hour)
+            & (slope * window / BINS_PER_HOUR >= 3 * spread)
+            & ((level - expected) / spread >= 1.5)
+            & base.peer_gate(level, +1, 1.5)
+            & (hours > 0)
+            & (hours <= spec.trend_horizon_hours)
+        )
+    return Trend(slope, hours, flags)
+
+
+def _rolling_median3(values: FloatArray) -> FloatArray:
+    """The median of each bin and the two before it (the level, without one noisy bin)."""
+    np = numpy()
+    padded = np.concatenate([np.full((values.shape[0], 2), np.nan), values], axis=1)
+    stacked = np.stack([padded[:, 2:], padded[:, 1:-1], padded[:, :-2]], axis=2)
+    with _quiet():
+        result: FloatArray = nanmedian(stacked, axis=2)
+        return result
+
+
+def detect(
+    chunk: Chunk,
+    start: int,
+    day_baselines: dict[str, list[tuple[int, int, BucketBaseline]]],
+) -> tuple[list[Episode], dict[str, Baseline]]:
+    """Episodes that reach into the bins from column ``start`` on.
+
+    Earlier columns are context: an anomaly that began there keeps its real start.
+    ``day_baselines`` per metric name, see :func:`baseline`. Also returns each metric's
+    baseline over every column (for charts).
+    """
+    np = numpy()
+    episodes: list[Episode] = []
+    baselines: dict[str, Baseline] = {}
+    full_chunk, full_start = chunk, start
+    for spec in METRICS:
+        # Runs may begin RUN_LOOKBACK_BINS before the range; a trend needs its window too.
+        reach = RUN_LOOKBACK_BINS + (spec.trend_window_bins if spec.limit is not None else 0)
+        lookback = max(0, full_start - reach)
+        chunk, start = full_chunk.tail(lookback), full_start - lookback
+        values = chunk.values[spec.name]
+        base = baseline(full_chunk, spec, day_baselines.get(spec.name, []), lookback)
+        baselines[spec.name] = base
+        base = base.tail(lookback)
+        with _quiet():
+            deviation = spec.direction * (values - base.expected)
+            z = deviation / base.scale
+            big_enough = deviation >= np.maximum(
+                spec.min_deviation, spec.relative_deviation * np.abs(base.expected)
+            )
+            deviant = (z >= spec.z_threshold) & big_enough & (base.source > 0)
+            deviant &= base.peer_gate(values, spec.direction, spec.z_threshold)
+        trend = (
+            _trend(values, base, spec, max(0, start - RUN_LOOKBACK_BINS))
+            if spec.limit is not None
+            else None
+        )
+        flagged = deviant.any(axis=1)
+        if trend is not None:
+            flagged |= trend.flags.any(axis=1)
+        for row in np.flatnonzero(flagged):
+            device = chunk.devices[row]
+            for first, final in runs(deviant[row], gap=GAP_BINS, minimum=PERSISTENCE_BINS):
+                if final < start:
+                    continue
+                peak = float(np.nanmax(z[row, first : final + 1]))
+                episodes.append(
+                    _metric_episode(
+                        chunk,
+                        device,
+                        spec,
+                        "level",
+                        (first, final),
+                        level_score(peak),
+                        row,
+                        base,
+                        trend,
+                    )
+                )
+            if trend is None:
+                continue
+            for first, final in runs(trend.flags[row], gap=GAP_BINS, minimum=2):
+                if final < start:
+                    continue
+                soonest = float(np.nanmin(trend.hours_to_limit[row, first : final + 1]))
+                episodes.append(
+                    _metric_episode(
+                        chunk,
+                        device,
+                        spec,
+                        "trend",
+                        (first, final),
+                        trend_score(soonest),
+                        row,
+                        base,
+                        trend,
+                    )
+                )
+    episodes.extend(_silence(full_chunk, full_start))
+    return episodes, baselines
+
+
+def _metric_episode(
+    chunk: Chunk,
+    device: DeviceInfo,
+    spec: MetricSpec,
+    detector: str,
+    span: tuple[int, int],
+    score: int,
+    row: int,
+    base: Baseline,
+    trend: Trend | None,
+) -> Episode:
+    first, final = span
+    at = bin_start(chunk.first_bin + final)
+    value = float(chunk.values[spec.name][row, final])
+    expected = float(base.expected[row, final])
+    spread = float(base.scale[row, final])
+    text = f"{spec.label} {_number(value, spec.unit)} vs " + _normal_text(
+        spec, expected, spread, int(base.source[row, final]), at, device
+    )
+    if trend is not None:
+        slope = float(trend.slope_per_hour[row, final])
+        hours = float(trend.hours_to_limit[row, final])
+        if trend.flags[row, final] or (detector == "level" and slope > 0 and 0 < hours <= 48):
+            text += "; " + _trend_text(spec, slope, hours, at + BIN)
+    return Episode(
+        subject=device.device_id,
+        device_id=device.device_id,
+        site_id=device.site_id,
+        metric=spec.name,
+        detector=detector,
+        started_at=bin_start(chunk.first_bin + first),
+        last_seen_at=at + BIN,
+        open=final >= chunk.bins - 1 - GAP_BINS,
+        score=score,
+        observed=round(value, 3),
+        expected=round(expected, 3),
+        explanation=text,
+        expected_maintenance=bool(chunk.maintenance_bins[device.site_id][first : final + 1].all()),
+    )
+
+
+def _silence(chunk: Chunk, start: int) -> list[Episode]:
+    np = numpy()
+    reported = chunk.counts > 0
+    # Alive: reported at some point in the loaded bins before, or already known silent.
+    seen = np.maximum.accumulate(reported, axis=1)
+    seen_before = np.concatenate([np.zeros((reported.shape[0], 1), dtype=bool), seen[:, :-1]], 1)
+    alive = seen_before.copy()
+    for row, device in enumerate(chunk.devices):
+        since = [
+            chunk.known_silent[subject]
+            for subject in (device.device_id, f"site:{device.site_id}")
+            if subject in chunk.known_silent
+        ]
+        if since:
+            alive[row, max(0, min(since) - chunk.first_bin) :] = True
+    silent = alive & ~reported
+    episodes: list[Episode] = []
+    by_site: dict[str, list[int]] = {}
+    for row, device in enumerate(chunk.devices):
+        by_site.setdefault(device.site_id, []).append(row)
+    for site_id, rows in by_site.items():
+        open_now = chunk.open_bins[site_id]
+        alive_count = alive[rows].sum(axis=0)
+        site_silent = (alive_count > 1) & (silent[rows].sum(axis=0) == alive_count) & open_now
+        for first, final in runs(site_silent, gap=0, minimum=SILENCE_BINS):
+            if final >= start:
+                episodes.append(
+                    _silence_episode(chunk, None, site_id, (first, final), int(alive_count[final]))
+                )
+        for row in rows:
+            flags = silent[row] & open_now & ~site_silent
+            for first, final in runs(flags, gap=0, minimum=SILENCE_BINS):
+                if final >= start:
+                    episodes.append(
+                        _silence_episode(chunk, chunk.devices[row], site_id, (first, final), 1)
+                    )
+    return episodes
+
+
+def _silence_episode(
+    chunk: Chunk, device: DeviceInfo | None, site_id: str, span: tuple[int, int], devices: int
+) -> Episode:
+    first, final = span
+    since = bin_start(chunk.first_bin + first)
+    hours = (final - first + 1) * BIN_SECONDS / 3600
+    where = f"for {duration_text(hours)} (since {since:%Y-%m-%d %H:%M} UTC) while the site is open"
+    if device is None:
+        text = f"none of site {site_id}'s {devices} reporting devices sent metrics {where}"
+    else:
+        text = f"{device.device_id} sent no metrics {where}"
+    return Episode(
+        subject=device.device_id if device else f"site:{site_id}",
+        device_id=device.device_id if device else None,
+        site_id=site_id,
+        metric=REPORTING,
+        detector="silence",
+        started_at=since,
+        last_seen_at=bin_start(chunk.first_bin + final) + BIN,
+        open=final >= chunk.bins - 1,
+        score=DEVICE_SILENCE_SCORE if device else SITE_SILENCE_SCORE,
+        observed=0.0,
+        expected=None,
+        explanation=text,
+        expected_maintenance=bool(chunk.maintenance_bins[site_id][first : final + 1].all()),
+    )

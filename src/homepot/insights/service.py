@@ -1,0 +1,784 @@
+"""Scanning device_metrics for anomalies, and reading and updating the episodes.
+
+A scan evaluates the complete 5-minute bins of ``[since, until)`` (see
+:mod:`homepot.insights.detectors`), site by site in chunks of devices, and reconciles what it
+finds with the stored episodes: an episode that overlaps a stored one of the same subject,
+metric and detector extends (or closes) that row instead of adding one, so that scanning a
+range twice, or a range the server already scanned, stores each episode once. A stored
+episode still open whose metric is back to normal in the scanned bins is closed.
+
+One scan at a time: on PostgreSQL a session-level advisory lock taken with
+``pg_try_advisory_lock`` on a connection of its own (as retention does); on SQLite a lock
+inside the process and an exclusive ``flock`` on a file next to the database, so that a
+server and ``homepot insights scan`` on one SQLite file do not both write. A scan that finds
+the lock taken does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time as clock
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Integer, and_, cast, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
+from homepot.device.models import Device
+from homepot.insights import detectors as det
+from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.insights.schemas import (
+    AnomalyQuery,
+    AnomalyRead,
+    BaselineBand,
+    DeviceInsights,
+    FleetDevice,
+    FleetRanking,
+)
+from homepot.kit.pagination import CursorPage
+from homepot.kit.streams import Stream, at_least, equals, read_page
+from homepot.site.models import Site
+from homepot.site.windows import maintenance_intervals, opening_intervals
+
+if TYPE_CHECKING:
+    from homepot.insights.detectors import BucketBaseline, Chunk, Episode, IntArray
+
+logger = logging.getLogger(__name__)
+
+# "HOMEPOTI" as a big-endian 64-bit integer (retention holds "HOMEPOTR").
+ADVISORY_LOCK_KEY: Final = int.from_bytes(b"HOMEPOTI", "big")
+SKIPPED_LOCKED: Final = "another insights scan is under way (it holds the lock); nothing was done"
+DEFAULT_CHUNK_DEVICES: Final = 250
+HISTORY_BINS: Final = det.BASELINE_WEEKS * det.BINS_PER_WEEK
+# The column each metric is read from, averaged per bin (transactions: a rate, see _load).
+METRIC_COLUMNS: Final = {
+    "cpu": DeviceMetrics.cpu_percent,
+    "memory": DeviceMetrics.memory_percent,
+    "disk": DeviceMetrics.disk_percent,
+    "network_latency": DeviceMetrics.network_latency_ms,
+    "error_rate": DeviceMetrics.error_rate,
+}
+
+_process_lock = asyncio.Lock()
+
+
+@dataclass
+class ScanReport:
+    since: datetime
+    until: datetime
+    devices: int = 0
+    bins: int = 0
+    inserted: int = 0
+    updated: int = 0
+    closed: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "devices": self.devices,
+            "bins": self.bins,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "closed": self.closed,
+            "seconds": round(self.seconds, 3),
+            **({"skipped": self.skipped} if self.skipped else {}),
+        }
+
+
+# -- one scanner at a time --------------------------------------------------------------------
+
+
+def _sqlite_lock_path(engine: AsyncEngine) -> Path | None:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).with_name(Path(database).name + ".insights.lock")
+
+
+@contextlib.asynccontextmanager
+async def single_scanner(engine: AsyncEngine) -> AsyncIterator[bool]:
+    """Yields True when this caller may scan, False when another scan holds the lock."""
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            key = {"key": ADVISORY_LOCK_KEY}
+            if not await autocommit.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                await autocommit.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+        return
+    if _process_lock.locked():
+        yield False
+        return
+    async with _process_lock:
+        path = _sqlite_lock_path(engine)
+        if path is None:
+            yield True
+            return
+        import fcntl
+
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _bin_expression(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return cast(func.floor(func.extract("epoch", DeviceMetrics.timestamp) / 300), Integer)
+    return cast(func.strftime("%s", DeviceMetrics.timestamp), Integer) / 300
+
+
+async def _load(
+    session: AsyncSession, device_ids: Sequence[str], first_bin: int, end_bin: int
+) -> tuple[dict[str, Any], IntArray]:
+    """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``."""
+    np = det.numpy()
+    bucket = _bin_expression(session.get_bind().dialect.name).label("bucket")
+    interval = func.coalesce(DeviceMetrics.collection_interval_seconds, det.BIN_SECONDS)
+    with_count = DeviceMetrics.transaction_count.is_not(None)
+    statement = (
+        select(
+            DeviceMetrics.device_id,
+            bucket,
+            func.count(),
+            *(func.avg(column) for column in METRIC_COLUMNS.values()),
+            func.sum(DeviceMetrics.transaction_count),
+            func.sum(func.coalesce(interval * cast(with_count, Integer), 0)),
+        )
+        .where(
+            DeviceMetrics.device_id.in_(device_ids),
+            DeviceMetrics.timestamp >= det.bin_start(first_bin),
+            DeviceMetrics.timestamp < det.bin_start(end_bin),
+        )
+        .group_by(DeviceMetrics.device_id, bucket)
+    )
+    # Core rows, not the ORM's: this is the bulk of a scan's reading.
+    rows = (await (await session.connection()).execute(statement)).all()
+    width = end_bin - first_bin
+    row_of = {device_id: index for index, device_id in enumerate(device_ids)}
+    values = {spec.name: np.full((len(device_ids), width), np.nan) for spec in det.METRICS}
+    counts = np.zeros((len(device_ids), width), dtype=np.int64)
+    if not rows:
+        return values, counts
+    table = np.array([row[2:] for row in rows], dtype=np.float64)
+    device_rows = np.array([row_of[row[0]] for row in rows])
+    columns = np.array([int(row[1]) for row in rows]) - first_bin
+    inside = (columns >= 0) & (columns < width)
+    device_rows, columns, table = device_rows[inside], columns[inside], table[inside]
+    counts[device_rows, columns] = table[:, 0]
+    for offset, name in enumerate(METRIC_COLUMNS, start=1):
+        values[name][device_rows, columns] = table[:, offset]
+    with det._quiet():
+        rate = table[:, -2] * 60 / table[:, -1]
+    values["transactions"][device_rows, columns] = np.where(table[:, -1] > 0, rate, np.nan)
+    return values, counts
+
+
+def _bin_mask(intervals: Sequence[tuple[datetime, datetime]], first_bin: int, width: int) -> Any:
+    """True for the bins whose middle lies inside one of ``intervals``."""
+    np = det.numpy()
+    middles = (first_bin + np.arange(width)) * det.BIN_SECONDS + det.BIN_SECONDS // 2
+    mask = np.zeros(width, dtype=bool)
+    for start, end in intervals:
+        mask |= (middles >= start.timestamp()) & (middles < end.timestamp())
+    return mask
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    devices: list[det.DeviceInfo]
+    timezones: dict[str, str]
+    schedules: dict[str, list[SiteOperatingSchedule]]
+
+
+async def _fleet(session: AsyncSession, at: datetime, device_ids: Sequence[str] | None) -> _Fleet:
+    timezones: dict[str, str] = dict(
+        (await session.execute(select(Site.site_id, Site.timezone))).all()
+    )
+    statement = select(Device.device_id, Device.site_id, Device.device_type).order_by(
+        Device.site_id, Device.device_id
+    )
+    if device_ids is not None:
+        statement = statement.where(Device.device_id.in_(device_ids))
+    shifts: dict[str, int] = {}
+    for timezone in set(timezones.values()) | {"UTC"}:
+        offset = at.astimezone(ZoneInfo(timezone)).utcoffset() or timedelta(0)
+        shifts[timezone] = round(offset.total_seconds() / det.BIN_SECONDS)
+    devices = []
+    for device_id, site_id, device_type in (await session.execute(statement)).all():
+        timezone = timezones.get(site_id, "UTC")
+        devices.append(det.DeviceInfo(device_id, site_id, device_type, shifts[timezone], timezone))
+    schedules: dict[str, list[SiteOperatingSchedule]] = {}
+    for row in await session.scalars(select(SiteOperatingSchedule)):
+        schedules.setdefault(row.site_id, []).append(row)
+    return _Fleet(devices, timezones, schedules)
+
+
+async def _fleet_fingerprint(session: AsyncSession) -> tuple[Any, ...]:
+    """Changes when a device is added or removed, or a site or schedule changes.
+
+    Not on every device update: heartbeats touch the devices all the time. A device moved
+    to another site is seen at the next full re-read (FLEET_REREAD_SECONDS).
+    """
+    values: list[Any] = [int(clock.monotonic() // FLEET_REREAD_SECONDS)]
+    for column in (Device.created_at, Site.updated_at, SiteOperatingSchedule.updated_at):
+        statement = select(func.count(), func.max(column))
+        values.extend((await session.execute(statement)).one())
+    return tuple(values)
+
+
+def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInfo]]:
+    """Consecutive devices, whole sites per chunk (a site's cohort and silence need them all)."""
+    chunks: list[list[det.DeviceInfo]] = []
+    current: list[det.DeviceInfo] = []
+    for device in devices:
+        if current and len(current) >= size and device.site_id != current[-1].site_id:
+            chunks.append(current)
+            current = []
+        current.append(device)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# -- what the server keeps between passes ---------------------------------------------------
+
+
+@dataclass
+class BaselineCache:
+    """Hour-of-week baselines per chunk of devices and UTC day: computed once a day, not
+    every pass. Holds the newest two days."""
+
+    entries: dict[tuple[tuple[str, ...], int], dict[str, BucketBaseline]] = field(
+        default_factory=dict
+    )
+
+    def get(self, device_ids: Sequence[str], day: int) -> dict[str, BucketBaseline] | None:
+        return self.entries.get((tuple(device_ids), day))
+
+    def put(
+        self, device_ids: Sequence[str], day: int, baselines: dict[str, BucketBaseline]
+    ) -> None:
+        self.entries[(tuple(device_ids), day)] = baselines
+        newest = max(key[1] for key in self.entries)
+        for key in [key for key in self.entries if key[1] < newest - det.BINS_PER_DAY]:
+            del self.entries[key]
+
+
+@dataclass
+class _Bins:
+    first_bin: int
+    values: dict[str, Any]
+    counts: Any
+
+    @property
+    def end_bin(self) -> int:
+        return self.first_bin + int(self.counts.shape[1])
+
+
+@dataclass
+class ScanState:
+    """What a long-running scanner (the server) keeps between passes.
+
+    ``baselines``: per chunk and day. ``bins``: each chunk's recent bins, so that a pass
+    loads only the bins since the previous one, plus ``REFRESH_BINS`` re-read for samples
+    that arrived late (older late samples are seen by the next command-line scan).
+    ``baseline_refresh_devices`` bounds how many devices a pass computes today's baselines
+    for (14 days of history each); the others keep yesterday's until their turn, or the
+    recent-window fallback on a fresh start. None: no bound (a command-line scan).
+    """
+
+    baseline_refresh_devices: int | None = None
+    baselines: BaselineCache = field(default_factory=BaselineCache)
+    bins: dict[tuple[str, ...], _Bins] = field(default_factory=dict)
+    # Devices, sites and schedules, re-read when any of them changed.
+    fleet: _Fleet | None = None
+    fleet_fingerprint: tuple[Any, ...] | None = None
+
+
+FLEET_REREAD_SECONDS: Final = 600
+# Bins a pass re-reads before the newest it already has: late samples within this are counted.
+REFRESH_BINS: Final = 3
+# A scan over a long range goes in spans of this many days, to bound the memory it needs.
+SPAN_BINS: Final = 7 * det.BINS_PER_DAY
+
+
+# -- the scan ---------------------------------------------------------------------------------
+
+
+async def scan(
+    engine: AsyncEngine,
+    since: datetime,
+    until: datetime,
+    *,
+    state: ScanState | None = None,
+    chunk_devices: int = DEFAULT_CHUNK_DEVICES,
+    device_ids: Sequence[str] | None = None,
+) -> ScanReport:
+    """Find the anomaly episodes in the complete 5-minute bins of ``[since, until)``.
+
+    Deterministic: the same stored metrics give the same episodes. Without ``state`` (the
+    command line) every baseline is computed from the stored history; the server passes a
+    :class:`ScanState`. Returns a report whose ``skipped`` is set when another scan held
+    the lock.
+    """
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValueError("since and until must be timezone-aware")
+    report = ScanReport(since=since, until=until)
+    started = clock.perf_counter()
+    first_bin, end_bin = det.bin_of(since), det.bin_of(until)
+    if end_bin <= first_bin:
+        return report
+    state = state if state is not None else ScanState()
+    async with single_scanner(engine) as may_scan:
+        if not may_scan:
+            logger.info("insights: %s", SKIPPED_LOCKED)
+            report.skipped = SKIPPED_LOCKED
+            return report
+        server = state.baseline_refresh_devices is not None and device_ids is None
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            fingerprint = await _fleet_fingerprint(session) if server else None
+            fleet = state.fleet
+            if fleet is None or fingerprint is None or fingerprint != state.fleet_fingerprint:
+                fleet = await _fleet(session, until, device_ids)
+        if server:
+            state.fleet, state.fleet_fingerprint = fleet, fingerprint
+        report.bins = end_bin - first_bin
+        budget = [state.baseline_refresh_devices]
+        for span_start in range(first_bin, end_bin, SPAN_BINS):
+            span = (span_start, min(span_start + SPAN_BINS, end_bin))
+            for devices in _chunks(fleet.devices, chunk_devices):
+                async with (
+                    AsyncSession(engine, expire_on_commit=False) as session,
+                    session.begin(),
+                ):
+                    await _scan_chunk(session, fleet, devices, span, state, budget, report)
+                await asyncio.sleep(0)
+        report.devices = len(fleet.devices)
+    report.seconds = clock.perf_counter() - started
+    return report
+
+
+async def _chunk_bins(
+    session: AsyncSession,
+    state: ScanState,
+    ids: list[str],
+    context_bin: int,
+    end_bin: int,
+    history_from: int | None,
+) -> tuple[_Bins, _Bins | None]:
+    """The chunk's bins over ``[context_bin, end_bin)``, and over ``[history_from, end_bin)``
+    when its history is needed; from the server's cache where it can."""
+    np = det.numpy()
+    key = tuple(ids)
+    if history_from is not None:
+        values, counts = await _load(session, ids, history_from, end_bin)
+        everything = _Bins(history_from, values, counts)
+        offset = context_bin - history_from
+        # Copies: a view would keep the whole history alive in the cache.
+        context = _Bins(
+            context_bin,
+            {name: array[:, offset:].copy() for name, array in values.items()},
+            counts[:, offset:].copy(),
+        )
+        state.bins[key] = context
+        return context, everything
+    cached = state.bins.get(key)
+    if cached is None or cached.first_bin > context_bin or cached.end_bin < context_bin:
+        values, counts = await _load(session, ids, context_bin, end_bin)
+        context = _Bins(context_bin, values, counts)
+    else:
+        refresh_from = max(context_bin, min(cached.end_bin, end_bin) - REFRESH_BINS)
+        fresh_values, fresh_counts = await _load(session, ids, refresh_from, end_bin)
+        width = end_bin - context_bin
+        keep = refresh_from - context_bin
+        source = slice(context_bin - cached.first_bin, refresh_from - cached.first_bin)
+        values = {}
+        for name, fresh in fresh_values.items():
+            array = np.full((len(ids), width), np.nan)
+            array[:, :keep] = cached.values[name][:, source]
+            array[:, keep:] = fresh
+            values[name] = array
+        counts = np.zeros((len(ids), width), dtype=np.int64)
+        counts[:, :keep] = cached.counts[:, source]
+        counts[:, keep:] = fresh_counts
+        context = _Bins(context_bin, values, counts)
+    state.bins[key] = context
+    return context, None
+
+
+async def _prepare_chunk(
+    session: AsyncSession,
+    fleet: _Fleet,
+    devices: list[det.DeviceInfo],
+    span: tuple[int, int],
+    state: ScanState,
+    budget: list[int | None],
+    known_silent: dict[str, int],
+) -> tuple[Chunk, dict[str, list[tuple[int, int, BucketBaseline]]]]:
+    """The chunk's bins from ``CONTEXT_BINS`` before the span, and its baselines per day."""
+    np = det.numpy()
+    first_bin, end_bin = span
+    ids = [device.device_id for device in devices]
+    context_bin = first_bin - det.CONTEXT_BINS
+    first_day = context_bin - context_bin % det.BINS_PER_DAY
+    days = list(range(first_day, end_bin, det.BINS_PER_DAY))
+    cached = {day: state.baselines.get(ids, day) for day in days}
+    refresh = not all(cached.values()) and (budget[0] is None or budget[0] > 0)
+    if refresh and budget[0] is not None:
+        budget[0] -= len(ids)
+    chunk_bins, history = await _chunk_bins(
+        session, state, ids, context_bin, end_bin, first_day - HISTORY_BINS if refresh else None
+    )
+    day_baselines: dict[str, list[tuple[int, int, BucketBaseline]]] = {}
+    shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
+    for day in days:
+        baselines = cached[day]
+        if baselines is None and history is not None:
+            past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
+            baselines = {
+                spec.name: det.bucket_baseline(
+                    history.values[spec.name][:, past],
+                    day - HISTORY_BINS,
+                    shifts,
+                    spec.scale_floor,
+                )
+                for spec in det.METRICS
+            }
+            state.baselines.put(ids, day, baselines)
+        if baselines is None:  # the server, before this chunk's turn: yesterday's will do
+            baselines = state.baselines.get(ids, day - det.BINS_PER_DAY)
+        if baselines is None:
+            continue
+        columns = (
+            max(day, context_bin) - context_bin,
+            min(day + det.BINS_PER_DAY, end_bin) - context_bin,
+        )
+        for name, base in baselines.items():
+            day_baselines.setdefault(name, []).append((*columns, base))
+    width = end_bin - context_bin
+    open_bins, maintenance_bins = {}, {}
+    window = (det.bin_start(context_bin), det.bin_start(end_bin))
+    for site_id in sorted({device.site_id for device in devices}):
+        timezone, schedule = fleet.timezones.get(site_id, "UTC"), fleet.schedules.get(site_id, [])
+        open_bins[site_id] = _bin_mask(
+            opening_intervals(schedule, timezone, *window), context_bin, width
+        )
+        maintenance_bins[site_id] = _bin_mask(
+            maintenance_intervals(schedule, timezone, *window), context_bin, width
+        )
+    chunk = det.Chunk(
+        devices=devices,
+        first_bin=context_bin,
+        values=chunk_bins.values,
+        counts=chunk_bins.counts,
+        open_bins=open_bins,
+        maintenance_bins=maintenance_bins,
+        known_silent=known_silent,
+    )
+    return chunk, day_baselines
+
+
+async def _scan_chunk(
+    session: AsyncSession,
+    fleet: _Fleet,
+    devices: list[det.DeviceInfo],
+    span: tuple[int, int],
+    state: ScanState,
+    budget: list[int | None],
+    report: ScanReport,
+) -> None:
+    first_bin, end_bin = span
+    context_start = det.bin_start(first_bin - det.CONTEXT_BINS)
+    site_ids = sorted({device.site_id for device in devices})
+    subjects = [device.device_id for device in devices] + [f"site:{s}" for s in site_ids]
+    stored = list(
+        await session.scalars(
+            select(Anomaly)
+            .where(
+                Anomaly.subject.in_(subjects),
+                Anomaly.started_at < det.bin_start(end_bin),
+                or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= context_start),
+            )
+            .order_by(Anomaly.started_at, Anomaly.id)
+        )
+    )
+    known_silent = {
+        row.subject: det.bin_of(row.started_at)
+        for row in stored
+        if row.metric == det.REPORTING and row.ended_at is None
+    }
+    chunk, day_baselines = await _prepare_chunk(
+        session, fleet, devices, span, state, budget, known_silent
+    )
+    episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
+    _reconcile(session, stored, episodes, first_bin, end_bin, report)
+    await session.flush()
+
+
+def _reconcile(
+    session: AsyncSession,
+    stored: list[Anomaly],
+    episodes: list[Episode],
+    first_bin: int,
+    end_bin: int,
+    report: ScanReport,
+) -> None:
+    gap = det.BIN * (det.GAP_BINS + 1)
+    by_key: dict[tuple[str, str, str], list[Anomaly]] = {}
+    for row in stored:
+        by_key.setdefault((row.subject, row.metric, row.detector), []).append(row)
+    matched: set[int] = set()
+    for episode in episodes:
+        candidates = by_key.setdefault((episode.subject, episode.metric, episode.detector), [])
+        found = next(
+            (
+                row
+                for row in candidates
+                if row.started_at <= episode.last_seen_at + gap
+                and (row.ended_at is None or row.ended_at >= episode.started_at - gap)
+            ),
+            None,
+        )
+        if found is None:
+            row = _new_row(episode)
+            session.add(row)
+            candidates.append(row)
+            report.inserted += 1
+        else:
+            row = found
+            report.updated += _extend(row, episode)
+        matched.add(id(row))
+    # Open episodes whose metric was normal in the scanned bins after they were last seen.
+    evaluated_end = det.bin_start(end_bin) - gap
+    for row in stored:
+        if (
+            id(row) not in matched
+            and row.ended_at is None
+            and det.bin_start(first_bin) - gap <= row.last_seen_at <= evaluated_end
+        ):
+            row.ended_at = row.last_seen_at
+            if row.status == AnomalyStatus.active:
+                row.status = AnomalyStatus.resolved.value
+            report.closed += 1
+
+
+def _new_row(episode: Episode) -> Anomaly:
+    return Anomaly(
+        subject=episode.subject,
+        device_id=episode.device_id,
+        site_id=episode.site_id,
+        metric=episode.metric,
+        detector=episode.detector,
+        started_at=episode.started_at,
+        ended_at=None if episode.open else episode.last_seen_at,
+        last_seen_at=episode.last_seen_at,
+        score=episode.score,
+        severity=det.severity_of(episode.score),
+        observed=episode.observed,
+        expected=episode.expected,
+        explanation=episode.explanation,
+        status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
+        expected_maintenance=episode.expected_maintenance,
+    )
+
+
+def _extend(row: Anomaly, episode: Episode) -> bool:
+    """Fold ``episode`` into the stored ``row``; True when anything changed."""
+    before = (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
+    if episode.started_at < row.started_at:
+        row.started_at = episode.started_at
+    row.expected_maintenance = row.expected_maintenance and episode.expected_maintenance
+    if episode.last_seen_at >= row.last_seen_at:
+        row.last_seen_at = episode.last_seen_at
+        row.observed, row.expected = episode.observed, episode.expected
+        row.explanation = episode.explanation
+        if episode.open:
+            if row.ended_at is not None and row.status == AnomalyStatus.resolved:
+                row.status = AnomalyStatus.active.value
+            row.ended_at = None
+        else:
+            if row.ended_at is None and row.status == AnomalyStatus.active:
+                row.status = AnomalyStatus.resolved.value
+            row.ended_at = row.last_seen_at
+    row.score = max(row.score, episode.score)
+    row.severity = det.severity_of(row.score)
+    return before != (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
+
+
+# -- reading and updating --------------------------------------------------------------------
+
+
+async def set_status(
+    session: AsyncSession, anomaly_id: int, status: AnomalyStatus
+) -> tuple[Anomaly, str] | None:
+    """Acknowledge or resolve an episode; (the row, its previous status) or None if unknown."""
+    row = await session.get(Anomaly, anomaly_id)
+    if row is None:
+        return None
+    previous = row.status
+    row.status = status.value
+    await session.flush()
+    return row, previous
+
+
+def active_filter() -> Any:
+    """Episodes an operator should look at: under way, not resolved, not maintenance."""
+    return and_(
+        Anomaly.ended_at.is_(None),
+        Anomaly.status != AnomalyStatus.resolved.value,
+        Anomaly.expected_maintenance.is_(False),
+    )
+
+
+def utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+ANOMALIES: Final = Stream(
+    Anomaly,
+    AnomalyQuery,
+    AnomalyRead,
+    {
+        "device_id": equals(Anomaly.device_id),
+        "site_id": equals(Anomaly.site_id),
+        "metric": equals(Anomaly.metric),
+        "status": equals(Anomaly.status),
+        "min_score": at_least(Anomaly.score),
+        "expected_maintenance": equals(Anomaly.expected_maintenance),
+    },
+    time_column="started_at",
+)
+
+
+async def list_anomalies(session: AsyncSession, params: AnomalyQuery) -> CursorPage[AnomalyRead]:
+    """A page of episodes, the most recently started first."""
+    return await read_page(session, ANOMALIES, params)
+
+
+async def fleet_ranking(session: AsyncSession, limit: int) -> FleetRanking:
+    """Devices with active episodes, the worst first (highest score, then most episodes)."""
+    rows = (
+        await session.scalars(
+            select(Anomaly)
+            .where(active_filter(), Anomaly.device_id.is_not(None))
+            .order_by(Anomaly.score.desc(), Anomaly.started_at.desc(), Anomaly.id.desc())
+        )
+    ).all()
+    by_device: dict[str, list[Anomaly]] = {}
+    for row in rows:
+        assert row.device_id is not None
+        by_device.setdefault(row.device_id, []).append(row)
+    ranked = sorted(by_device.items(), key=lambda item: (-item[1][0].score, -len(item[1]), item[0]))
+    return FleetRanking(
+        risk_source="anomalies",
+        devices=[
+            FleetDevice(
+                device_id=device_id,
+                site_id=episodes[0].site_id,
+                worst_severity=det.severity_of(episodes[0].score),
+                top_score=episodes[0].score,
+                active_anomalies=[AnomalyRead.model_validate(row) for row in episodes],
+            )
+            for device_id, episodes in ranked[:limit]
+        ],
+    )
+
+
+# Bands drawn around the expected value: this many spreads either side.
+BAND_SPREADS: Final = 3.0
+
+
+async def device_insights(
+    session: AsyncSession, device_id: str, hours: int, now: datetime
+) -> DeviceInsights | None:
+    """A device's episodes over the last ``hours`` (and any still under way), and for each
+    metric its 5-minute means next to the expected band; None for an unknown device."""
+    np = det.numpy()
+    device = await session.get(Device, device_id)
+    if device is None:
+        return None
+    end_bin = det.bin_of(now) + 1  # the bin under way too: a chart wants the newest sample
+    first_bin = end_bin - hours * det.BINS_PER_HOUR
+    fleet = await _fleet(session, now, None)
+    peers = [d for d in fleet.devices if d.site_id == device.site_id]
+    row = next(index for index, d in enumerate(peers) if d.device_id == device_id)
+    chunk, day_baselines = await _prepare_chunk(
+        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], {}
+    )
+    start = det.CONTEXT_BINS
+    times = [det.bin_start(first_bin + column) for column in range(end_bin - first_bin)]
+    bands = []
+    for spec in det.METRICS:
+        base = det.baseline(chunk, spec, day_baselines.get(spec.name, []), start)
+        expected = base.expected[row, start:]
+        spread = base.scale[row, start:] * BAND_SPREADS
+        bands.append(
+            BaselineBand(
+                metric=spec.name,
+                times=times,
+                observed=_floats(chunk.values[spec.name][row, start:]),
+                expected=_floats(expected),
+                lower=_floats(np.maximum(expected - spread, 0)),
+                upper=_floats(expected + spread),
+                source=[det.SOURCE_NAMES[code] for code in base.source[row, start:]],
+            )
+        )
+    since = det.bin_start(first_bin)
+    episodes = await session.scalars(
+        select(Anomaly)
+        .where(
+            Anomaly.device_id == device_id,
+            or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= since),
+        )
+        .order_by(Anomaly.started_at.desc(), Anomaly.id.desc())
+        .limit(200)
+    )
+    return DeviceInsights(
+        device_id=device_id,
+        site_id=device.site_id,
+        risk_source="anomalies",
+        anomalies=[AnomalyRead.model_validate(episode) for episode in episodes],
+        bands=bands,
+    )
+
+
+def _floats(values: Any) -> list[float | None]:
+    return [None if value != value else round(float(value), 3) for value in values.tolist()]
