@@ -70,7 +70,7 @@ from homepot.simulation.faults import FaultKind, read_labels
 
 BIN = timedelta(minutes=5)
 # The tables are wide: print them whole even into a file or a pipe.
-wide = Console(highlight=False, width=160)
+wide = Console(highlight=False, width=200)
 # The metrics each fault moves (metric names as in the anomalies table; ``reporting`` is
 # silence, ``transactions`` a drop in sales).
 SIGNALS: dict[str, frozenset[str]] = {
@@ -178,6 +178,7 @@ class Score:
     true_episodes: int = 0
     false_alarms: int = 0
     false_on_benign: Counter[str] = field(default_factory=Counter)
+    false_by_metric: Counter[str] = field(default_factory=Counter)
     healthy_days: float = 0.0
     seconds: float = 0.0
 
@@ -268,6 +269,7 @@ def score(detector: str, history: History, episodes: list[Episode], warmup: time
             if any(_overlaps(episode.started_at, episode.ended_at, a, b) for a, b in spans[device]):
                 continue
             result.false_alarms += 1
+            result.false_by_metric[episode.metric] += 1
             on = [k for a, b, k in benign_spans[device]
                   if _overlaps(episode.started_at, episode.ended_at, a, b)]  # fmt: skip
             result.false_on_benign[on[0] if on else "other"] += 1
@@ -446,6 +448,7 @@ def print_scores(scores: list[Score]) -> None:
     for kind in FaultKind:
         kinds.add_column(_SHORT[kind], justify="right")
     kinds.add_column("false alarms on", justify="left")
+    kinds.add_column("false alarms by metric", justify="left")
     for s in scores:
         cells = []
         for kind in FaultKind:
@@ -454,7 +457,8 @@ def print_scores(scores: list[Score]) -> None:
         spread = ", ".join(
             f"{k.removeprefix('benign_')} {n}" for k, n in s.false_on_benign.most_common()
         )
-        kinds.add_row(s.detector, s.history, *cells, spread or "-")
+        metrics = ", ".join(f"{k} {n}" for k, n in s.false_by_metric.most_common())
+        kinds.add_row(s.detector, s.history, *cells, spread or "-", metrics or "-")
     wide.print(kinds)
 
 
