@@ -480,30 +480,26 @@ def print_targets(scores: list[Score]) -> None:
         console.print(f"{s.detector} on the test seed: {verdict}")
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace, train_url: str, test_url: str) -> None:
     chosen = detectors(args)
     warmup = timedelta(days=args.warmup_days)
-    with (
-        database(args, "insights_train") as train_url,
-        database(args, "insights_test") as test_url,
-    ):
-        console.print(f"databases: {describe_database(train_url)}, {describe_database(test_url)}")
-        histories = [
-            await backfill("train", train_url, args, args.train_seed, TRAIN_MIX),
-            await backfill("test", test_url, args, args.test_seed, TEST_MIX),
-        ]
-        scores = []
-        for detector in chosen:
-            for history in histories:
-                engine = create_engine(history.url)
-                started = time.perf_counter()
-                try:
-                    found = await detector.episodes(engine, history.start, history.end)
-                finally:
-                    await engine.dispose()
-                result = score(detector.name, history, found, warmup)
-                result.seconds = time.perf_counter() - started
-                scores.append(result)
+    console.print(f"databases: {describe_database(train_url)}, {describe_database(test_url)}")
+    histories = [
+        await backfill("train", train_url, args, args.train_seed, TRAIN_MIX),
+        await backfill("test", test_url, args, args.test_seed, TEST_MIX),
+    ]
+    scores = []
+    for detector in chosen:
+        for history in histories:
+            engine = create_engine(history.url)
+            started = time.perf_counter()
+            try:
+                found = await detector.episodes(engine, history.start, history.end)
+            finally:
+                await engine.dispose()
+            result = score(detector.name, history, found, warmup)
+            result.seconds = time.perf_counter() - started
+            scores.append(result)
     print_scores(scores)
     print_targets(scores)
 
@@ -560,7 +556,12 @@ def main() -> None:
     raise_keyboard_interrupt_on_sigterm()
     args = parse_args()
     try:
-        asyncio.run(run(args))
+        # The databases are made and dropped outside the event loop (their set-up runs its own).
+        with (
+            database(args, "insights_train") as train_url,
+            database(args, "insights_test") as test_url,
+        ):
+            asyncio.run(run(args, train_url, test_url))
     except KeyboardInterrupt:
         sys.exit(130)
 
