@@ -19,6 +19,7 @@ from homepot.auth.models import Role
 from homepot.db import create_engine, utcnow
 from homepot.quality.service import TABLE_NAMES, Thresholds, assess_quality
 from homepot.simulation.backfill import BackfillConfig, run_backfill
+from homepot.simulation.faults import FaultKind
 from tests.helpers import auth_headers, create_device, create_site
 from tests.quality.seed import clean_rows, insert, metric
 
@@ -152,8 +153,9 @@ async def test_a_backfill_passes_even_with_bad_configurations_running_at_its_end
     end = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     labels = tmp_path / "labels.csv"
     config = BackfillConfig(
-        days=1, sites=2, devices=4, fault_rate=12, seed=3, labels=labels, end=end
-    )
+        days=1, sites=2, devices=4, fault_rate=12, seed=3, labels=labels, end=end,
+        fault_mix={FaultKind.bad_config_version: 1.0},
+    )  # fmt: skip
     engine = create_engine(database_url)
     try:
         await run_backfill(engine, config)

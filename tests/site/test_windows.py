@@ -7,7 +7,11 @@ from datetime import UTC, datetime, time
 import pytest
 
 from homepot.analytics.models import SiteOperatingSchedule
-from homepot.site.windows import next_maintenance_window
+from homepot.site.windows import (
+    maintenance_intervals,
+    next_maintenance_window,
+    opening_intervals,
+)
 
 SUNDAY = 6
 
@@ -130,3 +134,32 @@ def test_sydney_windows_follow_the_start_of_daylight_saving_time() -> None:
 def test_a_naive_after_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         next_maintenance_window(NEW_YORK, "America/New_York", datetime(2026, 12, 2, 15))
+
+
+def test_opening_intervals_are_local_hours_in_utc_and_closed_days_are_absent() -> None:
+    berlin = [day(d, (8, 20)) for d in range(6)] + [day(SUNDAY, None)]
+    # Saturday 2026-12-05 to Monday 2026-12-07 (CET, UTC+1).
+    hours = opening_intervals(
+        berlin, "Europe/Berlin", utc("2026-12-05T00:00:00"), utc("2026-12-08T00:00:00")
+    )
+    assert hours == [
+        (utc("2026-12-05T07:00:00"), utc("2026-12-05T19:00:00")),
+        (utc("2026-12-07T07:00:00"), utc("2026-12-07T19:00:00")),
+    ]
+    # No schedule at all: open all the time, never taken for closed.
+    start, end = utc("2026-12-05T00:00:00"), utc("2026-12-06T00:00:00")
+    assert opening_intervals([], "Europe/Berlin", start, end) == [(start, end)]
+
+
+def test_maintenance_intervals_follow_the_marked_days() -> None:
+    start, end = utc("2026-12-05T00:00:00"), utc("2026-12-08T00:00:00")
+    # Sydney's Sunday is closed and marked: that whole local day (AEDT, UTC+11).
+    assert maintenance_intervals(SYDNEY, "Australia/Sydney", start, end) == [
+        (utc("2026-12-05T13:00:00"), utc("2026-12-06T13:00:00"))
+    ]
+    # New York's marked Sunday is open 10-18: the window is the rest of that day (EST).
+    assert maintenance_intervals(NEW_YORK, "America/New_York", start, end) == [
+        (utc("2026-12-06T05:00:00"), utc("2026-12-06T15:00:00")),
+        (utc("2026-12-06T23:00:00"), utc("2026-12-07T05:00:00")),
+    ]
+    assert maintenance_intervals([], "UTC", start, end) == []

@@ -10,8 +10,11 @@ What "normal" is for a device, metric and bin (first that has enough data wins):
    over the ``BASELINE_WEEKS`` weeks before the bin's UTC day (at least 12 bins, from two
    different weeks);
 2. ``hour_of_day``: the same per local hour of the day (at least 36 bins: three days);
-3. ``recent``: the device's previous 12 hours (at least 24 bins);
-4. ``cohort``: the other devices of its site and type at the same moment (at least 3).
+3. ``recent``: the device's previous 12 hours (at least 24 bins); a deviation must then also
+   stand out against its cohort at that moment, since a recent window cannot know the
+   daily cycle and the cohort shares it;
+4. ``cohort``: the other devices of its site and type at the same moment (at least 3; for
+   a small site, the devices of that type in the same time zone).
 
 The spread is ``1.4826 * MAD`` (a standard deviation for normal noise, unmoved by outliers),
 never below a floor per metric, so that a perfectly flat series does not turn every wobble
@@ -225,8 +228,9 @@ class Chunk:
     # Per site: which bins are open / inside a maintenance window (1-D over the bins).
     open_bins: dict[str, BoolArray]
     maintenance_bins: dict[str, BoolArray]
-    # Devices whose silence is already an open episode: alive even with nothing loaded.
-    known_silent: set[str] = field(default_factory=set)
+    # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
+    # with the bin it began in: alive from then on even with nothing loaded.
+    known_silent: dict[str, int] = field(default_factory=dict)
 
     @property
     def bins(self) -> int:
@@ -281,7 +285,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Episode:
-    """One contiguous anomaly found in the evaluated bins."""
+    """One contiguous anomaly that reaches into the evaluated bins."""
 
     subject: str
     device_id: str | None
@@ -580,7 +584,7 @@ def _trend_text(spec: MetricSpec, slope: float, hours: float, now: datetime) -> 
 
 @dataclass(frozen=True)
 class Trend:
-    slope_per_hour: FloatArray  # (devices, evaluated bins)
+    slope_per_hour: FloatArray  # (devices, bins)
     hours_to_limit: FloatArray
     flags: BoolArray
 
@@ -761,8 +765,15 @@ def _silence(chunk: Chunk, start: int) -> list[Episode]:
     # Alive: reported at some point in the loaded bins before, or already known silent.
     seen = np.maximum.accumulate(reported, axis=1)
     seen_before = np.concatenate([np.zeros((reported.shape[0], 1), dtype=bool), seen[:, :-1]], 1)
-    known = np.array([d.device_id in chunk.known_silent for d in chunk.devices], dtype=bool)
-    alive = seen_before | known[:, None]
+    alive = seen_before.copy()
+    for row, device in enumerate(chunk.devices):
+        since = [
+            chunk.known_silent[subject]
+            for subject in (device.device_id, f"site:{device.site_id}")
+            if subject in chunk.known_silent
+        ]
+        if since:
+            alive[row, max(0, min(since) - chunk.first_bin) :] = True
     silent = alive & ~reported
     episodes: list[Episode] = []
     by_site: dict[str, list[int]] = {}

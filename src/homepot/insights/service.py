@@ -303,11 +303,12 @@ class _Bins:
 class ScanState:
     """What a long-running scanner (the server) keeps between passes.
 
-    ``baselines``: per device and day. ``bins``: each chunk's recent bins, so that a pass
+    ``baselines``: per chunk and day. ``bins``: each chunk's recent bins, so that a pass
     loads only the bins since the previous one, plus ``REFRESH_BINS`` re-read for samples
-    that arrived late. ``baseline_refresh_devices`` bounds how many devices a pass computes
-    today's baselines for (14 days of history each); the others keep yesterday's until
-    their turn, or the recent-window fallback on a fresh start.
+    that arrived late (older late samples are seen by the next command-line scan).
+    ``baseline_refresh_devices`` bounds how many devices a pass computes today's baselines
+    for (14 days of history each); the others keep yesterday's until their turn, or the
+    recent-window fallback on a fresh start. None: no bound (a command-line scan).
     """
 
     baseline_refresh_devices: int | None = None
@@ -397,15 +398,15 @@ async def _chunk_bins(
         values, counts = await _load(session, ids, history_from, end_bin)
         everything = _Bins(history_from, values, counts)
         offset = context_bin - history_from
+        # Copies: a view would keep the whole history alive in the cache.
         context = _Bins(
             context_bin,
-            {name: array[:, offset:] for name, array in values.items()},
-            counts[:, offset:],
+            {name: array[:, offset:].copy() for name, array in values.items()},
+            counts[:, offset:].copy(),
         )
-        if state.baseline_refresh_devices is not None:
-            state.bins[key] = context
+        state.bins[key] = context
         return context, everything
-    cached = state.bins.get(key) if state.baseline_refresh_devices is not None else None
+    cached = state.bins.get(key)
     if cached is None or cached.first_bin > context_bin or cached.end_bin < context_bin:
         values, counts = await _load(session, ids, context_bin, end_bin)
         context = _Bins(context_bin, values, counts)
@@ -425,8 +426,7 @@ async def _chunk_bins(
         counts[:, :keep] = cached.counts[:, source]
         counts[:, keep:] = fresh_counts
         context = _Bins(context_bin, values, counts)
-    if state.baseline_refresh_devices is not None:
-        state.bins[key] = context
+    state.bins[key] = context
     return context, None
 
 
@@ -437,7 +437,7 @@ async def _prepare_chunk(
     span: tuple[int, int],
     state: ScanState,
     budget: list[int | None],
-    known_silent: set[str],
+    known_silent: dict[str, int],
 ) -> tuple[Chunk, dict[str, list[tuple[int, int, BucketBaseline]]]]:
     """The chunk's bins from ``CONTEXT_BINS`` before the span, and its baselines per day."""
     np = det.numpy()
@@ -527,7 +527,9 @@ async def _scan_chunk(
         )
     )
     known_silent = {
-        row.subject for row in stored if row.metric == det.REPORTING and row.ended_at is None
+        row.subject: det.bin_of(row.started_at)
+        for row in stored
+        if row.metric == det.REPORTING and row.ended_at is None
     }
     chunk, day_baselines = await _prepare_chunk(
         session, fleet, devices, span, state, budget, known_silent
@@ -739,7 +741,7 @@ async def device_insights(
     peers = [d for d in fleet.devices if d.site_id == device.site_id]
     row = next(index for index, d in enumerate(peers) if d.device_id == device_id)
     chunk, day_baselines = await _prepare_chunk(
-        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], set()
+        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], {}
     )
     start = det.CONTEXT_BINS
     times = [det.bin_start(first_bin + column) for column in range(end_bin - first_bin)]

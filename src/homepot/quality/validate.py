@@ -199,7 +199,7 @@ async def _test_calls(http: httpx.AsyncClient, headers: dict[str, str]) -> list[
         "message": f"homepot validate: a test error ({run})",
         "page_url": "/validate",
         "severity": "info",
-        "error_code": "VALIDATION_TEST",
+        "error_code": "FRONTEND_VALIDATION_TEST",
         "context": {"source_run": run},
     }
     plan: list[tuple[str, str, dict[str, Any], int]] = [

@@ -4,10 +4,11 @@ A chain of stores (``sites``) in several time zones, each with a weekly schedule
 terminals, lived through the last ``days`` days with the simulator's model
 (:mod:`homepot.simulation.live`): terminals switch on half an hour before opening and off half
 an hour after closing, sell in proportion to the site's load (peaks included, on the site's own
-clock), get a nightly price-and-promotions update and a midday health check, receive firmware,
-and suffer the faults of :mod:`homepot.simulation.faults`, whose ground truth goes to the labels
-file. Operators at head office log in a few times a day, browse the dashboard, create jobs and
-change site settings.
+clock), get a nightly price-and-promotions update and a midday health check, receive firmware
+(a reboot in the maintenance window), settle at closing, rotate their logs, and suffer the
+faults of :mod:`homepot.simulation.faults`; the ground truth of the faults and of the benign
+events (``benign_*``) goes to the labels file. Operators at head office log in a few times a
+day, browse the dashboard, create jobs and change site settings.
 
 Every row it writes is marked as the simulation's: events and schedules with source
 ``simulated``, sites and devices with ``simulated`` true.
@@ -70,6 +71,7 @@ from homepot.simulation.faults import (
     BAD_CONFIG_VERSION,
     NO_EFFECT,
     PAYMENT_TIMEOUT_CODE,
+    BenignEvent,
     Fault,
     FaultEffects,
     FaultKind,
@@ -77,6 +79,7 @@ from homepot.simulation.faults import (
     LabelWriter,
 )
 from homepot.simulation.model import (
+    FIRMWARE_REBOOT,
     SITE_TIMEZONES,
     DaySchedule,
     SiteProfile,
@@ -122,6 +125,8 @@ class BackfillConfig:
     # Terminals stay on while their site is closed (idle, still reporting), as the live
     # simulator's do; otherwise they switch on and off with the opening hours.
     always_on: bool = False
+    # Relative weights of the fault kinds (default: all alike); a kind left out never happens.
+    fault_mix: dict[FaultKind, float] | None = None
 
     def validate(self) -> None:
         if not 0 < self.days <= 7:
@@ -135,6 +140,11 @@ class BackfillConfig:
             raise BackfillError("--interval-minutes must be between 1 and 120")
         if self.fault_rate < 0:
             raise BackfillError("--fault-rate cannot be negative")
+        if self.fault_mix is not None and (
+            any(weight < 0 for weight in self.fault_mix.values())
+            or sum(self.fault_mix.values()) <= 0
+        ):
+            raise BackfillError("the fault mix needs non-negative weights, not all zero")
 
 
 @dataclass
@@ -153,6 +163,7 @@ class _Terminal:
     model: TerminalModel
     ip_address: str
     faults: list[Fault] = field(default_factory=list)
+    reboots: list[datetime] = field(default_factory=list)  # firmware updates, in time order
     samples: list[Row] = field(default_factory=list)  # metric rows, in time order
     state: str = "offline"
     firmware: str = FIRMWARE_OLD
@@ -170,7 +181,14 @@ class _Backfill:
         self.counter = 0
         self.core: dict[type[Base], list[Row]] = {}
         self.labels = LabelWriter(config.labels) if config.labels else None
-        self.planner = FaultPlanner(random.Random(f"faults/{config.seed}"), config.fault_rate)
+        mix = config.fault_mix or dict.fromkeys(FaultKind, 1.0)
+        kinds = tuple(kind for kind in FaultKind if mix.get(kind, 0) > 0)
+        self.planner = FaultPlanner(
+            random.Random(f"faults/{config.seed}"),
+            config.fault_rate,
+            kinds=kinds,
+            weights=tuple(mix[kind] for kind in kinds),
+        )
         self.fault_count = 0
         self.job_number = 0
         self.execution_number = 0
@@ -280,27 +298,90 @@ class _Backfill:
         )
         return widened.is_open_at(local.time())
 
+    def powered_until(self, site: SiteProfile, moment: datetime) -> datetime:
+        """When a terminal that is on at ``moment`` is switched off (half an hour after closing)."""
+        zone = ZoneInfo(site.timezone)
+        local = moment.astimezone(zone)
+        for back in (0, 1):  # a store open past midnight closes on the day after it opened
+            day = site.day((local.weekday() - back) % 7)
+            if day.close_time is None:
+                continue
+            off = datetime.combine(local.date(), day.close_time, zone) + timedelta(minutes=30)
+            while off.astimezone(UTC) <= moment:
+                off += timedelta(days=1)
+            return off.astimezone(UTC)
+        return moment + timedelta(hours=12)
+
+    def firmware_windows(self, site: SiteProfile, number: int) -> list[datetime]:
+        """When the site's terminals take the firmware update: in the maintenance window,
+        25 minutes before opening, on every other site."""
+        if number % 2:
+            return []
+        zone = ZoneInfo(site.timezone)
+        first = self.start.astimezone(zone).date()
+        windows = []
+        for offset in range(int(self.config.days) + 2):
+            local_day = first + timedelta(days=offset)
+            day = site.day(local_day.weekday())
+            if not day.is_maintenance_window or day.is_closed or day.open_time is None:
+                continue
+            opening = datetime.combine(local_day, day.open_time, zone).astimezone(UTC)
+            window = opening - timedelta(minutes=25)
+            if self.start <= window < self.end:
+                windows.append(window)
+        return windows
+
+    def label(self, event: Fault | BenignEvent) -> None:
+        if self.labels is not None:
+            self.labels.write(event)
+
     def live(self, terminal: _Terminal) -> None:
         """Walk one terminal through the window: samples, requests, states, faults."""
         moment = self.start
+        model = terminal.model
         fault: Fault | None = None
         unreachable_since: datetime | None = None
         offline_cause: str | None = None
+        was_on = False
+        switched_off_at = self.start
+        reboots = list(terminal.reboots)
+        rebooting_until = self.start
+        # Settlements and log rotations, in time order; labelled when the terminal is on.
+        benign = model.benign_events(self.start, self.end)
+        benign.sort(key=lambda event: event.start)
         while moment < self.end:
-            if fault is not None and moment >= fault.end:
-                fault = None
             on = self.powered(terminal.site, moment)
+            if fault is not None and moment >= fault.end:
+                if fault.kind is FaultKind.memory_leak_crash:
+                    model.boot(fault.end)
+                fault = None
+            if on and not was_on:
+                model.boot(moment)  # switched on in the morning
+                switched_off_at = self.powered_until(terminal.site, moment)
+            was_on = on
             if fault is None and on:
                 fault = self.planner.maybe_start(
-                    terminal.device_id, terminal.site.site_id, moment, self.step
+                    terminal.device_id,
+                    terminal.site.site_id,
+                    moment,
+                    self.step,
+                    powered_until=switched_off_at,
                 )
                 if fault is not None:
                     terminal.faults.append(fault)
                     self.fault_count += 1
-                    if self.labels is not None:
-                        self.labels.write(fault)
+                    self.label(fault)
+            while reboots and reboots[0] <= moment:
+                reboot = reboots.pop(0)
+                if on:
+                    self.label(model.firmware_reboot(reboot, terminal.site.site_id))
+                    rebooting_until = reboot + FIRMWARE_REBOOT
+            while benign and benign[0].start < moment + self.step:
+                event = benign.pop(0)
+                if on:
+                    self.label(event)
             effects = terminal.model.effects_of(fault, moment) if on else NO_EFFECT
-            silent = not on or effects.crashed
+            silent = not on or effects.crashed or moment < rebooting_until
             if silent or not effects.reachable:
                 if unreachable_since is None:
                     unreachable_since = moment
@@ -709,17 +790,15 @@ class _Backfill:
                 )  # fmt: skip
                 for terminal in terminals:
                     self.execute(job_id, "health_check", terminal, noon, "system", (1, 4))
-            if day.is_maintenance_window and number % 2 == 0:
-                window = opening - timedelta(minutes=25)
-                if self.start <= window < self.end:
-                    admin = self.users["admin"][0]
-                    job_id = self.new_job(
-                        "firmware_update", JobTargetType.site, site.site_id, window, admin,
-                        {"version": FIRMWARE_NEW}, f"Firmware {FIRMWARE_NEW} rollout",
-                        JobSchedule.maintenance_window,
-                    )  # fmt: skip
-                    for terminal in terminals:
-                        self.firmware(terminal, job_id, window, admin)
+        for window in self.firmware_windows(site, number):
+            admin = self.users["admin"][0]
+            job_id = self.new_job(
+                "firmware_update", JobTargetType.site, site.site_id, window, admin,
+                {"version": FIRMWARE_NEW}, f"Firmware {FIRMWARE_NEW} rollout",
+                JobSchedule.maintenance_window,
+            )  # fmt: skip
+            for terminal in terminals:
+                self.firmware(terminal, job_id, window, admin)
         for terminal in terminals:
             for fault in terminal.faults:
                 if fault.kind is FaultKind.memory_leak_crash and fault.end < self.end:
@@ -1057,7 +1136,9 @@ async def run_backfill(
         all_devices = [t.device_id for _, terminals in chain for t in terminals]
         for number, (site, terminals) in enumerate(chain):
             builder.write_site(site, number, terminals)
+            reboots = builder.firmware_windows(site, number)
             for terminal in terminals:
+                terminal.reboots = reboots
                 builder.live(terminal)
             builder.site_jobs(site, terminals, number)
             for terminal in terminals:
@@ -1092,7 +1173,7 @@ def _device_row(terminal: _Terminal, start: datetime, end: datetime) -> Row:
         "device_id": terminal.device_id,
         "site_id": terminal.site.site_id,
         "name": f"{terminal.site.site_id} till {terminal.device_id.rsplit('-', 1)[-1]}",
-        "device_type": "pos_terminal",
+        "device_type": terminal.model.device_type,
         "status": DeviceStatus(terminal.state),
         "config": {"config_version": FIRMWARE_OLD, "receipt_printer": True},
         "firmware_version": terminal.firmware,

@@ -3,11 +3,15 @@
 A :class:`Fault` is planned in full when it is injected (device, kind, start, end), so the
 label is written at once and stays true even if the simulation stops early. What a fault
 does to a terminal at a given moment is :meth:`Fault.effects_at`, a pure function of time,
-shared by the live simulator and the backfill:
+shared by the live simulator and the backfill. Faults start subtle, as real ones do:
 
-- ``memory_leak_crash``: memory climbs to ~98 %, then the terminal crashes and stays silent
-  for the last part of the fault (longer than the server's offline timeout), then reboots.
-- ``disk_filling``: the disk fills to ~99 %; above 95 % receipts fail and the error rate rises.
+- ``memory_leak_crash``: a slow leak over hours adds a little memory every minute on top of
+  the terminal's normal (noisy) reading, until it reaches ~98.5 % and the terminal crashes
+  (``details.crash_at``); it stays silent for the last part of the fault (longer than the
+  server's offline timeout), then reboots.
+- ``disk_filling``: the disk fills in steps (a journal export, a cache download) of uneven
+  size, reaching 99 % at ``details.full_at``; above 95 % receipts fail and the error rate
+  rises, until someone frees space at the fault's end.
 - ``network_flapping``: the link drops and returns every couple of minutes; latency soars
   while it is up. Messages made while it is down wait in the device's retry queue.
 - ``payment_gateway_timeout``: a share of card payments time out at the acquirer; each is
@@ -41,25 +45,42 @@ class FaultKind(StrEnum):
     bad_config_version = "bad_config_version"
 
 
+class BenignKind(StrEnum):
+    """Normal events that look alarming to a fixed threshold; labelled so that a detector
+    firing on them is counted as wrong."""
+
+    settlement = "benign_settlement"  # end-of-day settlement: CPU high for minutes at closing
+    firmware_reboot = "benign_firmware_reboot"  # update in the maintenance window: off, then
+    # a fresh memory footprint and a CPU burst while the new version migrates its data
+    log_rotation = "benign_log_rotation"  # yesterday's logs compressed: disk use drops
+
+
 # Typical lengths in simulated time: (shortest, longest).
 _DURATIONS: dict[FaultKind, tuple[timedelta, timedelta]] = {
-    FaultKind.memory_leak_crash: (timedelta(minutes=40), timedelta(hours=3)),
-    FaultKind.disk_filling: (timedelta(hours=1), timedelta(hours=6)),
+    FaultKind.memory_leak_crash: (timedelta(hours=3), timedelta(hours=9)),
+    FaultKind.disk_filling: (timedelta(hours=3), timedelta(hours=10)),
     FaultKind.network_flapping: (timedelta(minutes=10), timedelta(minutes=45)),
     FaultKind.payment_gateway_timeout: (timedelta(minutes=5), timedelta(minutes=40)),
     FaultKind.bad_config_version: (timedelta(minutes=30), timedelta(hours=4)),
 }
+# The shortest leak worth planning: shorter ones are not the slow leak this fault stands for.
+MIN_LEAK = timedelta(hours=1, minutes=30)
 # Silent time after a crash before the terminal is back: well past the 90 s offline timeout.
 CRASH_SILENCE = timedelta(minutes=5)
 FLAP_PERIOD = timedelta(minutes=2)
+LEAK_CRASH_PERCENT = 98.5
+DISK_FULL_PERCENT = 99.2
+# The disk is full this far into a disk_filling fault; the rest is failing receipts.
+DISK_FULL_SHARE = 0.8
 
 
 @dataclass(frozen=True)
 class FaultEffects:
     """How a fault bends a terminal's readings at one moment."""
 
-    memory_percent: float | None = None  # overrides the normal reading
-    disk_percent: float | None = None
+    # A leak: the share (0..1) of the way from the normal reading to the crash level.
+    memory_leak: float = 0.0
+    disk_percent: float | None = None  # a floor under the normal reading (a filling disk)
     latency_factor: float = 1.0
     error_rate_points: float = 0.0
     # Share of card payments that time out at the gateway (0..1).
@@ -84,23 +105,30 @@ class Fault:
     def active_at(self, moment: datetime) -> bool:
         return self.start <= moment < self.end
 
+    @property
+    def crash_at(self) -> datetime:
+        """When a memory leak crashes the terminal (its silence fills the rest of the fault)."""
+        return self.end - self._crash_silence()
+
+    @property
+    def full_at(self) -> datetime:
+        """When a filling disk reaches 99 %."""
+        return self.start + (self.end - self.start) * DISK_FULL_SHARE
+
     def effects_at(self, moment: datetime, *, base_memory: float, base_disk: float) -> FaultEffects:
         if not self.active_at(moment):
             return NO_EFFECT
         elapsed = moment - self.start
-        progress = elapsed / (self.end - self.start)
         match self.kind:
             case FaultKind.memory_leak_crash:
-                crash_at = self.end - self._crash_silence()
-                if moment >= crash_at:
+                if moment >= self.crash_at:
                     return FaultEffects(crashed=True, reachable=False)
-                climb = elapsed / (crash_at - self.start)
-                return FaultEffects(
-                    memory_percent=base_memory + (98.5 - base_memory) * climb,
-                    latency_factor=1 + climb,
-                )
+                # A steady leak: the same megabytes a minute, so a straight climb from the
+                # terminal's normal (noisy) reading to the crash level, without a step.
+                climb = elapsed / (self.crash_at - self.start)
+                return FaultEffects(memory_leak=climb, latency_factor=1 + 0.5 * climb)
             case FaultKind.disk_filling:
-                disk = base_disk + (99.2 - base_disk) * progress
+                disk = self._disk_level(moment, base_disk)
                 return FaultEffects(disk_percent=disk, error_rate_points=max(0.0, disk - 95) * 2.5)
             case FaultKind.network_flapping:
                 period = self._flap_period()
@@ -116,11 +144,52 @@ class Fault:
                     latency_factor=1.3,
                 )
 
+    def _disk_level(self, moment: datetime, base_disk: float) -> float:
+        """Steps of uneven size at the planned shares of the climb, the last one at ``full_at``."""
+        steps: list[float] = self.details.get("steps") or [1.0]
+        climb = (moment - self.start) / (self.full_at - self.start)
+        done = sum(1 for at in steps if at <= climb)
+        if done >= len(steps):
+            return DISK_FULL_PERCENT
+        sizes: list[float] = self.details.get("step_sizes") or [1.0] * len(steps)
+        share = sum(sizes[:done]) / sum(sizes)
+        return base_disk + (DISK_FULL_PERCENT - base_disk) * share
+
     def _crash_silence(self) -> timedelta:
         return timedelta(seconds=float(self.details.get("silence_seconds", CRASH_SILENCE.seconds)))
 
     def _flap_period(self) -> timedelta:
         return timedelta(seconds=float(self.details.get("flap_seconds", FLAP_PERIOD.seconds)))
+
+    def label(self) -> dict[str, Any]:
+        details = dict(self.details)
+        if self.kind is FaultKind.memory_leak_crash:
+            details["crash_at"] = self.crash_at.isoformat()
+        elif self.kind is FaultKind.disk_filling:
+            details["full_at"] = self.full_at.isoformat()
+        return {
+            "device_id": self.device_id,
+            "site_id": self.site_id,
+            "fault": self.kind.value,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "details": details,
+        }
+
+
+@dataclass(frozen=True)
+class BenignEvent:
+    """A normal event of a terminal's life (see :class:`BenignKind`), with its label."""
+
+    device_id: str
+    site_id: str
+    kind: BenignKind
+    start: datetime
+    end: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def active_at(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
 
     def label(self) -> dict[str, Any]:
         return {
@@ -148,35 +217,76 @@ class FaultPlanner:
         *,
         time_scale: float = 1.0,
         kinds: tuple[FaultKind, ...] = tuple(FaultKind),
+        weights: tuple[float, ...] | None = None,
         min_silence: timedelta = CRASH_SILENCE,
     ) -> None:
         if rate_per_day < 0:
             raise ValueError("the fault rate cannot be negative")
+        if weights is not None and (len(weights) != len(kinds) or sum(weights) <= 0):
+            raise ValueError("one non-negative weight per fault kind, not all zero")
         self.rng = rng
         self.rate_per_day = rate_per_day
         self.time_scale = time_scale
         self.kinds = kinds
+        self.weights = weights
         # Wall-clock floors, so that a crash or a flap stays visible to a real watchdog.
         self.min_silence = min_silence
 
     def maybe_start(
-        self, device_id: str, site_id: str, now: datetime, tick: timedelta
+        self,
+        device_id: str,
+        site_id: str,
+        now: datetime,
+        tick: timedelta,
+        *,
+        powered_until: datetime | None = None,
     ) -> Fault | None:
-        """A new fault starting now, with probability rate × (tick in simulated days)."""
+        """A new fault starting now, with probability rate × (tick in simulated days).
+
+        ``powered_until``: when the terminal is switched off (a power cycle cures a leak), so
+        a memory leak is planned to crash before it, or another kind is drawn.
+        """
         simulated_days = tick.total_seconds() * self.time_scale / 86_400
         if self.rng.random() >= self.rate_per_day * simulated_days:
             return None
-        return self.plan(device_id, site_id, self.rng.choice(self.kinds), now)
+        kind = self.rng.choices(self.kinds, self.weights)[0]
+        if (
+            kind is FaultKind.memory_leak_crash
+            and powered_until is not None
+            and powered_until - now < MIN_LEAK / self.time_scale
+        ):
+            others = [k for k in self.kinds if k is not FaultKind.memory_leak_crash]
+            if not others:
+                return None
+            kind = self.rng.choice(others)
+        return self.plan(device_id, site_id, kind, now, powered_until=powered_until)
 
-    def plan(self, device_id: str, site_id: str, kind: FaultKind, start: datetime) -> Fault:
+    def plan(
+        self,
+        device_id: str,
+        site_id: str,
+        kind: FaultKind,
+        start: datetime,
+        *,
+        powered_until: datetime | None = None,
+    ) -> Fault:
         shortest, longest = _DURATIONS[kind]
         simulated = shortest + (longest - shortest) * self.rng.random()
         duration = simulated / self.time_scale
         details: dict[str, Any] = {}
         if kind is FaultKind.memory_leak_crash:
             silence = max(CRASH_SILENCE / self.time_scale, self.min_silence)
+            if powered_until is not None:
+                duration = min(duration, powered_until - start - timedelta(minutes=10))
             duration = max(duration, silence * 3)
             details["silence_seconds"] = round(silence.total_seconds(), 3)
+        elif kind is FaultKind.disk_filling:
+            count = self.rng.randint(4, 8)
+            # The first steps come early and are small: the signal starts subtle.
+            details["steps"] = sorted(round(self.rng.uniform(0.05, 0.95), 3)
+                                      for _ in range(count - 1)) + [1.0]  # fmt: skip
+            details["step_sizes"] = [round(self.rng.uniform(0.4, 1.0) * (1 + n / count), 3)
+                                     for n in range(count)]  # fmt: skip
         elif kind is FaultKind.network_flapping:
             flap = max(FLAP_PERIOD / self.time_scale, self.min_silence)
             duration = max(duration, flap * 4)
@@ -204,8 +314,8 @@ class LabelWriter:
             self._csv.writeheader()
         self.written = 0
 
-    def write(self, fault: Fault) -> None:
-        label = fault.label()
+    def write(self, event: Fault | BenignEvent) -> None:
+        label = event.label()
         if self._csv is not None:
             self._csv.writerow({**label, "details": json.dumps(label["details"])})
         else:

@@ -7,8 +7,10 @@ The model is in pure functions so that the live simulator and the backfill share
   ``site_operating_schedules`` read in the site's own time zone;
 - :func:`expected_transactions` — the site's expected daily volume, spread over the day by
   that load and shared among its terminals;
-- :class:`TerminalModel` — one terminal's readings: CPU, memory and latency follow load, and
-  a :class:`~homepot.simulation.faults.Fault` bends them.
+- :class:`TerminalModel` — one terminal's readings: its hardware's own normal, load-driven
+  CPU, memory and latency, autocorrelated noise, benign events (settlement at closing, log
+  rotation, a reboot after a firmware update), and a :class:`~homepot.simulation.faults.Fault`
+  bends them. Faults and benign events alike go to the labels file.
 
 ``--speed X`` compresses time: the simulated day (load, fault lengths) runs X times faster,
 and so does reporting. Stored timestamps are wall-clock (the server refuses samples from the
@@ -26,7 +28,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from homepot.protocol.messages import (
 from homepot.simulation.faults import (
     NO_EFFECT,
     PAYMENT_TIMEOUT_CODE,
+    BenignEvent,
     Fault,
     FaultEffects,
     FaultKind,
@@ -60,6 +63,7 @@ from homepot.simulation.faults import (
     LabelWriter,
 )
 from homepot.simulation.model import (
+    FIRMWARE_REBOOT,
     SITE_TIMEZONES,
     SimulationError,
     SiteProfile,
@@ -220,6 +224,8 @@ class SimulatedTerminal:
     jobs: set[asyncio.Task[None]] = field(default_factory=set)  # running job executions
     # time.monotonic() before which it sends nothing (the server's Retry-After).
     resume_at: float = 0.0
+    rebooting_until: datetime | None = None  # silent while a firmware update restarts it
+    last_simulated: datetime | None = None  # the simulated moment of its previous sample
 
     @property
     def device_id(self) -> str:
@@ -399,6 +405,7 @@ class FleetSimulator:
                 per_site[site_id],
                 random.Random(f"{config.seed}/{device_id}"),
             )
+            model.boot(self.simulated_time(self.clock()))
             pool = number % len(self.device_http)
             client = DeviceClient(self.device_http[pool])
             self.terminals.append(SimulatedTerminal(model, client, site_id, pool=pool))
@@ -429,6 +436,7 @@ class FleetSimulator:
             firmware_version=terminal.model.firmware_version,
             agent_version=SIM_AGENT_VERSION,
             simulated=True,
+            device_type=terminal.model.device_type,
         )
         try:
             # A busy server, or a kept-alive connection it closed: try again, later.
@@ -502,6 +510,8 @@ class FleetSimulator:
 
     def _fault_effects(self, terminal: SimulatedTerminal, now: datetime) -> FaultEffects:
         if terminal.fault is not None and now >= terminal.fault.end:
+            if terminal.fault.kind is FaultKind.memory_leak_crash:
+                terminal.model.boot(self.simulated_time(now))
             terminal.fault = None
         if terminal.fault is None:
             fault = self.planner.maybe_start(terminal.device_id, terminal.site_id, now, self.tick)
@@ -519,16 +529,33 @@ class FleetSimulator:
         """The moment on the simulated clock (it runs ``speed`` times faster since start)."""
         return self.stats.started_at + (now - self.stats.started_at) * self.config.speed
 
+    def wall_time(self, simulated: datetime) -> datetime:
+        """The wall-clock moment of a simulated one (labels use the stored rows' clock)."""
+        return self.stats.started_at + (simulated - self.stats.started_at) / self.config.speed
+
+    def _label_benign(self, event: BenignEvent) -> None:
+        if self._labels is not None:
+            self._labels.write(
+                replace(event, start=self.wall_time(event.start), end=self.wall_time(event.end))
+            )
+
     async def report(self, terminal: SimulatedTerminal) -> None:
         """One reporting tick: a sample into the backlog, then heartbeat and the backlog."""
         now = self.clock()
+        if terminal.rebooting_until is not None and now < terminal.rebooting_until:
+            return
         effects = self._fault_effects(terminal, now)
         if effects.crashed:
             terminal.started_at = now  # it reboots when the fault ends
             return
-        fields, timeouts = terminal.model.sample(
-            self.simulated_time(now), timedelta(seconds=self.config.interval_seconds), effects
-        )
+        simulated = self.simulated_time(now)
+        interval = timedelta(seconds=self.config.interval_seconds)
+        for event in terminal.model.benign_events(
+            terminal.last_simulated or simulated - interval, simulated
+        ):
+            self._label_benign(event)
+        terminal.last_simulated = simulated
+        fields, timeouts = terminal.model.sample(simulated, interval, effects)
         error_report = None
         if timeouts:
             gateway = terminal.fault.details.get("gateway") if terminal.fault else None
@@ -681,6 +708,14 @@ class FleetSimulator:
             terminal.model, command, speed=self.config.speed, fault=terminal.fault
         )
         result = result.model_copy(update={"started_at": started, "finished_at": self.clock()})
+        if command.job_type == "firmware_update" and result.status is JobResultStatus.success:
+            # The new version needs a restart: off for a few minutes, then a fresh start.
+            now = self.clock()
+            self._label_benign(
+                terminal.model.firmware_reboot(self.simulated_time(now), terminal.site_id)
+            )
+            terminal.rebooting_until = now + FIRMWARE_REBOOT / self.config.speed
+            terminal.started_at = terminal.rebooting_until
 
         async def send_result() -> None:
             if terminal.mqtt is not None:

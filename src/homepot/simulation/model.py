@@ -4,8 +4,11 @@
   ``site_operating_schedules`` read in the site's own time zone;
 - :func:`expected_transactions` — the site's expected daily volume, spread over the day by
   that load and shared among its terminals;
-- :class:`TerminalModel` — one terminal's readings: CPU, memory and latency follow load, and
-  a :class:`~homepot.simulation.faults.Fault` bends them;
+- :class:`TerminalModel` — one terminal's readings: its hardware generation sets its own
+  normal (older terminals run hotter, with a bigger memory footprint and slower links); CPU,
+  memory and latency follow the store's traffic; noise is autocorrelated with rare bursts;
+  benign events (settlement at closing, a reboot after a firmware update, log rotation) look
+  alarming to a fixed threshold; and a :class:`~homepot.simulation.faults.Fault` bends it all;
 - :class:`SimulatedTransactions` — the same sales model as a terminal agent's transaction
   source, for an agent that runs without a POS application behind it.
 """
@@ -16,14 +19,21 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from homepot.agent.agent import TransactionCounters
-from homepot.simulation.faults import NO_EFFECT, Fault, FaultEffects
+from homepot.simulation.faults import (
+    LEAK_CRASH_PERCENT,
+    NO_EFFECT,
+    BenignEvent,
+    BenignKind,
+    Fault,
+    FaultEffects,
+)
 
 SITE_TIMEZONES = (
     "Europe/London",
@@ -72,13 +82,20 @@ class SiteProfile:
         return self.days[weekday]
 
 
-def default_week(site_number: int) -> tuple[DaySchedule, ...]:
-    """A store's week: long weekdays, a busy Saturday, a short Sunday (every third site closed).
+# Weekday traffic, Monday to Friday: a quiet Monday, a busy Friday (pay day, the weekend shop).
+WEEKDAY_VOLUMES = (520, 560, 600, 640, 720)
 
-    Sunday is the maintenance window.
+
+def default_week(site_number: int) -> tuple[DaySchedule, ...]:
+    """A store's week: long weekdays busier towards Friday, a busy Saturday, a short Sunday
+    (every third site closed). Sunday is the maintenance window.
     """
-    weekday = DaySchedule(time(8), time(21), peak_start=time(12), peak_end=time(14),
-                          expected_volume=600)  # fmt: skip
+    weekdays = tuple(
+        DaySchedule(
+            time(8), time(21), peak_start=time(12), peak_end=time(14), expected_volume=volume
+        )  # fmt: skip
+        for volume in WEEKDAY_VOLUMES
+    )
     saturday = DaySchedule(time(9), time(22), peak_start=time(13), peak_end=time(16),
                            expected_volume=800)  # fmt: skip
     if site_number % 3 == 2:
@@ -87,7 +104,7 @@ def default_week(site_number: int) -> tuple[DaySchedule, ...]:
     else:
         sunday = DaySchedule(time(10), time(17), peak_start=time(13), peak_end=time(15),
                              expected_volume=300, is_maintenance_window=True)  # fmt: skip
-    return (weekday,) * 5 + (saturday, sunday)
+    return (*weekdays, saturday, sunday)
 
 
 def site_ids(site_prefix: str, sites: int) -> list[str]:
@@ -118,7 +135,7 @@ def day_load(day: DaySchedule, local: time) -> float:
     """Busy-ness 0..1 of a site at a local time of day under one day's schedule.
 
     Closed: 0. Open: a quiet first and last half hour (0.25), a base of 0.5, a smooth rise
-    to 1.0 inside the peak hours.
+    to 1.0 inside the peak hours, and the after-work shop (17:00-19:00, 0.65).
     """
     if not day.is_open_at(local):
         return 0.0
@@ -135,7 +152,12 @@ def day_load(day: DaySchedule, local: time) -> float:
             span = (end - start) % 1440 or 1440
             position = ((now - start) % 1440) / span
             return 0.8 + 0.2 * math.sin(math.pi * position)
+    if _AFTER_WORK[0] <= now < _AFTER_WORK[1]:
+        return 0.65
     return 0.5
+
+
+_AFTER_WORK = (17 * 60, 19 * 60)
 
 
 def site_load(site: SiteProfile, moment: datetime) -> float:
@@ -159,12 +181,23 @@ def expected_transactions(
     peak minute sells about twice an ordinary open minute and a closed one sells nothing.
     """
     local = moment.astimezone(ZoneInfo(site.timezone))
+    return _expected(site, local, interval, terminals)
+
+
+def _expected(site: SiteProfile, local: datetime, interval: timedelta, terminals: int) -> float:
     day = site.day(local.weekday())
     total = _day_load_minutes(day)
     if total == 0 or terminals < 1:
         return 0.0
     load = day_load(day, local.time())
-    return day.expected_volume * (load / total) * (interval.total_seconds() / 60) / terminals
+    volume = day.expected_volume * trading_factor(site.site_id, local.date())
+    return volume * (load / total) * (interval.total_seconds() / 60) / terminals
+
+
+@lru_cache(maxsize=8192)
+def trading_factor(site_id: str, day: date) -> float:
+    """This day's trade at this store against its usual (weather, promotions): 0.8 to 1.25."""
+    return random.Random(f"trade/{site_id}/{day.isoformat()}").uniform(0.8, 1.25)
 
 
 def poisson(rng: random.Random, mean: float) -> int:
@@ -178,6 +211,64 @@ def poisson(rng: random.Random, mean: float) -> int:
         product *= rng.random()
         count += 1
     return count
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A hardware generation: the ranges a terminal of it draws its own normal from."""
+
+    device_type: str
+    share: float  # of the fleet
+    idle_cpu: tuple[float, float]
+    cpu_per_load: tuple[float, float]  # CPU points at full load
+    memory: tuple[float, float]  # footprint right after boot, idle
+    memory_creep_per_hour: tuple[float, float]  # fragmentation and caches, reset by a reboot
+    disk: tuple[float, float]
+    log_growth_per_hour: tuple[float, float]  # disk points, until the daily log rotation
+    latency_ms: tuple[float, float]
+    noise: float  # scales the autocorrelated noise: old boards wander more
+
+
+HARDWARE = (
+    Hardware("pos_g1_2016", 0.25, idle_cpu=(12, 20), cpu_per_load=(52, 60), memory=(62, 70),
+             memory_creep_per_hour=(0.5, 0.9), disk=(55, 72), log_growth_per_hour=(0.1, 0.25),
+             latency_ms=(35, 70), noise=1.4),
+    Hardware("pos_g2_2019", 0.45, idle_cpu=(6, 12), cpu_per_load=(46, 54), memory=(44, 56),
+             memory_creep_per_hour=(0.25, 0.5), disk=(35, 60), log_growth_per_hour=(0.06, 0.15),
+             latency_ms=(20, 45), noise=1.0),
+    Hardware("pos_g3_2023", 0.30, idle_cpu=(3, 7), cpu_per_load=(40, 46), memory=(30, 44),
+             memory_creep_per_hour=(0.1, 0.25), disk=(15, 40), log_growth_per_hour=(0.03, 0.1),
+             latency_ms=(12, 30), noise=0.8),
+)  # fmt: skip
+HARDWARE_BY_TYPE = {hardware.device_type: hardware for hardware in HARDWARE}
+
+# Autocorrelated noise: (time constant, standard deviation) per reading.
+_NOISES = {
+    "cpu": (timedelta(minutes=20), 5.0),
+    "memory": (timedelta(minutes=45), 1.8),
+    "latency": (timedelta(minutes=15), 0.18),  # of the logarithm
+    "error": (timedelta(minutes=30), 0.25),
+}
+# Rare one-sample bursts, per hour of reporting: a background scan pins the CPU, the shop's
+# uplink stalls, a card reader throws a run of errors. None is a fault; each alarms a threshold.
+_CPU_BURSTS_PER_HOUR = 0.05
+_LATENCY_SPIKES_PER_HOUR = 0.12
+_ERROR_BURSTS_PER_HOUR = 0.08
+# Log rotation runs once a day at a time of the terminal's own (local minutes after midnight).
+_ROTATION_MINUTES = (11 * 60, 16 * 60)
+# A boot starts with a lean memory footprint that fills its caches over about this long.
+_WARM_UP = timedelta(minutes=20)
+_WARM_UP_POINTS = 8.0
+FIRMWARE_REBOOT = timedelta(minutes=4)
+
+
+@dataclass(frozen=True)
+class _DayPlan:
+    """A terminal's benign events on one local day (from a seed of its own, so the live
+    simulator and the backfill agree whatever order they sample in)."""
+
+    settlement: tuple[datetime, datetime, float] | None  # UTC start, end, CPU reached
+    rotation: datetime  # UTC
 
 
 @dataclass
@@ -196,15 +287,122 @@ class TerminalModel:
     average_ticket: float = 0.0
     config_version: str = "2.6.0"
     firmware_version: str = "2.6.0"
+    hardware: Hardware | None = None
 
     def __post_init__(self) -> None:
         rng = self.rng
-        self.idle_cpu = self.idle_cpu or rng.uniform(4, 12)
-        self.base_memory = self.base_memory or rng.uniform(35, 55)
-        self.base_disk = self.base_disk or rng.uniform(25, 65)
-        self.base_latency_ms = self.base_latency_ms or rng.uniform(15, 45)
+        if self.hardware is None:
+            self.hardware = rng.choices(HARDWARE, [h.share for h in HARDWARE])[0]
+        hw = self.hardware
+        self.idle_cpu = self.idle_cpu or rng.uniform(*hw.idle_cpu)
+        self.cpu_per_load = rng.uniform(*hw.cpu_per_load)
+        # CPU points per transaction a minute: the sales themselves cost something too.
+        self.cpu_per_sale = rng.uniform(6, 10)
+        self.base_memory = self.base_memory or rng.uniform(*hw.memory)
+        self.memory_creep = rng.uniform(*hw.memory_creep_per_hour)
+        self.base_disk = self.base_disk or rng.uniform(*hw.disk)
+        self.log_growth = rng.uniform(*hw.log_growth_per_hour)
+        self.base_latency_ms = self.base_latency_ms or rng.uniform(*hw.latency_ms)
         self.base_error_rate = self.base_error_rate or rng.uniform(0.1, 0.8)
         self.average_ticket = self.average_ticket or rng.uniform(9, 42)
+        self.rotation_minute = rng.randint(*_ROTATION_MINUTES)
+        self._noise = dict.fromkeys(_NOISES, 0.0)
+        self._steps: dict[float, list[tuple[str, float, float]]] = {}
+        self._last: datetime | None = None
+        self.booted_at: datetime | None = None
+        self._migration: tuple[datetime, float] | None = None  # until, CPU
+        self._days: dict[date, _DayPlan] = {}
+
+    @property
+    def device_type(self) -> str:
+        assert self.hardware is not None
+        return self.hardware.device_type
+
+    # -- the terminal's life -------------------------------------------------------------
+
+    def boot(self, moment: datetime, *, after_update: bool = False) -> None:
+        """The terminal (re)started at ``moment``: a fresh memory footprint; after a firmware
+        update the new version migrates its data for a few minutes at high CPU."""
+        self.booted_at = moment
+        if after_update:
+            minutes = self.rng.uniform(5, 12)
+            self._migration = (moment + timedelta(minutes=minutes), self.rng.uniform(88, 98))
+
+    def firmware_reboot(self, start: datetime, site_id: str) -> BenignEvent:
+        """A firmware update restarts the terminal: off for a few minutes, then a boot."""
+        back = start + FIRMWARE_REBOOT
+        self.boot(back, after_update=True)
+        assert self._migration is not None
+        return BenignEvent(
+            self.device_id, site_id, BenignKind.firmware_reboot, start, self._migration[0],
+            {"offline_until": back.isoformat(), "cpu_percent": round(self._migration[1], 1)},
+        )  # fmt: skip
+
+    def day_plan(self, local_day: date) -> _DayPlan:
+        plan = self._days.get(local_day)
+        if plan is None:
+            plan = self._days[local_day] = self._plan_day(local_day)
+        return plan
+
+    def _plan_day(self, local_day: date) -> _DayPlan:
+        rng = random.Random(f"day/{self.device_id}/{local_day.isoformat()}")
+        zone = ZoneInfo(self.site.timezone)
+        day = self.site.day(local_day.weekday())
+        settlement = None
+        if not day.is_closed and day.close_time is not None:
+            # Open past midnight: the close falls on the next calendar day.
+            past_midnight = day.open_time is not None and day.close_time <= day.open_time
+            close_day = local_day + timedelta(days=int(past_midnight))
+            start = datetime.combine(close_day, day.close_time, zone).astimezone(UTC)
+            start += timedelta(minutes=rng.uniform(0, 4))
+            end = start + timedelta(minutes=rng.uniform(4, 12))
+            settlement = (start, end, rng.uniform(91, 99))
+        minute = self.rotation_minute
+        rotation = datetime.combine(local_day, time(minute // 60, minute % 60), zone)
+        return _DayPlan(settlement, rotation.astimezone(UTC))
+
+    def benign_events(self, start: datetime, end: datetime) -> list[BenignEvent]:
+        """The settlements and log rotations that begin in ``[start, end)``."""
+        zone = ZoneInfo(self.site.timezone)
+        first = start.astimezone(zone).date() - timedelta(days=1)
+        last = end.astimezone(zone).date()
+        events = []
+        day = first
+        while day <= last:
+            plan = self.day_plan(day)
+            if plan.settlement is not None and start <= plan.settlement[0] < end:
+                begin, finish, cpu = plan.settlement
+                events.append(BenignEvent(
+                    self.device_id, self.site.site_id, BenignKind.settlement, begin, finish,
+                    {"cpu_percent": round(cpu, 1)},
+                ))  # fmt: skip
+            if start <= plan.rotation < end:
+                freed = self.log_growth * 24
+                events.append(BenignEvent(
+                    self.device_id, self.site.site_id, BenignKind.log_rotation, plan.rotation,
+                    plan.rotation + timedelta(minutes=10), {"disk_points_freed": round(freed, 1)},
+                ))  # fmt: skip
+            day += timedelta(days=1)
+        return events
+
+    # -- readings ------------------------------------------------------------------------
+
+    def _wander(self, elapsed: float) -> None:
+        """One step of each reading's AR(1) noise: it remembers about ``tau`` of its past."""
+        elapsed = float(min(round(elapsed), 6 * 3600))  # past hours, nothing is remembered
+        steps = self._steps.get(elapsed)
+        if steps is None:
+            if len(self._steps) > 64:  # the live simulator's ticks jitter: keep a few
+                self._steps.clear()
+            scale = self.hardware.noise if self.hardware is not None else 1.0
+            steps = self._steps[elapsed] = [
+                (name, keep, scale * sigma * math.sqrt(1 - keep * keep))
+                for name, (tau, sigma) in _NOISES.items()
+                for keep in [math.exp(-elapsed / tau.total_seconds())]
+            ]
+        gauss, noise = self.rng.gauss, self._noise
+        for name, keep, spread in steps:
+            noise[name] = noise[name] * keep + spread * gauss()
 
     def effects_of(self, fault: Fault | None, moment: datetime) -> FaultEffects:
         """How ``fault`` bends this terminal's readings at ``moment`` (not at all without one)."""
@@ -218,29 +416,68 @@ class TerminalModel:
         """The metric fields of a sample covering ``interval`` up to ``moment``, and the
         number of card payments that timed out at the gateway in it."""
         rng = self.rng
-        load = site_load(self.site, moment)
-        count = poisson(
-            rng, expected_transactions(self.site, moment, interval, self.terminals_at_site)
-        )
+        local = moment.astimezone(ZoneInfo(self.site.timezone))
+        day = self.site.day(local.weekday())
+        load = day_load(day, local.time())
+        count = poisson(rng, _expected(self.site, local, interval, self.terminals_at_site))
         timeouts = 0
         if effects.payment_timeout_share and count:
             card_payments = sum(rng.random() < 0.7 for _ in range(count))
             timeouts = sum(
                 rng.random() < effects.payment_timeout_share for _ in range(card_payments)
             )
-        cpu = self.idle_cpu + 55 * load + rng.gauss(0, 3)
-        memory = effects.memory_percent or self.base_memory + 12 * load + rng.gauss(0, 1.5)
-        disk = effects.disk_percent or self.base_disk
+        elapsed = (moment - self._last).total_seconds() if self._last is not None else 86_400.0
+        if elapsed > 0:
+            self._wander(elapsed)
+            self._last = moment
+        hours = interval.total_seconds() / 3600
+        minutes = interval.total_seconds() / 60
+
+        sales_per_minute = count / minutes if minutes else 0.0
+        cpu = self.idle_cpu + self.cpu_per_load * load + self.cpu_per_sale * sales_per_minute
+        cpu += self._noise["cpu"] + rng.gauss(0, 1.5)
+        plan = self.day_plan(local.date())
+        previous = self.day_plan(local.date() - timedelta(days=1))
+        for settlement in (plan.settlement, previous.settlement):
+            if settlement is not None and settlement[0] <= moment < settlement[1]:
+                cpu = max(cpu, settlement[2] + rng.gauss(0, 1))
+        if self._migration is not None and moment < self._migration[0]:
+            cpu = max(cpu, self._migration[1] + rng.gauss(0, 1.5))
+        if rng.random() < _CPU_BURSTS_PER_HOUR * hours:
+            cpu = max(cpu, rng.uniform(88, 99.5))
+
+        up = (moment - self.booted_at) if self.booted_at is not None else timedelta(hours=6)
+        up = max(up, timedelta(0))
+        memory = self.base_memory + 10 * load + self.memory_creep * up.total_seconds() / 3600
+        memory -= _WARM_UP_POINTS * math.exp(-(up / _WARM_UP))
+        memory += self._noise["memory"] + rng.gauss(0, 0.4)
+        if effects.memory_leak:
+            memory += (LEAK_CRASH_PERCENT - memory) * effects.memory_leak
+
+        since_rotation = (moment - plan.rotation).total_seconds() / 3600 % 24
+        disk = self.base_disk + self.log_growth * since_rotation + rng.gauss(0, 0.03)
+        if effects.disk_percent is not None:
+            disk = max(disk, effects.disk_percent)
+
         latency = (
             self.base_latency_ms
             * (1 + 0.6 * load)
             * effects.latency_factor
-            * rng.lognormvariate(0, 0.15)
+            * math.exp(self._noise["latency"])
+            * rng.lognormvariate(0, 0.1)
         )
-        error_rate = self.base_error_rate + effects.error_rate_points + abs(rng.gauss(0, 0.2))
+        if rng.random() < _LATENCY_SPIKES_PER_HOUR * hours:
+            latency *= rng.uniform(4, 9)
+        error_rate = (
+            self.base_error_rate
+            + effects.error_rate_points
+            + abs(self._noise["error"] + rng.gauss(0, 0.1))
+        )
+        if rng.random() < _ERROR_BURSTS_PER_HOUR * hours:
+            error_rate += rng.uniform(4, 9)
         fields: dict[str, Any] = {
             "cpu_percent": round(_clamp(cpu, 0.5, 100), 1),
-            "memory_percent": round(_clamp(memory, 1, 100), 1),
+            "memory_percent": round(_clamp(memory, 1, 99.8), 1),
             "disk_percent": round(_clamp(disk, 1, 100), 1),
             "network_latency_ms": round(latency, 1),
             "transaction_count": count,

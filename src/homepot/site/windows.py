@@ -116,7 +116,14 @@ def _local_days(timezone: str, start: datetime, end: datetime) -> tuple[ZoneInfo
 
 
 def _clipped(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[Interval]:
-    return [(max(a, start), min(b, end)) for a, b in intervals if b > start and a < end]
+    """Inside [start, end), in order, touching intervals joined (days open all day)."""
+    joined: list[Interval] = []
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in intervals if b > start and a < end):
+        if joined and a <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(b, joined[-1][1]))
+        else:
+            joined.append((a, b))
+    return joined
 
 
 def opening_intervals(
