@@ -361,9 +361,10 @@ async def test_an_unwritable_spool_is_counted_reported_and_its_events_wait_in_me
         transport=httpx.ASGITransport(app=held_app), base_url="http://testserver"
     ) as client:
         health = (await client.get("/api/v1/health")).json()
-    assert health["status"] == "degraded"
-    assert health["recorder"]["spool_writable"] is False
-    assert health["recorder"]["last_spool_error"]
+    # The public answer says degraded (the details are an admin's, whose token cannot be
+    # checked while the database is cut); the recorder's own report says why.
+    assert health == {"status": "degraded"}
+    assert recorder.snapshot()["last_spool_error"]
 
     await asyncio.to_thread(spool_dir.unlink)  # the disk is freed: the spool takes the events
     await recorder.flush()

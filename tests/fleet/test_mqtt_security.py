@@ -65,10 +65,15 @@ async def http(secured_app: FastAPI) -> AsyncIterator[AsyncClient]:
 
 
 async def _register(
-    app: FastAPI, http: AsyncClient, device_id: str | None = None, site_id: str | None = None
+    app: FastAPI,
+    http: AsyncClient,
+    device_id: str | None = None,
+    site_id: str | None = None,
+    current_key: str | None = None,
 ) -> tuple[str, str]:
+    extra = {"current_api_key": current_key} if current_key else {}
     device_id, headers = await create_registered_device(
-        app, http, device_id=device_id, site_id=site_id
+        app, http, device_id=device_id, site_id=site_id, **extra
     )
     return device_id, headers["Authorization"].removeprefix("Bearer ")
 
@@ -194,7 +199,9 @@ async def test_registering_again_retires_the_old_broker_password(
             return await db_rows(secured_app, HealthCheck, device_id=device_id)
 
         assert await _eventually(a_health_check)
-    _, new_key = await _register(secured_app, http, device_id=device_id, site_id=site_id)
+    _, new_key = await _register(
+        secured_app, http, device_id=device_id, site_id=site_id, current_key=old_key
+    )
     old_login = {"username": device_id, "password": broker_password(device_secret(old_key))}
 
     async def old_password_refused() -> bool:

@@ -140,12 +140,18 @@ async def test_the_analytics_api_tells_the_two_apart(app: FastAPI, client: Async
 async def test_registering_again_can_change_what_a_terminal_is_and_it_is_audited(
     app: FastAPI, client: AsyncClient
 ) -> None:
-    device_id, _ = await create_registered_device(app, client, simulated=True)
+    device_id, headers = await create_registered_device(app, client, simulated=True)
     (device,) = await db_rows(app, Device, device_id=device_id)
 
-    # The agent always sends the flag; a terminal that says it is real from now on is.
+    # The agent always sends the flag; a terminal that says it is real from now on is (it
+    # proves it is the same terminal with its current key).
     await create_registered_device(
-        app, client, site_id=device.site_id, device_id=device_id, simulated=False
+        app,
+        client,
+        site_id=device.site_id,
+        device_id=device_id,
+        simulated=False,
+        current_api_key=headers["Authorization"].removeprefix("Bearer "),
     )
 
     (device,) = await db_rows(app, Device, device_id=device_id)

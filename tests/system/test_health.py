@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
 
@@ -122,4 +123,9 @@ async def test_recorded_errors_never_carry_a_database_urls_password(
     (stored,) = rows(await client.get("/api/v1/errors", headers=admin))
     assert "hunter2-db-pass" not in stored["error_message"]
     assert "hunter2-db-pass" not in stored["stack_trace"]
-    assert "postgresql+asyncpg://homepot:***@127.0.0.1" in stored["error_message"]
+    # The user and host stay readable; the password is masked (by the URL masking or, before
+    # storage, by redaction: either mark is fine, the secret is what must not be there).
+    assert re.search(
+        r"postgresql\+asyncpg://homepot:(\*\*\*|\[REDACTED\])@127\.0\.0\.1",
+        stored["error_message"],
+    ), stored["error_message"]
