@@ -189,6 +189,46 @@ async def test_fleet_ranks_devices_by_their_active_anomalies(
     ).status_code == 422
 
 
+async def test_fleet_ranks_by_the_newest_risk_score_once_a_model_has_scored(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    from homepot.insights.models import DeviceRisk
+
+    headers = await auth_headers(app, client, Role.viewer)
+    await create_anomaly(app, device_id="pos-noisy", score=80)
+    now = datetime.now(UTC)
+    async with app.state.session_factory() as session:
+        for device_id, risk, at in (
+            ("pos-leaking", 0.2, now - timedelta(minutes=10)),
+            ("pos-leaking", 0.9, now),  # the newest row is the current risk
+            ("pos-noisy", 0.3, now),
+            ("pos-calm", 0.01, now),  # too low to be listed, and no episode
+        ):
+            session.add(
+                DeviceRisk(
+                    device_id=device_id,
+                    site_id="site-1",
+                    computed_at=at,
+                    horizon_minutes=120,
+                    risk=risk,
+                    factors=[{"factor": "memory % trend", "value": "+5.0 per h"}],
+                    model="gbm-20261130T120000Z",
+                )
+            )
+        await session.commit()
+
+    body = (await client.get("/api/v1/insights/fleet", headers=headers)).json()
+
+    assert body["risk_source"] == "model"
+    assert [(d["device_id"], d["risk"]["risk"]) for d in body["devices"]] == [
+        ("pos-leaking", 0.9),
+        ("pos-noisy", 0.3),
+    ]
+    leaking = body["devices"][0]
+    assert (leaking["top_score"], leaking["active_anomalies"]) == (None, [])
+    assert leaking["risk"]["factors"] == [{"factor": "memory % trend", "value": "+5.0 per h"}]
+
+
 async def test_device_view_draws_each_metric_against_its_expected_band(
     app: FastAPI, client: AsyncClient
 ) -> None:

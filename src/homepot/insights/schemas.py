@@ -62,17 +62,36 @@ class AnomalyUpdate(BaseModel):
     )
 
 
+RiskSource = Literal["model", "anomalies"]
+
+
+class RiskRead(BaseModel):
+    """A device's newest failure-risk score (``device_risk``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    risk: float = Field(description="Chance of a failure within the horizon, 0 to 1")
+    horizon_minutes: int
+    factors: list[dict[str, str]] = Field(
+        description="What pushes the score most, as readable pairs {factor, value}"
+    )
+    model: str = Field(description='The trained model that scored it, or "anomalies"')
+    computed_at: datetime
+
+
 class FleetDevice(BaseModel):
     device_id: str
     site_id: str | None
-    worst_severity: str
-    top_score: int
+    worst_severity: str | None = Field(description="Of its active episodes; null without any")
+    top_score: int | None = Field(description="Of its active episodes; null without any")
+    risk: RiskRead | None = Field(description="Its newest risk score; null before the first")
     active_anomalies: list[AnomalyRead]
 
 
 class FleetRanking(BaseModel):
-    risk_source: Literal["anomalies"] = Field(
-        description="What the ranking rests on: active anomaly episodes (no risk model yet)"
+    risk_source: RiskSource = Field(
+        description="What the ranking rests on: a trained risk model (`model`), or the active "
+        "anomaly episodes alone (`anomalies`, until `homepot insights train` has made one)"
     )
     devices: list[FleetDevice]
 
@@ -92,7 +111,8 @@ class BaselineBand(BaseModel):
 class DeviceInsights(BaseModel):
     device_id: str
     site_id: str
-    risk_source: Literal["anomalies"]
+    risk_source: RiskSource
+    risk: RiskRead | None
     anomalies: list[AnomalyRead]
     bands: list[BaselineBand]
 

@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import logging
 import time as clock
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Integer, and_, cast, func, or_, select, text
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
 from homepot.device.models import Device
 from homepot.insights import detectors as det
-from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.insights.models import Anomaly, AnomalyStatus, DeviceRisk
 from homepot.insights.schemas import (
     AnomalyQuery,
     AnomalyRead,
@@ -41,6 +41,7 @@ from homepot.insights.schemas import (
     DeviceInsights,
     FleetDevice,
     FleetRanking,
+    RiskRead,
 )
 from homepot.kit.pagination import CursorPage
 from homepot.kit.streams import Stream, at_least, equals, read_page
@@ -693,8 +694,20 @@ async def list_anomalies(session: AsyncSession, params: AnomalyQuery) -> CursorP
     return await read_page(session, ANOMALIES, params)
 
 
+# A device without active episodes is listed when its risk is at least this.
+LISTED_RISK: Final = 0.05
+
+
+def _risk_source(risks: Iterable[DeviceRisk]) -> Literal["model", "anomalies"]:
+    return "model" if any(row.model != "anomalies" for row in risks) else "anomalies"
+
+
 async def fleet_ranking(session: AsyncSession, limit: int) -> FleetRanking:
-    """Devices with active episodes, the worst first (highest score, then most episodes)."""
+    """Devices at risk, the riskiest first: by their newest risk score when the server has
+    scored them (a trained model, or the anomaly episodes), then by their worst active
+    episode. A device is listed with an active episode or a risk of at least 5 %."""
+    from homepot.insights.scoring import latest_risks
+
     rows = (
         await session.scalars(
             select(Anomaly)
@@ -706,20 +719,34 @@ async def fleet_ranking(session: AsyncSession, limit: int) -> FleetRanking:
     for row in rows:
         assert row.device_id is not None
         by_device.setdefault(row.device_id, []).append(row)
-    ranked = sorted(by_device.items(), key=lambda item: (-item[1][0].score, -len(item[1]), item[0]))
-    return FleetRanking(
-        risk_source="anomalies",
-        devices=[
+    risks = await latest_risks(session)
+    listed = set(by_device) | {d for d, r in risks.items() if r.risk >= LISTED_RISK}
+
+    def order(device_id: str) -> tuple[float, int, int, str]:
+        risk = risks.get(device_id)
+        episodes = by_device.get(device_id, [])
+        return (
+            -(risk.risk if risk is not None else 0.0),
+            -(episodes[0].score if episodes else 0),
+            -len(episodes),
+            device_id,
+        )
+
+    devices = []
+    for device_id in sorted(listed, key=order)[:limit]:
+        episodes = by_device.get(device_id, [])
+        risk = risks.get(device_id)
+        devices.append(
             FleetDevice(
                 device_id=device_id,
-                site_id=episodes[0].site_id,
-                worst_severity=det.severity_of(episodes[0].score),
-                top_score=episodes[0].score,
+                site_id=episodes[0].site_id if episodes else risk.site_id if risk else None,
+                worst_severity=det.severity_of(episodes[0].score) if episodes else None,
+                top_score=episodes[0].score if episodes else None,
+                risk=RiskRead.model_validate(risk) if risk is not None else None,
                 active_anomalies=[AnomalyRead.model_validate(row) for row in episodes],
             )
-            for device_id, episodes in ranked[:limit]
-        ],
-    )
+        )
+    return FleetRanking(risk_source=_risk_source(risks.values()), devices=devices)
 
 
 # Bands drawn around the expected value: this many spreads either side.
@@ -771,10 +798,14 @@ async def device_insights(
         .order_by(Anomaly.started_at.desc(), Anomaly.id.desc())
         .limit(200)
     )
+    from homepot.insights.scoring import latest_risks
+
+    risk = (await latest_risks(session, [device_id])).get(device_id)
     return DeviceInsights(
         device_id=device_id,
         site_id=device.site_id,
-        risk_source="anomalies",
+        risk_source=_risk_source([risk] if risk is not None else []),
+        risk=RiskRead.model_validate(risk) if risk is not None else None,
         anomalies=[AnomalyRead.model_validate(episode) for episode in episodes],
         bands=bands,
     )
