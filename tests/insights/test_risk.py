@@ -266,3 +266,42 @@ async def test_the_server_scores_risk_and_reports_an_unusable_model(
         await flush(application)
         [error] = await db_rows(application, ErrorLog, error_code="INSIGHTS_MODEL_UNUSABLE")
         assert "not a HOMEPOT risk model" in error.error_message
+
+
+async def test_a_terminal_switched_off_while_its_store_is_closed_has_not_failed(
+    app: FastAPI,
+) -> None:
+    from datetime import time
+
+    from homepot.analytics.models import SiteOperatingSchedule
+
+    site_id = await create_site(app)
+    device_id = await create_device(app, site_id=site_id)
+    day = NOW.replace(hour=0, minute=0)
+    async with app.state.session_factory() as session:
+        # Open 08:00-20:00 UTC every day; Sunday is the maintenance day (NOW is a Monday), so
+        # Monday night is closed but no maintenance window.
+        for weekday in range(7):
+            session.add(
+                SiteOperatingSchedule(
+                    site_id=site_id,
+                    day_of_week=weekday,
+                    open_time=time(8),
+                    close_time=time(20),
+                    is_maintenance_window=weekday == 6,
+                )
+            )
+        for hour, state in ((21, "offline"), (22, "error"), (10, "offline")):
+            session.add(
+                DeviceStateHistory(
+                    device_id=device_id,
+                    timestamp=day + timedelta(hours=hour),
+                    previous_state="online",
+                    new_state=state,
+                )
+            )
+        await session.commit()
+    async with app.state.session_factory() as session:
+        history = await load_history(session, day, day + timedelta(days=1))
+    failures = [datetime.fromtimestamp(at, UTC).hour for at in history.devices[device_id].failures]
+    assert failures == [10, 22]  # offline while open, and an error even at night

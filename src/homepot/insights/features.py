@@ -1,8 +1,9 @@
 """Failure-risk features and targets, computed from the database's own history.
 
-A device "fails" when it enters ``error`` or goes ``offline`` outside its site's maintenance
-window (``device_state_history``), or logs a ``critical`` error. For a device at a moment
-``t`` the features describe only what was known at ``t``:
+A device "fails" when it enters ``error`` outside its site's maintenance window, goes
+``offline`` while its site is open and outside that window (``device_state_history``; a
+terminal switched off at closing time is not broken), or logs a ``critical`` error. For a
+device at a moment ``t`` the features describe only what was known at ``t``:
 
 - per metric (cpu, memory, disk, network latency, error rate): the last value, the mean of
   the last hour, the slope of the last three hours (per hour), and how far the last hour is
@@ -42,7 +43,7 @@ from homepot.analytics.models import (
 )
 from homepot.device.models import Device
 from homepot.site.models import Site
-from homepot.site.windows import next_maintenance_window
+from homepot.site.windows import next_maintenance_window, opening_intervals
 
 METRICS = (
     ("cpu", "cpu_percent"),
@@ -150,7 +151,7 @@ async def load_history(
                 [np.nan if sample[index] is None else float(sample[index]) for sample in samples]
             )
 
-    windows = await _maintenance_checker(session)
+    expected_downtime = await _expected_downtime(session)
     for device_id, moment, new_state in (
         await session.execute(
             select(
@@ -166,7 +167,7 @@ async def load_history(
         entry = history(device_id)
         assert entry is not None
         entry.states.append((_epoch(moment), new_state))
-        if new_state in DOWN_STATES and not windows(entry.site_id, moment):
+        if new_state in DOWN_STATES and not expected_downtime(entry.site_id, moment, new_state):
             entry.failures.append(_epoch(moment))
     for reporter, moment, severity, category in (
         await session.execute(
@@ -221,20 +222,30 @@ async def load_history(
     return History(devices=devices, since=since, until=until)
 
 
-async def _maintenance_checker(session: AsyncSession) -> Any:
-    """``inside(site_id, moment)``: is the site in its maintenance window at that moment?"""
+async def _expected_downtime(session: AsyncSession) -> Any:
+    """``expected(site_id, moment, state)``: is a device going to ``state`` then no failure?
+
+    Inside its site's maintenance window nothing is a failure (updates restart terminals). A
+    terminal going ``offline`` while its site is closed is switched off for the night, not
+    broken; an ``error`` is a failure whenever it happens.
+    """
     zones = dict((await session.execute(select(Site.site_id, Site.timezone))).all())
     schedules: defaultdict[str, list[SiteOperatingSchedule]] = defaultdict(list)
     for schedule in await session.scalars(select(SiteOperatingSchedule)):
         schedules[schedule.site_id].append(schedule)
 
-    def inside(site_id: str | None, moment: datetime) -> bool:
+    def expected(site_id: str | None, moment: datetime, state: str) -> bool:
         if site_id is None or not schedules.get(site_id):
             return False
         zone = zones.get(site_id, "UTC")
-        return next_maintenance_window(schedules[site_id], zone, moment) == moment
+        if next_maintenance_window(schedules[site_id], zone, moment) == moment:
+            return True
+        if state != "offline":
+            return False
+        around = timedelta(seconds=1)
+        return not opening_intervals(schedules[site_id], zone, moment, moment + around)
 
-    return inside
+    return expected
 
 
 def _count(times: Sequence[float], start: float, end: float) -> int:
