@@ -155,6 +155,13 @@ def test_the_installed_wheel_initialises_a_database_and_serves(tmp_path: Path) -
         health = _wait_for_health(f"http://127.0.0.1:{port}", server, log)
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}
+        # The dashboard's templates and static files are package data too.
+        login = httpx.get(f"http://127.0.0.1:{port}/login", timeout=10)
+        assert login.status_code == 200
+        assert "/static/page-login.js" in login.text
+        script = httpx.get(f"http://127.0.0.1:{port}/static/page-login.js", timeout=10)
+        assert script.status_code == 200
+        assert script.text.strip()
     finally:
         server.send_signal(signal.SIGINT)
         try:
