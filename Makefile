@@ -31,12 +31,12 @@ pytest: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff format --check src tests benchmarks migrations
-	$(BIN)/ruff check src tests benchmarks migrations
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 
 format: install
-	$(BIN)/ruff format src tests benchmarks migrations
-	$(BIN)/ruff check --fix src tests benchmarks migrations
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy

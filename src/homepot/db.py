@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
@@ -35,6 +35,9 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from homepot.config import DatabaseSettings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -270,15 +273,31 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def migrations_config(url: str) -> Config:
+    """Alembic's configuration for ``url``, from the migrations inside the installed package.
+
+    Built in code, not read from ``alembic.ini``: a wheel carries no repository files, and
+    ``homepot db init`` must work from any install (the repository's ``alembic.ini`` points to
+    the same directory for developers).
+    """
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("timezone", "UTC")
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
 def run_migrations(url: str, revision: str = "head") -> None:
     """Apply the Alembic migrations to ``url`` (the only way the schema is made)."""
     from alembic import command
-    from alembic.config import Config
 
-    root = Path(__file__).resolve().parents[2]
-    config = Config(str(root / "alembic.ini"))
-    config.set_main_option("script_location", str(root / "migrations"))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config = migrations_config(url)
 
     # env.py runs its own event loop; from inside a running loop, give it a thread.
     try:
