@@ -328,18 +328,51 @@ def client_pool(base_url: str, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT)
 
 
-async def run_load(server: Server, traffic: Traffic, clients: int, seconds: int) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores kept busy during a run: the server, this script (the load), everything else."""
+
+    server: float
+    load: float
+    other: float
+
+
+async def run_load(
+    server: Server, traffic: Traffic, clients: int, seconds: int
+) -> tuple[float, CpuUse]:
     """``clients`` workers, each one request after the other, until the deadline."""
+    server_process, own = psutil.Process(server.pid), psutil.Process()
     async with client_pool(server.base_url, clients) as http:
         started = time.perf_counter()
         deadline = started + seconds
+        before = (cpu_seconds(server_process), cpu_seconds(own), machine_busy_seconds())
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 await traffic.send(http, traffic.pick())
 
         await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        server_cpu = cpu_seconds(server_process) - before[0]
+        load_cpu = cpu_seconds(own) - before[1]
+        busy = machine_busy_seconds() - before[2]
+    use = CpuUse(
+        server=server_cpu / elapsed,
+        load=load_cpu / elapsed,
+        other=max(busy - server_cpu - load_cpu, 0.0) / elapsed,
+    )
+    return elapsed, use
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (psutil's /proc/stat)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 async def run_soak(
@@ -444,7 +477,7 @@ def load_average() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def report_load(tally: Tally, elapsed: float, server: Server, clients: int) -> None:
+def report_load(tally: Tally, elapsed: float, server: Server, clients: int, cpu: CpuUse) -> None:
     console.print(latency_table(f"Load: {clients} clients, {elapsed:.0f} s", tally, elapsed))
     print_errors(tally, server)
     errors = tally.error_count()
@@ -460,6 +493,12 @@ def report_load(tally: Tally, elapsed: float, server: Server, clients: int) -> N
     )
     table.add_row("clients", str(clients), str(clients), "")
     table.add_row("throughput", "(recorded)", f"{tally.answered() / elapsed:.1f} req/s", "")
+    table.add_row(
+        "cores busy: server / load generator / other",
+        f"of {os.cpu_count()}",
+        f"{cpu.server:.2f} / {cpu.load:.2f} / {cpu.other:.2f}",
+        "",
+    )
     table.add_row("load average after (1/5/15 min)", "", load_average(), "")
     console.print(table)
 
@@ -551,8 +590,8 @@ def run(args: argparse.Namespace, database_url: str, workdir: Path) -> int:
                 f"  load          {args.clients} clients for {args.seconds} s "
                 f"(load average before: {load_average()})"
             )
-            elapsed = asyncio.run(run_load(server, traffic, args.clients, args.seconds))
-        report_load(tally, elapsed, server, args.clients)
+            elapsed, cpu = asyncio.run(run_load(server, traffic, args.clients, args.seconds))
+        report_load(tally, elapsed, server, args.clients, cpu)
         ok = ok and tally.error_count() == 0
     if args.soak_seconds:
         tally = Tally()
