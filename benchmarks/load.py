@@ -114,6 +114,14 @@ def parse_args() -> argparse.Namespace:
         "--warmup-seconds", type=int, default=120, help="soak warm-up before the RSS baseline"
     )
     parser.add_argument("--sample-seconds", type=int, default=10, help="RSS sampling interval")
+    parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="HOMEPOT_NAME=VALUE",
+        help="an extra setting for the server (repeatable), e.g. "
+        "HOMEPOT_DATABASE__POOL_TIMEOUT_SECONDS=30; printed with the results",
+    )
     args = parser.parse_args()
     if (
         args.clients < 1
@@ -125,6 +133,9 @@ def parse_args() -> argparse.Namespace:
         parser.error("--clients, --devices, --sites and --soak-rate must be positive")
     if args.seconds < 0 or args.soak_seconds < 0 or args.sample_seconds < 1:
         parser.error("durations must not be negative")
+    for setting in args.server_setting:
+        if not setting.startswith("HOMEPOT_") or "=" not in setting:
+            parser.error(f"--server-setting {setting!r}: expected HOMEPOT_NAME=VALUE")
     if args.soak_seconds and args.warmup_seconds >= args.soak_seconds:
         parser.error("--warmup-seconds must be shorter than --soak-seconds")
     return args
@@ -142,7 +153,7 @@ def free_port() -> int:
 class Server:
     """One uvicorn process on a free port; stopped with SIGINT (the recorder drains)."""
 
-    def __init__(self, database_url: str, workdir: Path, secret: str) -> None:
+    def __init__(self, database_url: str, workdir: Path, secret: str, settings: list[str]) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPOT_")}
@@ -154,6 +165,9 @@ class Server:
             HOMEPOT_FLEET__MQTT_URL="",
             HOMEPOT_RATE_LIMITS__INGEST_REQUESTS_PER_MINUTE=str(INGEST_LIMIT),
         )
+        for setting in settings:
+            name, value = setting.split("=", 1)
+            self.env[name] = value
         self.log = workdir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -592,6 +606,7 @@ def run(args: argparse.Namespace, database_url: str, workdir: Path) -> int:
         f"  database      {describe_database(database_url)}\n"
         "  server        uvicorn, 1 worker, --no-access-log, 127.0.0.1 (not pinned); "
         f"HOMEPOT_RATE_LIMITS__INGEST_REQUESTS_PER_MINUTE={INGEST_LIMIT}\n"
+        f"  settings      {' '.join(args.server_setting) or '(no extra server settings)'}\n"
         f"  fleet         {args.sites} sites, {args.devices} terminals registered via the API\n"
         "  mix           " + ", ".join(f"{k} {w}" for k, w in MIX) + " (weights)\n"
         f"  machine       {os.cpu_count()} cpus, python {platform.python_version()}, "
@@ -603,7 +618,7 @@ def run(args: argparse.Namespace, database_url: str, workdir: Path) -> int:
     keys: list[str] = []
     if args.seconds:
         tally = Tally()
-        with Server(database_url, workdir, secret) as server:
+        with Server(database_url, workdir, secret, args.server_setting) as server:
             token, keys = asyncio.run(prepare(server, args))
             traffic = Traffic(token, keys, tally)
             console.print(
@@ -618,7 +633,7 @@ def run(args: argparse.Namespace, database_url: str, workdir: Path) -> int:
         ok = ok and tally.error_count() == 0
     if args.soak_seconds:
         tally = Tally()
-        with Server(database_url, workdir, secret) as server:
+        with Server(database_url, workdir, secret, args.server_setting) as server:
             if token is None:
                 token, keys = asyncio.run(prepare(server, args))
             traffic = Traffic(token, keys, tally)
