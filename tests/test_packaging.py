@@ -34,7 +34,9 @@ def _dependency_paths() -> list[str]:
         path = Path(entry or ".").resolve()
         if path.name not in ("site-packages", "dist-packages") or not path.is_dir():
             continue
-        if (path / "homepot").exists() or path.is_relative_to(REPOSITORY):
+        # A project venv may live inside the repository (.venv, as CI's): that is fine; a
+        # site-packages holding homepot itself (a regular install) is not.
+        if (path / "homepot").exists() or path.is_relative_to(REPOSITORY / "src"):
             continue
         paths.append(str(path))
     return paths
