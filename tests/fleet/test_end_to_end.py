@@ -187,7 +187,10 @@ async def test_simulated_terminals_register_report_run_a_pushed_job_and_fill_eve
     assert await count(app, APIRequestLog, APIRequestLog.route == "/api/v1/agent/register") == 4
     assert await count(app, UserActivity, UserActivity.user_id == admin["id"]) > 0
     assert await count(app, ConfigurationHistory) > 0
-    faulted = read_labels(tmp_path / "labels.jsonl")
+    # Benign events (a settlement at closing time, a firmware reboot) are labelled too, when
+    # the run happens to cross one in some site's time zone; the injected fault is the one.
+    labels = read_labels(tmp_path / "labels.jsonl")
+    faulted = [label for label in labels if not label["fault"].startswith("benign_")]
     assert [label["fault"] for label in faulted] == ["payment_gateway_timeout"]
     timeouts = await db_rows(app, ErrorLog, error_code="EXT_SERVICE_TIMEOUT")
     assert {row.device_id for row in timeouts} == {faulted[0]["device_id"]}

@@ -178,7 +178,9 @@ async def test_simulated_terminals_report_and_their_faults_are_labelled(
         for terminal in simulator.terminals:
             await simulator.report(terminal)
 
-    written = read_labels(labels)
+    # Benign events (a settlement at some site's closing time) may be labelled too, depending
+    # on the hour the test runs: the injected faults are the ones to check.
+    written = [label for label in read_labels(labels) if not label["fault"].startswith("benign_")]
     assert sorted(label["device_id"] for label in written) == [
         "sim-pos-0001",
         "sim-pos-0002",
