@@ -19,9 +19,11 @@ from homepot.analytics.models import (
     DeviceStateHistory,
     ErrorLog,
 )
-from homepot.analytics.recorder import JSON_MAX_DEPTH, TOO_DEEP, Recorder
+from homepot.analytics.recorder import Recorder
 from homepot.config import AnalyticsSettings
 from homepot.db import create_engine
+from homepot.kit.jsonlimits import MAX_DEPTH
+from homepot.kit.redaction import TOO_DEEP
 from tests.faults.servers import TcpProxy
 
 
@@ -446,4 +448,4 @@ async def test_json_nested_too_deep_is_cut_not_a_crash(engine: AsyncEngine, tmp_
     depth = 0
     while isinstance(context, dict):
         context, depth = context["k"], depth + 1
-    assert (depth, context) == (JSON_MAX_DEPTH, TOO_DEEP)
+    assert (depth, context) == (MAX_DEPTH, TOO_DEEP)

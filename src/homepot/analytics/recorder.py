@@ -57,7 +57,8 @@ from sqlalchemy.sql.schema import ColumnDefault
 from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog
 from homepot.config import AnalyticsSettings
 from homepot.db import Failure, UTCDateTime, classify_failure, new_event_id, utcnow
-from homepot.kit.redaction import REDACTED, is_sensitive_key, mask_text, redact
+from homepot.kit.jsonlimits import MAX_DEPTH
+from homepot.kit.redaction import REDACTED, TOO_DEEP, is_sensitive_key, mask_text, redact
 from homepot.kit.retry import database_write_backoff, retry_async
 
 logger = logging.getLogger(__name__)
@@ -149,12 +150,6 @@ class _TableShape:
         return row
 
 
-# JSON nested deeper than this is cut (the rest becomes one string): deeper nesting is never
-# a metric, and it would make the row a burden to every reader.
-JSON_MAX_DEPTH = 32
-TOO_DEEP = "[nested too deep]"
-
-
 def json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` as plain JSON (dict, list, str, int, float, bool, None), decided at record
     time so that no value can fail its batch later:
@@ -164,13 +159,13 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     - ``datetime``, ``date``, ``time`` -> ISO 8601 text; ``timedelta`` -> seconds (float);
     - ``bytes`` -> UTF-8 text, or ``"base64:..."`` when it is not UTF-8;
     - sets and tuples -> lists (a set sorted when its items can be); other keys -> text;
-    - anything else -> ``str(value)``; nesting deeper than ``JSON_MAX_DEPTH`` -> ``TOO_DEEP``.
+    - anything else -> ``str(value)``; nesting deeper than ``MAX_DEPTH`` -> ``TOO_DEEP``.
     """
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if depth >= JSON_MAX_DEPTH:
+    if depth >= MAX_DEPTH:
         return TOO_DEEP
     if isinstance(value, Mapping):
         return {_key(k): json_safe(v, depth + 1) for k, v in value.items()}
@@ -186,7 +181,7 @@ def json_safe(value: Any, depth: int = 0) -> Any:
 
 
 def _key(key: Any) -> str:
-    return key if isinstance(key, str) else str(json_safe(key, JSON_MAX_DEPTH - 1))
+    return key if isinstance(key, str) else str(json_safe(key, MAX_DEPTH - 1))
 
 
 def _scalar(value: Any) -> Any:
