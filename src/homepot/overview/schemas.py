@@ -42,6 +42,10 @@ class FleetOverview(BaseModel):
     hours: int = Field(description="The window the outcomes and metrics cover, in hours")
     devices: DeviceCounts
     unresolved_errors: int = Field(description="Errors not yet resolved, of any age")
+    critical_anomalies: int = Field(
+        description="Anomaly episodes of severity critical still waiting for an operator "
+        "(status active: not acknowledged, not resolved), outside maintenance windows"
+    )
     recent_errors: list[ErrorSummary] = Field(description="The newest errors, newest first")
     recent_jobs: list[JobRead] = Field(description="The newest jobs, newest first")
     job_outcomes: JobOutcomeCounts = Field(description="Device job outcomes within the window")

@@ -11,6 +11,7 @@ from homepot.analytics.models import ErrorLog, JobOutcome
 from homepot.db import utcnow
 from homepot.device.models import Device, DeviceStatus
 from homepot.device.schemas import MetricSeries
+from homepot.insights.models import Anomaly, AnomalySeverity, AnomalyStatus
 from homepot.job.models import Job
 from homepot.job.schemas import JobRead
 from homepot.kit.timebuckets import Buckets
@@ -49,6 +50,21 @@ async def job_outcome_counts(session: AsyncSession, since_hours: int) -> JobOutc
     return JobOutcomeCounts(**{status: int(n) for status, n in rows if status in known})
 
 
+async def critical_anomaly_count(session: AsyncSession) -> int:
+    """Critical episodes nobody has taken on yet: the Insights page's
+    ``status=active&severity=critical&maintenance=exclude`` list, counted."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Anomaly)
+        .where(
+            Anomaly.status == AnomalyStatus.active.value,
+            Anomaly.severity == AnomalySeverity.critical.value,
+            Anomaly.expected_maintenance.is_(False),
+        )
+    )
+    return int(count or 0)
+
+
 def success_rate(outcomes: JobOutcomeCounts) -> float | None:
     finished = outcomes.success + outcomes.failed + outcomes.timeout
     return round(outcomes.success / finished, 4) if finished else None
@@ -80,6 +96,7 @@ async def fleet_overview(
         hours=hours,
         devices=await device_counts(session),
         unresolved_errors=int(unresolved or 0),
+        critical_anomalies=await critical_anomaly_count(session),
         recent_errors=[ErrorSummary.model_validate(error) for error in recent_errors],
         recent_jobs=[JobRead.model_validate(job) for job in recent_jobs],
         job_outcomes=outcomes,

@@ -40,6 +40,7 @@ NAV_LINKS = (
     NavLink("/devices", "Devices", "devices"),
     NavLink("/jobs", "Jobs", "jobs"),
     NavLink("/errors", "Errors", "errors"),
+    NavLink("/insights", "Insights", "insights"),
     NavLink("/analytics", "Analytics", "analytics", admin_only=True),
 )
 
@@ -110,3 +111,8 @@ async def errors_page(request: Request) -> HTMLResponse:
 @router.get("/analytics")
 async def analytics_page(request: Request) -> HTMLResponse:
     return _page(request, "analytics.html", "Analytics", "analytics")
+
+
+@router.get("/insights")
+async def insights_page(request: Request) -> HTMLResponse:
+    return _page(request, "insights.html", "Insights", "insights")

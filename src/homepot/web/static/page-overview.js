@@ -18,6 +18,7 @@ function renderStats(overview) {
     ? `job success (${outcomes.success} of ${finished}, ${overview.hours} h)`
     : `job success (none finished in ${overview.hours} h)`;
   $("#unresolved-errors").textContent = overview.unresolved_errors;
+  $("#stat-critical-anomalies").textContent = overview.critical_anomalies;
 }
 
 function targetLink(job) {
