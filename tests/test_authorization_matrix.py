@@ -127,6 +127,7 @@ ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/jobs"): PUBLIC,
     ("GET", "/jobs/{job_id}"): PUBLIC,
     ("GET", "/errors"): PUBLIC,
+    ("GET", "/insights"): PUBLIC,
     ("GET", "/analytics"): PUBLIC,
 }
 

@@ -11,6 +11,7 @@ from httpx import AsyncClient
 
 from homepot.analytics.models import DeviceMetrics, ErrorLog, JobOutcome
 from homepot.auth.models import Role
+from homepot.insights.models import Anomaly
 from homepot.job.models import Job, JobStatus, JobTargetType
 from tests.helpers import auth_headers, create_device, create_site, rows
 
@@ -98,6 +99,46 @@ async def test_overview_shows_newest_errors_and_counts_open_ones(
         f"error {i}" for i in range(10)
     ]
     assert overview["unresolved_errors"] == 12
+
+
+def anomaly(device_id: str, score: int, **fields: Any) -> Anomaly:
+    started = datetime.now(UTC) - timedelta(minutes=30)
+    values: dict[str, Any] = {
+        "subject": device_id,
+        "device_id": device_id,
+        "site_id": "site-1",
+        "metric": "memory",
+        "detector": "level",
+        "started_at": started,
+        "last_seen_at": started + timedelta(minutes=25),
+        "score": score,
+        "severity": "critical" if score >= 75 else "warning",
+        "explanation": "memory 90 % vs a usual 50 %",
+        "status": "active",
+        "expected_maintenance": False,
+        **fields,
+    }
+    return Anomaly(**values)
+
+
+async def test_overview_counts_critical_anomalies_nobody_has_taken_on(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    viewer = await auth_headers(app, client, Role.viewer)
+    assert (await client.get("/api/v1/overview", headers=viewer)).json()["critical_anomalies"] == 0
+    await add_rows(
+        app,
+        anomaly("pos-1", 90),
+        anomaly("pos-2", 75, metric="disk"),
+        anomaly("pos-3", 74),  # a warning
+        anomaly("pos-4", 95, status="acknowledged"),
+        anomaly("pos-5", 95, status="resolved"),
+        anomaly("pos-6", 99, expected_maintenance=True),
+    )
+
+    overview = (await client.get("/api/v1/overview", headers=viewer)).json()
+
+    assert overview["critical_anomalies"] == 2
 
 
 async def test_job_success_rate_counts_finished_outcomes_in_the_window(

@@ -231,6 +231,7 @@ async def test_no_page_breaks_the_content_security_policy(
         f"/devices/{device_id}",
         "/jobs",
         "/errors",
+        "/insights",
         "/analytics",
     ):
         response = await page.goto(f"{live.base_url}{path}")

@@ -18,6 +18,8 @@ PAGES = {
         "recent-errors",
         "recent-jobs",
         "job-success-rate",
+        "stat-critical-anomalies",
+        "critical-anomalies-link",
         "fleet-chart",
     ],
     "/sites": ["site-search", "sites-table"],
@@ -30,6 +32,9 @@ PAGES = {
         "chart-latency",
         "chart-transactions",
         "chart-error-rate",
+        "device-risk",
+        "device-anomalies",
+        "device-insights-link",
         "state-timeline",
         "config-history",
     ],
@@ -51,6 +56,22 @@ PAGES = {
         "error-resolved",
         "error-search",
         "errors-table",
+    ],
+    "/insights": [
+        "fleet-table",
+        "fleet-risk-note",
+        "fleet-risk-source",
+        "anomaly-filters",
+        "anomaly-status",
+        "anomaly-severity",
+        "anomaly-min-score",
+        "anomaly-site",
+        "anomaly-device",
+        "anomaly-maintenance",
+        "anomaly-period",
+        "anomalies-note",
+        "anomalies-table",
+        "anomalies-more",
     ],
     "/analytics": [
         "analytics-table",
@@ -125,7 +146,7 @@ async def test_every_app_page_has_the_header(client: AsyncClient, path: str) -> 
 
     [nav] = [e for e in page.all("nav") if e.attrs.get("aria-label") == "Main"]
     links = {e.attrs["href"] for e in page.all("a")}
-    assert {"/", "/sites", "/devices", "/jobs", "/errors", "/analytics"} <= links
+    assert {"/", "/sites", "/devices", "/jobs", "/errors", "/insights", "/analytics"} <= links
     # The Analytics link is shown to admins only, once the page knows who is signed in.
     assert "hidden" in page.by_id("nav-analytics").attrs
     assert page.by_id("analytics-optout").attrs["type"] == "checkbox"
@@ -197,6 +218,37 @@ async def test_ids_in_the_url_are_escaped(client: AsyncClient) -> None:
     assert response.status_code == 200
     assert "<img src=x" not in response.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in response.text
+
+
+async def test_the_insights_filters_offer_what_the_api_takes(client: AsyncClient) -> None:
+    page = await fetch(client, "/insights")
+
+    def choices(select_id: str) -> list[str]:
+        select = page.elements.index(page.by_id(select_id))
+        values = []
+        for element in page.elements[select + 1 :]:
+            if element.tag != "option":
+                break
+            values.append(element.attrs.get("value", ""))
+        return values
+
+    # "any" (not empty) for every status: an empty value would fall back to the default.
+    assert choices("anomaly-status") == ["active", "acknowledged", "resolved", "any"]
+    assert choices("anomaly-severity") == ["", "warning", "critical"]
+    assert choices("anomaly-maintenance") == ["", "exclude", "only"]
+    score = page.by_id("anomaly-min-score").attrs
+    assert (score["type"], score["min"], score["max"]) == ("number", "0", "100")
+    assert page.by_id("anomaly-device").attrs["type"] == "search"
+    # Shown to viewers only, once the page knows the role.
+    assert "hidden" in page.by_id("anomalies-note").attrs
+    assert "hidden" in page.by_id("fleet-risk-note").attrs
+
+
+async def test_the_overview_links_its_count_to_the_same_anomalies(client: AsyncClient) -> None:
+    page = await fetch(client, "/")
+
+    link = page.by_id("critical-anomalies-link")
+    assert link.attrs["href"] == "/insights?status=active&severity=critical&maintenance=exclude"
 
 
 async def test_api_routes_win_over_pages(app: FastAPI, client: AsyncClient) -> None:
