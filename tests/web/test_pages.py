@@ -207,7 +207,7 @@ async def test_every_asset_a_page_loads_is_served(client: AsyncClient, path: str
 
 
 async def test_page_scripts_import_only_served_modules(client: AsyncClient) -> None:
-    for module in ("app.js", "charts.js"):
+    for module in ("app.js", "charts.js", "insights.js"):
         assert (await client.get(f"/static/{module}")).status_code == 200
     assert (await client.get("/static/nothing-here.js")).status_code == 404
 

@@ -1,5 +1,6 @@
 import { $, api, badge, el, formatTime, notFound, pageStatus, queryParam, simulatedBadge, siteLink, startPage, syncQuery, timeCell, who } from "/static/app.js";
 import { lineChart } from "/static/charts.js";
+import { factorItem, metricName } from "/static/insights.js";
 
 const deviceId = $("#device-root").dataset.deviceId;
 const base = `/api/v1/devices/${encodeURIComponent(deviceId)}`;
@@ -55,7 +56,7 @@ function riskFacts(insights) {
   }
   const horizon = risk.horizon_minutes % 60 ? `${risk.horizon_minutes} min` : `${risk.horizon_minutes / 60} h`;
   const factors = risk.factors.length
-    ? el("ul", { class: "factor-list", id: "device-risk-factors" }, risk.factors.map((factor) => el("li", {}, el("strong", {}, factor.factor), " ", el("span", { class: "muted" }, factor.value))))
+    ? el("ul", { class: "factor-list", id: "device-risk-factors" }, risk.factors.map(factorItem))
     : el("span", { class: "muted", id: "device-risk-factors" }, "none: nothing stands out");
   return [
     el("dt", {}, "Risk"),
@@ -86,7 +87,7 @@ function renderInsights(insights) {
       { class: anomaly.expected_maintenance ? "expected-maintenance" : null },
       timeCell(anomaly.started_at),
       el("td", { class: "nowrap" }, badge(anomaly.severity), ` ${anomaly.score}`),
-      el("td", {}, anomaly.metric),
+      el("td", {}, metricName(anomaly.metric)),
       el("td", { class: "message" }, anomaly.expected_maintenance ? [el("span", { class: "badge badge-expected" }, "expected maintenance"), " "] : null, anomaly.explanation),
       el("td", {}, badge(anomaly.status), anomaly.ended_at ? null : el("div", { class: "muted small-text" }, "under way")),
     ),
@@ -99,7 +100,8 @@ function renderInsights(insights) {
 async function loadInsights(hours) {
   try {
     const insights = await api(`/api/v1/insights/devices/${encodeURIComponent(deviceId)}`, {
-      query: { hours: Math.min(Math.max(Math.ceil(hours), 1), MAX_BAND_HOURS) },
+      // An hour more than the period: the band's bins start on 5-minute marks before it.
+      query: { hours: Math.min(Math.ceil(hours) + 1, MAX_BAND_HOURS) },
     });
     renderInsights(insights);
     return insights;

@@ -1,5 +1,6 @@
 import { $, api, badge, canOperate, debounce, deviceLink, el, formatTime, pageStatus, queryParam, siteLink, startPage, syncQuery } from "/static/app.js";
 import { sparkline } from "/static/charts.js";
+import { METRICS, factorItem, metricName } from "/static/insights.js";
 
 const LIMIT = 25;
 const FLEET_LIMIT = 50;
@@ -15,15 +16,6 @@ const FILTERS = {
   maintenance: "#anomaly-maintenance",
   period: "#anomaly-period",
 };
-// The metrics GET /insights/devices/{id} has bands for, in the bands' units.
-const METRICS = {
-  cpu: { label: "CPU", unit: "%" },
-  memory: { label: "memory", unit: "%" },
-  disk: { label: "disk", unit: "%" },
-  network_latency: { label: "network latency", unit: " ms" },
-  error_rate: { label: "error rate", unit: "%" },
-  transactions: { label: "transactions", unit: "/min" },
-};
 // A sparkline shows an hour of the metric either side of the episode, within the hours the
 // device endpoint serves (at most 72); a few widths, so that rows of one device share a request.
 const CONTEXT_MS = 3600000;
@@ -35,13 +27,6 @@ const ACTIONS = {
   resolved: [["active", "Reopen"]],
 };
 let cursor = null;
-
-function metricName(metric) {
-  if (METRICS[metric]) return METRICS[metric].label;
-  if (metric === "reporting") return "reporting (silence)";
-  if (metric.startsWith("api:")) return `API ${metric.slice(4)}`;
-  return metric;
-}
 
 function duration(ms) {
   const minutes = Math.max(1, Math.round(ms / 60000));
@@ -69,11 +54,7 @@ function riskCell(device) {
 
 function factorList(factors) {
   if (!factors.length) return el("span", { class: "muted" }, "—");
-  return el(
-    "ul",
-    { class: "factor-list" },
-    factors.slice(0, TOP_FACTORS).map((factor) => el("li", {}, el("strong", {}, metricName(factor.factor)), " ", el("span", { class: "muted" }, factor.value))),
-  );
+  return el("ul", { class: "factor-list" }, factors.slice(0, TOP_FACTORS).map(factorItem));
 }
 
 function fleetRow(device, index) {
@@ -216,7 +197,7 @@ function whereCell(anomaly) {
   let subject;
   if (anomaly.device_id) subject = deviceLink(anomaly.device_id);
   else if (anomaly.site_id) subject = el("span", {}, "whole site");
-  else subject = el("span", {}, "the server");
+  else subject = el("span", {}, "server API");
   return el(
     "td",
     { class: "nowrap" },
