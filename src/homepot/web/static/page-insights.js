@@ -60,7 +60,8 @@ function factorList(factors) {
 function fleetRow(device, index) {
   const activeLink = el(
     "a",
-    { href: `/insights?${new URLSearchParams({ device_id: device.device_id, status: "active" })}`, title: `Show the active anomalies of ${device.device_id}` },
+    // Under way counts acknowledged episodes too: the link lists every status, newest first.
+    { href: `/insights?${new URLSearchParams({ device_id: device.device_id, status: "any" })}`, title: `Every anomaly of ${device.device_id}` },
     String(device.active_anomalies.length),
   );
   return el(
