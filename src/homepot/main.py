@@ -42,7 +42,7 @@ from homepot.retention.tasks import run_retention
 from homepot.site.router import router as site_router
 from homepot.system.errors import install_error_handlers
 from homepot.system.limits import RequestBodyGuard
-from homepot.system.metrics import LeadershipCollector
+from homepot.system.metrics import LeadershipCollector, MqttBridgeCollector
 from homepot.system.router import router as system_router
 from homepot.web.router import STATIC_DIR
 from homepot.web.router import router as web_router
@@ -125,6 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limits = RateLimits.of(settings.rate_limits)
     registry.register(RecorderCollector(lambda: app.state.recorder))
     registry.register(LeadershipCollector(lambda: app.state.leadership))
+    registry.register(
+        MqttBridgeCollector(
+            lambda: (
+                bridge.snapshot() if (bridge := getattr(app.state, "mqtt_bridge", None)) else None
+            )
+        )
+    )
     # Innermost first: bodies are checked before any route reads them; every answer, also a
     # refusal, carries the security headers (and CORS headers when origins are configured)
     # and is written to the request log.

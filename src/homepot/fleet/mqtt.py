@@ -303,6 +303,10 @@ class UplinkBridge:
         self._shared = self._settings.fleet.mqtt_shared_subscription
         self.reads_uplink = self._shared
         self._switching_role = False
+        # After a broker failure, a process without shared subscriptions connects as a mere
+        # pusher first, and reads the uplink only when the lock is still free once connected
+        # (a process connected to another broker node may have taken it meanwhile).
+        self._last_attempt_failed = False
         self._session_factory: async_sessionmaker[AsyncSession] = app.state.session_factory
         workers = 1 if self._settings.is_sqlite else BRIDGE_WORKERS
         # Unbounded queues, bounded by the broker: it never has more than the Receive Maximum
@@ -414,15 +418,22 @@ class UplinkBridge:
         self.client_id = f"{self._base_client_id[:120]}-{slot}"
         self.spool = UplinkSpool(self._settings.analytics.spool_dir / "mqtt" / self.client_id)
 
+    def _leadership(self) -> Leadership | None:
+        leadership: Leadership | None = getattr(self._app.state, "leadership", None)
+        return leadership
+
     async def _leads_uplink(self) -> bool:
         if self._shared:
             return True
-        leadership: Leadership | None = getattr(self._app.state, "leadership", None)
+        leadership = self._leadership()
         return leadership is None or await leadership.holds(UPLINK_LEADERSHIP)
 
     async def _watch_uplink_role(self, client: aiomqtt.Client) -> None:
         """Without shared subscriptions: reconnect as soon as this process's role changes."""
-        while await self._leads_uplink() == self.reads_uplink:  # noqa: ASYNC110 (a poll)
+        leadership = self._leadership()
+        while (leads := await self._leads_uplink()) == self.reads_uplink:
+            if leadership is not None:
+                leadership.count(UPLINK_LEADERSHIP, ran=leads)
             await asyncio.sleep(UPLINK_LEADERSHIP_CHECK_SECONDS)
         logger.info(
             "MQTT bridge: this process %s the uplink",
@@ -443,7 +454,9 @@ class UplinkBridge:
             while True:
                 watcher: asyncio.Task[None] | None = None
                 try:
-                    self.reads_uplink = await self._leads_uplink()
+                    self.reads_uplink = self._shared or (
+                        not self._last_attempt_failed and await self._leads_uplink()
+                    )
                     async with self._client() as client:
                         self._generation += 1
                         self._client_now = client
@@ -459,6 +472,7 @@ class UplinkBridge:
                         self.connected.set()
                         self.first_attempt_done.set()
                         logger.info("MQTT bridge connected to %s:%s", self._host, self._port)
+                        self._last_attempt_failed = False
                         delays = BROKER_RECONNECT.delays()
                         outage_logged = False
                         generation = self._generation
@@ -477,6 +491,12 @@ class UplinkBridge:
                     if self._switching_role:
                         self._switching_role = False
                         continue
+                    self._last_attempt_failed = True
+                    leadership = self._leadership()
+                    if not self._shared and self.reads_uplink and leadership is not None:
+                        # Unreachable from here: let a process that reaches the broker read.
+                        await leadership.resign(UPLINK_LEADERSHIP)
+                        self.reads_uplink = False
                     reason = f"the MQTT broker at {self._host}:{self._port} is unreachable ({exc})"
                     self._set_channel(UnavailableChannel(reason))
                     if not outage_logged:

@@ -128,6 +128,23 @@ class Leadership:
                     return number
             raise RuntimeError(f"all {MAX_SLOTS} process slots are taken on this database")
 
+    async def resign(self, name: str) -> None:
+        """Give ``name`` up (this process cannot do its work now); another may take it."""
+        if not self._enabled or name not in self._held:
+            return
+        async with self._guard:
+            self._held.discard(name)
+            if self._connection is None:
+                return
+            try:
+                await self._connection.execute(
+                    text("SELECT pg_advisory_unlock(:namespace, :key)"),
+                    {"namespace": HOMEPOT_NAMESPACE, "key": lock_key(name)},
+                )
+                logger.info("leadership: this process gave up %s", name)
+            except Exception as exc:
+                await self._lose(f"{type(exc).__name__}: {exc}")
+
     def count(self, name: str, *, ran: bool) -> None:
         counter = self.passes if ran else self.skipped
         counter[name] = counter.get(name, 0) + 1

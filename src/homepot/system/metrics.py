@@ -1,8 +1,10 @@
-"""Which background singletons this process runs, as Prometheus metrics, read at scrape time."""
+"""Which background singletons this process runs, and its MQTT bridge's counters, as
+Prometheus metrics read at scrape time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -46,3 +48,32 @@ class LeadershipCollector(Collector):
         yield leader
         yield passes
         yield skipped
+
+
+class MqttBridgeCollector(Collector):
+    """The MQTT bridge's counters (``homepot_mqtt_uplink_{received,acknowledged,spooled,
+    replayed}_total``), from its snapshot; nothing without a broker."""
+
+    COUNTERS = {
+        "received": "Device messages received from the broker by this process",
+        "acknowledged": "Device messages acknowledged to the broker once stored or spooled",
+        "spooled": "Device messages written to the bridge's spool (database unavailable)",
+        "replayed": "Spooled device messages stored after the database came back",
+    }
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        for name, help_text in self.COUNTERS.items():
+            yield CounterMetricFamily(
+                f"homepot_mqtt_uplink_{name}", help_text, value=snapshot.get(name, 0)
+            )
+        yield GaugeMetricFamily(
+            "homepot_mqtt_connected",
+            "1 while this process is connected to the broker",
+            value=1 if snapshot.get("connected") else 0,
+        )
