@@ -90,6 +90,30 @@ class OwnPostgres:
     def promote(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
 
+    def make_standby(self) -> OwnPostgres:
+        """A streaming replica of this (running) server: ``pg_basebackup -R`` into a directory
+        of its own, on another free port, readable (hot standby). Start it with :meth:`start`."""
+        standby = OwnPostgres.__new__(OwnPostgres)
+        standby.bin, standby._user = self.bin, self._user
+        standby.port = free_port()
+        standby.root = Path(tempfile.mkdtemp(prefix="homepot-pg-standby-"))
+        standby.data = standby.root / "data"
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(standby.root, entry.pw_uid, entry.pw_gid)
+        self._run(
+            *("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"),
+            *("-D", str(standby.data), "-R", "-X", "stream", "--checkpoint=fast"),
+        )
+        settings = {
+            "port": str(standby.port),
+            "unix_socket_directories": f"'{standby.root}'",
+            "hot_standby": "on",
+        }
+        with (standby.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        return standby
+
     def close(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
