@@ -258,12 +258,19 @@ class AppServer:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        import signal
+        stop_all([self])
 
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+
+def stop_all(servers: list[AppServer]) -> None:
+    """Shut the servers down together (SIGINT, a clean stop), killing any still up after 30 s."""
+    import signal
+
+    running = [s.process for s in servers if s.process is not None and s.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGINT)
+    for process in running:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -30,7 +30,7 @@ from homepot.config import Settings
 from homepot.db import create_engine, create_session_factory
 from homepot.fleet.mqtt import UPLINK_LEADERSHIP
 from tests.conftest import TEST_SECRET
-from tests.faults.servers import AppServer
+from tests.faults.servers import AppServer, stop_all
 from tests.fleet.brokers import HOST, Broker, NatsCluster, nats_cluster, open_broker
 from tests.fleet.test_mqtt import _batch, _device_with_key, _eventually
 
@@ -161,8 +161,7 @@ async def test_nats_cluster_node_killed_during_ingest_loses_no_acknowledged_mess
         await asyncio.sleep(1)
         assert await stored() == total
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)
         await engine.dispose()
 
 
@@ -204,6 +203,5 @@ async def test_two_processes_share_the_uplink_through_mosquitto_with_mqtt_3_1_1(
         assert all(count > 0 for count in received), received
         assert sum(received) == len(devices) * BATCHES
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)
         await engine.dispose()

@@ -25,7 +25,7 @@ from homepot.config import Settings
 from homepot.db import create_engine, create_session_factory
 from homepot.job.models import ExecutionStatus, JobExecution
 from tests.conftest import TEST_SECRET
-from tests.faults.servers import AppServer
+from tests.faults.servers import AppServer, stop_all
 from tests.helpers import create_device, create_user
 
 pytestmark = pytest.mark.servers
@@ -181,8 +181,7 @@ async def test_two_processes_run_each_singleton_once_and_lose_no_job(
                 assert execution.claimed_by is not None
                 assert execution.claimed_by.split(":")[1] == str(orchestrator.pid)
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)
         await engine.dispose()
 
 

@@ -453,6 +453,7 @@ class UplinkBridge:
         try:
             while True:
                 watcher: asyncio.Task[None] | None = None
+                self._switching_role = False
                 try:
                     self.reads_uplink = self._shared or (
                         not self._last_attempt_failed and await self._leads_uplink()
