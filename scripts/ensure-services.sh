@@ -3,6 +3,7 @@
 # PostgreSQL (127.0.0.1:5432, user postgres) is required; the tests create their own databases.
 # Mosquitto (127.0.0.1:1883, anonymous) carries the device protocol's MQTT tests.
 # Chromium (Debian's package, /usr/bin/chromium) runs the dashboard's browser tests.
+# nats-server (Debian's package) is started by the broker-cluster test itself, on free ports.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -59,5 +60,16 @@ if [ ! -x "$chromium" ]; then
     echo "ensure-services: no Chromium at $chromium; install Debian's chromium package" \
       "(sudo apt-get install chromium) or set HOMEPOT_TEST_CHROMIUM to a Chromium binary" >&2
     exit 1
+  fi
+fi
+
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: installing nats-server (Debian package) for the broker-cluster test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  else
+    echo "ensure-services: no nats-server; install Debian's nats-server package" \
+      "(sudo apt-get install nats-server), or tests/fleet/test_broker_cluster.py is skipped" >&2
   fi
 fi

@@ -97,8 +97,19 @@ class FleetSettings(BaseModel):
     # yet acknowledged) under it while the server restarts. Empty: derived from the database
     # URL and the host name; give each server process on one host its own.
     mqtt_client_id: str = Field(default="", max_length=128)
-    # How long the broker keeps that session while the server is away.
+    # How long the broker keeps that session while the server is away (MQTT 5; with 3.1.1
+    # the broker keeps it until the client comes back, or as long as its own limit says).
     mqtt_session_expiry_seconds: int = Field(default=86_400, ge=60, le=4_294_967_295)
+    # The protocol the server speaks to the broker: "5" (Mosquitto, EMQX, HiveMQ) or "3.1.1"
+    # for brokers that speak nothing newer (NATS's MQTT side refuses an MQTT 5 connect).
+    # Devices speak 3.1.1 either way.
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    # Several server processes share the uplink through an MQTT shared subscription
+    # ($share/...; Mosquitto also for 3.1.1 clients). False for brokers without them (NATS):
+    # then one server process at a time reads the uplink (the holder of its lock, see
+    # homepot.kit.singleton) under one persistent session, which the next holder takes over
+    # with the messages not yet acknowledged; every process still pushes jobs.
+    mqtt_shared_subscription: bool = True
     # Device messages received and not yet stored or spooled (the broker holds the rest).
     mqtt_max_unacknowledged: int = Field(default=4_000, ge=10, le=65_535)
     heartbeat_interval_seconds: float = Field(default=30, gt=0)
@@ -204,6 +215,10 @@ class Settings(BaseSettings):
     # Where the server keeps what it generates for itself (the token secret); made on start.
     data_dir: Path = Path("var")
     database_url: str = "sqlite+aiosqlite:///./homepot.db"
+    # A streaming replica of that database (PostgreSQL): the analytics reads (the stream
+    # endpoints, the overview, the data-quality report, exports) go there, everything else
+    # (writes, logins, the audit rows of those reads) to database_url. Empty: one database.
+    database_read_url: str = ""
     database_echo: bool = False
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For is believed.
@@ -223,7 +238,7 @@ class Settings(BaseSettings):
     # no default: without it, exports are refused.
     export_key: SecretStr | None = None
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_read_url")
     @classmethod
     def _async_driver(cls, url: str) -> str:
         """Accept the plain scheme people type and pick the async driver for it."""

@@ -273,6 +273,27 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+async def get_read_session(request: Request, session: SessionDep) -> AsyncIterator[AsyncSession]:
+    """A session on the read replica (``HOMEPOT_DATABASE_READ_URL``) for analytics reads.
+
+    Without a replica it is the request's own session (one connection, one transaction).
+    With one, a session of its own that only reads: rolled back at the end. What a replica
+    shows lags the primary by its replication delay (usually well under a second).
+    """
+    factory: async_sessionmaker[AsyncSession] | None = request.app.state.read_session_factory
+    if factory is None:
+        yield session
+        return
+    async with factory() as reader:
+        try:
+            yield reader
+        finally:
+            await reader.rollback()
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 

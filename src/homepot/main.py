@@ -35,12 +35,14 @@ from homepot.insights.router import router as insights_router
 from homepot.insights.tasks import run_insights, run_risk_scoring
 from homepot.job.orchestrator import run_orchestrator
 from homepot.job.router import router as job_router
+from homepot.kit.singleton import Leadership
 from homepot.overview.router import router as overview_router
 from homepot.quality.router import router as quality_router
 from homepot.retention.tasks import run_retention
 from homepot.site.router import router as site_router
 from homepot.system.errors import install_error_handlers
 from homepot.system.limits import RequestBodyGuard
+from homepot.system.metrics import LeadershipCollector, MqttBridgeCollector
 from homepot.system.router import router as system_router
 from homepot.web.router import STATIC_DIR
 from homepot.web.router import router as web_router
@@ -72,7 +74,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recorder = Recorder(engine, settings.analytics)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
+        # Analytics reads from the replica when one is configured, else from the primary.
+        read_engine = engine
+        if settings.database_read_url:
+            read_engine = create_engine(
+                settings.database_read_url,
+                echo=settings.database_echo,
+                settings=settings.database,
+            )
+        app.state.read_engine = read_engine
+        app.state.read_session_factory = (
+            create_session_factory(read_engine) if read_engine is not engine else None
+        )
         app.state.recorder = recorder
+        # Which background singletons this process runs (all of them on SQLite).
+        leadership = Leadership(engine)
+        app.state.leadership = leadership
         previous_recorder = set_recorder(recorder)
         await recorder.start()
         try:
@@ -86,9 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.freeze()
                 yield
         finally:
+            await leadership.release()
             await recorder.stop()
             set_recorder(previous_recorder)
             app.state.recorder = None
+            if read_engine is not engine:
+                await read_engine.dispose()
             await engine.dispose()
 
     app = FastAPI(
@@ -101,8 +121,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.recorder = None
+    app.state.leadership = None
     app.state.rate_limits = RateLimits.of(settings.rate_limits)
     registry.register(RecorderCollector(lambda: app.state.recorder))
+    registry.register(LeadershipCollector(lambda: app.state.leadership))
+    registry.register(
+        MqttBridgeCollector(
+            lambda: (
+                bridge.snapshot() if (bridge := getattr(app.state, "mqtt_bridge", None)) else None
+            )
+        )
+    )
     # Innermost first: bodies are checked before any route reads them; every answer, also a
     # refusal, carries the security headers (and CORS headers when origins are configured)
     # and is written to the request log.

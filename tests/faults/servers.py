@@ -90,6 +90,30 @@ class OwnPostgres:
     def promote(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
 
+    def make_standby(self) -> OwnPostgres:
+        """A streaming replica of this (running) server: ``pg_basebackup -R`` into a directory
+        of its own, on another free port, readable (hot standby). Start it with :meth:`start`."""
+        standby = OwnPostgres.__new__(OwnPostgres)
+        standby.bin, standby._user = self.bin, self._user
+        standby.port = free_port()
+        standby.root = Path(tempfile.mkdtemp(prefix="homepot-pg-standby-"))
+        standby.data = standby.root / "data"
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(standby.root, entry.pw_uid, entry.pw_gid)
+        self._run(
+            *("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"),
+            *("-D", str(standby.data), "-R", "-X", "stream", "--checkpoint=fast"),
+        )
+        settings = {
+            "port": str(standby.port),
+            "unix_socket_directories": f"'{standby.root}'",
+            "hot_standby": "on",
+        }
+        with (standby.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        return standby
+
     def close(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -153,3 +177,100 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update({writer, up_writer})
+
+
+class AppServer:
+    """``homepot.main:create_app`` in a uvicorn process of its own, on a free port.
+
+    ``env`` adds HOMEPOT_ variables to the test's environment; the process's output goes
+    to ``log`` (shown when it exits early).
+    """
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "HOMEPOT_ANALYTICS__SPOOL_DIR": str(workdir / f"spool-{self.port}"),
+            "HOMEPOT_DATA_DIR": str(workdir / "data"),
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import sys
+
+        command = [
+            *(sys.executable, "-m", "uvicorn", "--factory", "homepot.main:create_app"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"),
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def wait_until_up(self, within: float = 60) -> None:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        async with httpx.AsyncClient() as http:
+            while loop.time() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    pytest.fail(f"the server exited:\n{self.log.read_text()[-3000:]}")
+                try:
+                    answer = await http.get(f"{self.url}/api/v1/health", timeout=1)
+                    if answer.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        pytest.fail(f"the server did not answer within {within} s:\n{self.log.read_text()[-3000:]}")
+
+    async def metrics(self) -> dict[str, float]:
+        """The Prometheus samples, ``name{labels}`` -> value."""
+        import httpx
+
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"{self.url}/metrics", timeout=5)
+        answer.raise_for_status()
+        samples: dict[str, float] = {}
+        for line in answer.text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        stop_all([self])
+
+
+def stop_all(servers: list[AppServer]) -> None:
+    """Shut the servers down together (SIGINT, a clean stop), killing any still up after 30 s."""
+    import signal
+
+    running = [s.process for s in servers if s.process is not None and s.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGINT)
+    for process in running:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -171,3 +171,75 @@ def tls_broker(tmp_path: Path) -> Iterator[Broker]:
     broker.start()
     yield broker
     broker.stop()
+
+
+class NatsCluster:
+    """Three nats-servers routed into one cluster, each with JetStream and MQTT (3.1.1) on
+    free loopback ports, stores in ``directory``: devices and servers may use any node."""
+
+    NODES = 3
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.client_ports = [free_port() for _ in range(self.NODES)]
+        self.route_ports = [free_port() for _ in range(self.NODES)]
+        self.mqtt_ports = [free_port() for _ in range(self.NODES)]
+        routes = ", ".join(f"nats-route://{HOST}:{port}" for port in self.route_ports)
+        self.configs: list[Path] = []
+        for node in range(self.NODES):
+            config = directory / f"node{node}.conf"
+            config.write_text(
+                f"server_name: node{node}\n"
+                f"listen: {HOST}:{self.client_ports[node]}\n"
+                f'jetstream {{ store_dir: "{directory / f"store{node}"}",'
+                " max_memory_store: 64MB, max_file_store: 256MB }\n"
+                f"cluster {{ name: homepot-test, listen: {HOST}:{self.route_ports[node]},"
+                f" routes: [{routes}] }}\n"
+                # Sessions and QoS 1 messages replicated on every node: any node may die.
+                # A message not acknowledged (its reader's node died) is sent again after 2 s.
+                f"mqtt {{ listen: {HOST}:{self.mqtt_ports[node]}, stream_replicas: 3,"
+                ' ack_wait: "2s" }\n'
+            )
+            self.configs.append(config)
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.NODES
+
+    def url(self, node: int) -> str:
+        return f"mqtt://{HOST}:{self.mqtt_ports[node]}"
+
+    def start(self) -> None:
+        for node, config in enumerate(self.configs):
+            log = (self.directory / f"node{node}.log").open("ab")
+            self.processes[node] = subprocess.Popen(
+                [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while not all(answers(port) for port in self.mqtt_ports):
+            if time.monotonic() > deadline:
+                pytest.fail("the NATS cluster's MQTT ports did not answer within 30 s")
+            time.sleep(0.1)
+
+    def kill(self, node: int) -> None:
+        process = self.processes[node]
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for node in range(self.NODES):
+            self.kill(node)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        pytest.skip("nats-server is not installed; install Debian's nats-server package")
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    cluster = NatsCluster(binary, directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

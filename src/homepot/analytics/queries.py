@@ -134,11 +134,15 @@ async def read_audited_page(
     actor: Actor,
     stream: Stream[ReadT],
     params: StreamQuery,
+    *,
+    reader: AsyncSession | None = None,
 ) -> CursorPage[ReadT]:
     """A page of ``stream``, with an audit row of who read it, from where, with which filters.
 
     Every read of an analytics stream goes through here (the admin streams and the error log
-    that every signed-in user sees), so the audit log answers "who looked at what".
+    that every signed-in user sees), so the audit log answers "who looked at what". The audit
+    row is written through ``session`` (the primary); the page is read through ``reader``
+    when given (a read replica, see ``HOMEPOT_DATABASE_READ_URL``).
     """
     write_audit_log(
         session,
@@ -152,7 +156,7 @@ async def read_audited_page(
             if (value := getattr(params, name)) is not None
         },
     )
-    return await read_page(session, stream, params)
+    return await read_page(reader if reader is not None else session, stream, params)
 
 
 async def set_error_resolved(

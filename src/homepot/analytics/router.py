@@ -39,7 +39,7 @@ from homepot.auth.deps import AdminUser
 from homepot.auth.models import User
 from homepot.auth.throttle import IngestingUser
 from homepot.config import API_PREFIX
-from homepot.db import SessionDep
+from homepot.db import ReadSessionDep, SessionDep
 from homepot.kit import streams
 from homepot.kit.pagination import CursorPage
 from homepot.kit.streams import StreamQuery
@@ -82,10 +82,13 @@ async def _audited_page(
     request: Request,
     admin: User,
     session: AsyncSession,
+    reader: AsyncSession,
     stream: streams.Stream[streams.ReadT],
     params: StreamQuery,
 ) -> CursorPage[streams.ReadT]:
-    return await queries.read_audited_page(session, Actor.of(request, admin), stream, params)
+    return await queries.read_audited_page(
+        session, Actor.of(request, admin), stream, params, reader=reader
+    )
 
 
 @router.get(
@@ -98,9 +101,10 @@ async def list_requests(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[RequestQuery, Query()],
 ) -> CursorPage[APIRequestLogRead]:
-    return await _audited_page(request, admin, session, queries.REQUESTS, params)
+    return await _audited_page(request, admin, session, reader, queries.REQUESTS, params)
 
 
 @router.get(
@@ -113,9 +117,10 @@ async def list_device_states(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[DeviceStateQuery, Query()],
 ) -> CursorPage[DeviceStateHistoryRead]:
-    return await _audited_page(request, admin, session, queries.DEVICE_STATES, params)
+    return await _audited_page(request, admin, session, reader, queries.DEVICE_STATES, params)
 
 
 @router.get(
@@ -128,9 +133,10 @@ async def list_job_outcomes(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[JobOutcomeQuery, Query()],
 ) -> CursorPage[JobOutcomeRead]:
-    return await _audited_page(request, admin, session, queries.JOBS, params)
+    return await _audited_page(request, admin, session, reader, queries.JOBS, params)
 
 
 @router.get(
@@ -143,9 +149,10 @@ async def list_errors(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[ErrorLogQuery, Query()],
 ) -> CursorPage[ErrorLogRead]:
-    return await _audited_page(request, admin, session, queries.ERRORS, params)
+    return await _audited_page(request, admin, session, reader, queries.ERRORS, params)
 
 
 @router.get(
@@ -158,9 +165,10 @@ async def list_user_activities(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[UserActivityQuery, Query()],
 ) -> CursorPage[UserActivityRead]:
-    return await _audited_page(request, admin, session, queries.USER_ACTIVITIES, params)
+    return await _audited_page(request, admin, session, reader, queries.USER_ACTIVITIES, params)
 
 
 @router.get(
@@ -173,9 +181,10 @@ async def list_device_metrics(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[DeviceMetricsQuery, Query()],
 ) -> CursorPage[DeviceMetricsRead]:
-    return await _audited_page(request, admin, session, queries.DEVICE_METRICS, params)
+    return await _audited_page(request, admin, session, reader, queries.DEVICE_METRICS, params)
 
 
 @router.get(
@@ -188,9 +197,10 @@ async def list_config_history(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[ConfigHistoryQuery, Query()],
 ) -> CursorPage[ConfigurationHistoryRead]:
-    return await _audited_page(request, admin, session, queries.CONFIG_HISTORY, params)
+    return await _audited_page(request, admin, session, reader, queries.CONFIG_HISTORY, params)
 
 
 @router.get(
@@ -204,9 +214,10 @@ async def list_site_schedules(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[SiteScheduleQuery, Query()],
 ) -> CursorPage[SiteOperatingScheduleRead]:
-    return await _audited_page(request, admin, session, queries.SITE_SCHEDULES, params)
+    return await _audited_page(request, admin, session, reader, queries.SITE_SCHEDULES, params)
 
 
 @router.post(

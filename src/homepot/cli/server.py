@@ -32,11 +32,24 @@ from homepot.simulation.sample import (
 # --- serve ---------------------------------------------------------------------------------
 
 
-def _serve(settings: Settings, host: str, port: int, reload: bool) -> None:
+def _serve(settings: Settings, host: str, port: int, reload: bool, workers: int = 1) -> None:
     import uvicorn
+
+    if workers > 1 and settings.is_sqlite:
+        # One SQLite file has one writer, and its background tasks have no lock that other
+        # processes could see: several workers need PostgreSQL.
+        raise fail(
+            f"--workers {workers} needs PostgreSQL (HOMEPOT_DATABASE_URL=postgresql://...);"
+            " the embedded SQLite database is served by one process",
+            EXIT_USAGE,
+        )
+    if workers > 1 and reload:
+        raise fail("--reload restarts one process; use it without --workers", EXIT_USAGE)
 
     # The app factory reads its settings from the environment, also in a reloader's child.
     os.environ["HOMEPOT_DATABASE_URL"] = settings.database_url
+    if settings.database_read_url:
+        os.environ["HOMEPOT_DATABASE_READ_URL"] = settings.database_read_url
     get_settings.cache_clear()
     # `homepot demo` asks for the app with its simulated fleet (see homepot.simulation.demo).
     demo = bool(os.environ.get(demo_fleet.DEMO_FLEET_ENV))
@@ -47,6 +60,9 @@ def _serve(settings: Settings, host: str, port: int, reload: bool) -> None:
         port=port,
         reload=reload,
         reload_dirs=[str(Path(__file__).parent.parent)] if reload else None,
+        # Each worker is a process with its own app; the background singletons run in one of
+        # them at a time (PostgreSQL advisory locks, see homepot.kit.singleton).
+        workers=workers if workers > 1 else None,
         # Client addresses are the app's business (HOMEPOT_TRUSTED_PROXIES), so uvicorn must
         # not rewrite them from X-Forwarded-For on its own.
         proxy_headers=False,
@@ -64,10 +80,19 @@ def serve(
     reload: Annotated[
         bool, typer.Option("--reload/--no-reload", help="Restart when the code changes.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes on the port (PostgreSQL only); each background task runs"
+            " in one of them at a time.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API server (uvicorn)."""
     os.environ.pop(demo_fleet.DEMO_FLEET_ENV, None)
-    _serve(settings_from(ctx), host, port, reload)
+    _serve(settings_from(ctx), host, port, reload, workers)
 
 
 # --- demo ----------------------------------------------------------------------------------

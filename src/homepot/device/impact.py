@@ -394,5 +394,6 @@ async def run_impact_evaluator(app: FastAPI) -> AsyncIterator[None]:
         settings.fleet.impact_evaluator_interval_seconds,
         evaluation_pass,
         lambda exc: _log_failure(app.state.recorder, exc),  # the database is away: next pass
+        leadership=app.state.leadership,
     ):
         yield

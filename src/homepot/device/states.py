@@ -167,5 +167,6 @@ async def run_device_watchdog(app: FastAPI) -> AsyncIterator[None]:
         settings.fleet.watchdog_interval_seconds,
         watchdog_pass,
         failed_pass_logger(app.state.recorder, "DEVICE_WATCHDOG_FAILED", "device watchdog pass"),
+        leadership=app.state.leadership,
     ):
         yield

@@ -55,7 +55,10 @@ async def create_export(
     # The request's transaction (it loaded the admin) must not stay open while the export
     # reads and writes for minutes: end it now; the audit row below starts a short one.
     await session.commit()
-    export = await service.export_zip(request.app.state.engine, body.to_request(), pseudonymizer)
+    # From the read replica when one is configured (HOMEPOT_DATABASE_READ_URL).
+    export = await service.export_zip(
+        request.app.state.read_engine, body.to_request(), pseudonymizer
+    )
     manifest = export.manifest
     service.write_export_audit(session, Actor.of(request, admin), manifest)
     stamp = manifest.created_at.strftime("%Y%m%dT%H%M%SZ")

@@ -31,7 +31,13 @@ When the broker goes away the bridge reconnects with backoff, and meanwhile
 jobs for the device to poll.
 
 Several server processes sharing one database share the uplink through an MQTT shared
-subscription: each device message is handled by exactly one of them.
+subscription: each device message is handled by exactly one of them. Each process has a
+client id of its own that a restarted process takes over (``-<slot>``, see
+:meth:`homepot.kit.singleton.Leadership.slot`), so the session and the spool of a killed
+worker are picked up by its successor. For brokers without shared subscriptions (NATS:
+``fleet.mqtt_shared_subscription`` false, ``fleet.mqtt_protocol`` "3.1.1"), one process at a
+time reads the uplink, under one persistent session (``-uplink``) that the next holder of the
+uplink's lock takes over with whatever was not yet acknowledged; every process pushes jobs.
 
 The device side of the same protocol is :class:`homepot.agent.mqtt.DeviceMqttLink`.
 """
@@ -74,6 +80,7 @@ from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.fleet.uplinks import Uplink, parse_uplink_topic
 from homepot.job import executions
 from homepot.kit.retry import BROKER_RECONNECT, Backoff
+from homepot.kit.singleton import Leadership
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
     DeviceErrorReport,
@@ -120,6 +127,10 @@ DATABASE_PROBE_SECONDS = 5.0
 DRAIN_SECONDS = 5.0
 # Start-up waits at most this long for the first connection attempt.
 STARTUP_WAIT_SECONDS = 3.0
+# Without shared subscriptions: the lock of the one process that reads the uplink, and how
+# often the others check whether it is free (the holder's own check proves it still holds it).
+UPLINK_LEADERSHIP = "homepot-mqtt-uplink"
+UPLINK_LEADERSHIP_CHECK_SECONDS = 2.0
 
 
 class PushUnavailableError(RuntimeError):
@@ -286,7 +297,16 @@ class UplinkBridge:
         self._port = address.port
         self._settings: Settings = app.state.settings
         self._group = share_group(self._settings.database_url, address.password)
-        self.client_id = server_client_id(self._settings, address.password)
+        self._base_client_id = server_client_id(self._settings, address.password)
+        self.client_id = self._base_client_id
+        # Whether this process reads the uplink (always, with shared subscriptions).
+        self._shared = self._settings.fleet.mqtt_shared_subscription
+        self.reads_uplink = self._shared
+        self._switching_role = False
+        # After a broker failure, a process without shared subscriptions connects as a mere
+        # pusher first, and reads the uplink only when the lock is still free once connected
+        # (a process connected to another broker node may have taken it meanwhile).
+        self._last_attempt_failed = False
         self._session_factory: async_sessionmaker[AsyncSession] = app.state.session_factory
         workers = 1 if self._settings.is_sqlite else BRIDGE_WORKERS
         # Unbounded queues, bounded by the broker: it never has more than the Receive Maximum
@@ -329,25 +349,37 @@ class UplinkBridge:
 
     def _client(self) -> aiomqtt.Client:
         fleet = self._settings.fleet
-        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect.ReceiveMaximum = fleet.mqtt_max_unacknowledged
-        connect.SessionExpiryInterval = fleet.mqtt_session_expiry_seconds
         tls = None
         if self._address.tls:
             tls = ssl.create_default_context(
                 cafile=str(fleet.mqtt_ca_file) if fleet.mqtt_ca_file else None
             )
+        # A persistent session: the broker keeps the subscriptions and every message not yet
+        # acknowledged while the server is away (up to the session expiry with MQTT 5).
+        session: dict[str, Any]
+        if fleet.mqtt_protocol == "5":
+            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect.ReceiveMaximum = fleet.mqtt_max_unacknowledged
+            connect.SessionExpiryInterval = fleet.mqtt_session_expiry_seconds
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": connect,
+            }
+        else:
+            # 3.1.1 has no Receive Maximum: the broker's own in-flight limit bounds what it
+            # sends unacknowledged (NATS: mqtt.max_ack_pending; Mosquitto: max_inflight).
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        identifier = self.client_id
+        if not self._shared and self.reads_uplink:
+            identifier = f"{self._base_client_id[:120]}-uplink"
         client = aiomqtt.Client(
             self._host,
             self._port,
             username=self._address.username,
             password=self._address.password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            # A persistent session: the broker keeps the subscriptions and every message not
-            # yet acknowledged while the server is away (up to the session expiry).
-            clean_start=False,
-            properties=connect,
+            identifier=identifier,
+            **session,
             keepalive=30,
             timeout=PUBLISH_TIMEOUT_SECONDS,
             tls_context=tls,
@@ -365,8 +397,54 @@ class UplinkBridge:
         key_hash = self.keys.get(device_id)
         return secret_from_key_hash(key_hash) if key_hash is not None else None
 
+    async def _take_slot(self) -> None:
+        """On PostgreSQL without a configured client id: this process's own, ``-<slot>``."""
+        leadership: Leadership | None = getattr(self._app.state, "leadership", None)
+        if self._settings.fleet.mqtt_client_id or leadership is None:
+            return
+        if not leadership.distributed:
+            return
+        delays = BROKER_RECONNECT.delays()
+        while True:
+            try:
+                slot = await leadership.slot()
+                break
+            except Exception as exc:
+                delay = next(delays)
+                logger.warning(
+                    "MQTT bridge: no process slot yet (%s); retrying in %.1f s", exc, delay
+                )
+                await asyncio.sleep(delay)
+        self.client_id = f"{self._base_client_id[:120]}-{slot}"
+        self.spool = UplinkSpool(self._settings.analytics.spool_dir / "mqtt" / self.client_id)
+
+    def _leadership(self) -> Leadership | None:
+        leadership: Leadership | None = getattr(self._app.state, "leadership", None)
+        return leadership
+
+    async def _leads_uplink(self) -> bool:
+        if self._shared:
+            return True
+        leadership = self._leadership()
+        return leadership is None or await leadership.holds(UPLINK_LEADERSHIP)
+
+    async def _watch_uplink_role(self, client: aiomqtt.Client) -> None:
+        """Without shared subscriptions: reconnect as soon as this process's role changes."""
+        leadership = self._leadership()
+        while (leads := await self._leads_uplink()) == self.reads_uplink:
+            if leadership is not None:
+                leadership.count(UPLINK_LEADERSHIP, ran=leads)
+            await asyncio.sleep(UPLINK_LEADERSHIP_CHECK_SECONDS)
+        logger.info(
+            "MQTT bridge: this process %s the uplink",
+            "now reads" if not self.reads_uplink else "no longer reads",
+        )
+        self._switching_role = True
+        client._client.disconnect()
+
     async def run(self) -> None:
         """Connect, subscribe, read; on any broker failure, reconnect with backoff. Forever."""
+        await self._take_slot()
         await self._prepare()
         workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
         workers.append(asyncio.create_task(self._replay_spool()))
@@ -374,17 +452,28 @@ class UplinkBridge:
         outage_logged = False
         try:
             while True:
+                watcher: asyncio.Task[None] | None = None
+                self._switching_role = False
                 try:
+                    self.reads_uplink = self._shared or (
+                        not self._last_attempt_failed and await self._leads_uplink()
+                    )
                     async with self._client() as client:
                         self._generation += 1
                         self._client_now = client
-                        await client.subscribe(
-                            [(f"$share/{self._group}/{topic}", QOS) for topic in topics.UPLINK]
-                        )
+                        if self._shared:
+                            await client.subscribe(
+                                [(f"$share/{self._group}/{topic}", QOS) for topic in topics.UPLINK]
+                            )
+                        else:
+                            watcher = asyncio.create_task(self._watch_uplink_role(client))
+                            if self.reads_uplink:
+                                await client.subscribe([(topic, QOS) for topic in topics.UPLINK])
                         self._set_channel(MqttChannel(client, self.secret_for))
                         self.connected.set()
                         self.first_attempt_done.set()
                         logger.info("MQTT bridge connected to %s:%s", self._host, self._port)
+                        self._last_attempt_failed = False
                         delays = BROKER_RECONNECT.delays()
                         outage_logged = False
                         generation = self._generation
@@ -400,6 +489,15 @@ class UplinkBridge:
                 except Exception as exc:  # the broker's failures, and anything unforeseen
                     self.connected.clear()
                     self._client_now = None
+                    if self._switching_role:
+                        self._switching_role = False
+                        continue
+                    self._last_attempt_failed = True
+                    leadership = self._leadership()
+                    if not self._shared and self.reads_uplink and leadership is not None:
+                        # Unreachable from here: let a process that reaches the broker read.
+                        await leadership.resign(UPLINK_LEADERSHIP)
+                        self.reads_uplink = False
                     reason = f"the MQTT broker at {self._host}:{self._port} is unreachable ({exc})"
                     self._set_channel(UnavailableChannel(reason))
                     if not outage_logged:
@@ -420,6 +518,11 @@ class UplinkBridge:
                     logger.warning("%s; retrying in %.1f s", reason, delay)
                     self.first_attempt_done.set()
                     await asyncio.sleep(delay)
+                finally:
+                    if watcher is not None:
+                        watcher.cancel()
+                        with contextlib.suppress(BaseException):
+                            await watcher
         finally:
             self.connected.clear()
             self._set_channel(UnavailableChannel("the server is shutting down"))

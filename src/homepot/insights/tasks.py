@@ -23,9 +23,10 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
     """Background service: scan the newest complete bins every interval, unless
     ``HOMEPOT_INSIGHTS__ENABLED`` is false (then numpy is never imported).
 
-    With several server processes, one scans and the others skip the pass (see
-    homepot.insights.service). A failed pass is logged to ``error_logs`` (database /
-    INSIGHTS_SCAN_FAILED) and the next pass runs as usual.
+    With several server processes on PostgreSQL, the one that holds the scan's leadership
+    (see homepot.kit.singleton) scans and the others skip the pass; a scan started from the
+    command line meanwhile skips too (homepot.insights.service). A failed pass is logged to
+    ``error_logs`` (database / INSIGHTS_SCAN_FAILED) and the next pass runs as usual.
     """
     settings: Settings = app.state.settings
     if not settings.insights.enabled:
@@ -60,6 +61,7 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
         settings.insights.interval_seconds,
         insights_pass,
         failed_pass_logger(app.state.recorder, "INSIGHTS_SCAN_FAILED", "insights scan"),
+        leadership=app.state.leadership,
     ):
         yield
 
@@ -122,5 +124,6 @@ async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
         settings.insights.risk_interval_seconds,
         risk_pass,
         failed_pass_logger(app.state.recorder, "INSIGHTS_RISK_FAILED", "risk scoring"),
+        leadership=app.state.leadership,
     ):
         yield

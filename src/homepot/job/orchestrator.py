@@ -294,5 +294,6 @@ async def run_orchestrator(app: FastAPI) -> AsyncIterator[None]:
         failed_pass_logger(
             orchestrator.recorder, "JOB_ORCHESTRATOR_FAILED", "job orchestrator pass"
         ),
+        leadership=app.state.leadership,
     ):
         yield

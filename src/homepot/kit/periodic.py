@@ -12,6 +12,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from homepot.kit.singleton import Leadership
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,8 +23,14 @@ async def run_periodically(
     interval_seconds: float,
     run_pass: Callable[[], Awaitable[object]],
     on_failure: Callable[[Exception], None],
+    *,
+    leadership: Leadership | None = None,
 ) -> AsyncIterator[None]:
     """Run ``run_pass`` every ``interval_seconds`` (the first one interval after start).
+
+    With ``leadership`` the task is a singleton among the server processes sharing the
+    database: a pass runs only in the process that holds ``name``'s lock (see
+    :mod:`homepot.kit.singleton`); the others skip it and take over when the holder is gone.
 
     A failing pass is logged with its traceback and the next one runs as usual;
     ``on_failure`` is called once per streak of failures (not every interval while, say,
@@ -37,6 +45,11 @@ async def run_periodically(
                 await asyncio.wait_for(stop.wait(), interval_seconds)
             if stop.is_set():
                 return
+            if leadership is not None:
+                leads = await leadership.holds(name)
+                leadership.count(name, ran=leads)
+                if not leads:
+                    continue
             try:
                 await run_pass()
                 failing = False

@@ -17,7 +17,7 @@ from homepot.audit.service import Actor
 from homepot.auth.deps import CurrentUser
 from homepot.auth.models import Role
 from homepot.config import API_PREFIX
-from homepot.db import SessionDep
+from homepot.db import ReadSessionDep, SessionDep
 from homepot.kit.pagination import CursorPage
 from homepot.overview import service
 from homepot.overview.cache import FleetMetricsCache
@@ -41,7 +41,7 @@ def _metrics_cache(request: Request) -> FleetMetricsCache:
 )
 async def read_overview(
     _user: CurrentUser,
-    session: SessionDep,
+    session: ReadSessionDep,
     request: Request,
     hours: Annotated[
         int, Query(ge=1, le=168, description="Window for job outcomes and metrics, in hours")
@@ -65,9 +65,12 @@ async def list_errors(
     user: CurrentUser,
     request: Request,
     session: SessionDep,
+    reader: ReadSessionDep,
     params: Annotated[ErrorLogQuery, Query()],
 ) -> CursorPage[ErrorLogRead]:
-    page = await queries.read_audited_page(session, Actor.of(request, user), queries.ERRORS, params)
+    page = await queries.read_audited_page(
+        session, Actor.of(request, user), queries.ERRORS, params, reader=reader
+    )
     if user.role == Role.admin:
         return page
     hidden = {"stack_trace": None, "user_id": None, "context": None}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from homepot.auth.deps import AdminUser
 from homepot.config import API_PREFIX
-from homepot.db import SessionDep
+from homepot.db import ReadSessionDep
 from homepot.quality.schemas import QualityQuery
 from homepot.quality.service import QualityReport, assess_quality
 
@@ -32,7 +32,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
     },
 )
 async def read_quality(
-    _admin: AdminUser, session: SessionDep, params: Annotated[QualityQuery, Query()]
+    _admin: AdminUser, session: ReadSessionDep, params: Annotated[QualityQuery, Query()]
 ) -> QualityReport:
     return await assess_quality(
         session, params.thresholds(), include_simulated=params.include_simulated

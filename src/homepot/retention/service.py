@@ -5,11 +5,12 @@ counts exactly the rows a real run with the same ``as_of`` deletes. Deletes go b
 key, ``batch_size`` rows a transaction, oldest ids first, so that no delete holds locks long
 enough to stall the recorder's inserts.
 
-One run at a time: on PostgreSQL a session-level advisory lock, taken with
-``pg_try_advisory_lock`` on a connection of its own, lets one process (server or command
-line) run while the others skip and say so. On SQLite, a lock inside the process does the
-same; two processes pruning one SQLite file at once (a server and the command line) only
-repeat each other's work, since SQLite runs one write at a time anyway.
+One run at a time (:func:`homepot.kit.singleton.single_run`): on PostgreSQL a session-level
+advisory lock, taken with ``pg_try_advisory_lock`` on a connection of its own, lets one
+process (server or command line) run while the others skip and say so. On SQLite, a lock
+inside the process does the same; two processes pruning one SQLite file at once (a server
+and the command line) only repeat each other's work, since SQLite runs one write at a time
+anyway.
 
 Each run that is not skipped writes one ``audit_logs`` row, ``retention.run``, with what it
 deleted (or would delete) per table.
@@ -19,17 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Column, Table, delete, func, select, text
+from sqlalchemy import Column, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.audit.service import Actor, write_audit_log
 from homepot.db import utcnow
+from homepot.kit.singleton import single_run
 from homepot.retention.policy import TablePolicy
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY: Final = int.from_bytes(b"HOMEPOTR", "big")
 SKIPPED_LOCKED: Final = "another retention run is under way (it holds the lock); nothing was done"
 SYSTEM_ACTOR: Final = Actor(user_id="system", ip_address=None)
-
-_process_lock = asyncio.Lock()
 
 
 @dataclass(frozen=True)
@@ -84,30 +83,6 @@ class RetentionReport:
 
 class RetentionRunFailed(Exception):
     """A table could not be pruned; the tables before it were, and the audit row says so."""
-
-
-@asynccontextmanager
-async def _single_runner(engine: AsyncEngine) -> AsyncIterator[bool]:
-    """Yields True when this caller may run, False when another run holds the lock."""
-    if engine.dialect.name != "postgresql":
-        if _process_lock.locked():
-            yield False
-            return
-        async with _process_lock:
-            yield True
-        return
-    # A connection of its own in autocommit: the lock belongs to the session, and no
-    # transaction stays open while the run deletes on other connections.
-    async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        key = {"key": ADVISORY_LOCK_KEY}
-        if not await autocommit.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            await autocommit.execute(text("SELECT pg_advisory_unlock(:key)"), key)
 
 
 def _columns(policy: TablePolicy) -> tuple[Table, Column[Any], Column[Any]]:
@@ -181,7 +156,7 @@ async def apply_retention(
         raise ValueError("as_of must be timezone-aware")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    async with _single_runner(engine) as may_run:
+    async with single_run(engine, ADVISORY_LOCK_KEY) as may_run:
         if not may_run:
             logger.info("retention: %s", SKIPPED_LOCKED)
             return RetentionReport(

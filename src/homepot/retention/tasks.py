@@ -22,7 +22,8 @@ async def run_retention(app: FastAPI) -> AsyncIterator[None]:
     The policy is resolved at start, so a bad ``HOMEPOT_RETENTION__TABLES`` stops the server
     with its message. A failed pass is logged to ``error_logs`` (database /
     RETENTION_RUN_FAILED) and the next pass runs as usual. With several server processes on
-    PostgreSQL, one prunes and the others skip the pass (see homepot.retention.service).
+    PostgreSQL, the one holding the retention's leadership prunes and the others skip the
+    pass (see homepot.kit.singleton); a command-line run meanwhile skips too.
     """
     settings: Settings = app.state.settings
     policy = resolve_policy(settings)
@@ -44,5 +45,6 @@ async def run_retention(app: FastAPI) -> AsyncIterator[None]:
         settings.retention.interval_seconds,
         retention_pass,
         failed_pass_logger(app.state.recorder, "RETENTION_RUN_FAILED", "retention run"),
+        leadership=app.state.leadership,
     ):
         yield

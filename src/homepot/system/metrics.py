@@ -1,0 +1,79 @@
+"""Which background singletons this process runs, and its MQTT bridge's counters, as
+Prometheus metrics read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from homepot.kit.singleton import Leadership
+
+
+class LeadershipCollector(Collector):
+    """``homepot_singleton_leader{task}`` (1 in the process that runs the task's passes),
+    ``homepot_singleton_passes_total{task}`` and ``homepot_singleton_skipped_total{task}``
+    (passes left to another process). Summed over the processes of one database, each task
+    has one leader, and its passes are counted once."""
+
+    def __init__(self, leadership: Callable[[], Leadership | None]) -> None:
+        self.leadership = leadership
+
+    def collect(self) -> Iterator[Metric]:
+        leadership = self.leadership()
+        if leadership is None:
+            return
+        tasks = sorted(set(leadership.passes) | set(leadership.skipped))
+        leader = GaugeMetricFamily(
+            "homepot_singleton_leader",
+            "1 when this process runs the background task's passes",
+            labels=["task"],
+        )
+        passes = CounterMetricFamily(
+            "homepot_singleton_passes",
+            "Passes of the background task run by this process",
+            labels=["task"],
+        )
+        skipped = CounterMetricFamily(
+            "homepot_singleton_skipped",
+            "Passes of the background task left to the process that leads it",
+            labels=["task"],
+        )
+        for task in tasks:
+            leader.add_metric([task], 1 if leadership.leads(task) else 0)
+            passes.add_metric([task], leadership.passes.get(task, 0))
+            skipped.add_metric([task], leadership.skipped.get(task, 0))
+        yield leader
+        yield passes
+        yield skipped
+
+
+class MqttBridgeCollector(Collector):
+    """The MQTT bridge's counters (``homepot_mqtt_uplink_{received,acknowledged,spooled,
+    replayed}_total``), from its snapshot; nothing without a broker."""
+
+    COUNTERS = {
+        "received": "Device messages received from the broker by this process",
+        "acknowledged": "Device messages acknowledged to the broker once stored or spooled",
+        "spooled": "Device messages written to the bridge's spool (database unavailable)",
+        "replayed": "Spooled device messages stored after the database came back",
+    }
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        for name, help_text in self.COUNTERS.items():
+            yield CounterMetricFamily(
+                f"homepot_mqtt_uplink_{name}", help_text, value=snapshot.get(name, 0)
+            )
+        yield GaugeMetricFamily(
+            "homepot_mqtt_connected",
+            "1 while this process is connected to the broker",
+            value=1 if snapshot.get("connected") else 0,
+        )
