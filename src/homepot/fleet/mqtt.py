@@ -68,11 +68,16 @@ from homepot.db import utcnow
 from homepot.device.models import Device
 from homepot.error_logger import record_error
 from homepot.fleet import service as fleet_service
-from homepot.fleet.broker_accounts import password_file, sync_device_accounts
+from homepot.fleet.broker_accounts import (
+    DeviceAccountKeeper,
+    password_file,
+    sync_device_accounts,
+)
 from homepot.fleet.device_keys import DeviceKeyCache
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.fleet.uplinks import Uplink, parse_uplink_topic
 from homepot.job import executions
+from homepot.kit.keycache import add_key_cache_invalidator
 from homepot.kit.retry import BROKER_RECONNECT, Backoff
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
@@ -370,6 +375,13 @@ class UplinkBridge:
         await self._prepare()
         workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
         workers.append(asyncio.create_task(self._replay_spool()))
+        stop_keeping_accounts: Callable[[], None] | None = None
+        if self._accounts is not None:
+            # A device deleted or given a new key anywhere in this process loses or changes
+            # its broker account.
+            keeper = DeviceAccountKeeper(self._accounts, self._session_factory)
+            stop_keeping_accounts = add_key_cache_invalidator(keeper.changed)
+            workers.append(asyncio.create_task(keeper.run()))
         delays = BROKER_RECONNECT.delays()
         outage_logged = False
         try:
@@ -421,6 +433,8 @@ class UplinkBridge:
                     self.first_attempt_done.set()
                     await asyncio.sleep(delay)
         finally:
+            if stop_keeping_accounts is not None:
+                stop_keeping_accounts()
             self.connected.clear()
             self._set_channel(UnavailableChannel("the server is shutting down"))
             await self._drain(workers)
