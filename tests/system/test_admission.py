@@ -68,7 +68,13 @@ def _app(release: asyncio.Event, limit: int, wait_seconds: float) -> AdmissionGa
     async def health(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/slow", slow), Route("/api/v1/health", health)])
+    app = Starlette(
+        routes=[
+            Route("/slow", slow),
+            Route("/api/v1/health", health),
+            Route("/api/v1/auth/token", health, methods=["POST"]),
+        ]
+    )
     return AdmissionGate(app, limit=limit, timeout_seconds=wait_seconds)
 
 
@@ -79,8 +85,9 @@ async def test_requests_beyond_the_limit_wait_their_turn_and_an_overlong_wait_is
         held = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
         await asyncio.sleep(0.05)
         assert app.gate.busy == 2
-        # The health check never queues.
+        # The health check never queues, nor does a login (it waits for its own threads).
         assert (await client.get("/api/v1/health")).text == "ok"
+        assert (await client.post("/api/v1/auth/token")).text == "ok"
         refused = await client.get("/slow")
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "5"

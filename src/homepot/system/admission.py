@@ -11,8 +11,8 @@ while later ones are served (measured in benchmarks/README.md, "load.py").
 (by default the database pool's size, so that an admitted request finds a connection at once)
 and queues the others first in, first out. A request that waits longer than
 ``limits.admission_timeout_seconds`` is answered 503 with ``Retry-After``: the server is
-overloaded, nothing was read or stored. The health check and the metrics bypass the gate:
-they must answer while the server is busy (and use no pooled connection for long).
+overloaded, nothing was read or stored. The health check, the metrics and logins bypass
+the gate (see :data:`BYPASS_PATHS`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from homepot.config import API_PREFIX, Settings
 
 # Seconds a client is asked to wait after a 503 because the server's queue was too long.
 OVERLOAD_RETRY_AFTER_SECONDS = 5
-# Paths answered without waiting their turn.
-BYPASS_PATHS = frozenset({f"{API_PREFIX}/health", "/metrics"})
+# Paths answered without waiting their turn: the health check and the metrics must answer
+# while the server is busy; a login waits for its own bounded pool of password-hashing
+# threads holding no connection (auth.password_hash_threads), so a burst of logins taking
+# every place here would stall every other request again.
+BYPASS_PATHS = frozenset({f"{API_PREFIX}/health", "/metrics", f"{API_PREFIX}/auth/token"})
 BYPASS_PREFIXES = ("/static/",)
 # SQLite has one writer: more concurrent requests only wait for its lock (with sleeps).
 SQLITE_CONCURRENT_REQUESTS = 4
