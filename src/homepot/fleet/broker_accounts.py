@@ -20,6 +20,7 @@ import asyncio
 import base64
 import fcntl
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -52,6 +53,20 @@ def mosquitto_password_hash(password: str, *, salt: bytes | None = None) -> str:
     derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
     encoded_salt = base64.b64encode(salt).decode()
     return f"$7${_PBKDF2_ITERATIONS}${encoded_salt}${base64.b64encode(derived).decode()}"
+
+
+def _hash_matches(hashed: str, password: str) -> bool:
+    """Whether a ``$7$`` entry is the hash of ``password``."""
+    try:
+        _, kind, iterations, salt, expected = hashed.split("$")
+        if kind != "7":
+            return False
+        derived = hashlib.pbkdf2_hmac(
+            "sha512", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(base64.b64encode(derived).decode(), expected)
 
 
 def acl_rules() -> str:
@@ -93,8 +108,10 @@ class PasswordFile:
             for user, password in set_passwords.items():
                 if ":" in user:
                     raise ValueError(f"a broker user name cannot contain ':': {user!r}")
+                if user in entries and _hash_matches(entries[user], password):
+                    continue  # unchanged: no new salt, no reload for nothing
                 entries[user] = mosquitto_password_hash(password)
-            if entries.keys() == before.keys() and not set_passwords:
+            if entries == before:
                 return False
             self._write(entries)
         self.reload_broker()
@@ -169,13 +186,13 @@ async def sync_device_accounts(
 
 
 class DeviceAccountKeeper:
-    """Brings a device's broker account in step with the database whenever its key changes
-    anywhere in this process (:mod:`homepot.kit.keycache` tells it, also when a device is
-    deleted, which no fleet code sees): the account follows the committed row, and a device
-    that is gone loses it. The broker reloads after each change.
+    """Brings a device's broker account in step with the database whenever a change of its
+    key is committed anywhere in this process (:mod:`homepot.kit.keycache` tells it, also
+    when a device is deleted, which no fleet code sees): the account follows the committed
+    row, and a device that is gone loses it. The broker reloads when the file changed.
 
-    Register :meth:`changed` with :func:`~homepot.kit.keycache.add_key_cache_invalidator` and
-    run :meth:`run` as a task.
+    Register :meth:`changed` with :func:`~homepot.kit.keycache.add_committed_key_listener`
+    and run :meth:`run` as a task.
     """
 
     def __init__(

@@ -75,7 +75,7 @@ from homepot.fleet.uplink_store import (
     UplinkStore,
 )
 from homepot.fleet.uplinks import parse_uplink_topic
-from homepot.kit.keycache import add_key_cache_invalidator
+from homepot.kit.keycache import add_committed_key_listener
 from homepot.kit.retry import BROKER_RECONNECT, Backoff
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
@@ -302,7 +302,7 @@ class UplinkBridge:
             # A device deleted or given a new key anywhere in this process loses or changes
             # its broker account.
             keeper = DeviceAccountKeeper(self._accounts, self._session_factory)
-            stop_keeping_accounts = add_key_cache_invalidator(keeper.changed)
+            stop_keeping_accounts = add_committed_key_listener(keeper.changed)
             workers.append(asyncio.create_task(keeper.run()))
         delays = BROKER_RECONNECT.delays()
         outage_logged = False
