@@ -36,13 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,11 +51,13 @@ from typing import Any
 import httpx
 from _common import (
     DEFAULT_POSTGRES_SERVER,
+    ServerProcess,
     benchmark_database,
     console,
     describe_database,
     percentile,
     raise_keyboard_interrupt_on_sigterm,
+    server_environment,
 )
 from rich.table import Table
 from sqlalchemy import func, select
@@ -87,12 +86,6 @@ QUIET_PROBE_SECONDS = 2.0
 SETTLE_SECONDS = 180.0
 # Publishes awaiting the broker's PUBACK at once, per MQTT sender.
 MQTT_PUBLISHES_IN_FLIGHT = 10
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -145,7 +138,10 @@ class CpuMeter:
         }
 
 
-class Server:
+class Server(ServerProcess):
+    """The server with or without MQTT, pinned to SERVER_CPU or not; ``bridge_batch`` sets
+    the bridge's messages per transaction (None keeps the code's own)."""
+
     def __init__(
         self,
         database_url: str,
@@ -155,72 +151,23 @@ class Server:
         pin: bool,
         bridge_batch: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "HOMEPOT_DATABASE_URL": database_url,
-            "HOMEPOT_AUTH__SECRET_KEY": "fleet-benchmark-secret-key-long-enough-for-hs256",
-            "HOMEPOT_ANALYTICS__SPOOL_DIR": str(workdir / "spool"),
-            "HOMEPOT_FLEET__MQTT_URL": f"mqtt://{BROKER[0]}:{BROKER[1]}" if mqtt else "",
-        }
-        self.pin = pin
-        # Messages per bridge transaction; None keeps the code's own setting.
-        self.bridge_batch = bridge_batch
-        self.log = workdir / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        arguments = [
-            "--factory",
-            "homepot.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        if self.bridge_batch is None:
-            command = [sys.executable, "-m", "uvicorn", *arguments]
-        else:
-            # The same server with the bridge's batch size set before the app is built.
-            start = (
-                "import sys, uvicorn, homepot.fleet.mqtt as bridge; "
-                f"bridge.BATCH_MAX_MESSAGES = {self.bridge_batch}; "
-                "sys.argv[0] = 'uvicorn'; sys.exit(uvicorn.main())"
+        env = server_environment(
+            database_url,
+            workdir,
+            secret="fleet-benchmark-secret-key-long-enough-for-hs256",
+            HOMEPOT_FLEET__MQTT_URL=f"mqtt://{BROKER[0]}:{BROKER[1]}" if mqtt else "",
+        )
+        before_start = None
+        if bridge_batch is not None:
+            before_start = (
+                f"import homepot.fleet.mqtt as bridge; bridge.BATCH_MAX_MESSAGES = {bridge_batch}"
             )
-            command = [sys.executable, "-c", start, *arguments]
-        if self.pin:
-            command = ["taskset", "-c", SERVER_CPU, *command]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/api/v1/health", timeout=1).status_code == 200:
-                    return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"the server did not start:\n{self.log.read_text()[-2000:]}")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        super().__init__(
+            env,
+            workdir,
+            pin_cpu=SERVER_CPU if pin else None,
+            before_start=before_start,
+        )
 
 
 async def make_admin(database_url: str) -> None:

@@ -39,10 +39,6 @@ import contextlib
 import os
 import platform
 import random
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,11 +53,13 @@ import httpx
 import psutil
 from _common import (
     DEFAULT_POSTGRES_SERVER,
+    ServerProcess,
     benchmark_database,
     console,
     describe_database,
     percentile,
     raise_keyboard_interrupt_on_sigterm,
+    server_environment,
 )
 from rich.table import Table
 
@@ -74,6 +72,8 @@ ADMIN_EMAIL = "load-benchmark@example.com"
 ADMIN_PASSWORD = "load-benchmark-password"
 API = "/api/v1"
 REQUEST_TIMEOUT = 30.0
+# Idle connections are dropped before uvicorn's keep-alive (5 s) would close them.
+CLIENT_KEEPALIVE_SECONDS = 4.0
 RSS_TOLERANCE = 0.10
 INGEST_LIMIT = 10_000_000
 TELEMETRY_SAMPLES = 10
@@ -144,85 +144,20 @@ def parse_args() -> argparse.Namespace:
 # -- the server ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """One uvicorn process on a free port; stopped with SIGINT (the recorder drains)."""
+class Server(ServerProcess):
+    """The server under load: the benchmark's environment, its ingest limit and ``settings``
+    (``HOMEPOT_NAME=VALUE``) on top."""
 
     def __init__(self, database_url: str, workdir: Path, secret: str, settings: list[str]) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPOT_")}
-        self.env.update(
-            HOMEPOT_DATABASE_URL=database_url,
-            HOMEPOT_ENVIRONMENT="development",
-            HOMEPOT_AUTH__SECRET_KEY=secret,
-            HOMEPOT_ANALYTICS__SPOOL_DIR=str(workdir / "spool"),
-            HOMEPOT_FLEET__MQTT_URL="",
+        extra = dict(setting.split("=", 1) for setting in settings)
+        env = server_environment(
+            database_url,
+            workdir,
+            secret=secret,
             HOMEPOT_RATE_LIMITS__INGEST_REQUESTS_PER_MINUTE=str(INGEST_LIMIT),
+            **extra,
         )
-        for setting in settings:
-            name, value = setting.split("=", 1)
-            self.env[name] = value
-        self.log = workdir / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "homepot.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}{API}/health", timeout=1).status_code == 200:
-                    return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"the server did not start:\n{self.log.read_text()[-2000:]}")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_errors(self) -> list[str]:
-        """Server log lines that look like errors (tracebacks, ERROR records)."""
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text(errors="replace").splitlines()
-        # The exception lines close each traceback ("sqlalchemy.exc.TimeoutError: ...").
-        exception = re.compile(r"^[\w.]+(Error|Exception|Timeout)\b")
-        return [line for line in lines if "ERROR" in line or exception.match(line)]
+        super().__init__(env, workdir)
 
 
 async def make_admin(database_url: str) -> None:
@@ -350,7 +285,14 @@ class Traffic:
 
 
 def client_pool(base_url: str, connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # An idle connection is dropped before uvicorn's keep-alive (5 s) closes it, as any
+    # well-behaved client does: else a request sent just as the server closes it fails
+    # with a ReadError that says nothing about the server.
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=CLIENT_KEEPALIVE_SECONDS,
+    )
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT)
 
 

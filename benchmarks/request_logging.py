@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import re
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,12 +36,14 @@ from typing import Any
 import httpx
 from _common import (
     DEFAULT_POSTGRES_SERVER,
+    ServerProcess,
     benchmark_database,
     console,
     describe_database,
     median,
     percentile,
     raise_keyboard_interrupt_on_sigterm,
+    server_environment,
 )
 from rich.table import Table
 from sqlalchemy import func, select
@@ -151,12 +150,6 @@ def parse_args() -> argparse.Namespace:
 # -- the server ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def event_loop_name() -> str:
     try:
         import uvloop  # noqa: F401
@@ -165,75 +158,19 @@ def event_loop_name() -> str:
     return "uvloop"
 
 
-def server_environment(database_url: str, workdir: Path, *, secret: str) -> dict[str, str]:
-    """The caller's environment without any HOMEPOT_ setting, plus the benchmark's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPOT_")}
-    env.update(
-        HOMEPOT_DATABASE_URL=database_url,
-        HOMEPOT_ENVIRONMENT="development",
-        HOMEPOT_AUTH__SECRET_KEY=secret,
-        HOMEPOT_ANALYTICS__SPOOL_DIR=str(workdir / "spool"),
-    )
-    return env
-
-
-class Server:
-    """One uvicorn process; stopped with SIGINT so that the recorder drains on shutdown."""
+class Server(ServerProcess):
+    """The server with request recording on or off, on ``event_loop_name()``, pinned to
+    SERVER_CPU or not, run from ``workdir``."""
 
     def __init__(self, env: dict[str, str], record: bool, workdir: Path, pin: bool) -> None:
-        self.env = {**env, "HOMEPOT_ANALYTICS__RECORD_REQUESTS": "true" if record else "false"}
-        self.workdir = workdir
-        self.pin = pin
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            {**env, "HOMEPOT_ANALYTICS__RECORD_REQUESTS": "true" if record else "false"},
+            workdir,
+            uvicorn_args=["--loop", event_loop_name()],
+            pin_cpu=SERVER_CPU if pin else None,
+        )
         # The recorder's counters in /api/v1/health are shown to admins only.
         self.token: str | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "homepot.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--loop",
-            event_loop_name(),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        if self.pin:
-            command = ["taskset", "-c", SERVER_CPU, *command]
-        with self.log_path.open("wb") as log:
-            # A session of its own: Ctrl-C reaches only this script, which then stops the
-            # server itself (gracefully, so that the rows already queued are written).
-            self.process = subprocess.Popen(
-                command,
-                env=self.env,
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._wait_until_ready()
-
-    def _wait_until_ready(self, timeout: float = 30.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited at start-up:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/api/v1/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def recorder_counters(self) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -252,25 +189,6 @@ class Server:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"the recorder did not catch up within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise RuntimeError(
-                f"the server did not shut down within 60s and was killed:\n{self.log_tail()}"
-            ) from None
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no server output)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:]) or "(no server output)"
 
 
 # -- users and tokens ----------------------------------------------------------------------

@@ -53,8 +53,12 @@ class DatabaseSettings(BaseModel):
     sqlite_busy_timeout_seconds: float = Field(default=30, gt=0, le=3600)
     # Waiting for a free connection of the pool before the request is answered 503.
     pool_timeout_seconds: float = Field(default=5, gt=0, le=300)
-    pool_size: int = Field(default=10, ge=1, le=500)
-    pool_max_overflow: int = Field(default=20, ge=0, le=500)
+    # Connections kept open per server process: as many as requests admitted at once
+    # (limits.max_concurrent_requests defaults to it), plus the overflow for the recorder,
+    # the MQTT bridge and the background tasks. 30 per process leaves PostgreSQL's default
+    # max_connections (100) room for three processes and the tools.
+    pool_size: int = Field(default=20, ge=1, le=500)
+    pool_max_overflow: int = Field(default=10, ge=0, le=500)
 
 
 class AnalyticsSettings(BaseModel):
@@ -162,6 +166,11 @@ class LimitsSettings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_telemetry_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_ingest_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Requests handled at once per server process; the others queue in arrival order (see
+    # homepot.system.admission). None: the database pool's size (4 on SQLite, one writer).
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=10_000)
+    # A request that waited this long for its turn is answered 503 with Retry-After.
+    admission_timeout_seconds: float = Field(default=30, gt=0, le=600)
 
 
 class InsightsSettings(BaseModel):

@@ -40,6 +40,7 @@ from homepot.overview.router import router as overview_router
 from homepot.quality.router import router as quality_router
 from homepot.retention.tasks import run_retention
 from homepot.site.router import router as site_router
+from homepot.system.admission import AdmissionGate, concurrent_request_limit
 from homepot.system.errors import install_error_handlers
 from homepot.system.limits import RequestBodyGuard
 from homepot.system.metrics import LeadershipCollector, MqttBridgeCollector
@@ -144,6 +145,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Inside the request log (a refusal is logged too), outside everything that works.
+    app.add_middleware(
+        AdmissionGate,
+        limit=concurrent_request_limit(settings),
+        timeout_seconds=settings.limits.admission_timeout_seconds,
+    )
     app.add_middleware(
         RequestLogMiddleware,
         settings=settings,

@@ -469,6 +469,36 @@ async def test_the_bridge_reconnects_after_the_broker_restarts(
 
 
 @requires_broker
+async def test_every_device_message_delivered_twice_is_stored_once(mqtt_app: FastAPI) -> None:
+    """QoS 1 redelivers a message the server stored but had not acknowledged (killed between
+    the commit and the PUBACK): the same bytes again. Each kind is stored once."""
+    device_id, api_key = await _device_with_key(mqtt_app)
+    heartbeat = Heartbeat(status="ok", uptime_seconds=60)
+    report = DeviceErrorReport(
+        severity=ErrorSeverity.error, error_code="PRINTER_JAM", message="jam"
+    )
+    batch = _batch(samples=2)
+    async with DeviceMqttLink.from_url(BROKER_URL, device_id, api_key) as link:
+        for _ in range(2):
+            await link.publish_heartbeat(heartbeat)
+            await link.publish_error(report)
+            await link.publish_telemetry(batch)
+        # A different heartbeat, with the same content but its own id: stored too.
+        await link.publish_heartbeat(Heartbeat(status="ok", uptime_seconds=60))
+
+        async def two_health_checks() -> list[Any]:
+            rows = await db_rows(mqtt_app, HealthCheck, device_id=device_id)
+            return rows if len(rows) >= 2 else []
+
+        await _eventually(two_health_checks)
+    await mqtt_app.state.recorder.flush()
+    checks = await db_rows(mqtt_app, HealthCheck, device_id=device_id)
+    assert len(checks) == 2
+    assert len({check.event_id for check in checks}) == 2
+    assert len(await _errors(mqtt_app, device_id, "PRINTER_JAM")) == 1
+    assert len(await _metrics(mqtt_app, device_id)) == 2
+
+
 async def test_a_device_error_report_over_mqtt_is_stored(mqtt_app: FastAPI) -> None:
     device_id, api_key = await _device_with_key(mqtt_app)
     occurred = (datetime.now(UTC) - timedelta(minutes=2)).replace(microsecond=0)

@@ -21,6 +21,7 @@ from sqlalchemy import update
 
 from homepot.agent.mqtt import DeviceMqttLink, JobReplayGuard
 from homepot.analytics.models import DeviceMetrics, ErrorLog
+from homepot.auth.models import Role
 from homepot.config import Settings
 from homepot.device.models import Device, HealthCheck
 from homepot.fleet.device_keys import device_credentials_changed
@@ -32,6 +33,7 @@ from homepot.protocol.mqtt import SignedMessage, broker_password, device_secret
 from tests.fleet.brokers import HOST, Broker, open_broker, secured_broker, tls_broker
 from tests.fleet.test_mqtt import _batch, _command, _device_with_key, _eventually, mqtt_fleet
 from tests.helpers import (
+    auth_headers,
     create_bootstrap_key,
     create_registered_device,
     create_site,
@@ -216,6 +218,36 @@ async def test_registering_again_retires_the_old_broker_password(
             return rows if len(rows) == 2 else []
 
         assert await _eventually(two_health_checks)
+
+
+async def test_a_deleted_or_revoked_device_loses_its_broker_account(
+    secured_app: FastAPI, secured_broker: Broker, http: AsyncClient
+) -> None:
+    admin = await auth_headers(secured_app, http, Role.admin)
+    site_id = await create_site(secured_app)
+    logins = {}
+    for _ in range(2):
+        device_id, api_key = await _register(secured_app, http, site_id=site_id)
+        async with _linked(secured_broker, device_id, api_key):
+            pass  # its account works
+        logins[device_id] = {
+            "username": device_id,
+            "password": broker_password(device_secret(api_key)),
+        }
+    deleted, revoked = logins
+
+    assert (await http.delete(f"/api/v1/devices/{deleted}", headers=admin)).status_code == 204
+    assert (await http.delete(f"/api/v1/devices/{revoked}/key", headers=admin)).status_code < 300
+    for device_id in logins:
+
+        async def refused(device_id: str = device_id) -> bool:
+            return await _refused(secured_broker, **logins[device_id])
+
+        await _eventually(refused)
+    # Gone from the password file the broker reads, not only refused for a moment.
+    users = {line.split(":", 1)[0] for line in secured_broker.password_file.read_text().split()}
+    assert deleted not in users
+    assert revoked not in users
 
 
 async def test_no_key_travels_in_a_payload(open_broker: Broker) -> None:

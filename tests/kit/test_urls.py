@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from homepot.kit.redaction import REDACTED, mask_text
 from homepot.kit.urls import mask_url_credentials
 
 
@@ -33,3 +34,12 @@ def test_passwords_in_urls_are_masked(text: str, masked: str) -> None:
 )
 def test_text_without_url_credentials_is_left_alone(text: str) -> None:
     assert mask_url_credentials(text) == text
+
+
+def test_stored_text_and_error_messages_mask_url_passwords_by_the_same_rule() -> None:
+    # One rule: redaction of stored free text masks exactly what error messages mask,
+    # including a password holding "@" and ":".
+    text = "mqtt://device:p@ss:w0rd@broker:1883 and postgresql://u:pw@h/db"
+    assert mask_text(text) == mask_url_credentials(text, mask=REDACTED)
+    assert "p@ss" not in mask_text(text)
+    assert "w0rd" not in mask_text(text)

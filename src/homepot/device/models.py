@@ -75,3 +75,6 @@ class HealthCheck(Base):
     status: Mapped[str] = mapped_column(String(32))
     response_time_ms: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any] | None]
+    # The heartbeat's own id (device-scoped, see protocol.messages.device_event_id): a
+    # heartbeat delivered twice is stored once. NULL for rows written before it existed.
+    event_id: Mapped[str | None] = mapped_column(String(32), unique=True)

@@ -7,7 +7,7 @@ publish its own uplink messages and read its own jobs; only the server's account
 messages (and so join the server's shared subscription). Anonymous clients are refused.
 
 HOMEPOT writes a device's entry when it registers or gets a new key and removes it when its key
-is revoked, then asks the broker to reload (SIGHUP to the pid in
+is revoked or the device is deleted, then asks the broker to reload (SIGHUP to the pid in
 ``fleet.mqtt_broker_pid_file``). A device's broker password derives from the key's stored
 verifier (:func:`homepot.protocol.mqtt.broker_password`), so the server can also rebuild every
 device's entry from the database (:func:`sync_device_accounts`, run when the bridge starts).
@@ -16,9 +16,11 @@ Other entries in the file (the server's own account, an operator's) are left as 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -27,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from homepot.config import FleetSettings
 from homepot.device.models import Device
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 # rebuild of a large fleet's file fast.
 _PBKDF2_ITERATIONS = 101
 _SALT_BYTES = 12
+# When the database is down, a changed device's account is tried again after this long.
+ACCOUNT_RETRY_SECONDS = 5.0
 
 
 def mosquitto_password_hash(password: str, *, salt: bytes | None = None) -> str:
@@ -49,6 +53,20 @@ def mosquitto_password_hash(password: str, *, salt: bytes | None = None) -> str:
     derived = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
     encoded_salt = base64.b64encode(salt).decode()
     return f"$7${_PBKDF2_ITERATIONS}${encoded_salt}${base64.b64encode(derived).decode()}"
+
+
+def _hash_matches(hashed: str, password: str) -> bool:
+    """Whether a ``$7$`` entry is the hash of ``password``."""
+    try:
+        _, kind, iterations, salt, expected = hashed.split("$")
+        if kind != "7":
+            return False
+        derived = hashlib.pbkdf2_hmac(
+            "sha512", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(base64.b64encode(derived).decode(), expected)
 
 
 def acl_rules() -> str:
@@ -90,8 +108,10 @@ class PasswordFile:
             for user, password in set_passwords.items():
                 if ":" in user:
                     raise ValueError(f"a broker user name cannot contain ':': {user!r}")
+                if user in entries and _hash_matches(entries[user], password):
+                    continue  # unchanged: no new salt, no reload for nothing
                 entries[user] = mosquitto_password_hash(password)
-            if entries.keys() == before.keys() and not set_passwords:
+            if entries == before:
                 return False
             self._write(entries)
         self.reload_broker()
@@ -144,14 +164,68 @@ def device_account_update(accounts: PasswordFile, device_id: str, key_hash: str 
         accounts.update({device_id: broker_password(secret_from_key_hash(key_hash))})
 
 
-async def sync_device_accounts(session: AsyncSession, accounts: PasswordFile) -> int:
-    """Every device's broker account from the database; returns how many devices have one."""
-    rows = (await session.execute(select(Device.device_id, Device.api_key_hash))).all()
+async def sync_device_accounts(
+    session: AsyncSession, accounts: PasswordFile, device_ids: set[str] | None = None
+) -> int:
+    """Broker accounts from the database: of ``device_ids`` (a device no longer in the
+    database loses its account), or of every device. Returns how many have one."""
+    statement = select(Device.device_id, Device.api_key_hash)
+    if device_ids is not None:
+        statement = statement.where(Device.device_id.in_(device_ids))
+    rows = (await session.execute(statement)).all()
     with_key = {
         device_id: broker_password(secret_from_key_hash(key_hash))
         for device_id, key_hash in rows
         if key_hash is not None
     }
-    without_key = [device_id for device_id, key_hash in rows if key_hash is None]
-    accounts.update(with_key, remove=without_key)
+    without_key = {device_id for device_id, key_hash in rows if key_hash is None}
+    if device_ids is not None:
+        without_key |= device_ids - {device_id for device_id, _ in rows}
+    await asyncio.to_thread(accounts.update, with_key, without_key)
     return len(with_key)
+
+
+class DeviceAccountKeeper:
+    """Brings a device's broker account in step with the database whenever a change of its
+    key is committed anywhere in this process (:mod:`homepot.kit.keycache` tells it, also
+    when a device is deleted, which no fleet code sees): the account follows the committed
+    row, and a device that is gone loses it. The broker reloads when the file changed.
+
+    Register :meth:`changed` with :func:`~homepot.kit.keycache.add_committed_key_listener`
+    and run :meth:`run` as a task.
+    """
+
+    def __init__(
+        self, accounts: PasswordFile, session_factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self._accounts = accounts
+        self._session_factory = session_factory
+        self._pending: set[str] = set()
+        self._everything = False
+        self._wake = asyncio.Event()
+
+    def changed(self, device_id: str | None) -> None:
+        """A device's key changed (None: any device's); its account is rebuilt soon."""
+        if device_id is None:
+            self._everything = True
+        else:
+            self._pending.add(device_id)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            everything, device_ids = self._everything, self._pending
+            self._everything, self._pending = False, set()
+            try:
+                async with self._session_factory() as session:
+                    await sync_device_accounts(
+                        session, self._accounts, None if everything else device_ids
+                    )
+            except Exception as exc:  # the database is down: try again shortly
+                logger.warning("could not update the broker accounts of %s: %s", device_ids, exc)
+                self._everything |= everything
+                self._pending |= device_ids
+                await asyncio.sleep(ACCOUNT_RETRY_SECONDS)
+                self._wake.set()

@@ -54,7 +54,6 @@ import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,30 +61,32 @@ import aiomqtt
 from fastapi import FastAPI
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from homepot.analytics.models import DEVICE, Source
 from homepot.analytics.recorder import Recorder
 from homepot.config import Settings
-from homepot.db import utcnow
-from homepot.device.models import Device
 from homepot.error_logger import record_error
-from homepot.fleet import service as fleet_service
-from homepot.fleet.broker_accounts import password_file, sync_device_accounts
+from homepot.fleet.broker_accounts import (
+    DeviceAccountKeeper,
+    password_file,
+    sync_device_accounts,
+)
 from homepot.fleet.device_keys import DeviceKeyCache
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
-from homepot.fleet.uplinks import Uplink, parse_uplink_topic
-from homepot.job import executions
+from homepot.fleet.uplink_store import (
+    DATABASE_PROBE_SECONDS,
+    DatabaseUnavailable,
+    IncomingMessage,
+    NotDurable,
+    UplinkStore,
+)
+from homepot.fleet.uplinks import parse_uplink_topic
+from homepot.kit.keycache import add_committed_key_listener
 from homepot.kit.retry import BROKER_RECONNECT, Backoff
 from homepot.kit.singleton import Leadership
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
-    DeviceErrorReport,
     JobCommand,
-    TelemetryBatch,
     topics,
 )
 from homepot.protocol.mqtt import (
@@ -94,8 +95,6 @@ from homepot.protocol.mqtt import (
     SignedMessage,
     parse_broker_url,
     secret_from_key_hash,
-    signature_matches,
-    validation_summary,
 )
 
 logger = logging.getLogger(__name__)
@@ -109,19 +108,11 @@ BRIDGE_WORKERS = 8
 # many, gathered for at most this long after the first one arrived.
 BATCH_MAX_MESSAGES = 200
 BATCH_WAIT_SECONDS = 0.05
-# A transaction takes messages up to this many analytics rows (a telemetry sample is a row),
-# so that a batch of large telemetry messages does not hold the event loop for seconds.
-BATCH_MAX_ROWS = 2_000
-# Before storing, the bridge waits for the analytics queue to be at most half full, at most
-# this long; then it goes on, and samples the full queue refuses are spooled (not dropped).
-RECORDER_WAIT_SECONDS = 30.0
 # When neither the database nor the spool takes a batch, it is tried again after this long
 # (doubling up to the reconnect maximum), unacknowledged: the broker keeps everything behind it.
 SETTLE_RETRY = Backoff(initial=0.5, maximum=30.0)
-# How often the spool is tried while the database stays unavailable, and how long a probe
-# of the database may take before it counts as unavailable.
+# How often the spool is tried while the database stays unavailable.
 SPOOL_REPLAY_INTERVAL_SECONDS = 2.0
-DATABASE_PROBE_SECONDS = 5.0
 # On shutdown, messages already received get this long to be stored (the broker redelivers
 # whatever is left unacknowledged).
 DRAIN_SECONDS = 5.0
@@ -212,73 +203,6 @@ def server_client_id(settings: Settings, server_password: str | None = None) -> 
     return f"{share_group(settings.database_url + '/' + host, server_password)}-{host}"[:128]
 
 
-@dataclass(frozen=True)
-class _Incoming:
-    """A device message as it came: from the broker (``mid`` and the connection it came on,
-    to acknowledge it) or from the spool."""
-
-    topic: str
-    payload: bytes
-    mid: int = 0
-    qos: int = 0
-    # The connection it arrived on; -1: not from the broker (the spool, a test).
-    generation: int = -1
-    # Its signature was checked when it arrived (while the database was down).
-    verified: bool = False
-
-    @classmethod
-    def of(cls, message: aiomqtt.Message, generation: int = -1) -> _Incoming:
-        payload = message.payload
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif not isinstance(payload, bytes | bytearray):
-            payload = b""
-        return cls(message.topic.value, bytes(payload), message.mid, message.qos, generation)
-
-
-class _MessageFailed(Exception):
-    """A message's handler failed unexpectedly; the transaction it shared is lost."""
-
-    def __init__(self, item: _Received) -> None:
-        super().__init__(f"could not store a {item.uplink.kind} message from {item.device_id}")
-        self.item = item
-
-
-class _DatabaseUnavailable(Exception):
-    """The database does not answer: these messages are not stored (spool them)."""
-
-    def __init__(self, unsettled: list[_Incoming]) -> None:
-        super().__init__(f"the database is unavailable; {len(unsettled)} messages not stored")
-        self.unsettled = unsettled
-
-
-class _NotDurable(Exception):
-    """Neither the database nor the spool took a batch: it stays unacknowledged."""
-
-
-@dataclass
-class _Received:
-    """A well-formed device message on its way into the database."""
-
-    incoming: _Incoming
-    device_id: str
-    uplink: Uplink
-    signed: SignedMessage
-    payload: BaseModel
-    rows: int  # what it adds to the analytics queue: a telemetry batch's samples, else 1
-    # The recorder already holds its rows: after a rollback only the transaction's part is
-    # done again (a telemetry batch's last_seen_at), so no row is queued twice.
-    recorded: bool = False
-    # Nothing is left to do: stored and committed, or dropped and logged.
-    settled: bool = False
-    # Known once its key is checked: a simulated terminal's errors are simulated too.
-    source: Source = DEVICE
-
-    @property
-    def topic(self) -> str:
-        return self.incoming.topic
-
-
 class UplinkBridge:
     """Reads device messages from the broker and stores them; keeps the push channel current.
 
@@ -311,8 +235,11 @@ class UplinkBridge:
         workers = 1 if self._settings.is_sqlite else BRIDGE_WORKERS
         # Unbounded queues, bounded by the broker: it never has more than the Receive Maximum
         # we announce (fleet.mqtt_max_unacknowledged) unacknowledged with us.
-        self._queues: list[asyncio.Queue[_Incoming]] = [asyncio.Queue() for _ in range(workers)]
+        self._queues: list[asyncio.Queue[IncomingMessage]] = [
+            asyncio.Queue() for _ in range(workers)
+        ]
         self.keys = DeviceKeyCache()
+        self._uplinks = UplinkStore(app, self.keys)
         self.spool = UplinkSpool(self._settings.analytics.spool_dir / "mqtt" / self.client_id)
         self._spool_wake = asyncio.Event()
         self._accounts = password_file(self._settings.fleet)
@@ -448,6 +375,13 @@ class UplinkBridge:
         await self._prepare()
         workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
         workers.append(asyncio.create_task(self._replay_spool()))
+        stop_keeping_accounts: Callable[[], None] | None = None
+        if self._accounts is not None:
+            # A device deleted or given a new key anywhere in this process loses or changes
+            # its broker account.
+            keeper = DeviceAccountKeeper(self._accounts, self._session_factory)
+            stop_keeping_accounts = add_committed_key_listener(keeper.changed)
+            workers.append(asyncio.create_task(keeper.run()))
         delays = BROKER_RECONNECT.delays()
         outage_logged = False
         try:
@@ -479,7 +413,7 @@ class UplinkBridge:
                         generation = self._generation
                         try:
                             async for message in client.messages:
-                                self._enqueue(_Incoming.of(message, generation))
+                                self._enqueue(IncomingMessage.of(message, generation))
                         except asyncio.CancelledError:
                             # Shutting down: store what came and acknowledge it while still
                             # connected, so that the broker does not send it again.
@@ -524,6 +458,8 @@ class UplinkBridge:
                         with contextlib.suppress(BaseException):
                             await watcher
         finally:
+            if stop_keeping_accounts is not None:
+                stop_keeping_accounts()
             self.connected.clear()
             self._set_channel(UnavailableChannel("the server is shutting down"))
             await self._drain(workers)
@@ -582,7 +518,7 @@ class UplinkBridge:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
 
-    def _enqueue(self, incoming: _Incoming) -> None:
+    def _enqueue(self, incoming: IncomingMessage) -> None:
         self.stats["received"] += 1
         # One device always maps to the same worker: its messages keep their order.
         key = incoming.topic.encode()
@@ -591,7 +527,7 @@ class UplinkBridge:
             key = parsed[0].encode()
         self._queues[zlib.crc32(key) % len(self._queues)].put_nowait(incoming)
 
-    async def _work(self, queue: asyncio.Queue[_Incoming]) -> None:
+    async def _work(self, queue: asyncio.Queue[IncomingMessage]) -> None:
         while True:
             batch = await _next_batch(queue)
             try:
@@ -600,7 +536,7 @@ class UplinkBridge:
                 for _ in batch:
                     queue.task_done()
 
-    async def _settle(self, batch: list[_Incoming]) -> None:
+    async def _settle(self, batch: list[IncomingMessage]) -> None:
         """Store or spool the batch, then acknowledge it. Until one of them takes it, the
         batch is retried unacknowledged (and the broker holds what comes behind it)."""
         delays = SETTLE_RETRY.delays()
@@ -608,37 +544,39 @@ class UplinkBridge:
             try:
                 await self._store_or_spool(batch)
                 break
-            except _NotDurable as exc:
+            except NotDurable as exc:
                 delay = next(delays)
                 logger.error("%s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
         for incoming in batch:
             self._acknowledge(incoming)
 
-    def _acknowledge(self, incoming: _Incoming) -> None:
+    def _acknowledge(self, incoming: IncomingMessage) -> None:
         client = self._client_now
         if client is None or incoming.generation != self._generation or incoming.qos == 0:
-            # Its connection is gone: the broker sends it again, and it is stored once more
-            # (telemetry and job results are recognised; a heartbeat may count twice).
+            # Its connection is gone: the broker sends it again, and it is recognised then
+            # (every kind of device message is stored once, see uplink_store).
             return
         client._client.ack(incoming.mid, incoming.qos)
         self.stats["acknowledged"] += 1
 
-    async def _store_or_spool(self, batch: list[_Incoming]) -> None:
+    async def _store_or_spool(self, batch: list[IncomingMessage]) -> None:
         if self.spool.has_backlog():
             # Behind a backlog: join its end, so that each device's order is kept.
             await self._spool_batch(batch)
             return
         try:
-            await self._store_incoming(batch)
-        except _DatabaseUnavailable as outage:
+            await self._uplinks.store_incoming(batch)
+        except DatabaseUnavailable as outage:
             await self._spool_batch(outage.unsettled)
 
-    async def _spool_batch(self, batch: list[_Incoming]) -> None:
+    async def _spool_batch(self, batch: list[IncomingMessage]) -> None:
         if not batch:
             return
         messages = [
-            SpooledMessage(item.topic, item.payload, item.verified or self._checks_out(item))
+            SpooledMessage(
+                item.topic, item.payload, item.verified or self._uplinks.checks_out(item)
+            )
             for item in batch
         ]
         try:
@@ -656,27 +594,11 @@ class UplinkBridge:
                 context={"spool": str(self.spool.directory)},
                 recorder=self._recorder,
             )
-            raise _NotDurable(
+            raise NotDurable(
                 f"neither the database nor the spool took {len(batch)} messages"
             ) from exc
         self.stats["spooled"] += len(batch)
         self._spool_wake.set()
-
-    def _checks_out(self, item: _Incoming) -> bool:
-        """The message's signature is its device's, by the cached key (no database)."""
-        parsed = parse_uplink_topic(item.topic)
-        if parsed is None:
-            return False
-        key_hash = self.keys.get(parsed[0])
-        if key_hash is None:
-            return False
-        try:
-            signed = SignedMessage.model_validate_json(item.payload)
-        except ValidationError:
-            return False
-        return signature_matches(
-            secret_from_key_hash(key_hash), item.topic, signed.body, signed.mac
-        )
 
     async def _replay_spool(self) -> None:
         """Store the spooled batches, oldest first, whenever the database answers."""
@@ -695,10 +617,10 @@ class UplinkBridge:
             if oldest is None:
                 return
             path, messages = oldest
-            batch = [_Incoming(m.topic, m.payload, verified=m.verified) for m in messages]
+            batch = [IncomingMessage(m.topic, m.payload, verified=m.verified) for m in messages]
             try:
-                await self._store_incoming(batch)
-            except _DatabaseUnavailable as outage:
+                await self._uplinks.store_incoming(batch)
+            except DatabaseUnavailable as outage:
                 if len(outage.unsettled) < len(batch):
                     # Keep only what is left, so that nothing stored is stored again.
                     await asyncio.to_thread(
@@ -718,248 +640,14 @@ class UplinkBridge:
         """Authenticate device messages and store them, in order; every failure is logged,
         none raised, and a bad message never costs the others their place. (Without
         acknowledging them: :meth:`_settle` does, for the broker's messages.)"""
-        batch = [_Incoming.of(message) for message in messages]
+        batch = [IncomingMessage.of(message) for message in messages]
         try:
-            await self._store_incoming(batch)
-        except _DatabaseUnavailable as outage:
+            await self._uplinks.store_incoming(batch)
+        except DatabaseUnavailable as outage:
             await self._spool_batch(outage.unsettled)
 
-    async def _store_incoming(self, batch: list[_Incoming]) -> None:
-        """Store the batch in the database; raises _DatabaseUnavailable with what is not
-        stored when the database stops answering. On return, every message is stored (its
-        analytics rows written or spooled by the recorder) or dropped and logged."""
-        received: list[_Received] = []
-        for incoming in batch:
-            item = self._parse(incoming)
-            # Reading a large batch takes a while: let the recorder and the broker's socket in.
-            await asyncio.sleep(0)
-            if item is not None:
-                received.append(item)
-        shared: list[_Received] = []
-        rows = 0
-        most_rows = min(BATCH_MAX_ROWS, self._recorder_share())
-        try:
-            for item in received:
-                if not item.uplink.shares_transaction:
-                    await self._store_together(shared)
-                    shared, rows = [], 0
-                    await self._store_together([item])
-                    continue
-                if shared and rows + item.rows > most_rows:
-                    await self._store_together(shared)
-                    shared, rows = [], 0
-                shared.append(item)
-                rows += item.rows
-            await self._store_together(shared)
-            # The analytics rows must be safe before the broker hears they are.
-            await self._recorder.flush()
-        except _DatabaseUnavailable:
-            raise _DatabaseUnavailable(
-                [item.incoming for item in received if not item.settled]
-            ) from None
-        except Exception as exc:
-            # The recorder could neither write nor spool: keep the batch (spooled by caller).
-            raise _DatabaseUnavailable([item.incoming for item in received]) from exc
 
-    async def _recorder_room(self, rows: int) -> None:
-        """Wait until the analytics queue can take ``rows`` more without nearing its bound.
-
-        Over HTTP a full queue answers 503 and the device sends again; over MQTT the bridge
-        waits instead (the broker keeps the messages meanwhile), at most RECORDER_WAIT_SECONDS.
-        """
-        recorder = self._recorder
-        target = max(0, self._recorder_share() - rows)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RECORDER_WAIT_SECONDS
-        # The recorder signals nothing when its queue shrinks: poll it.
-        while recorder.enabled and recorder.queued > target and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-    def _recorder_share(self) -> int:
-        """The rows the bridge lets into the analytics queue at once: half its bound."""
-        return max(1, self._recorder.settings.queue_max_events // 2)
-
-    def _parse(self, incoming: _Incoming) -> _Received | None:
-        topic = incoming.topic
-        parsed = parse_uplink_topic(topic)
-        if parsed is None:
-            logger.warning("ignored an MQTT message on unexpected topic %s", topic)
-            return None
-        device_id, uplink = parsed
-        try:
-            signed = SignedMessage.model_validate_json(incoming.payload)
-            payload = uplink.schema.model_validate_json(signed.body)
-        except ValidationError as exc:
-            problem = validation_summary(exc)
-            self._log_dropped(
-                device_id,
-                topic,
-                category="validation",
-                error_code="MQTT_BAD_PAYLOAD",
-                problem=f"the {uplink.kind} message is malformed: {problem}",
-            )
-            return None
-        rows = len(payload.samples) if isinstance(payload, TelemetryBatch) else 1
-        return _Received(incoming, device_id, uplink, signed, payload, rows)
-
-    async def _store_together(self, items: list[_Received]) -> None:
-        """Store ``items`` in one transaction. When one of them fails, the transaction is
-        lost: that one is logged and the others are stored again in a new one. When the
-        database itself does not answer, raises _DatabaseUnavailable."""
-        if items:
-            await self._recorder_room(sum(item.rows for item in items))
-        while items := [item for item in items if not item.settled]:
-            try:
-                async with self._session_factory() as session:
-                    devices = await _devices(session, {item.device_id for item in items})
-                    for device in devices.values():
-                        self.keys.remember(device.device_id, device.api_key_hash)
-                    for item in items:
-                        await self._apply(session, devices, item)
-                    await session.commit()
-            except _DatabaseUnavailable:
-                raise
-            except _MessageFailed as failed:
-                if not await self._database_answers():
-                    raise _DatabaseUnavailable([]) from failed
-                failed.item.settled = True
-                self._log_failure(failed.item, failed.__cause__)
-                continue
-            except Exception as exc:  # the batch as a whole: loading, or the commit
-                if not await self._database_answers():
-                    raise _DatabaseUnavailable([]) from exc
-                if len(items) == 1:
-                    items[0].settled = True
-                    self._log_failure(items[0], exc)
-                    return
-                for item in items:  # one at a time, so that only the culprit is lost
-                    await self._store_together([item])
-                return
-            for item in items:
-                item.settled = True
-
-    async def _database_answers(self) -> bool:
-        """Whether a failure was the database's (outage: spool) or the message's (drop it)."""
-        try:
-            async with asyncio.timeout(DATABASE_PROBE_SECONDS), self._session_factory() as session:
-                await session.execute(text("SELECT 1"))
-        except Exception:
-            return False
-        return True
-
-    async def _apply(
-        self, session: AsyncSession, devices: dict[str, Device], item: _Received
-    ) -> None:
-        """One message, inside the batch's transaction. Raises _MessageFailed on anything
-        unforeseen, which leaves the transaction unusable."""
-        device = self._authenticate(devices.get(item.device_id), item)
-        if isinstance(device, str):
-            item.settled = True
-            self._log_dropped(
-                item.device_id,
-                item.topic,
-                category="external_service",
-                error_code="MQTT_AUTH_REJECTED",
-                problem=device,
-            )
-            return
-        item.source = device.source
-        if item.recorded:
-            # Stored again after a rollback: its samples are queued already.
-            device.last_seen_at = utcnow()
-            return
-        try:
-            await item.uplink.handle(session, self._recorder, self._settings, device, item.payload)
-        except (executions.ExecutionNotFound, executions.ExecutionNotDispatched) as exc:
-            # Refused as the HTTP call would be (an unknown execution, one awaiting a retry).
-            item.settled = True
-            self._log_dropped(
-                item.device_id,
-                item.topic,
-                category="validation",
-                error_code="MQTT_MESSAGE_REJECTED",
-                problem=f"the {item.uplink.kind} message was refused: {exc}",
-                source=item.source,
-            )
-        except (fleet_service.TelemetryNotQueued, fleet_service.ErrorReportNotQueued) as exc:
-            # The analytics queue is full even after waiting: the message is not lost, it is
-            # spooled and stored when the queue has room again.
-            raise _DatabaseUnavailable([]) from exc
-        except Exception as exc:
-            raise _MessageFailed(item) from exc
-        else:
-            if isinstance(item.payload, TelemetryBatch):
-                item.recorded = True
-            elif isinstance(item.payload, DeviceErrorReport):
-                item.settled = True  # the recorder has it; the transaction holds nothing of it
-
-    @staticmethod
-    def _authenticate(device: Device | None, item: _Received) -> Device | str:
-        """The topic's device when the message is signed with its key; otherwise why the
-        message is refused."""
-        if device is None:
-            return f"no device {item.device_id} is registered"
-        if not item.incoming.verified:
-            if device.api_key_hash is None:
-                return f"{item.device_id} has no key (revoked); register it again"
-            secret = secret_from_key_hash(device.api_key_hash)
-            if not signature_matches(secret, item.topic, item.signed.body, item.signed.mac):
-                return (
-                    f"the signature is not made with {item.device_id}'s current key"
-                    " (a forged message, or an old key: rotated or revoked)"
-                )
-        claimed = getattr(item.payload, "device_id", None)
-        if claimed is not None and claimed != item.device_id:
-            return f"the payload names {claimed}, but the message came from {item.device_id}"
-        return device
-
-    def _log_failure(self, item: _Received, exc: BaseException | None) -> None:
-        category = "database" if isinstance(exc, SQLAlchemyError) else "external_service"
-        record_error(
-            category=category,
-            severity="error",
-            error_code="MQTT_HANDLER_FAILED",
-            error_message=(
-                f"could not store a {item.uplink.kind} message from {item.device_id}: {exc}"
-            ),
-            exception=exc if isinstance(exc, Exception) else None,
-            device_id=item.device_id,
-            context={"topic": item.topic},
-            recorder=self._recorder,
-            source=item.source,
-        )
-        logger.error(
-            "MQTT bridge failed on a %s message from %s",
-            item.uplink.kind,
-            item.device_id,
-            exc_info=exc,
-        )
-
-    def _log_dropped(
-        self,
-        device_id: str,
-        topic: str,
-        *,
-        category: str,
-        error_code: str,
-        problem: str,
-        source: Source = DEVICE,
-    ) -> None:
-        message = f"dropped an MQTT message on {topic}: {problem}"
-        logger.warning("%s", message)
-        record_error(
-            category=category,
-            severity="warning",
-            error_code=error_code,
-            error_message=message,
-            device_id=device_id,
-            context={"topic": topic},
-            recorder=self._recorder,
-            source=source,
-        )
-
-
-async def _next_batch(queue: asyncio.Queue[_Incoming]) -> list[_Incoming]:
+async def _next_batch(queue: asyncio.Queue[IncomingMessage]) -> list[IncomingMessage]:
     """The next message and those waiting behind it: up to BATCH_MAX_MESSAGES, gathered for
     at most BATCH_WAIT_SECONDS after the first (a quiet fleet waits no longer than that)."""
     batch = [await queue.get()]
@@ -978,11 +666,6 @@ async def _next_batch(queue: asyncio.Queue[_Incoming]) -> list[_Incoming]:
         except TimeoutError:
             break
     return batch
-
-
-async def _devices(session: AsyncSession, device_ids: set[str]) -> dict[str, Device]:
-    found = await session.scalars(select(Device).where(Device.device_id.in_(device_ids)))
-    return {device.device_id: device for device in found}
 
 
 @contextlib.asynccontextmanager

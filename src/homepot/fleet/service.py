@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -299,15 +300,23 @@ async def record_heartbeat(
         "firmware_version": heartbeat.firmware_version,
         "config_version": heartbeat.config_version,
     }
-    session.add(
-        HealthCheck(
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stored = await session.scalar(
+        insert(HealthCheck)
+        .values(
             device_id=device.device_id,
             timestamp=now,
             status=reported,
             response_time_ms=heartbeat.response_time_ms,
             details={k: v for k, v in details.items() if v is not None} or None,
+            event_id=device_event_id(device.device_id, heartbeat.message_id),
         )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(HealthCheck.id)
     )
+    if stored is None:
+        return  # delivered before (MQTT redelivery, an HTTP resend): already applied
     last_seen = device.last_seen_at
     device.last_seen_at = now
     if heartbeat.firmware_version is not None:
@@ -394,6 +403,8 @@ def record_device_error(
     context: dict[str, Any] = {"source": "device", "site_id": device.site_id}
     context |= report.context or {}
     event_id = record_error(
+        # Stored once however often the report is delivered (the recorder skips an id it has).
+        event_id=device_event_id(device.device_id, report.message_id),
         category=report.category.value,
         severity=report.severity.value,
         error_code=report.error_code,

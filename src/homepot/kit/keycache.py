@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # Called with a device id (or None: every device) whenever device keys change.
 KeyCacheInvalidator = Callable[[str | None], None]
 _key_cache_invalidators: list[KeyCacheInvalidator] = []
+# Called with a device id only once the change is committed (what follows the stored row).
+_committed_key_listeners: list[KeyCacheInvalidator] = []
 _PENDING_INVALIDATIONS = "homepot_device_keys_changed"
 
 
@@ -32,6 +34,14 @@ def add_key_cache_invalidator(invalidator: KeyCacheInvalidator) -> Callable[[], 
     """
     _key_cache_invalidators.append(invalidator)
     return lambda: _key_cache_invalidators.remove(invalidator)
+
+
+def add_committed_key_listener(listener: KeyCacheInvalidator) -> Callable[[], None]:
+    """Have ``listener`` called once a change of a device's key (or the device's deletion)
+    is committed; returns its remover. For what must follow the stored row, not precede it
+    (e.g. the broker's accounts: read before the commit, a new device is not there yet)."""
+    _committed_key_listeners.append(listener)
+    return lambda: _committed_key_listeners.remove(listener)
 
 
 def invalidate_device_keys(device_id: str | None = None) -> None:
@@ -57,6 +67,11 @@ def device_key_changed(session: AsyncSession, device_id: str) -> None:
 def _invalidate_after_commit(session: Session) -> None:
     for device_id in session.info.pop(_PENDING_INVALIDATIONS, ()):
         invalidate_device_keys(device_id)
+        for listener in list(_committed_key_listeners):
+            try:
+                listener(device_id)
+            except Exception:  # one broken listener must not keep the others stale
+                logger.exception("a listener of committed device key changes failed")
 
 
 @event.listens_for(Session, "after_rollback")

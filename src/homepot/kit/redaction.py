@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from homepot.kit.urls import mask_url_credentials
+
 REDACTED = "[REDACTED]"
 TOO_DEEP = "[nested too deep to show]"
 MAX_DEPTH = 64
@@ -59,8 +61,6 @@ _AUTHORIZATION = re.compile(
     r"""|[^\s"',;]+))""",
     re.IGNORECASE,
 )
-# The password of a URL: scheme://user:password@host.
-_URL_PASSWORD = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
 _DIGIT = re.compile(r"\d")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
@@ -107,8 +107,7 @@ def mask_text(text: str) -> str:
     if _DIGIT.search(text):
         text = _CARD_NUMBER.sub(_mask_card, text)
     lowered = text.lower()
-    if "://" in text and "@" in text:
-        text = _URL_PASSWORD.sub(lambda m: f"{m.group('prefix')}{REDACTED}", text)
+    text = mask_url_credentials(text, mask=REDACTED)
     if "authori" in lowered:
         text = _AUTHORIZATION.sub(_mask_authorization, text)
     if "bearer" in lowered or "basic" in lowered:

@@ -1,4 +1,8 @@
-"""Credentials inside URLs (``scheme://user:password@host``) are never shown or stored."""
+"""Credentials inside URLs (``scheme://user:password@host``) are never shown or stored.
+
+The one URL-password rule of the project: :mod:`homepot.kit.redaction` uses it for stored
+free text (with its ``[REDACTED]`` mark), error messages and health details use it as is.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ _CREDENTIALS = re.compile(
 )
 
 
-def mask_url_credentials(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+def mask_url_credentials(text: str, mask: str = MASK) -> str:
+    """``text`` with the password of every URL in it replaced by ``mask``."""
+    if "://" not in text or "@" not in text:
+        return text
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{mask}@", text)

@@ -114,7 +114,15 @@ class DeviceScoped(Strict):
     device_id: str | None = Field(default=None, max_length=64)
 
 
+# Every device message that is stored as one row carries an id of its own, set once by the
+# device, so that a message delivered twice (MQTT QoS 1 redelivers what was not acknowledged,
+# e.g. after the server was killed; an HTTP client resends when the answer was lost) is
+# stored once. Absent (an older client): a new one, and a resent message is stored again.
+MESSAGE_ID_DESCRIPTION = "Client-generated, unique per message; a message sent again is stored once"
+
+
 class Heartbeat(DeviceScoped):
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4, description=MESSAGE_ID_DESCRIPTION)
     status: HealthStatus | None = Field(
         default=None, description="The device's own view of its health (default ok)"
     )
@@ -201,6 +209,8 @@ class ErrorSeverity(StrEnum):
 
 class DeviceErrorReport(DeviceScoped):
     """An error the device saw itself (e.g. its payment gateway timing out), for ``error_logs``."""
+
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4, description=MESSAGE_ID_DESCRIPTION)
 
     category: ErrorCategory = ErrorCategory.external_service
     severity: ErrorSeverity
