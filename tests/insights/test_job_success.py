@@ -23,7 +23,7 @@ def _no_model_between_tests() -> None:
     job_advice._fitted.clear()
 
 
-async def _outcomes(app: FastAPI, rows: list[tuple[str, str, str, datetime]]) -> None:
+async def create_job_outcomes(app: FastAPI, rows: list[tuple[str, str, str, datetime]]) -> None:
     """(device_id, job_type, status, finished) rows, each job one minute long."""
     async with app.state.session_factory() as session:
         for number, (device_id, job_type, status, finished) in enumerate(rows):
@@ -66,7 +66,7 @@ async def test_a_terminal_whose_updates_time_out_is_the_riskiest_and_says_why(
         (steady, "firmware_update", "success", start + timedelta(days=day, hours=1))
         for day in range(4)
     ]
-    await _outcomes(app, history)
+    await create_job_outcomes(app, history)
     viewer = await auth_headers(app, client, Role.viewer)
 
     advice = await _ask(client, viewer, job_type="firmware_update", site_id=site_id)
@@ -115,7 +115,7 @@ async def test_a_new_fleet_gets_the_prior_and_other_job_types_only_inform_the_fl
 
     other = await create_device(app)
     moment = datetime.now(UTC) - timedelta(hours=3)
-    await _outcomes(app, [(other, "health_check", "failed", moment)] * 1)
+    await create_job_outcomes(app, [(other, "health_check", "failed", moment)] * 1)
     after = await _ask(client, viewer, job_type="restart", device_id=device_id)
 
     assert after["items"][0]["probability"] == pytest.approx(_shrink(0, 1, 0.9, 2.0), abs=1e-4)
@@ -155,7 +155,7 @@ async def test_the_context_model_learns_that_jobs_fail_on_a_terminal_that_is_dow
                 )
             )
         await session.commit()
-    await _outcomes(app, rows)
+    await create_job_outcomes(app, rows)
     viewer = await auth_headers(app, client, Role.viewer)
 
     down = await _ask(client, viewer, job_type="restart", device_id=devices[0])

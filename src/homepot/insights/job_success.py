@@ -166,6 +166,7 @@ class Evidence:
     site_rate: float
     device_rate: float
     basis: dict[str, int]
+    fleet_successes: int
     site_tally: _Tally
     recent: list[str]  # statuses of the device's latest outcomes of this type, newest first
     firmware: str
@@ -267,6 +268,7 @@ class _Counts:
                 "job_type": type_tally.outcomes,
                 "fleet": self.fleet.outcomes,
             },
+            fleet_successes=self.fleet.successes,
             site_tally=site_tally,
             recent=list(self.recent.get((job_type, device_id), ())),
             firmware=str(contexts[0][2]),
@@ -403,6 +405,11 @@ def _record_sentence(found: Evidence) -> str:
         return (
             f"No {one} has run on this terminal or its site yet; the fleet's rate is "
             f"{_percent(found.type_rate)} over {found.basis['job_type']} {many}"
+        )
+    if found.basis["fleet"]:
+        return (
+            f"No {one} has run in the fleet yet; the estimate rests on every job type "
+            f"({found.fleet_successes} of {found.basis['fleet']} jobs succeeded)"
         )
     return f"No {one} has run in the fleet yet: the estimate is a prior, not evidence"
 
