@@ -125,7 +125,7 @@ async def test_a_new_fleet_gets_the_prior_and_other_job_types_only_inform_the_fl
 async def test_the_context_model_learns_that_jobs_fail_on_a_terminal_that_is_down(
     app: FastAPI, client: AsyncClient
 ) -> None:
-    """120 restarts on 6 terminals: every one that ran while its terminal was offline failed,
+    """120 health checks on 6 terminals: every one that ran while its terminal was offline failed,
     the others succeeded. The fitted model must put an offline terminal far below an online
     one of the same record, and say it is offline."""
     site_id = await create_site(app)
@@ -146,7 +146,7 @@ async def test_the_context_model_learns_that_jobs_fail_on_a_terminal_that_is_dow
                         new_state=state,
                     )
                 )
-                rows.append((device_id, "restart", "timeout" if down else "success", moment))
+                rows.append((device_id, "health_check", "timeout" if down else "success", moment))
         # Now: pos-0 is offline, pos-1 online.
         for device_id, state in ((devices[0], "offline"), (devices[1], "online")):
             session.add(
@@ -158,8 +158,8 @@ async def test_the_context_model_learns_that_jobs_fail_on_a_terminal_that_is_dow
     await create_job_outcomes(app, rows)
     viewer = await auth_headers(app, client, Role.viewer)
 
-    down = await _ask(client, viewer, job_type="restart", device_id=devices[0])
-    up = await _ask(client, viewer, job_type="restart", device_id=devices[1])
+    down = await _ask(client, viewer, job_type="health_check", device_id=devices[0])
+    up = await _ask(client, viewer, job_type="health_check", device_id=devices[1])
 
     assert down["model"] == "shrinkage+context"
     assert down["trained_on"] == 120

@@ -79,10 +79,13 @@ async def load_job_history(
     def of_source(model: Any) -> list[Any]:
         return [] if source is None else [model.source == source]
 
-    device_sites: dict[str, str | None] = {
-        device_id: site_id
-        for device_id, site_id in (await session.execute(select(Device.device_id, Device.site_id)))
-    }
+    device_sites: dict[str, str | None] = {}
+    device_types: dict[str, str] = {}
+    for device_id, site_id, device_type in await session.execute(
+        select(Device.device_id, Device.site_id, Device.device_type)
+    ):
+        device_sites[device_id] = site_id
+        device_types[device_id] = device_type
     site_zones = {
         site_id: _zone(zone)
         for site_id, zone in (await session.execute(select(Site.site_id, Site.timezone)))
@@ -111,7 +114,7 @@ async def load_job_history(
         ),
         key=lambda outcome: outcome.started,
     )
-    history = JobHistory(outcomes, device_sites, site_zones)
+    history = JobHistory(outcomes, device_sites, site_zones, device_types)
 
     firmware: defaultdict[str, list[tuple[float, str]]] = defaultdict(list)
     for device_id, moment, payload in await session.execute(
@@ -237,6 +240,7 @@ async def job_success(
     items = []
     for device in devices:
         history.device_sites[device.device_id] = device.site_id
+        history.device_types[device.device_id] = device.device_type
         found = counts.evidence(params.job_type.value, device.device_id, now.timestamp())
         items.append(
             JobSuccessTarget(

@@ -641,8 +641,8 @@ class _Backfill:
                 status, (code, message) = "failed", codes[job_type]
             elif failure == "timeout":
                 status, code = "timeout", "E_DOWNLOAD_TIMEOUT"
-                message = f"{terminal.device_id} did not finish the firmware download in time"
-                retries, duration = 2, 3 * 600_000
+                message = f"{terminal.device_id} did not finish the {job_type} download in time"
+                retries, duration = 2, 3 * (600_000 if job_type == "firmware_update" else 120_000)
         self.execution_number += 1
         finished = when + timedelta(milliseconds=duration)
         self.add_core(

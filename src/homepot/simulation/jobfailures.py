@@ -2,8 +2,9 @@
 
 A job fails now and then on any terminal (a share per job type). On top of that:
 
-- firmware downloads time out on slow links: the terminal's own network latency, and the
-  site's uplink (one site in five has a poor one, fixed by its id);
+- downloads time out on slow links: the terminal's own network latency, and the site's
+  uplink (one site in five has a poor one, fixed by its id); a firmware image is big, a
+  configuration (price tables, promotions) half as exposed;
 - a terminal that is serving customers refuses configuration changes, restarts and health
   checks more often ("terminal busy"), in proportion to the site's load;
 - a terminal in a fault fails a quarter of its jobs more (its memory, disk or configuration
@@ -34,6 +35,9 @@ POOR_UPLINK_TIMEOUTS = 0.2
 SLOW_LINK_MS = 25.0
 TIMEOUTS_PER_MS = 0.004
 
+# How much of a job is a download that a slow link can time out.
+DOWNLOAD_EXPOSURE = {"firmware_update": 1.0, "config_change": 0.5}
+
 Failure = Literal["failed", "timeout"]
 
 
@@ -47,11 +51,10 @@ def failure_shares(
 ) -> tuple[float, float]:
     """(share of such jobs that fail outright, share that time out) for a terminal now."""
     failed = BASE_FAILURE.get(job_type, 0.02) + (FAULT_FAILURE if faulty else 0.0)
-    timeout = 0.0
-    if job_type == "firmware_update":
-        timeout = max(0.0, latency_ms - SLOW_LINK_MS) * TIMEOUTS_PER_MS
-        timeout += POOR_UPLINK_TIMEOUTS if poor_uplink(site_id) else 0.0
-    else:
+    exposure = DOWNLOAD_EXPOSURE.get(job_type, 0.0)
+    timeout = max(0.0, latency_ms - SLOW_LINK_MS) * TIMEOUTS_PER_MS
+    timeout = exposure * (timeout + (POOR_UPLINK_TIMEOUTS if poor_uplink(site_id) else 0.0))
+    if job_type != "firmware_update":
         failed += BUSY_FAILURE * min(max(load, 0.0), 1.0)
     return min(failed, 0.9), min(timeout, 0.9)
 
