@@ -147,7 +147,7 @@ async def load_job_history(
         if isinstance(value, dict) and value.get("value") is not None:
             config[device_id].append((moment.timestamp(), str(value["value"])))
     errors: defaultdict[str, list[float]] = defaultdict(list)
-    for device_id, moment in await session.execute(
+    for reporter, moment in await session.execute(
         select(ErrorLog.device_id, ErrorLog.timestamp).where(
             ErrorLog.device_id.is_not(None),
             ErrorLog.severity.in_(ERROR_SEVERITIES),
@@ -156,7 +156,7 @@ async def load_job_history(
             *of_source(ErrorLog),
         )
     ):
-        errors[device_id or ""].append(moment.timestamp())
+        errors[reporter or ""].append(moment.timestamp())
     states: defaultdict[str, list[tuple[float, str]]] = defaultdict(list)
     for device_id, moment, state in await session.execute(
         select(
@@ -171,7 +171,7 @@ async def load_job_history(
     ):
         states[device_id].append((moment.timestamp(), state))
     anomalies: defaultdict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for device_id, started, ended, metric in await session.execute(
+    for subject, started, ended, metric in await session.execute(
         select(Anomaly.device_id, Anomaly.started_at, Anomaly.ended_at, Anomaly.metric).where(
             Anomaly.device_id.is_not(None),
             Anomaly.started_at <= until,
@@ -179,7 +179,7 @@ async def load_job_history(
         )
     ):
         end = float("inf") if ended is None else ended.timestamp()
-        anomalies[device_id or ""].append((started.timestamp(), end, metric))
+        anomalies[subject or ""].append((started.timestamp(), end, metric))
     for table in (firmware, config, states):
         for changes in table.values():
             changes.sort()
