@@ -45,14 +45,20 @@ PRIOR_STRENGTH = {"job_type": 20.0, "site": 15.0, "device": 6.0, "context": 25.0
 # Without any history: 90 % success, worth 10 jobs.
 EMPTY_FLEET_PRIOR = (9.0, 1.0)
 MIN_FAILURES = 10
+# L2 penalty of the context model's coefficients (per standardised feature).
+PENALTY = 10.0
 MIN_OUTCOMES = 100
 RECENT_OUTCOMES = 10
 FAILED = frozenset({"failed", "timeout"})
 # Finished outcomes that count: a cancelled execution says nothing about the device.
 COUNTED = frozenset({"success", "failed", "timeout"})
 DOWN_STATES = frozenset({"offline", "error"})
+# The first features are the shrinkage's levels: their sum is the shrunk rate's log-odds.
+SHRINKAGE_FEATURES = 3
 FEATURES = (
-    "shrunk_log_odds",
+    "job_type_log_odds",
+    "site_effect",
+    "device_effect",
     "firmware_effect",
     "config_effect",
     "hardware_effect",
@@ -256,7 +262,9 @@ class _Counts:
         restart = job_type == "restart"
         anomalies = history.anomalies_at(device_id, moment)
         features = [
-            _logit(device_rate),
+            _logit(type_rate),
+            _logit(site_rate) - _logit(type_rate),
+            _logit(device_rate) - _logit(site_rate),
             *effects,
             math.log1p(failed_24h),
             math.log1p(errors_6h),
@@ -327,7 +335,12 @@ def counts_until(history: JobHistory, moment: float) -> _Counts:
 
 @dataclass
 class ContextModel:
-    """The logistic regression on top of the shrunk rate; None coefficients: not fitted."""
+    """The logistic regression on top of the shrunk rate; None coefficients: not fitted.
+
+    The shrunk rate's log-odds is an offset (its weight fixed at 1): the regression learns
+    only how the context moves a job away from its device's shrunk rate, so a fleet whose
+    base rate differs from the one it was fitted on keeps its own level.
+    """
 
     coefficients: np.ndarray | None = None
     intercept: float = 0.0
@@ -341,34 +354,46 @@ class ContextModel:
         return "shrinkage+context" if self.coefficients is not None else "shrinkage"
 
     def log_odds(self, features: Sequence[float]) -> float:
+        offset = float(sum(features[:SHRINKAGE_FEATURES]))
         if self.coefficients is None:
-            return float(features[0])
-        scaled = (np.asarray(features, dtype=float) - self.means) / self.scales
-        return float(self.intercept + scaled @ self.coefficients)
+            return offset
+        context = np.asarray(features[SHRINKAGE_FEATURES:], dtype=float)
+        scaled = (context - self.means[SHRINKAGE_FEATURES:]) / self.scales[SHRINKAGE_FEATURES:]
+        return offset + float(self.intercept + scaled @ self.coefficients)
 
     def probability(self, features: Sequence[float]) -> float:
         return _sigmoid(self.log_odds(features))
 
     def contributions(self, features: Sequence[float]) -> list[float]:
         """How far each feature moves the log-odds from an average job's."""
+        values = np.asarray(features, dtype=float)
+        shrinkage = values[:SHRINKAGE_FEATURES] - self.means[:SHRINKAGE_FEATURES]
         if self.coefficients is None:
-            return [float(features[0]) - float(self.means[0])] + [0.0] * (len(FEATURES) - 1)
-        scaled = (np.asarray(features, dtype=float) - self.means) / self.scales
-        return [float(value) for value in scaled * self.coefficients]
+            context = np.zeros(len(FEATURES) - SHRINKAGE_FEATURES)
+        else:
+            scaled = (values[SHRINKAGE_FEATURES:] - self.means[SHRINKAGE_FEATURES:]) / (
+                self.scales[SHRINKAGE_FEATURES:]
+            )
+            context = scaled * self.coefficients
+        return [float(value) for value in (*shrinkage, *context)]
 
 
 def logistic_regression(
-    scaled: np.ndarray, labels: np.ndarray, penalty: float = 1.0, steps: int = 50
+    scaled: np.ndarray,
+    labels: np.ndarray,
+    offset: np.ndarray,
+    penalty: float = PENALTY,
+    steps: int = 50,
 ) -> tuple[np.ndarray, float]:
-    """L2-penalised logistic regression (the intercept unpenalised) by Newton's method: a few
-    milliseconds for thousands of jobs, and no scikit-learn import on the request path."""
+    """L2-penalised logistic regression with an offset (the intercept unpenalised), by
+    Newton's method: milliseconds for thousands of jobs, no scikit-learn on the request path."""
     rows, columns = scaled.shape
     design = np.hstack([np.ones((rows, 1)), scaled])
     weights = np.zeros(columns + 1)
     prior = np.full(columns + 1, penalty)
     prior[0] = 0.0
     for _ in range(steps):
-        predicted = 1 / (1 + np.exp(-np.clip(design @ weights, -30, 30)))
+        predicted = 1 / (1 + np.exp(-np.clip(offset + design @ weights, -30, 30)))
         gradient = design.T @ (predicted - labels) + prior * weights
         curvature = (design * (predicted * (1 - predicted))[:, None]).T @ design
         step = np.linalg.solve(curvature + np.diag(prior + 1e-9), gradient)
@@ -388,7 +413,9 @@ def fit(matrix: np.ndarray, labels: np.ndarray) -> ContextModel:
         return model
     scales = matrix.std(axis=0)
     scales[scales < 1e-9] = 1.0
-    coefficients, intercept = logistic_regression((matrix - model.means) / scales, labels)
+    scaled = (matrix - model.means) / scales
+    offset = matrix[:, :SHRINKAGE_FEATURES].sum(axis=1)
+    coefficients, intercept = logistic_regression(scaled[:, SHRINKAGE_FEATURES:], labels, offset)
     model.coefficients, model.intercept = coefficients, intercept
     model.scales = scales
     return model
@@ -439,6 +466,17 @@ def _record_sentence(found: Evidence) -> str:
             f"({found.fleet_successes} of {found.basis['fleet']} jobs succeeded)"
         )
     return f"No {one} has run in the fleet yet: the estimate is a prior, not evidence"
+
+
+def _site_sentence(found: Evidence) -> str | None:
+    site = found.site_tally
+    if not site.outcomes or found.site_id is None or not found.basis["device"]:
+        return None  # a new terminal's record sentence already names its site's
+    _, many = nouns(found.job_type)
+    return (
+        f"At its site {found.site_id}, {site.successes} of {site.outcomes} {many} succeeded "
+        f"(fleet: {_percent(found.type_rate)})"
+    )
 
 
 def _context_sentence(kind: str, found: Evidence) -> str | None:
@@ -502,10 +540,12 @@ def reasons(model: ContextModel, found: Evidence, top: int = 3) -> list[str]:
     for index in ranked:
         name = FEATURES[index]
         sentence: str | None
-        if name == "shrunk_log_odds":
+        if name == "device_effect":
             sentence = record
-        elif abs(contributions[index]) < 0.05:
+        elif name == "job_type_log_odds" or abs(contributions[index]) < 0.05:
             continue
+        elif name == "site_effect":
+            sentence = _site_sentence(found)
         elif name.endswith("_effect"):
             sentence = _context_sentence(name.removesuffix("_effect"), found)
         else:

@@ -621,7 +621,9 @@ class _Backfill:
             duration = round(self.rng.uniform(*durations) * 1000)
             failure = draw_failure(
                 self.rng,
+                terminal.device_id,
                 job_type,
+                hardware=terminal.model.device_type,
                 latency_ms=terminal.model.base_latency_ms,
                 site_id=terminal.site.site_id,
                 load=site_load(terminal.site, when),
