@@ -132,10 +132,10 @@ def predict(model: ContextModel, matrix: np.ndarray) -> np.ndarray:
 
 
 TUNING_GRID = {
-    "job_type": (5.0, 20.0, 50.0),
-    "site": (5.0, 15.0, 40.0),
-    "device": (2.0, 6.0, 15.0),
-    "context": (10.0, 25.0, 60.0),
+    "job_type": (20.0, 50.0, 150.0),
+    "site": (15.0, 100.0, 300.0),
+    "device": (6.0, 40.0, 100.0),
+    "context": (3.0, 10.0, 25.0),
 }
 
 

@@ -10,7 +10,8 @@ the configuration history and the anomaly episodes for the device's recent healt
 2. **Context** (logistic regression): the shrunk rate's log-odds next to what else is known at
    the moment the job starts: the job type's record on the device's firmware and
    configuration versions and at that hour of the site's day (each as a log-odds difference
-   from the job type's rate), jobs that failed on the device in the last 24 h, errors it
+   from the job type's rate), the device's record over every job type (a defect of its own
+   fails them all), jobs that failed on the device in the last 24 h, errors it
    logged in the last 6 h, whether it is down now, and its active anomalies. The regression
    also recalibrates the shrunk rate. It is fitted only when the history holds enough
    failures (``MIN_FAILURES``); until then the shrunk rate is the answer.
@@ -41,7 +42,7 @@ import numpy as np
 
 # Pseudo-counts of the prior at each level: how many outcomes of its own a level needs before
 # its rate weighs as much as its parent's. Chosen on the training seed (benchmarks/README.md).
-PRIOR_STRENGTH = {"job_type": 20.0, "site": 15.0, "device": 6.0, "context": 25.0}
+PRIOR_STRENGTH = {"job_type": 50.0, "site": 100.0, "device": 40.0, "context": 3.0}
 # Without any history: 90 % success, worth 10 jobs.
 EMPTY_FLEET_PRIOR = (9.0, 1.0)
 MIN_FAILURES = 10
@@ -59,6 +60,7 @@ FEATURES = (
     "job_type_log_odds",
     "site_effect",
     "device_effect",
+    "terminal_effect",
     "firmware_effect",
     "config_effect",
     "hardware_effect",
@@ -177,6 +179,7 @@ class Evidence:
     basis: dict[str, int]
     fleet_successes: int
     site_tally: _Tally
+    terminal_tally: _Tally
     recent: list[str]  # statuses of the device's latest outcomes of this type, newest first
     firmware: str
     firmware_tally: _Tally
@@ -202,6 +205,7 @@ class _Counts:
         self.by_type: defaultdict[str, _Tally] = defaultdict(_Tally)
         self.by_site: defaultdict[tuple[str, str | None], _Tally] = defaultdict(_Tally)
         self.by_device: defaultdict[tuple[str, str], _Tally] = defaultdict(_Tally)
+        self.by_terminal: defaultdict[str, _Tally] = defaultdict(_Tally)
         self.by_context: defaultdict[tuple[str, str, Any], _Tally] = defaultdict(_Tally)
         self.recent: defaultdict[tuple[str, str], deque[str]] = defaultdict(
             lambda: deque(maxlen=RECENT_OUTCOMES)
@@ -216,6 +220,7 @@ class _Counts:
         self.by_type[job_type].add(succeeded)
         self.by_site[(job_type, history.device_sites.get(device_id))].add(succeeded)
         self.by_device[(job_type, device_id)].add(succeeded)
+        self.by_terminal[device_id].add(succeeded)
         for context in self._contexts(outcome.job_type, device_id, outcome.started):
             self.by_context[context].add(succeeded)
         self.recent[(job_type, device_id)].appendleft(outcome.status)
@@ -251,6 +256,12 @@ class _Counts:
             _logit(tally.shrunk(type_rate, strength["context"])) - _logit(type_rate)
             for tally in tallies
         ]
+        # The terminal's record over every job type, against the fleet's: a defect of its own
+        # shows in all of them.
+        terminal_tally = self.by_terminal.get(device_id, _Tally())
+        terminal_effect = _logit(terminal_tally.shrunk(fleet_rate, strength["device"])) - _logit(
+            fleet_rate
+        )
         failures = self.failures.get(device_id, [])
         failed_24h = bisect.bisect_left(failures, moment) - bisect.bisect_left(
             failures, moment - _DAY
@@ -265,6 +276,7 @@ class _Counts:
             _logit(type_rate),
             _logit(site_rate) - _logit(type_rate),
             _logit(device_rate) - _logit(site_rate),
+            terminal_effect,
             *effects,
             math.log1p(failed_24h),
             math.log1p(errors_6h),
@@ -288,6 +300,7 @@ class _Counts:
             },
             fleet_successes=self.fleet.successes,
             site_tally=site_tally,
+            terminal_tally=terminal_tally,
             recent=list(self.recent.get((job_type, device_id), ())),
             firmware=str(contexts[0][2]),
             firmware_tally=tallies[0],
@@ -479,6 +492,17 @@ def _site_sentence(found: Evidence) -> str | None:
     )
 
 
+def _terminal_sentence(found: Evidence) -> str | None:
+    tally = found.terminal_tally
+    if not tally.outcomes:
+        return None
+    failed = tally.outcomes - tally.successes
+    return (
+        f"Over every job type, {failed} of its {tally.outcomes} jobs failed "
+        f"(fleet: {_percent(1 - found.fleet_rate)})"
+    )
+
+
 def _context_sentence(kind: str, found: Evidence) -> str | None:
     _, many = nouns(found.job_type)
     tally = {
@@ -546,6 +570,8 @@ def reasons(model: ContextModel, found: Evidence, top: int = 3) -> list[str]:
             continue
         elif name == "site_effect":
             sentence = _site_sentence(found)
+        elif name == "terminal_effect":
+            sentence = _terminal_sentence(found)
         elif name.endswith("_effect"):
             sentence = _context_sentence(name.removesuffix("_effect"), found)
         else:
