@@ -191,6 +191,10 @@ async def test_the_endpoint_refuses_what_it_cannot_answer(
     unknown = "exactly one of device_id and site_id"
     both = await client.get(ODDS, params={"job_type": "restart"}, headers=viewer)
     assert unknown in both.text
+    nul = await client.get(
+        ODDS, params={"job_type": "restart", "device_id": "pos\x00evil"}, headers=viewer
+    )
+    assert nul.status_code in (404, 422), nul.text
     for missing in ({"device_id": "no-such-device"}, {"site_id": "no-such-site"}):
         response = await client.get(ODDS, params={"job_type": "restart", **missing}, headers=viewer)
         assert response.status_code == 404

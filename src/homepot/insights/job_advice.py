@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,12 +69,17 @@ def _zone(name: str | None) -> ZoneInfo:
 
 
 async def load_job_history(
-    session: AsyncSession, since: datetime, until: datetime, source: str | None = None
+    session: AsyncSession,
+    since: datetime,
+    until: datetime,
+    source: str | None = None,
+    health_of: Collection[str] | None = None,
 ) -> JobHistory:
     """Job outcomes in ``[since, until]`` and what the model knows around them.
 
     ``source`` keeps only rows of that provenance (``device`` or ``simulated``), so that real
-    terminals are not judged by the simulation's history; None reads both.
+    terminals are not judged by the simulation's history; None reads both. The devices'
+    recent health is read for ``health_of`` (None: every device; empty: none yet).
     """
 
     def of_source(model: Any) -> list[Any]:
@@ -146,10 +152,37 @@ async def load_job_history(
     ):
         if isinstance(value, dict) and value.get("value") is not None:
             config[device_id].append((moment.timestamp(), str(value["value"])))
+    for table in (firmware, config):
+        for changes in table.values():
+            changes.sort()
+    history.firmware, history.config = dict(firmware), dict(config)
+    if health_of is None or health_of:
+        await add_health(session, history, since, until, source, health_of)
+    return history
+
+
+async def add_health(
+    session: AsyncSession,
+    history: JobHistory,
+    since: datetime,
+    until: datetime,
+    source: str | None = None,
+    devices: Collection[str] | None = None,
+) -> None:
+    """Errors, state changes and anomaly episodes around ``[since, until]``, of ``devices``
+    (None: every device)."""
+
+    def of_source(model: Any) -> list[Any]:
+        return [] if source is None else [model.source == source]
+
+    def of_devices(column: Any) -> list[Any]:
+        return [] if devices is None else [column.in_(sorted(devices))]
+
     errors: defaultdict[str, list[float]] = defaultdict(list)
     for reporter, moment in await session.execute(
         select(ErrorLog.device_id, ErrorLog.timestamp).where(
             ErrorLog.device_id.is_not(None),
+            *of_devices(ErrorLog.device_id),
             ErrorLog.severity.in_(ERROR_SEVERITIES),
             ErrorLog.timestamp >= since - timedelta(hours=6),
             ErrorLog.timestamp <= until,
@@ -165,6 +198,7 @@ async def load_job_history(
             DeviceStateHistory.new_state,
         ).where(
             DeviceStateHistory.timestamp >= since - STATE_CONTEXT,
+            *of_devices(DeviceStateHistory.device_id),
             DeviceStateHistory.timestamp <= until,
             *of_source(DeviceStateHistory),
         )
@@ -174,38 +208,42 @@ async def load_job_history(
     for subject, started, ended, metric in await session.execute(
         select(Anomaly.device_id, Anomaly.started_at, Anomaly.ended_at, Anomaly.metric).where(
             Anomaly.device_id.is_not(None),
+            *of_devices(Anomaly.device_id),
             Anomaly.started_at <= until,
             or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= since),
         )
     ):
         end = float("inf") if ended is None else ended.timestamp()
         anomalies[subject or ""].append((started.timestamp(), end, metric))
-    for table in (firmware, config, states):
-        for changes in table.values():
-            changes.sort()
+    for changes in states.values():
+        changes.sort()
     for times in errors.values():
         times.sort()
-    history.firmware, history.config = dict(firmware), dict(config)
     history.errors, history.states, history.anomalies = dict(errors), dict(states), dict(anomalies)
-    return history
 
 
-def fitted_model(history: JobHistory, key: tuple[str, int]) -> ContextModel:
-    """The context model for this history: reused while fresh and the history similar."""
+def cached_model(history: JobHistory, key: tuple[str, int]) -> ContextModel | None:
+    """The context model fitted on a similar history within the last few minutes, if any."""
     outcomes = history.outcomes
     identity = (outcomes[0].device_id, outcomes[0].started) if outcomes else ()
     cached = _fitted.get(key)
-    now = time.monotonic()
     if (
         cached is not None
         and cached.identity == identity
-        and now - cached.fitted_at < MODEL_TTL_SECONDS
+        and time.monotonic() - cached.fitted_at < MODEL_TTL_SECONDS
         and abs(len(outcomes) - cached.outcomes) <= REFIT_GROWTH * cached.outcomes
     ):
         return cached.model
+    return None
+
+
+def fit_model(history: JobHistory, key: tuple[str, int]) -> ContextModel:
+    """Fit the context model on ``history`` (every device's health loaded) and keep it."""
+    outcomes = history.outcomes
+    identity = (outcomes[0].device_id, outcomes[0].started) if outcomes else ()
     matrix, labels, _ = replay(history)
     model = fit(matrix, labels)
-    _fitted[key] = _Fitted(model, len(outcomes), identity, now)
+    _fitted[key] = _Fitted(model, len(outcomes), identity, time.monotonic())
     return model
 
 
@@ -232,10 +270,16 @@ async def job_success(
     sources = {source_of(device.simulated) for device in devices}
     # A site mixing real and simulated terminals is judged on both histories.
     source = sources.pop() if len(sources) == 1 else None
-    history = await load_job_history(
-        session, now - timedelta(days=params.lookback_days), now, source
-    )
-    model = fitted_model(history, (source or "all", params.lookback_days))
+    since = now - timedelta(days=params.lookback_days)
+    history = await load_job_history(session, since, now, source, health_of=())
+    key = (source or "all", params.lookback_days)
+    model = cached_model(history, key)
+    if model is None:
+        await add_health(session, history, since, now, source)
+        model = fit_model(history, key)
+    else:
+        # The fit is reused: only the targets' own health is needed now.
+        await add_health(session, history, since, now, source, [d.device_id for d in devices])
     counts = counts_until(history, now.timestamp())
     items = []
     for device in devices:
