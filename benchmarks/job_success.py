@@ -24,7 +24,7 @@ import asyncio
 import math
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -167,7 +167,12 @@ def tune(history: JobHistory) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    args.end = utcnow().replace(microsecond=0)
+    args.end = (
+        datetime.fromisoformat(args.end).astimezone(UTC)
+        if args.end
+        else utcnow().replace(microsecond=0)
+    )
+    console.print(f"history ends at {args.end.isoformat()} (--end to repeat this run)")
     with (
         benchmark_database(args.database, args.postgres_server, "jobs_train") as train_url,
         benchmark_database(args.database, args.postgres_server, "jobs_test") as test_url,
@@ -248,10 +253,11 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{predict_seconds:.1f} s"
     )
     if model.coefficients is not None:
-        from homepot.insights.job_success import FEATURES
+        from homepot.insights.job_success import FEATURES, SHRINKAGE_FEATURES
 
         weights = ", ".join(
-            f"{name} {value:+.2f}" for name, value in zip(FEATURES, model.coefficients, strict=True)
+            f"{name} {value:+.2f}"
+            for name, value in zip(FEATURES[SHRINKAGE_FEATURES:], model.coefficients, strict=True)
         )
         console.print(f"coefficients (per standard deviation): {weights}")
     console.print(
@@ -271,6 +277,7 @@ def main() -> int:
     parser.add_argument("--fault-rate", type=float, default=0.3)
     parser.add_argument("--train-seed", type=int, default=11)
     parser.add_argument("--test-seed", type=int, default=29)
+    parser.add_argument("--end", default=None, help="ISO end of both histories (default: now)")
     parser.add_argument(
         "--tune", action="store_true", help="also grid the prior strengths on the train seed"
     )
