@@ -350,9 +350,10 @@ def counts_until(history: JobHistory, moment: float) -> _Counts:
 class ContextModel:
     """The logistic regression on top of the shrunk rate; None coefficients: not fitted.
 
-    The shrunk rate's log-odds is an offset (its weight fixed at 1): the regression learns
-    only how the context moves a job away from its device's shrunk rate, so a fleet whose
-    base rate differs from the one it was fitted on keeps its own level.
+    The shrunk rate's log-odds is an offset: the regression learns how the context moves a
+    job away from its device's shrunk rate (and, penalised towards none, how much to trust
+    each level of it), so a fleet whose base rate differs from the one it was fitted on
+    keeps its own level.
     """
 
     coefficients: np.ndarray | None = None
@@ -370,8 +371,7 @@ class ContextModel:
         offset = float(sum(features[:SHRINKAGE_FEATURES]))
         if self.coefficients is None:
             return offset
-        context = np.asarray(features[SHRINKAGE_FEATURES:], dtype=float)
-        scaled = (context - self.means[SHRINKAGE_FEATURES:]) / self.scales[SHRINKAGE_FEATURES:]
+        scaled = (np.asarray(features, dtype=float) - self.means) / self.scales
         return offset + float(self.intercept + scaled @ self.coefficients)
 
     def probability(self, features: Sequence[float]) -> float:
@@ -380,15 +380,11 @@ class ContextModel:
     def contributions(self, features: Sequence[float]) -> list[float]:
         """How far each feature moves the log-odds from an average job's."""
         values = np.asarray(features, dtype=float)
-        shrinkage = values[:SHRINKAGE_FEATURES] - self.means[:SHRINKAGE_FEATURES]
-        if self.coefficients is None:
-            context = np.zeros(len(FEATURES) - SHRINKAGE_FEATURES)
-        else:
-            scaled = (values[SHRINKAGE_FEATURES:] - self.means[SHRINKAGE_FEATURES:]) / (
-                self.scales[SHRINKAGE_FEATURES:]
-            )
-            context = scaled * self.coefficients
-        return [float(value) for value in (*shrinkage, *context)]
+        moved = np.zeros(len(FEATURES))
+        moved[:SHRINKAGE_FEATURES] = values[:SHRINKAGE_FEATURES] - self.means[:SHRINKAGE_FEATURES]
+        if self.coefficients is not None:
+            moved += (values - self.means) / self.scales * self.coefficients
+        return [float(value) for value in moved]
 
 
 def logistic_regression(
@@ -428,7 +424,7 @@ def fit(matrix: np.ndarray, labels: np.ndarray) -> ContextModel:
     scales[scales < 1e-9] = 1.0
     scaled = (matrix - model.means) / scales
     offset = matrix[:, :SHRINKAGE_FEATURES].sum(axis=1)
-    coefficients, intercept = logistic_regression(scaled[:, SHRINKAGE_FEATURES:], labels, offset)
+    coefficients, intercept = logistic_regression(scaled, labels, offset)
     model.coefficients, model.intercept = coefficients, intercept
     model.scales = scales
     return model
