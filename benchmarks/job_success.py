@@ -253,13 +253,12 @@ async def main_async(args: argparse.Namespace) -> int:
         f"{predict_seconds:.1f} s"
     )
     if model.coefficients is not None:
-        from homepot.insights.job_success import FEATURES, SHRINKAGE_FEATURES
+        from homepot.insights.job_success import FEATURES
 
         weights = ", ".join(
-            f"{name} {value:+.2f}"
-            for name, value in zip(FEATURES[SHRINKAGE_FEATURES:], model.coefficients, strict=True)
+            f"{name} {value:+.2f}" for name, value in zip(FEATURES, model.coefficients, strict=True)
         )
-        console.print(f"coefficients (per standard deviation): {weights}")
+        console.print(f"context coefficients (per standard deviation): {weights}")
     console.print(
         "targets: Brier below the fleet-wide base rate's (positive skill), deciles within "
         "0.05 of observed where they hold ≥ 100 jobs (issue 11 §1)"

@@ -42,7 +42,7 @@ import numpy as np
 
 # Pseudo-counts of the prior at each level: how many outcomes of its own a level needs before
 # its rate weighs as much as its parent's. Chosen on the training seed (benchmarks/README.md).
-PRIOR_STRENGTH = {"job_type": 150.0, "site": 300.0, "device": 100.0, "context": 10.0}
+PRIOR_STRENGTH = {"job_type": 20.0, "site": 15.0, "device": 6.0, "context": 3.0}
 # Without any history: 90 % success, worth 10 jobs.
 EMPTY_FLEET_PRIOR = (9.0, 1.0)
 MIN_FAILURES = 10
