@@ -11,7 +11,7 @@ from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep, utcnow
-from homepot.insights import maintenance, service
+from homepot.insights import job_advice, maintenance, service
 from homepot.insights.models import AnomalyStatus
 from homepot.insights.schemas import (
     AnomalyQuery,
@@ -19,6 +19,8 @@ from homepot.insights.schemas import (
     AnomalyUpdate,
     DeviceInsights,
     FleetRanking,
+    JobSuccessAdvice,
+    JobSuccessQuery,
     MaintenanceWindowAdvice,
     MaintenanceWindowQuery,
 )
@@ -149,4 +151,33 @@ async def read_maintenance_windows(
     try:
         return await maintenance.maintenance_windows(session, params, utcnow())
     except SiteNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get(
+    "/job-success",
+    summary="Chance that a job succeeds on each target device",
+    description="For a job type and one device (`device_id`) or every device of a site "
+    "(`site_id`): per device the probability that the job succeeds if it ran now, the number of "
+    "past outcomes it rests on at each level (device, site, job type, fleet) and the main "
+    "reasons, the riskiest device first. Learned from job_outcomes (shrinkage from the fleet "
+    "to the device, then a logistic model on firmware and configuration version, hour of the "
+    "site's day and recent health). Any signed-in user.",
+    responses={
+        401: {"description": "No valid bearer token"},
+        404: {"description": "No device or site with this id"},
+        422: {
+            "description": "An unknown parameter or job type, or not exactly one of device_id "
+            "and site_id"
+        },
+    },
+)
+async def read_job_success(
+    _user: CurrentUser,
+    session: SessionDep,
+    params: Annotated[JobSuccessQuery, Query()],
+) -> JobSuccessAdvice:
+    try:
+        return await job_advice.job_success(session, params, utcnow())
+    except (job_advice.DeviceNotFound, SiteNotFound) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from homepot.analytics.schemas import Id64
+from homepot.job.schemas import JobType
 from homepot.kit.streams import StreamQuery
 from homepot.site.schemas import DAY_NAMES
 
@@ -184,3 +185,62 @@ def window_read(window: Any) -> WindowRead | None:
     return WindowRead(
         start=window.start, end=window.end, expected_transactions=window.expected_transactions
     )
+
+
+# --- job success odds -----------------------------------------------------------------------
+
+
+class JobSuccessQuery(BaseModel):
+    """Parameters of GET /insights/job-success: a job type and one device or one site."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_type: JobType = Field(description="restart, config_change, firmware_update, health_check")
+    device_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="One target device"
+    )
+    site_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Every device of this site"
+    )
+    lookback_days: int = Field(
+        default=60, ge=1, le=365, description="Days of job outcomes to learn from"
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.device_id is None) == (self.site_id is None):
+            raise ValueError("give exactly one of device_id and site_id")
+        return self
+
+
+class JobSuccessBasis(BaseModel):
+    device: int = Field(description="Past outcomes of this job type on the device")
+    site: int = Field(description="... at the device's site")
+    job_type: int = Field(description="... in the fleet")
+    fleet: int = Field(description="Past outcomes of every job type in the fleet")
+
+
+class JobSuccessTarget(BaseModel):
+    device_id: str
+    site_id: str | None
+    probability: float = Field(description="Chance that the job succeeds on it, 0 to 1")
+    basis: JobSuccessBasis
+    reasons: list[str] = Field(description="The evidence that moved the estimate most, first")
+
+
+class JobSuccessAdvice(BaseModel):
+    job_type: str
+    computed_at: datetime
+    lookback_days: int
+    model: str = Field(
+        description="shrinkage+context (the logistic context model is fitted), or shrinkage "
+        "(too few failures in the history to fit it: the shrunk success rate alone)"
+    )
+    trained_on: int = Field(description="Past outcomes the context model was fitted on")
+    job_type_rate: float | None = Field(
+        description="Observed success rate of this job type in the lookback; null without any"
+    )
+    expected_success_rate: float | None = Field(
+        description="Mean probability over the targets: the expected share that succeeds"
+    )
+    items: list[JobSuccessTarget] = Field(description="Per target device, the riskiest first")

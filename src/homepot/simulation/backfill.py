@@ -78,6 +78,7 @@ from homepot.simulation.faults import (
     FaultPlanner,
     LabelWriter,
 )
+from homepot.simulation.jobfailures import draw_failure
 from homepot.simulation.model import (
     FIRMWARE_REBOOT,
     SITE_TIMEZONES,
@@ -87,6 +88,7 @@ from homepot.simulation.model import (
     deal_terminals,
     default_week,
     site_ids,
+    site_load,
 )
 from homepot.site.models import Site
 
@@ -617,7 +619,16 @@ class _Backfill:
             duration = 3 * 120_000
         else:
             duration = round(self.rng.uniform(*durations) * 1000)
-            failed = self.rng.random() < (0.25 if faulty else 0.03)
+            failure = draw_failure(
+                self.rng,
+                terminal.device_id,
+                job_type,
+                hardware=terminal.model.device_type,
+                latency_ms=terminal.model.base_latency_ms,
+                site_id=terminal.site.site_id,
+                load=site_load(terminal.site, when),
+                faulty=faulty,
+            )
             if self.rng.random() < 0.05:
                 retries = 1
                 duration += 30_000
@@ -628,8 +639,12 @@ class _Backfill:
                 "health_check": ("E_HEALTH_DEGRADED", "self-test reported a degraded card reader"),
             }
             status, code, message = "success", None, None
-            if failed:
+            if failure == "failed":
                 status, (code, message) = "failed", codes[job_type]
+            elif failure == "timeout":
+                status, code = "timeout", "E_DOWNLOAD_TIMEOUT"
+                message = f"{terminal.device_id} did not finish the {job_type} download in time"
+                retries, duration = 2, 3 * (600_000 if job_type == "firmware_update" else 120_000)
         self.execution_number += 1
         finished = when + timedelta(milliseconds=duration)
         self.add_core(

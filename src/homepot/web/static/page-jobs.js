@@ -1,4 +1,4 @@
-import { $, api, badge, canOperate, el, fillTable, jobLink, pageStatus, queryParam, renderPager, showStatus, startPage, syncQuery, timeCell, who } from "/static/app.js";
+import { $, api, badge, canOperate, debounce, deviceLink, el, fillTable, jobLink, pageStatus, queryParam, renderPager, showStatus, startPage, syncQuery, timeCell, who } from "/static/app.js";
 
 const LIMIT = 25;
 const form = $("#job-form");
@@ -75,6 +75,73 @@ function showHint() {
   $("#job-payload-hint").textContent = PAYLOAD_HINTS[$("#job-type").value] || "";
 }
 
+// The expected success of the job being composed, and its riskiest targets, from
+// GET /api/v1/insights/job-success; asked again whenever the job type or the target changes.
+const RISKY_SHOWN = 5;
+let oddsRequest = 0;
+
+function percent(value) {
+  return `${Math.round(value * 100)} %`;
+}
+
+function showOdds(message, risky = [], level = "") {
+  $("#job-odds-summary").textContent = message;
+  const list = $("#job-odds-risky");
+  list.replaceChildren(
+    ...risky.map((item) =>
+      el(
+        "li",
+        { "data-device": item.device_id },
+        deviceLink(item.device_id),
+        ` ${percent(item.probability)}: `,
+        item.reasons.join("; "),
+      ),
+    ),
+  );
+  list.hidden = risky.length === 0;
+  $("#job-odds").dataset.level = level;
+}
+
+async function updateOdds() {
+  const request = ++oddsRequest;
+  const targetType = $("#job-target-type").value;
+  const targetId = $("#job-target").value.trim();
+  const jobType = $("#job-type").value;
+  if (targetType === "device_type") {
+    showOdds("The expected success rate is estimated for one device or a site's devices.");
+    return;
+  }
+  if (!targetId) {
+    showOdds("Enter a device or a site to see how likely the job is to succeed.");
+    return;
+  }
+  showOdds("Estimating the chance of success…");
+  const target = targetType === "device" ? { device_id: targetId } : { site_id: targetId };
+  try {
+    const odds = await api("/api/v1/insights/job-success", { query: { job_type: jobType, ...target } });
+    if (request !== oddsRequest) return;
+    if (odds.items.length === 0) {
+      showOdds(`Site ${targetId} has no devices: the job would do nothing.`);
+      return;
+    }
+    const expected = odds.expected_success_rate;
+    const count = odds.items.length;
+    const fleet = odds.job_type_rate === null ? "" : ` (fleet: ${percent(odds.job_type_rate)})`;
+    const summary =
+      count === 1
+        ? `Expected success: ${percent(expected)}${fleet}.`
+        : `Expected success: ${percent(expected)} across ${count} devices${fleet}, about ` +
+          `${Math.round((1 - expected) * count)} likely to fail. Riskiest targets:`;
+    const level = expected < 0.8 ? "bad" : expected >= 0.95 ? "ok" : "";
+    showOdds(summary, odds.items.slice(0, RISKY_SHOWN), level);
+  } catch (error) {
+    if (request !== oddsRequest) return;
+    showOdds(`No estimate: ${error.message}`);
+  }
+}
+
+const updateOddsSoon = debounce(updateOdds, 300);
+
 await startPage();
 if (!canOperate()) {
   const note = $("#job-form-note");
@@ -87,6 +154,9 @@ $("#job-status-filter").addEventListener("change", () => load(0));
 $("#job-type").addEventListener("change", showHint);
 showHint();
 $("#job-target-type").addEventListener("change", showTargetExample);
+$("#job-target-type").addEventListener("change", updateOdds);
+$("#job-type").addEventListener("change", updateOdds);
+$("#job-target").addEventListener("input", updateOddsSoon);
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   let body;
