@@ -159,7 +159,7 @@ def _bin_expression(dialect: str) -> Any:
         return cast(
             func.floor(func.extract("epoch", DeviceMetrics.timestamp) / BIN_SECONDS), Integer
         )
-    return cast(func.strftime("%s", DeviceMetrics.timestamp), Integer) / BIN_SECONDS
+    return cast(func.strftime("%s", DeviceMetrics.timestamp), Integer) // BIN_SECONDS
 
 
 def _bin_of(moment: datetime) -> int:

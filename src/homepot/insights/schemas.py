@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from homepot.analytics.schemas import Id64
 from homepot.kit.streams import StreamQuery
@@ -15,6 +15,8 @@ MetricName = Literal[
     "cpu", "memory", "disk", "network_latency", "error_rate", "transactions", "reporting"
 ]
 StatusName = Literal["active", "acknowledged", "resolved"]
+# An API route's episodes: "api:" and the route template, e.g. api:/api/v1/devices/{device_id}.
+ApiMetricName = Annotated[str, StringConstraints(pattern=r"^api:/", max_length=520)]
 
 
 class AnomalyQuery(StreamQuery):
@@ -22,7 +24,9 @@ class AnomalyQuery(StreamQuery):
 
     device_id: Id64 | None = Field(default=None, description="Device, e.g. pos-terminal-001")
     site_id: Id64 | None = Field(default=None, description="Site, e.g. site-001")
-    metric: MetricName | None = Field(default=None, description="The metric, or reporting")
+    metric: MetricName | ApiMetricName | None = Field(
+        default=None, description="The metric, reporting, or api:<route template>"
+    )
     status: StatusName | None = Field(default=None, description="Where the operator is with it")
     min_score: int | None = Field(default=None, ge=0, le=100, description="Score at least this")
     expected_maintenance: bool | None = Field(

@@ -378,6 +378,11 @@ async def scan(
                 ):
                     await _scan_chunk(session, fleet, devices, span, state, budget, report)
                 await asyncio.sleep(0)
+        if device_ids is None:  # API routes: the whole range at once, under the same lock
+            from homepot.insights.api_health import scan_routes
+
+            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+                await scan_routes(session, first_bin, end_bin, report, cache_history=server)
         report.devices = len(fleet.devices)
     report.seconds = clock.perf_counter() - started
     return report
