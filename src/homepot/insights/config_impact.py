@@ -8,17 +8,19 @@ holds the change belongs to neither side), and the effect is a difference in dif
 
 1. The device's change across the moment, ``after - before``;
 2. minus its own usual change across the same clock time: the median of that difference at
-   the same moment on each of the previous ``HISTORY_DAYS`` days (at least
-   ``MIN_HISTORY_DAYS`` of them), so that a change made every day just before opening does
-   not take the blame for the opening rush;
-3. minus the same, averaged over the control devices: every device with metrics around that
-   moment and no configuration change within a window of it, so that a fleet-wide busy day
-   (or a quiet one) cancels out.
+   the same moment on the alike days within ``HISTORY_DAYS`` either side (days whose
+   declared opening hours at the device's site are the same as the change's day; every day
+   for a site without declared hours), at least ``MIN_HISTORY_DAYS`` of them. A change made
+   every day just before opening then does not take the blame for the opening rush;
+3. minus the same, averaged over the control devices (at least ``MIN_CONTROLS``): every
+   device with metrics around that moment and no configuration change within a window of
+   it, so that a fleet-wide busy day (or a quiet one) cancels out.
 
-A device without enough history (step 2) is compared on raw differences, against controls
-on raw differences. A device that received the same value more than once counts once (the
-mean of its effects). Across devices the effect is their mean, with a 95 % confidence
-interval from Student's t over the devices, and the verdict:
+A change whose device lacks the alike days (a young fleet, a Saturday in a history shorter
+than two weeks) is not measurable: with fewer than ``MIN_DEVICES`` measurable devices the
+verdict is ``not_enough_data`` rather than a guess. A device that received the same value
+more than once counts once (the mean of its effects). Across devices the effect is their
+mean, with a 95 % confidence interval from Student's t over the devices, and the verdict:
 
 - ``not_enough_data``: fewer than ``MIN_DEVICES`` devices with a measurable effect;
 - ``regression``: for some metric the whole interval lies above zero and the effect is at
@@ -27,7 +29,8 @@ interval from Student's t over the devices, and the verdict:
   at least the material size;
 - ``no_effect`` otherwise.
 
-Rows are sorted by harm: the largest effect of any metric in units of its material size.
+Rows are sorted by harm: the largest effect of any metric in units of its material size
+(``not_enough_data`` last).
 
 A regression carries a rollback proposal: each device that received the value through a
 device change and still has it gets the value it had before. Nothing is applied until an
@@ -50,11 +53,12 @@ from typing import Any, Final, Literal
 from sqlalchemy import Integer, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.models import ConfigurationHistory, DeviceMetrics
+from homepot.analytics.models import ConfigurationHistory, DeviceMetrics, SiteOperatingSchedule
 from homepot.audit.service import Actor, same_value
 from homepot.device.models import Device
 from homepot.job.models import Job, JobStatus, JobTargetType
 from homepot.kit.redaction import REDACTED
+from homepot.site.models import Site
 
 BIN_SECONDS: Final = 300
 BINS_PER_DAY: Final = 24 * 3600 // BIN_SECONDS
@@ -299,54 +303,104 @@ async def _deltas(
 # -- the estimate -----------------------------------------------------------------------------
 
 
-def _adjusted(deltas: _Deltas, moment: int) -> tuple[Any, Any]:
-    """(raw, seasonally adjusted) deltas of every device at ``moment``; adjusted is NaN for
-    a device with fewer than MIN_HISTORY_DAYS measurable days before."""
+@dataclass(frozen=True)
+class _Calendar:
+    """Which days are alike for each device: its site's time zone and declared hours."""
+
+    site_of_row: list[int]  # device row -> site index
+    timezones: list[str]
+    # site index -> its 7 weekdays' (open, close, closed); None: no declared hours
+    hours: list[tuple[Any, ...] | None]
+
+    def alike(self, moment: int, offsets: Sequence[int]) -> Any:
+        """(devices, offsets): True where the day ``offset`` days from ``moment`` has the
+        same declared hours as the moment's day, at the device's site (local weekdays)."""
+        from zoneinfo import ZoneInfo
+
+        from homepot.insights.detectors import numpy
+
+        np = numpy()
+        per_site = np.ones((len(self.timezones) + 1, len(offsets)), dtype=bool)
+        when = _bin_start(moment)
+        for site, (zone, hours) in enumerate(zip(self.timezones, self.hours, strict=True)):
+            if hours is None:
+                continue
+            weekday = when.astimezone(ZoneInfo(zone)).weekday()
+            per_site[site] = [hours[(weekday + k) % 7] == hours[weekday] for k in offsets]
+        return per_site[np.array(self.site_of_row, dtype=np.int64)]
+
+
+async def _calendar(session: AsyncSession, devices: Sequence[str]) -> _Calendar:
+    timezones = dict((await session.execute(select(Site.site_id, Site.timezone))).all())
+    sites = sorted(timezones)
+    index = {site_id: position for position, site_id in enumerate(sites)}
+    declared: dict[str, dict[int, tuple[Any, ...]]] = {}
+    for row in await session.scalars(select(SiteOperatingSchedule)):
+        declared.setdefault(row.site_id, {})[row.day_of_week] = (
+            row.open_time,
+            row.close_time,
+            row.is_closed,
+        )
+    hours = [
+        tuple(declared[s].get(day) for day in range(7)) if s in declared else None for s in sites
+    ]
+    site_of = dict((await session.execute(select(Device.device_id, Device.site_id))).all())
+    # A device of an unknown site: the extra last row, every day alike.
+    rows = [index.get(site_of.get(device_id, ""), len(sites)) for device_id in devices]
+    return _Calendar(rows, [timezones[s] or "UTC" for s in sites], hours)
+
+
+def _adjusted(deltas: _Deltas, calendar: _Calendar, moment: int) -> Any:
+    """Each device's delta at ``moment`` less its usual delta at the same clock time on the
+    alike days within ``HISTORY_DAYS`` either side (NaN with fewer than MIN_HISTORY_DAYS)."""
     from homepot.insights.detectors import _quiet, nanmedian, numpy
 
     np = numpy()
     raw = deltas.by_bin[moment]
-    past = [
-        deltas.by_bin[moment - day * BINS_PER_DAY]
-        for day in range(1, HISTORY_DAYS + 1)
-        if moment - day * BINS_PER_DAY in deltas.by_bin
+    offsets = [
+        k
+        for k in range(-HISTORY_DAYS, HISTORY_DAYS + 1)
+        if k and moment + k * BINS_PER_DAY in deltas.by_bin
     ]
-    if not past:
-        return raw, np.full(raw.shape, np.nan)
-    stacked = np.stack(past, axis=2)
+    if not offsets:
+        return np.full(raw.shape, np.nan)
+    stacked = np.stack([deltas.by_bin[moment + k * BINS_PER_DAY] for k in offsets], axis=2)
+    alike = calendar.alike(moment, offsets)  # (devices, offsets)
+    stacked = np.where(alike[:, None, :], stacked, np.nan)
     with _quiet():
         usual = nanmedian(stacked, axis=2)
     days = (~np.isnan(stacked)).sum(axis=2)
-    return raw, np.where(days >= MIN_HISTORY_DAYS, raw - usual, np.nan)
+    return np.where(days >= MIN_HISTORY_DAYS, raw - usual, np.nan)
 
 
 def _effects(
-    changes: Sequence[Change], deltas: _Deltas, changed_near: dict[str, list[int]], window: int
+    changes: Sequence[Change],
+    deltas: _Deltas,
+    calendar: _Calendar,
+    changed_near: dict[str, list[int]],
+    window: int,
 ) -> dict[str, Any]:
     """Per device, the mean difference in differences of its changes (metrics array)."""
     from homepot.insights.detectors import _quiet, numpy
 
     np = numpy()
     per_device: dict[str, list[Any]] = {}
-    cache: dict[int, tuple[Any, Any, Any]] = {}
+    cache: dict[int, tuple[Any, Any]] = {}
     for change in changes:
         if change.bin not in deltas.by_bin or change.device_id not in deltas.row_of:
             continue
         if change.bin not in cache:
-            raw, adjusted = _adjusted(deltas, change.bin)
             quiet = np.array(
                 [_quiet_around(changed_near.get(d, []), change.bin, window) for d in deltas.devices]
             )
-            cache[change.bin] = (raw, adjusted, quiet)
-        raw, adjusted, quiet = cache[change.bin]
+            cache[change.bin] = (_adjusted(deltas, calendar, change.bin), quiet)
+        adjusted, quiet = cache[change.bin]
         row = deltas.row_of[change.device_id]
-        own_adjusted = not np.isnan(adjusted[row]).all()
-        source = adjusted if own_adjusted else raw
-        controls = source[quiet]
+        controls = adjusted[quiet]
         counted = (~np.isnan(controls)).sum(axis=0)
         with _quiet():
             control_mean = np.nanmean(controls, axis=0)
-        did = np.where(counted >= MIN_CONTROLS, source[row] - control_mean, np.nan)
+        did = np.where(counted >= MIN_CONTROLS, adjusted[row] - control_mean, np.nan)
         per_device.setdefault(change.device_id, []).append(did)
     with _quiet():
         return {d: np.nanmean(np.stack(v), axis=0) for d, v in per_device.items()}
@@ -432,8 +486,8 @@ async def config_impact(
 ) -> ImpactReport:
     """The fleet-wide effect of each (parameter, new value) changed in ``[since, until)``."""
     window = max(1, window_minutes * 60 // BIN_SECONDS)
-    history_since = since - timedelta(days=HISTORY_DAYS, seconds=2 * window * BIN_SECONDS)
-    every_change = await _changes(session, history_since, until, None)
+    margin = timedelta(days=HISTORY_DAYS, seconds=2 * window * BIN_SECONDS)
+    every_change = await _changes(session, since - margin, until + margin, None)
     changed_near: dict[str, list[int]] = {}
     for change in every_change:
         changed_near.setdefault(change.device_id, []).append(change.bin)
@@ -443,22 +497,27 @@ async def config_impact(
     analysed = [
         c
         for c in every_change
-        if c.bin >= first_bin and (parameter is None or c.parameter == parameter)
+        if first_bin <= c.bin < _bin_of(until) and (parameter is None or c.parameter == parameter)
     ]
     groups: dict[tuple[str, str], list[Change]] = {}
     for change in analysed:
         groups.setdefault((change.parameter, change.key), []).append(change)
-    moments = {c.bin - day * BINS_PER_DAY for c in analysed for day in range(HISTORY_DAYS + 1)}
+    moments = {
+        c.bin + day * BINS_PER_DAY
+        for c in analysed
+        for day in range(-HISTORY_DAYS, HISTORY_DAYS + 1)
+    }
     devices = list(
         (await session.scalars(select(Device.device_id).order_by(Device.device_id))).all()
     )
     deltas = await _deltas(session, moments, window, devices) if analysed else _Deltas([], {}, {})
+    calendar = await _calendar(session, devices)
     current: dict[str, Any] = dict(
         (await session.execute(select(Device.device_id, Device.config))).all()
     )
     rows = []
     for (name, key), changes in groups.items():
-        per_device = _effects(changes, deltas, changed_near, window)
+        per_device = _effects(changes, deltas, calendar, changed_near, window)
         metrics = _summarise(per_device)
         verdict, harm, explanation = judge(metrics)
         row = ImpactRow(
@@ -478,7 +537,7 @@ async def config_impact(
         if verdict == "regression":
             row.restore = _restore_plan(changes, current)
         rows.append(row)
-    rows.sort(key=lambda r: (-r.harm, r.verdict == "not_enough_data", r.parameter, r.key))
+    rows.sort(key=lambda r: (r.verdict == "not_enough_data", -r.harm, r.parameter, r.key))
     return ImpactReport(since, until, window_minutes, rows)
 
 
