@@ -29,12 +29,17 @@ RANGE = {"since": SINCE, "until": UNTIL}
 
 
 def _metrics(
-    device_id: str, rng: random.Random, bump: dict[str, float], busy: float = 0.0
+    device_id: str,
+    rng: random.Random,
+    bump: dict[str, float],
+    busy: float = 0.0,
+    daily_rush: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Samples every 5 minutes from 12:30 to 15:30 on the change's day and the 3 days before.
 
     ``bump`` is added after the change on the change's day (the configuration's effect),
-    ``busy`` to every device after 14:00 that day (a fleet-wide rush).
+    ``busy`` to every device after 14:00 that day (a fleet-wide rush), ``daily_rush`` after
+    14:00 every day (its own site's daily cycle).
     """
     samples = []
     for days_ago in range(4):
@@ -43,6 +48,7 @@ def _metrics(
             moment = start + timedelta(minutes=5 * step, seconds=30)
             after = days_ago == 0 and moment >= CHANGE_AT
             rush = busy if days_ago == 0 and moment.hour >= 14 else 0.0
+            rush += daily_rush if moment.hour >= 14 else 0.0
             samples.append(
                 {
                     "device_id": device_id,
@@ -67,11 +73,14 @@ async def _fleet(
     untouched: int = 4,
     bad_rise: float = 4.0,
     busy: float = 0.0,
+    bad_site_rush: float = 0.0,
 ) -> dict[str, list[str]]:
     """A site whose ``bad`` devices get config_version 2.6.1-rc3 at CHANGE_AT (the error rate
     rises by ``bad_rise`` points on them), ``good`` devices get 2.6.2 at the same moment (no
-    effect) and ``untouched`` devices change nothing."""
+    effect) and ``untouched`` devices change nothing. ``bad_site_rush``: the bad devices' own
+    site gets busier at 14:00 every day (the others sit at another site)."""
     site_id = await create_site(app)
+    bad_site_id = await create_site(app) if bad_site_rush else site_id
     rng = random.Random(7)
     groups: dict[str, list[str]] = {"bad": [], "good": [], "untouched": []}
     rows: list[dict[str, Any]] = []
@@ -80,11 +89,14 @@ async def _fleet(
         for _ in range(count):
             version = {"bad": "2.6.1-rc3", "good": "2.6.2"}.get(group, "2.6.0")
             device_id = await create_device(
-                app, site_id=site_id, config={"config_version": version}
+                app,
+                site_id=bad_site_id if group == "bad" else site_id,
+                config={"config_version": version},
             )
             groups[group].append(device_id)
             bump = {"error_rate": bad_rise} if group == "bad" else {}
-            rows.extend(_metrics(device_id, rng, bump, busy))
+            rush = bad_site_rush if group == "bad" else 0.0
+            rows.extend(_metrics(device_id, rng, bump, busy, rush))
             if group != "untouched":
                 history.append(
                     {
@@ -152,6 +164,21 @@ async def test_a_fleet_wide_rush_does_not_blame_the_configuration(
 
     verdicts = {row["value"]: row["verdict"] for row in report["rows"]}
     assert verdicts == {"2.6.1-rc3": "no_effect", "2.6.2": "no_effect"}
+
+
+async def test_a_change_made_at_its_sites_daily_rush_is_not_blamed_for_it(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    # The version reaches a site whose terminals get busier at 14:00 every day; the control
+    # devices, at another site, do not. The days before show that rush is its usual.
+    await _fleet(app, bad_rise=0.0, good=0, bad_site_rush=3.0)
+    viewer = await auth_headers(app, client, Role.viewer)
+
+    report = (await client.get(IMPACT, params=RANGE, headers=viewer)).json()
+
+    (row,) = report["rows"]
+    assert row["verdict"] == "no_effect", row
+    assert abs(_metric(row, "error_rate")["effect"]) < 0.5
 
 
 async def test_too_few_devices_is_not_enough_data(app: FastAPI, client: AsyncClient) -> None:
