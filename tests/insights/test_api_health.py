@@ -17,7 +17,7 @@ from homepot.analytics.models import APIRequestLog
 from homepot.auth.models import Role
 from homepot.db import create_engine
 from homepot.insights.models import Anomaly
-from homepot.insights.service import scan
+from homepot.insights.service import ScanState, scan
 from tests.helpers import auth_headers
 
 TROUBLE = datetime(2026, 11, 10, 14, 0, tzinfo=UTC)
@@ -106,3 +106,24 @@ async def test_a_failing_route_gets_an_episode_and_a_steady_one_none(
         "/api/v1/insights/anomalies", params={"metric": "api:jobs"}, headers=viewer
     )
     assert bad.status_code == 422
+
+
+async def test_the_servers_passes_read_only_new_bins_and_find_the_same_episode(
+    engine: AsyncEngine,
+) -> None:
+    await _requests(engine)
+    state = ScanState(baseline_refresh_devices=250)  # as the server keeps it between passes
+
+    moment = TROUBLE - timedelta(minutes=30)
+    while moment < TROUBLE + timedelta(hours=2):
+        await scan(
+            engine, moment - timedelta(minutes=15), moment + timedelta(minutes=10), state=state
+        )
+        moment += timedelta(minutes=10)
+
+    assert state.api_routes.recent is not None  # the passes kept their bins
+    found = await _episodes(engine)
+    assert [(row.detector, row.started_at, row.ended_at) for row in found] == [
+        ("api_error_rate", TROUBLE, TROUBLE + timedelta(hours=1)),
+        ("api_p95_latency", TROUBLE, TROUBLE + timedelta(hours=1)),
+    ]

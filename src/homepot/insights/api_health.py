@@ -21,7 +21,7 @@ each episode once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -258,20 +258,67 @@ def detect_routes(
 
 HISTORY_BINS: Final = det.BASELINE_WEEKS * det.BINS_PER_WEEK
 CONTEXT_BINS: Final = det.RECENT_BINS + det.RUN_LOOKBACK_BINS
-# The server's pass: the day's baselines are read once (two weeks of request logs).
-_history_cache: dict[tuple[str, int], RouteBins] = {}
 
 
-async def _history(session: AsyncSession, day: int, cache: bool) -> RouteBins:
-    key = (str(session.get_bind().engine.url), day)
-    if cache and key in _history_cache:
-        return _history_cache[key]
+@dataclass
+class RouteCache:
+    """What the server keeps between passes: each day's history (two weeks of request logs,
+    read once a day) and the bins read last time (a pass reads only the newest few)."""
+
+    history: dict[int, RouteBins] = field(default_factory=dict)
+    recent: RouteBins | None = None
+
+
+async def _history(session: AsyncSession, day: int, cache: RouteCache | None) -> RouteBins:
+    if cache is not None and day in cache.history:
+        return cache.history[day]
     history = await load_route_bins(session, day - HISTORY_BINS, day)
-    if cache:
-        for old in [k for k in _history_cache if k[0] == key[0] and k[1] < day]:
-            del _history_cache[old]
-        _history_cache[key] = history
+    if cache is not None:
+        for old in [d for d in cache.history if d < day]:
+            del cache.history[old]
+        cache.history[day] = history
     return history
+
+
+# Bins re-read before the newest one already held: late request logs within this count.
+REFRESH_BINS: Final = 3
+
+
+def _splice(old: RouteBins, fresh: RouteBins, first_bin: int, end_bin: int) -> RouteBins:
+    """``old``'s bins from ``first_bin`` up to ``fresh.first_bin``, then ``fresh``'s."""
+    np = det.numpy()
+    routes = sorted(set(old.routes) | set(fresh.routes))
+    width = end_bin - first_bin
+    values = {spec.detector: np.full((len(routes), width), np.nan) for spec in ROUTE_METRICS}
+    requests = np.zeros((len(routes), width))
+    for part, until in ((old, fresh.first_bin), (fresh, end_bin)):
+        start = max(first_bin, part.first_bin)
+        stop = min(until, part.first_bin + part.requests.shape[1])
+        if stop <= start:
+            continue
+        rows = [routes.index(route) for route in part.routes]
+        target = slice(start - first_bin, stop - first_bin)
+        source = slice(start - part.first_bin, stop - part.first_bin)
+        requests[rows, target] = part.requests[:, source]
+        for name, array in part.values.items():
+            values[name][rows, target] = array[:, source]
+    return RouteBins(routes, first_bin, values, requests)
+
+
+async def _recent(
+    session: AsyncSession, first_bin: int, end_bin: int, cache: RouteCache | None
+) -> RouteBins:
+    cached = cache.recent if cache is not None else None
+    held_end = cached.first_bin + cached.requests.shape[1] if cached is not None else None
+    if cached is None or held_end is None or not first_bin <= held_end <= end_bin:
+        bins = await load_route_bins(session, first_bin, end_bin)
+    else:
+        refresh_from = max(first_bin, held_end - REFRESH_BINS)
+        fresh = await load_route_bins(session, refresh_from, end_bin)
+        bins = _splice(cached, fresh, first_bin, end_bin)
+    if cache is not None:
+        cache.recent = bins
+    return bins
 
 
 async def scan_routes(
@@ -280,18 +327,19 @@ async def scan_routes(
     end_bin: int,
     report: ScanReport,
     *,
-    cache_history: bool = False,
+    cache: RouteCache | None = None,
 ) -> None:
     """Find the route episodes in bins ``[first_bin, end_bin)`` and store them, day by day
-    (each day against the two weeks before it)."""
+    (each day against the two weeks before it). ``cache``: the server's, kept between
+    passes."""
     day_first = first_bin - first_bin % det.BINS_PER_DAY
     for day in range(day_first, end_bin, det.BINS_PER_DAY):
         span = (max(first_bin, day), min(end_bin, day + det.BINS_PER_DAY))
         context_bin = span[0] - CONTEXT_BINS
-        bins = await load_route_bins(session, context_bin, span[1])
+        bins = await _recent(session, context_bin, span[1], cache)
         if not bins.routes:
             continue
-        history = await _history(session, day, cache_history)
+        history = await _history(session, day, cache)
         episodes = detect_routes(bins, span[0] - context_bin, history)
         await _reconcile(session, episodes, context_bin, span, report)
     await session.flush()
