@@ -38,10 +38,14 @@ class AnomalyRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    device_id: str | None = Field(description="Null for a whole site that stopped reporting")
+    device_id: str | None = Field(
+        description="Null for a whole site that stopped reporting, and for an API route"
+    )
     site_id: str | None
     metric: str
-    detector: str = Field(description="level, trend or silence")
+    detector: str = Field(
+        description="level, trend or silence; api_error_rate or api_p95_latency for an API route"
+    )
     started_at: datetime
     ended_at: datetime | None = Field(description="Null while the episode is under way")
     last_seen_at: datetime = Field(description="End of the last anomalous 5-minute bin")
