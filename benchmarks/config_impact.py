@@ -11,9 +11,12 @@ versions every site receives before opening. Then runs
 - whether the bad version is a ``regression`` (its error-rate effect and 95 % interval);
 - **false regressions**: any other (parameter, value) flagged ``regression``, out of the rows
   judged (not ``not_enough_data``);
-- the baseline, measured in the same run: the per-device verdicts the impact evaluator
-  stores (``was_successful``), aggregated by majority: a value is a regression when more
-  than half of its judged devices (at least 3) were judged worse.
+- two baselines, measured in the same run: the per-device verdicts the impact evaluator
+  stores (``was_successful``, 10 minutes either side, error rate and latency), aggregated by
+  majority: a value is a regression when more than half of its judged devices (at least 3)
+  were judged worse; and the **naive pooled before/after**: the same windows, interval and
+  verdict rule, on each device's raw ``after - before`` with no control devices and no
+  own-history reference (what the difference in differences adds).
 
 Run: ``.venv/bin/python benchmarks/config_impact.py`` (``--help`` for the knobs).
 """
@@ -34,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import ConfigurationHistory
 from homepot.db import create_engine
+from homepot.insights import config_impact as impact
 from homepot.insights.config_impact import MIN_DEVICES, ImpactRow, config_impact, value_key
 from homepot.simulation.backfill import GOOD_CONFIG_VERSIONS, BackfillConfig, run_backfill
 from homepot.simulation.faults import BAD_CONFIG_VERSION, FaultKind
@@ -66,6 +70,28 @@ async def _baseline(
     for key, devices in verdicts.items():
         worse = sum(1 for results in devices.values() if not all(results))
         if len(devices) >= MIN_DEVICES and worse > len(devices) / 2:
+            flagged.add(key)
+    return flagged
+
+
+async def _naive(
+    session: AsyncSession, since: datetime, until: datetime, window_minutes: int
+) -> set[tuple[str, str]]:
+    """(parameter, value) a raw pooled before/after calls a regression (same rule)."""
+    window = window_minutes * 60 // impact.BIN_SECONDS
+    changes = await impact._changes(session, since, until, None)
+    devices = sorted({c.device_id for c in changes})
+    deltas = await impact._deltas(session, {c.bin for c in changes}, window, devices)
+    groups: dict[tuple[str, str], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for change in changes:
+        if change.bin in deltas.by_bin:
+            row = deltas.by_bin[change.bin][deltas.row_of[change.device_id]]
+            groups[(change.parameter, change.key)][change.device_id].append(row)
+    flagged = set()
+    for key, per_device in groups.items():
+        means = {d: sum(rows) / len(rows) for d, rows in per_device.items()}
+        verdict, _, _ = impact.judge(impact._summarise(means))
+        if verdict == "regression":
             flagged.add(key)
     return flagged
 
@@ -113,9 +139,16 @@ async def run_seed(args: argparse.Namespace, seed: int, url: str) -> dict[str, A
             )
             seconds = time.perf_counter() - started
             baseline = await _baseline(session, since, end)
+            naive = await _naive(session, since, end, args.window_minutes)
     finally:
         await engine.dispose()
-    return {"seed": seed, "rows": report.rows, "seconds": seconds, "baseline": baseline}
+    return {
+        "seed": seed,
+        "rows": report.rows,
+        "seconds": seconds,
+        "baseline": baseline,
+        "naive": naive,
+    }
 
 
 def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +167,8 @@ def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
         "false": false,
         "baseline_bad": BAD in baseline_keys,
         "baseline_false": len(baseline_keys & judged_keys),
+        "naive_bad": BAD in outcome["naive"],
+        "naive_false": len(outcome["naive"] - {BAD}),
         "families": families,
     }
 
@@ -145,8 +180,10 @@ def report(outcomes: list[tuple[str, dict[str, Any]]]) -> None:
         "bad version verdict",
         "error-rate effect (95 % CI), devices",
         "false regressions / rows judged",
-        "baseline: bad flagged",
-        "baseline: false regressions",
+        "per-device verdicts: bad flagged",
+        "per-device verdicts: false regressions",
+        "naive before/after: bad flagged",
+        "naive before/after: false regressions",
         "time",
     ):
         table.add_column(column)
@@ -169,6 +206,8 @@ def report(outcomes: list[tuple[str, dict[str, Any]]]) -> None:
             f"{len(summary['false'])} / {summary['judged']}",
             "yes" if summary["baseline_bad"] else "no",
             f"{summary['baseline_false']} / {summary['judged']}",
+            "yes" if summary["naive_bad"] else "no",
+            str(summary["naive_false"]),
             f"{outcome['seconds']:.1f} s",
         )
     console.print(table)
