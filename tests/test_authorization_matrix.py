@@ -118,6 +118,8 @@ ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/api/v1/insights/devices/{device_id}"): VIEWER,
     ("GET", "/api/v1/insights/maintenance-windows"): VIEWER,
     ("GET", "/api/v1/insights/job-success"): VIEWER,
+    ("GET", "/api/v1/insights/config-impact"): VIEWER,
+    ("POST", "/api/v1/insights/config-impact/{id}/apply"): OPERATOR,
     # Dashboard pages: static shells; their data comes from the API above, with a token
     ("GET", "/login"): PUBLIC,
     ("GET", "/"): PUBLIC,

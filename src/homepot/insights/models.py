@@ -3,9 +3,11 @@
 Anomaly episodes: one row per contiguous anomaly on a device's (or a site's) metric.
 
 No foreign keys, like the analytics tables: an episode outlives the device it describes.
-``subject`` is what the episode is about: the device_id, or ``site:<site_id>`` for a whole
-site that stopped reporting; with ``metric``, ``detector`` and ``started_at`` it is the
-episode's identity, so that a range scanned twice stores each episode once.
+``subject`` is what the episode is about: the device_id, ``site:<site_id>`` for a whole
+site that stopped reporting, or ``api:<METHOD> <route>`` for an API route (metric
+``api:<route>``, no device or site; see :mod:`homepot.insights.api_health`); with
+``metric``, ``detector`` and ``started_at`` it is the episode's identity, so that a range
+scanned twice stores each episode once.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ class Anomaly(Base):
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    subject: Mapped[str] = mapped_column(String(80))
-    # Null for a site-wide episode (a whole site silent).
+    subject: Mapped[str] = mapped_column(String(600))
+    # Null for a site-wide episode (a whole site silent) and for an API route.
     device_id: Mapped[str | None] = mapped_column(String(64))
     site_id: Mapped[str | None] = mapped_column(String(64))
-    metric: Mapped[str] = mapped_column(String(32))
+    # A device metric, "reporting", or "api:<route template>" (up to 512 characters).
+    metric: Mapped[str] = mapped_column(String(520))
     detector: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime]
     # Null while the episode is under way.

@@ -3,6 +3,8 @@ recommended maintenance windows."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
@@ -11,18 +13,25 @@ from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep, utcnow
-from homepot.insights import job_advice, maintenance, service
+from homepot.insights import config_impact, job_advice, maintenance, service
 from homepot.insights.models import AnomalyStatus
 from homepot.insights.schemas import (
     AnomalyQuery,
     AnomalyRead,
     AnomalyUpdate,
+    ConfigImpactApplied,
+    ConfigImpactQuery,
+    ConfigImpactRange,
+    ConfigImpactRead,
+    ConfigImpactReport,
     DeviceInsights,
     FleetRanking,
     JobSuccessAdvice,
     JobSuccessQuery,
     MaintenanceWindowAdvice,
     MaintenanceWindowQuery,
+    MetricImpact,
+    RestoreGroup,
 )
 from homepot.kit.pagination import CursorPage
 from homepot.site.service import SiteNotFound
@@ -181,3 +190,126 @@ async def read_job_success(
         return await job_advice.job_success(session, params, utcnow())
     except (job_advice.DeviceNotFound, SiteNotFound) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+def _impact_read(row: config_impact.ImpactRow) -> ConfigImpactRead:
+    return ConfigImpactRead(
+        id=row.id,
+        parameter=row.parameter,
+        value=row.value,
+        verdict=row.verdict,
+        harm=row.harm,
+        devices=row.devices,
+        changes=row.changes,
+        first_at=row.first_at,
+        last_at=row.last_at,
+        metrics=[MetricImpact(**vars(metric)) for metric in row.metrics],
+        explanation=row.explanation,
+        rollback=[
+            RestoreGroup(value=json.loads(key), devices=devices)
+            for key, devices in row.restore.items()
+        ]
+        if row.verdict == "regression"
+        else None,
+    )
+
+
+def _bounds(params: ConfigImpactRange) -> tuple[datetime, datetime]:
+    try:
+        return params.bounds(utcnow())
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+@router.get(
+    "/config-impact",
+    summary="Configuration impact across the fleet",
+    description="Per parameter and new value changed in `[since, until)`, the effect on error "
+    "rate, network latency and CPU across the devices that received it: a difference in "
+    "differences against devices that did not change at the same moment, each device first "
+    "compared with its own usual change at that clock time, with a 95 % confidence interval "
+    "and the number of devices. Sorted by harm; `verdict` is regression, improvement, "
+    "no_effect or not_enough_data, and a regression carries its rollback proposal. Any "
+    "signed-in user.",
+    responses=_READ_ERRORS,
+)
+async def read_config_impact(
+    _user: CurrentUser, session: SessionDep, params: Annotated[ConfigImpactQuery, Query()]
+) -> ConfigImpactReport:
+    since, until = _bounds(params)
+    report = await config_impact.config_impact(
+        session,
+        since=since,
+        until=until,
+        parameter=params.parameter,
+        window_minutes=params.window_minutes,
+    )
+    return ConfigImpactReport(
+        since=since,
+        until=until,
+        window_minutes=report.window_minutes,
+        rows=[_impact_read(row) for row in report.rows],
+    )
+
+
+@router.post(
+    "/config-impact/{id}/apply",
+    summary="Accept a configuration rollback proposal",
+    description="Recomputes the row `id` of GET /config-impact over the same range (the "
+    "body: `since`, `until`, `window_minutes`, all optional) and, when it is still a "
+    "regression, creates one config_change job per device that still has the value, giving "
+    "back the value it had before. Each device's success is recorded in configuration_history "
+    "with change_type `ai_recommended`. Written to the audit log. Operators and admins.",
+    responses={
+        401: {"description": "No valid bearer token"},
+        403: {"description": "The token's user is a viewer"},
+        404: {"description": "No configuration change with this id in the range"},
+        409: {"description": "The row is not a regression, or no device still has the value"},
+        422: {"description": "A malformed id or range"},
+    },
+)
+async def apply_config_rollback(
+    impact_id: Annotated[
+        str, Path(alias="id", pattern=r"^[0-9a-f]{20}$", description="The row's `id`")
+    ],
+    request: Request,
+    user: OperatorUser,
+    session: SessionDep,
+    body: ConfigImpactRange | None = None,
+) -> ConfigImpactApplied:
+    body = body or ConfigImpactRange()
+    since, until = _bounds(body)
+    actor = Actor.of(request, user)
+    try:
+        applied = await config_impact.apply_rollback(
+            session, actor, impact_id, since=since, until=until, window_minutes=body.window_minutes
+        )
+    except config_impact.ImpactNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except config_impact.NothingToRollBack as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    read = _impact_read(applied.row)
+    write_audit_log(
+        session,
+        actor,
+        action="config_impact.apply",
+        resource_type="config_impact",
+        resource_id=impact_id,
+        details={
+            "parameter": applied.row.parameter,
+            "value": applied.row.value,
+            "verdict": applied.row.verdict,
+            "explanation": applied.row.explanation,
+            "job_ids": applied.job_ids,
+            "devices": applied.devices,
+            "already_pending": applied.already_pending,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+        },
+    )
+    return ConfigImpactApplied(
+        impact=read,
+        job_ids=applied.job_ids,
+        devices=applied.devices,
+        already_pending=applied.already_pending,
+    )

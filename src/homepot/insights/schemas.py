@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
-from typing import Any, Literal, Self
+from datetime import UTC, datetime, time, timedelta
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from homepot.analytics.schemas import Id64
 from homepot.job.schemas import JobType
@@ -16,6 +16,8 @@ MetricName = Literal[
     "cpu", "memory", "disk", "network_latency", "error_rate", "transactions", "reporting"
 ]
 StatusName = Literal["active", "acknowledged", "resolved"]
+# An API route's episodes: "api:" and the route template, e.g. api:/api/v1/devices/{device_id}.
+ApiMetricName = Annotated[str, StringConstraints(pattern=r"^api:/", max_length=520)]
 
 
 class AnomalyQuery(StreamQuery):
@@ -23,7 +25,9 @@ class AnomalyQuery(StreamQuery):
 
     device_id: Id64 | None = Field(default=None, description="Device, e.g. pos-terminal-001")
     site_id: Id64 | None = Field(default=None, description="Site, e.g. site-001")
-    metric: MetricName | None = Field(default=None, description="The metric, or reporting")
+    metric: MetricName | ApiMetricName | None = Field(
+        default=None, description="The metric, reporting, or api:<route template>"
+    )
     status: StatusName | None = Field(default=None, description="Where the operator is with it")
     min_score: int | None = Field(default=None, ge=0, le=100, description="Score at least this")
     expected_maintenance: bool | None = Field(
@@ -35,10 +39,14 @@ class AnomalyRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    device_id: str | None = Field(description="Null for a whole site that stopped reporting")
+    device_id: str | None = Field(
+        description="Null for a whole site that stopped reporting, and for an API route"
+    )
     site_id: str | None
     metric: str
-    detector: str = Field(description="level, trend or silence")
+    detector: str = Field(
+        description="level, trend or silence; api_error_rate or api_p95_latency for an API route"
+    )
     started_at: datetime
     ended_at: datetime | None = Field(description="Null while the episode is under way")
     last_seen_at: datetime = Field(description="End of the last anomalous 5-minute bin")
@@ -244,3 +252,101 @@ class JobSuccessAdvice(BaseModel):
         description="Mean probability over the targets: the expected share that succeeds"
     )
     items: list[JobSuccessTarget] = Field(description="Per target device, the riskiest first")
+
+
+# -- configuration impact ---------------------------------------------------------------------
+
+ImpactVerdict = Literal["regression", "improvement", "no_effect", "not_enough_data"]
+MAX_IMPACT_DAYS = 92
+
+
+class ConfigImpactRange(BaseModel):
+    """The changes analysed: made in ``[since, until)``, each measured over ``window_minutes``
+    before and after."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(
+        default=None, description="ISO 8601; default 30 days before `until`"
+    )
+    until: datetime | None = Field(default=None, description="ISO 8601; default now")
+    window_minutes: int = Field(
+        default=30, ge=10, le=240, description="Minutes measured before and after each change"
+    )
+
+    @model_validator(mode="after")
+    def _aware_and_ordered(self) -> ConfigImpactRange:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                setattr(self, name, value.replace(tzinfo=UTC))
+        if self.since is not None and self.until is not None:
+            if self.since >= self.until:
+                raise ValueError("since must be before until")
+            if self.until - self.since > timedelta(days=MAX_IMPACT_DAYS):
+                raise ValueError(f"since to until spans at most {MAX_IMPACT_DAYS} days")
+        return self
+
+    def bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        until = self.until or now
+        since = self.since or until - timedelta(days=30)
+        if since >= until:
+            raise ValueError("since must be before until")
+        if until - since > timedelta(days=MAX_IMPACT_DAYS):
+            raise ValueError(f"since to until spans at most {MAX_IMPACT_DAYS} days")
+        return since, until
+
+
+class ConfigImpactQuery(ConfigImpactRange):
+    parameter: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Only this parameter"
+    )
+
+
+class MetricImpact(BaseModel):
+    metric: str = Field(description="error_rate, network_latency_ms or cpu_percent")
+    unit: str
+    effect: float | None = Field(
+        description="Mean difference in differences over the devices (positive: worse)"
+    )
+    ci_low: float | None = Field(description="95 % confidence interval, low end")
+    ci_high: float | None
+    devices: int = Field(description="Devices whose effect on this metric was measurable")
+
+
+class RestoreGroup(BaseModel):
+    value: Any = Field(description="The value the devices had before (null: the key was absent)")
+    devices: list[str]
+
+
+class ConfigImpactRead(BaseModel):
+    id: str = Field(description="Stable id of (parameter, value): the same in every answer")
+    parameter: str
+    value: Any = Field(description="The new value the devices received")
+    verdict: ImpactVerdict
+    harm: float = Field(description="Largest effect of any metric in units of its material size")
+    devices: int = Field(description="Devices that received the value")
+    changes: int
+    first_at: datetime
+    last_at: datetime
+    metrics: list[MetricImpact]
+    explanation: str
+    rollback: list[RestoreGroup] | None = Field(
+        description="For a regression: what accepting the proposal restores on which devices"
+    )
+
+
+class ConfigImpactReport(BaseModel):
+    since: datetime
+    until: datetime
+    window_minutes: int
+    rows: list[ConfigImpactRead]
+
+
+class ConfigImpactApplied(BaseModel):
+    impact: ConfigImpactRead
+    job_ids: list[str] = Field(description="One config_change job per device")
+    devices: list[str]
+    already_pending: list[str] = Field(
+        description="Devices that already have an unfinished rollback job of this proposal"
+    )

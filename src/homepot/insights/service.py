@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
 from homepot.device.models import Device
 from homepot.insights import detectors as det
+from homepot.insights.api_health import RouteCache, scan_routes
 from homepot.insights.models import Anomaly, AnomalyStatus, DeviceRisk
 from homepot.insights.schemas import (
     AnomalyQuery,
@@ -318,6 +319,8 @@ class ScanState:
     # Devices, sites and schedules, re-read when any of them changed.
     fleet: _Fleet | None = None
     fleet_fingerprint: tuple[Any, ...] | None = None
+    # API routes' history and recent bins (homepot.insights.api_health).
+    api_routes: RouteCache = field(default_factory=RouteCache)
 
 
 FLEET_REREAD_SECONDS: Final = 600
@@ -378,6 +381,10 @@ async def scan(
                 ):
                     await _scan_chunk(session, fleet, devices, span, state, budget, report)
                 await asyncio.sleep(0)
+        if device_ids is None:  # API routes: the whole range at once, under the same lock
+            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+                cache = state.api_routes if server else None
+                await scan_routes(session, first_bin, end_bin, report, cache=cache)
         report.devices = len(fleet.devices)
     report.seconds = clock.perf_counter() - started
     return report

@@ -451,7 +451,8 @@ async def _apply_success(
             patch=job.payload["config"],
             changed_by=job.created_by or "system",
             reason=f"config_change job {job.job_id}: {job.description or 'no description'}",
-            change_type="automated",
+            # A rollback an operator accepted from the configuration impact insights.
+            change_type="ai_recommended" if job.payload.get("recommendation_id") else "automated",
             settings=settings,
             now=now,
         )

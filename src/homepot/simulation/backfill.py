@@ -100,6 +100,7 @@ _FLUSH_EVERY = 20_000
 _OFFLINE_AFTER = timedelta(seconds=90)
 AGENT_USER_AGENT = "homepot-agent/1.4.2"
 FIRMWARE_OLD, FIRMWARE_NEW = "2.6.0", "2.7.1"
+GOOD_CONFIG_VERSIONS = ("2.6.2", "2.7.0")
 _BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0 Safari/537.36"
@@ -129,6 +130,10 @@ class BackfillConfig:
     always_on: bool = False
     # Relative weights of the fault kinds (default: all alike); a kind left out never happens.
     fault_mix: dict[FaultKind, float] | None = None
+    # Good configuration versions rolled out while sites trade (GOOD_CONFIG_VERSIONS, one per
+    # half of the sites, mid-history): changes that are no fault, for the configuration
+    # impact benchmark. Off by default, so that a seed's history stays what it was.
+    good_config_rollouts: bool = False
 
     def validate(self) -> None:
         if not 0 < self.days <= 7:
@@ -805,6 +810,8 @@ class _Backfill:
                 )  # fmt: skip
                 for terminal in terminals:
                     self.execute(job_id, "health_check", terminal, noon, "system", (1, 4))
+        if self.config.good_config_rollouts:
+            self.good_config_rollout(site, terminals, number, operator)
         for window in self.firmware_windows(site, number):
             admin = self.users["admin"][0]
             job_id = self.new_job(
@@ -822,6 +829,34 @@ class _Backfill:
                         {}, "Restart after a crash",
                     )  # fmt: skip
                     self.execute(job_id, "restart", terminal, fault.end, operator, (5, 20))
+
+    def good_config_rollout(
+        self, site: SiteProfile, terminals: list[_Terminal], number: int, operator: str
+    ) -> None:
+        """A good configuration version at 11:00 local on a trading day mid-history: even
+        sites get the first of GOOD_CONFIG_VERSIONS, odd ones the second, a day later."""
+        zone = ZoneInfo(site.timezone)
+        version = GOOD_CONFIG_VERSIONS[number % 2]
+        first = self.start.astimezone(zone).date() + timedelta(days=int(self.config.days) // 2)
+        for offset in range(number % 2, number % 2 + 3):
+            local_day = first + timedelta(days=offset)
+            when = datetime.combine(local_day, time(11), zone).astimezone(UTC)
+            if not site.day(local_day.weekday()).is_open_at(time(11)) or not (
+                self.start <= when < self.end - timedelta(hours=2)
+            ):
+                continue
+            job_id = self.new_job(
+                "config_change", JobTargetType.site, site.site_id, when, operator,
+                {"config": {"config_version": version}}, f"Roll out configuration {version}",
+            )  # fmt: skip
+            for terminal in terminals:
+                moment = when + timedelta(seconds=self.rng.uniform(0, 60))
+                if self.execute(job_id, "config_change", terminal, moment, operator, (2, 8)):
+                    self.config_change(
+                        terminal, moment, "config_version", FIRMWARE_OLD, version, operator,
+                        f"Roll out configuration {version}",
+                    )  # fmt: skip
+            return
 
     def firmware(self, terminal: _Terminal, job_id: str, when: datetime, admin: str) -> None:
         previous = terminal.state
