@@ -36,12 +36,14 @@ def record_error(
     timestamp: datetime | None = None,
     stack_trace: str | None = None,
     source: Source = DEVICE,
+    event_id: str | None = None,
 ) -> str | None:
     """Synchronous form of :func:`log_error` for code that cannot await (middleware).
 
     ``timestamp`` is when the error happened (None = now), e.g. a device's own clock;
     ``stack_trace`` is a trace reported as text, used when there is no ``exception``;
-    ``source`` is ``simulated`` for an error of (or caused by) the simulation.
+    ``source`` is ``simulated`` for an error of (or caused by) the simulation;
+    ``event_id`` one derived from the reporter's own id, so that a resend is stored once.
     """
     _validated("category", category, CATEGORIES)
     _validated("severity", severity, SEVERITIES)
@@ -65,6 +67,7 @@ def record_error(
         context=context or None,
         timestamp=timestamp,
         source=source,
+        event_id=event_id,
     )
 
 
