@@ -611,34 +611,64 @@ class FleetSimulator:
         error_report: DeviceErrorReport | None = None,
     ) -> None:
         link = terminal.mqtt
-        if link is not None:
-            try:
-                await link.publish_heartbeat(heartbeat)
-                samples = list(terminal.backlog)
-                for start in range(0, len(samples), 500):
-                    batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
-                    await link.publish_telemetry(batch)
-                if error_report is not None:
-                    await link.publish_error(error_report)
-            except Exception as exc:
-                raise ServerUnavailable(f"MQTT: {exc}") from exc
-        else:
-            await terminal.client.heartbeat(heartbeat)
-            await self._deliver_backlog(terminal)
+        if link is None:
+            await self._report_over_http(terminal, heartbeat, error_report)
+            self.stats.heartbeats += 1
+            return
+        try:
+            await link.publish_heartbeat(heartbeat)
+            samples = list(terminal.backlog)
+            for start in range(0, len(samples), 500):
+                batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
+                await link.publish_telemetry(batch)
             if error_report is not None:
-                await terminal.client.report_error(error_report)
-        if link is not None:
-            self.stats.samples_sent += len(terminal.backlog)
-            terminal.backlog.clear()
+                await link.publish_error(error_report)
+        except Exception as exc:
+            raise ServerUnavailable(f"MQTT: {exc}") from exc
+        self.stats.samples_sent += len(terminal.backlog)
+        terminal.backlog.clear()
         self.stats.heartbeats += 1
-        pushed = link is not None or self.job_inbox is not None
-        # Without push, poll every poll_every ticks on average; with push, now and then, for
-        # the executions whose push was not acknowledged in time.
-        share = PUSHED_POLL_SHARE if pushed else 1 / max(1, self.config.poll_every)
-        if self.rng.random() < share:
-            # Without push, poll every tick; with push, now and then, for missed pushes.
+        if self.rng.random() < PUSHED_POLL_SHARE:
+            # Now and then, for the executions whose push was not acknowledged in time.
             for command in await terminal.client.poll_jobs():
                 self._start_job(terminal, command)
+
+    async def _report_over_http(
+        self,
+        terminal: SimulatedTerminal,
+        heartbeat: Heartbeat,
+        error_report: DeviceErrorReport | None,
+    ) -> None:
+        """One ``POST /agent/report``: the heartbeat, the oldest 500 samples of the backlog
+        and the error; its answer brings the jobs. Without push the report asks for jobs every
+        poll_every ticks on average; with push now and then, for missed pushes."""
+        share = (
+            PUSHED_POLL_SHARE if self.job_inbox is not None else 1 / max(1, self.config.poll_every)
+        )
+        jobs_limit = 10 if self.rng.random() < share else 0
+        chunk = [terminal.backlog[i] for i in range(min(500, len(terminal.backlog)))]
+        errors = [error_report] if error_report is not None else []
+        report_id = uuid.uuid4()
+        try:
+            answer = await terminal.client.report(
+                report_id, heartbeat=heartbeat, samples=chunk, errors=errors, jobs_limit=jobs_limit
+            )
+        except Refused as exc:
+            if not _names_a_sample(exc) or not chunk:
+                raise
+            # A sample is refused by name: the backlog goes the careful way (refused samples
+            # dropped one by one), then the report without samples.
+            await self._deliver_backlog(terminal)
+            chunk = []
+            answer = await terminal.client.report(
+                report_id, heartbeat=heartbeat, errors=errors, jobs_limit=jobs_limit
+            )
+        for _ in chunk:
+            terminal.backlog.popleft()
+        self.stats.samples_sent += len(chunk)
+        await self._deliver_backlog(terminal)  # what one report could not carry
+        for command in answer.jobs:
+            self._start_job(terminal, command)
 
     async def _deliver_backlog(self, terminal: SimulatedTerminal) -> None:
         """Send the backlog oldest first, 500 at a time. A sample leaves it once the server
