@@ -68,12 +68,8 @@ from homepot.auth.models import Role
 from homepot.auth.service import create_user
 from homepot.db import create_engine, create_session_factory
 from homepot.protocol.messages import MetricSample, TelemetryBatch
-from homepot.simulation.live import (
-    FleetSimulator,
-    SimulatedTerminal,
-    SimulationConfig,
-    device_connection_pools,
-)
+from homepot.simulation.fleet_config import SimulationConfig, device_connection_pools
+from homepot.simulation.live import FleetSimulator, SimulatedTerminal
 
 ADMIN_EMAIL = "fleet-benchmark@example.com"
 ADMIN_PASSWORD = "fleet-benchmark-password"

@@ -22,7 +22,8 @@ from homepot.simulation.faults import (
     LabelWriter,
     read_labels,
 )
-from homepot.simulation.live import FleetSimulator, SimulationConfig
+from homepot.simulation.fleet_config import SimulationConfig
+from homepot.simulation.live import FleetSimulator
 from homepot.simulation.model import (
     HARDWARE,
     DaySchedule,
