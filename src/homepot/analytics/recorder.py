@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time as monotonic_time
 import uuid
 from collections import deque
@@ -97,6 +98,8 @@ class _TableShape:
     datetime_columns: frozenset[str]
     max_lengths: dict[str, int]
     column_set: frozenset[str] = frozenset()
+    # Text columns that are not free text: their length limit (unbounded: a huge number).
+    plain_text_limits: dict[str, int] = field(default_factory=dict)
     # Every column with its static default (None where there is none), already storable.
     template: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +130,10 @@ class _TableShape:
                 if isinstance(c.type, String) and c.type.length and c.name != "event_id"
             },
         )
+        for column in table.columns:
+            if isinstance(column.type, String) and column.name not in shape.text_columns:
+                limit = column.type.length if column.name != "event_id" else None
+                shape.plain_text_limits[column.name] = limit or sys.maxsize
         for name in columns:
             default = static_defaults.get(name)
             shape.template[name] = None if default is None else shape.storable_value(name, default)
@@ -139,6 +146,7 @@ class _TableShape:
             raise ValueError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
         row = self.template.copy()
         isfinite = math.isfinite
+        plain_text_limits = self.plain_text_limits
         for name, value in fields.items():
             # The common plain values inline; the rest (text, JSON, others) in storable_value.
             kind = type(value)
@@ -146,6 +154,13 @@ class _TableShape:
                 row[name] = value if isfinite(value) else None
             elif value is None or kind is int or kind is datetime or kind is bool:
                 row[name] = value
+            elif (
+                kind is str
+                and name in plain_text_limits
+                and len(value) <= plain_text_limits[name]
+                and "\x00" not in value
+            ):
+                row[name] = value  # an identifier or a code: nothing to mask, cut or strip
             else:
                 row[name] = self.storable_value(name, value)
         secret_parameter = self.model.secret_parameter_column

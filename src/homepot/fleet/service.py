@@ -51,7 +51,7 @@ HEALTHY = "ok"
 FAILING = "error"
 # States someone else ends (an operator, a job): heartbeats do not move a device out of them.
 _HELD_STATES = (DeviceStatus.maintenance, DeviceStatus.updating)
-_METRIC_FIELDS = {
+_METRIC_FIELDS = (
     "cpu_percent",
     "memory_percent",
     "disk_percent",
@@ -63,7 +63,7 @@ _METRIC_FIELDS = {
     "queue_depth",
     "extra_metrics",
     "collection_interval_seconds",
-}
+)
 
 
 class RegistrationRefused(Exception):
@@ -381,14 +381,17 @@ def ingest_samples(
 ) -> int:
     """:func:`ingest_telemetry` for samples that came in another message (a report)."""
     refused = 0
+    record = recorder.record
+    device_id, source = device.device_id, device.source
     for sample in samples:
-        event_id = recorder.record(
+        values = sample.__dict__  # the validated fields, without model_dump's copy
+        event_id = record(
             DeviceMetrics,
-            event_id=device_event_id(device.device_id, sample.event_id),
+            event_id=device_event_id(device_id, sample.event_id),
             timestamp=sample.timestamp,
-            device_id=device.device_id,
-            source=device.source,
-            **sample.model_dump(include=_METRIC_FIELDS),
+            device_id=device_id,
+            source=source,
+            **{name: values[name] for name in _METRIC_FIELDS},
         )
         if event_id is None and recorder.enabled:
             refused += 1
