@@ -657,16 +657,23 @@ class Recorder:
             self._wake.clear()
             try:
                 async with self._lock:
-                    await self._drain()
+                    await self._drain(everything=self._stopping)
             except Exception:  # the writer must outlive any single failure
                 logger.exception("analytics recorder flush failed unexpectedly")
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, *, everything: bool = True) -> None:
+        """Write (or spool) the queue. A tick of the background writer (``everything``
+        False) writes what is queued when it starts and then only full batches: events
+        that trickle in while it writes wait for the next tick, instead of each paying for
+        a transaction of its own."""
         if self._clock() >= self._next_replay_at and self.spool.has_backlog():
             await self._replay_spool()
-        while self._queue:
+        owed = len(self._queue)  # queued when this drain started
+        while self._queue and (
+            everything or owed > 0 or len(self._queue) >= self.settings.batch_size
+        ):
             # Looked at, not taken: the batch leaves the queue once written or spooled.
             size = min(self.settings.batch_size, len(self._queue))
             batch = [self._queue[i] for i in range(size)]
@@ -676,6 +683,7 @@ class Recorder:
                 break  # neither database nor spool: the events wait in memory
             for _ in range(size):
                 self._queue.popleft()
+            owed -= size
         if self.stats.spool_failures_pending and not self._queue:
             # The database took everything; is the spool back for the next outage?
             try:

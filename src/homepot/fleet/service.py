@@ -291,6 +291,7 @@ async def record_heartbeat(
     *,
     ip_address: str | None = None,
     now: datetime | None = None,
+    flush: bool = True,
 ) -> None:
     """Store a heartbeat as a ``health_checks`` row and let it drive the device's state.
 
@@ -321,7 +322,8 @@ async def record_heartbeat(
     if ip_address is not None:
         device.ip_address = ip_address
     await _follow_heartbeat(session, recorder, device, reported, last_seen, now)
-    await session.flush()
+    if flush:
+        await session.flush()
 
 
 async def _follow_heartbeat(
@@ -460,7 +462,11 @@ async def record_report(
     report_id = str(report.report_id)
     duplicate = device.last_report_id == report_id
     if report.heartbeat is not None and not duplicate:
-        await record_heartbeat(session, recorder, device, report.heartbeat, ip_address=ip_address)
+        # Not flushed here: the device row is written once, with everything this report
+        # changes, by the job query's autoflush or the commit.
+        await record_heartbeat(
+            session, recorder, device, report.heartbeat, ip_address=ip_address, flush=False
+        )
     accepted = 0
     if report.samples:
         accepted = ingest_samples(recorder, device, report.samples)
