@@ -3,10 +3,11 @@
 Producers (the request middleware, the error logger, device events, job outcomes, activity
 ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
 in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
-in batches, one transaction per batch. On PostgreSQL each table's rows go in with COPY into a
-temporary staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on
-SQLite with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``. ``<key>`` is the table's
-unique key holding ``event_id`` as the table's metadata declares it (:func:`conflict_columns`:
+in batches, one transaction per batch. On PostgreSQL each table's rows go in with COPY:
+straight into the table, and when an event of the batch is stored already, into a temporary
+staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite
+with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``. ``<key>`` is the table's unique
+key holding ``event_id`` as the table's metadata declares it (:func:`conflict_columns`:
 ``event_id`` alone, or with ``timestamp`` where a partitioned table needs it in every key).
 
 Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
@@ -370,6 +371,17 @@ def _column_list(columns: Iterable[str]) -> str:
 
 
 _STAGES_KEY = "homepot.analytics.staging_tables"
+
+
+async def _copy_records(
+    raw: Any, table: str, columns: tuple[str, ...], records: list[tuple[Any, ...]]
+) -> None:
+    try:
+        await raw.copy_records_to_table(table, records=records, columns=columns)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        # A value asyncpg cannot encode (e.g. 2**40 for an int4): the data's fault, found by
+        # the driver before the server saw it, so it carries no SQLSTATE.
+        raise SQLDataError("COPY", None, exc) from exc
 
 
 def _encode(value: Any) -> Any:
@@ -829,8 +841,14 @@ class Recorder:
         return inserted_by_table
 
     async def _copy_rows(self, by_table: dict[str, list[Row]]) -> dict[str, int]:
-        """PostgreSQL: COPY each table's rows into its staging table, then one INSERT ...
-        SELECT per table that skips event ids already stored; all in one transaction."""
+        """PostgreSQL: each table's rows with COPY, all in one transaction.
+
+        Straight into the table first (inside a savepoint): new events, nearly all of them,
+        go in at COPY's own speed. When one of them is stored already (a device sent a batch
+        again, a replayed spool file, a retry after a lost commit acknowledgement), the
+        unique key refuses the COPY, and the rows take the idempotent path instead: COPY
+        into the staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+        """
         inserted_by_table: dict[str, int] = {}
         async with self.engine.connect() as connection:
             raw = (await connection.get_raw_connection()).driver_connection
@@ -840,21 +858,12 @@ class Recorder:
                 async with raw.transaction():
                     for table_name, rows in by_table.items():
                         statements = self._copy_statements[table_name]
+                        groups = statements.records_by_columns(rows)
                         inserted = 0
-                        for columns, records in statements.records_by_columns(rows).items():
-                            try:
-                                await raw.copy_records_to_table(
-                                    statements.stage, records=records, columns=columns
-                                )
-                            except (TypeError, ValueError, ArithmeticError) as exc:
-                                # A value asyncpg cannot encode (e.g. 2**40 for an int4):
-                                # the data's fault, found by the driver before the server
-                                # saw it, so it carries no SQLSTATE.
-                                raise SQLDataError("COPY", None, exc) from exc
-                            status = await raw.execute(statements.insert(columns))
-                            inserted += int(status.rsplit(" ", 1)[-1])
-                            if len(records) < len(rows):  # another group follows
-                                await raw.execute(f"TRUNCATE {_quoted(statements.stage)}")
+                        for columns, records in groups.items():
+                            inserted += await self._copy_group(
+                                raw, statements, columns, records, alone=len(groups) == 1
+                            )
                         inserted_by_table[table_name] = inserted
             except SQLDataError:
                 raise
@@ -866,6 +875,29 @@ class Recorder:
                     await connection.invalidate()
                 raise
         return inserted_by_table
+
+    async def _copy_group(
+        self,
+        raw: Any,
+        statements: _CopyStatements,
+        columns: tuple[str, ...],
+        records: list[tuple[Any, ...]],
+        *,
+        alone: bool,
+    ) -> int:
+        """Store one group of records (rows with the same columns); returns how many were
+        new. ``alone``: no other group of the table shares the staging table this time."""
+        try:
+            async with raw.transaction():  # a savepoint: a refused COPY leaves nothing
+                await _copy_records(raw, statements.table, columns, records)
+            return len(records)
+        except asyncpg.UniqueViolationError:
+            pass  # an event of the group is stored already
+        await _copy_records(raw, statements.stage, columns, records)
+        status = await raw.execute(statements.insert(columns))
+        if not alone:  # ON COMMIT DELETE ROWS empties it at the end; the next group now
+            await raw.execute(f"TRUNCATE {_quoted(statements.stage)}")
+        return int(status.rsplit(" ", 1)[-1])
 
     async def _ensure_stages(
         self, connection: AsyncConnection, raw: Any, table_names: Iterable[str]
