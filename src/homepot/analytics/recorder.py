@@ -3,12 +3,13 @@
 Producers (the request middleware, the error logger, device events, job outcomes, activity
 ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
 in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
-in batches, one transaction per batch. On PostgreSQL each table's rows go in with COPY:
-straight into the table, and when an event of the batch is stored already, into a temporary
-staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite
-with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``. ``<key>`` is the table's unique
-key holding ``event_id`` as the table's metadata declares it (:func:`conflict_columns`:
-``event_id`` alone, or with ``timestamp`` where a partitioned table needs it in every key).
+in batches. On PostgreSQL each table's rows go in with COPY: straight into the table, and
+when an event of the batch is stored already, into a temporary staging table and one
+``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite with multi-row
+``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per batch. ``<key>`` is the
+table's unique key holding ``event_id`` as the table's metadata declares it
+(:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a partitioned
+table needs it in every key).
 
 Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
 value can fail a batch later, in the database or in the spool.
@@ -820,15 +821,18 @@ class Recorder:
         for table_name, row in batch:
             by_table.setdefault(table_name, []).append(row)
         if self._copy:
-            inserted_by_table = await self._copy_rows(by_table)
-        else:
-            inserted_by_table = await self._insert_rows(by_table)
+            await self._copy_rows(by_table)
+            return
+        inserted_by_table = await self._insert_rows(by_table)
         for table_name, inserted in inserted_by_table.items():
-            self.stats.written += inserted
-            self.stats.duplicates_skipped += len(by_table[table_name]) - inserted
-            self.stats.written_by_table[table_name] = (
-                self.stats.written_by_table.get(table_name, 0) + inserted
-            )
+            self._count_written(table_name, len(by_table[table_name]), inserted)
+
+    def _count_written(self, table_name: str, offered: int, inserted: int) -> None:
+        self.stats.written += inserted
+        self.stats.duplicates_skipped += offered - inserted
+        self.stats.written_by_table[table_name] = (
+            self.stats.written_by_table.get(table_name, 0) + inserted
+        )
 
     async def _insert_rows(self, by_table: dict[str, list[Row]]) -> dict[str, int]:
         inserted_by_table: dict[str, int] = {}
@@ -840,31 +844,27 @@ class Recorder:
                 inserted_by_table[table_name] = len(result.all())
         return inserted_by_table
 
-    async def _copy_rows(self, by_table: dict[str, list[Row]]) -> dict[str, int]:
-        """PostgreSQL: each table's rows with COPY, all in one transaction.
+    async def _copy_rows(self, by_table: dict[str, list[Row]]) -> None:
+        """PostgreSQL: each table's rows with COPY.
 
-        Straight into the table first (inside a savepoint): new events, nearly all of them,
-        go in at COPY's own speed. When one of them is stored already (a device sent a batch
-        again, a replayed spool file, a retry after a lost commit acknowledgement), the
-        unique key refuses the COPY, and the rows take the idempotent path instead: COPY
-        into the staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+        Straight into the table first, one COPY on its own (a statement is all or nothing):
+        new events, nearly all of them, go in at COPY's own speed and in one round trip.
+        When one of them is stored already (a device sent a batch again, a replayed spool
+        file, a retry after a lost commit acknowledgement), the unique key refuses the COPY,
+        and the rows take the idempotent path in a transaction of their own: COPY into the
+        staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING. A batch whose
+        write fails half-way is written again whole; what went in is skipped then.
         """
-        inserted_by_table: dict[str, int] = {}
         async with self.engine.connect() as connection:
             raw = (await connection.get_raw_connection()).driver_connection
             assert raw is not None
             try:
                 await self._ensure_stages(connection, raw, by_table.keys())
-                async with raw.transaction():
-                    for table_name, rows in by_table.items():
-                        statements = self._copy_statements[table_name]
-                        groups = statements.records_by_columns(rows)
-                        inserted = 0
-                        for columns, records in groups.items():
-                            inserted += await self._copy_group(
-                                raw, statements, columns, records, alone=len(groups) == 1
-                            )
-                        inserted_by_table[table_name] = inserted
+                for table_name, rows in by_table.items():
+                    statements = self._copy_statements[table_name]
+                    for columns, records in statements.records_by_columns(rows).items():
+                        inserted = await self._copy_group(raw, statements, columns, records)
+                        self._count_written(table_name, len(records), inserted)
             except SQLDataError:
                 raise
             except BaseException as exc:
@@ -874,7 +874,6 @@ class Recorder:
                     # The driver's connection may be broken; the pool must not hand it out.
                     await connection.invalidate()
                 raise
-        return inserted_by_table
 
     async def _copy_group(
         self,
@@ -882,21 +881,18 @@ class Recorder:
         statements: _CopyStatements,
         columns: tuple[str, ...],
         records: list[tuple[Any, ...]],
-        *,
-        alone: bool,
     ) -> int:
         """Store one group of records (rows with the same columns); returns how many were
-        new. ``alone``: no other group of the table shares the staging table this time."""
+        new."""
         try:
-            async with raw.transaction():  # a savepoint: a refused COPY leaves nothing
-                await _copy_records(raw, statements.table, columns, records)
+            await _copy_records(raw, statements.table, columns, records)
             return len(records)
         except asyncpg.UniqueViolationError:
             pass  # an event of the group is stored already
-        await _copy_records(raw, statements.stage, columns, records)
-        status = await raw.execute(statements.insert(columns))
-        if not alone:  # ON COMMIT DELETE ROWS empties it at the end; the next group now
-            await raw.execute(f"TRUNCATE {_quoted(statements.stage)}")
+        # ON COMMIT DELETE ROWS empties the staging table when this transaction ends.
+        async with raw.transaction():
+            await _copy_records(raw, statements.stage, columns, records)
+            status = await raw.execute(statements.insert(columns))
         return int(status.rsplit(" ", 1)[-1])
 
     async def _ensure_stages(
