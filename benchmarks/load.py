@@ -66,7 +66,8 @@ from rich.table import Table
 from homepot.auth.models import Role
 from homepot.auth.service import create_user
 from homepot.db import create_engine, create_session_factory
-from homepot.simulation.live import FleetSimulator, SimulationConfig
+from homepot.simulation.fleet_config import SimulationConfig
+from homepot.simulation.live import FleetSimulator
 
 ADMIN_EMAIL = "load-benchmark@example.com"
 ADMIN_PASSWORD = "load-benchmark-password"

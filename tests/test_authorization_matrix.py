@@ -100,6 +100,7 @@ ACCESS: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/agent/heartbeat"): DEVICE,
     ("POST", "/api/v1/agent/telemetry"): DEVICE,
     ("POST", "/api/v1/agent/errors"): DEVICE,
+    ("POST", "/api/v1/agent/report"): DEVICE,
     ("GET", "/api/v1/agent/jobs"): DEVICE,
     ("POST", "/api/v1/agent/jobs/{execution_id}/ack"): DEVICE,
     ("POST", "/api/v1/agent/jobs/{execution_id}/result"): DEVICE,

@@ -158,7 +158,8 @@ class RetentionSettings(BaseModel):
 class LimitsSettings(BaseModel):
     """Request body limits in bytes: a body over its route's limit is refused with 413.
 
-    Telemetry batches (``/api/v1/agent/telemetry``, up to 500 samples) get their own limit;
+    Telemetry batches (``/api/v1/agent/telemetry`` and ``/api/v1/agent/report``, up to 500
+    samples) get their own limit;
     the dashboard's ingestion endpoints (``/api/v1/analytics/user-activities`` and
     ``/api/v1/analytics/errors``) a smaller one; every other body ``max_body_bytes``.
     """

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import traceback
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,7 +53,12 @@ def utcnow() -> datetime:
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """A random UUID (version 4) as 32 hex digits: ``uuid.uuid4().hex`` without building the
+    UUID object, which was a quarter of what recording an event cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -26,7 +26,7 @@ from homepot.agent.client import DeviceClient, retry_after_seconds
 from homepot.agent.outbox import Outbox
 from homepot.analytics.models import APIRequestLog, DeviceMetrics, DeviceStateHistory, JobOutcome
 from homepot.auth.models import Role
-from homepot.device.models import Device
+from homepot.device.models import Device, HealthCheck
 from tests.helpers import auth_headers, create_site, db_rows, flush
 
 
@@ -119,17 +119,23 @@ async def test_queue_survives_an_outage_and_drains_oldest_first(
     await agent.report_once()
 
     assert agent.outbox.stats().pending == 0
-    # The backlog went first, in the order it was made, in one batch with the new sample.
-    last_batch = transport.sent("/agent/telemetry")[-1]["samples"]
+    # The backlog went first, in the order it was made, in one report with the new sample
+    # and the heartbeat.
+    last_report = transport.sent("/agent/report")[-1]
+    assert last_report["heartbeat"]["status"] == "ok"
+    last_batch = last_report["samples"]
     sent_times = [datetime.fromisoformat(s["timestamp"]) for s in last_batch]
     assert sent_times == [*queued_at, clock.now]
-    # The heartbeat's round trip is the latency reported; none was measured while down.
-    assert last_batch[0].get("network_latency_ms") is None
-    assert last_batch[-1]["network_latency_ms"] >= 0
+    # A sample's latency is the previous report's round trip: none after a failed one.
+    assert last_batch[0]["network_latency_ms"] >= 0  # made after the last report that went
+    assert [s.get("network_latency_ms") for s in last_batch[1:]] == [None] * 3
+    clock.now += timedelta(seconds=30)
+    await agent.report_once()
+    assert transport.sent("/agent/report")[-1]["samples"][0]["network_latency_ms"] >= 0
 
     await flush(app)
     stored = await db_rows(app, DeviceMetrics, device_id="till-agent-01")
-    assert len(stored) == 5  # nothing lost
+    assert len(stored) == 6  # nothing lost
     assert {row.transaction_count for row in stored} == {7}
     assert {row.cpu_percent for row in stored} == {12.5}
 
@@ -143,7 +149,7 @@ async def test_resending_after_a_lost_answer_stores_once(
     await agent.ensure_registered()
     await agent.report_once()
     # The server stored the batch but the answer never came back: the agent sends it again.
-    batch = transport.sent("/agent/telemetry")[-1]["samples"]
+    batch = transport.sent("/agent/report")[-1]["samples"]
     await agent.outbox.aput("telemetry", batch[0])
     assert await agent.deliver()
     await flush(app)
@@ -199,6 +205,27 @@ async def test_a_sample_the_server_refuses_is_dropped_and_counted_not_retried_fo
     assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 1
 
 
+async def test_a_refused_sample_in_a_report_costs_only_itself(
+    app: FastAPI, site_and_key: tuple[str, str], tmp_path: Path
+) -> None:
+    site_id, key = site_and_key
+    transport = SwitchableTransport(app)
+    agent = make_agent(transport, site_id, key, tmp_path, Clock(datetime.now(UTC)))
+    await agent.ensure_registered()
+    good = agent.make_sample(None).model_dump(mode="json")
+    too_old = {**good, "event_id": "0" * 32, "timestamp": "2020-01-01T00:00:00+00:00"}
+    await agent.outbox.aput("telemetry", too_old)
+
+    await agent.report_once()
+
+    stats = agent.outbox.stats()
+    assert (stats.pending, stats.rejected, stats.sent) == (0, 1, 1)
+    assert transport.sent("/agent/report")[-1].get("samples") is None  # the heartbeat alone
+    await flush(app)
+    assert len(await db_rows(app, DeviceMetrics, device_id="till-agent-01")) == 1
+    assert len(await db_rows(app, HealthCheck, device_id="till-agent-01")) == 1
+
+
 class AnsweringTransport(SwitchableTransport):
     """The app, behind a front (a proxy, a load balancer) that may answer for it."""
 
@@ -207,7 +234,7 @@ class AnsweringTransport(SwitchableTransport):
         self.answer: httpx.Response | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.answer is not None and request.url.path.endswith("/telemetry"):
+        if self.answer is not None and request.url.path.endswith(("/telemetry", "/report")):
             self.requests.append((request.method, request.url.path, None))
             return self.answer
         return await super().handle_async_request(request)
@@ -236,11 +263,11 @@ async def test_a_503_keeps_the_samples_and_nothing_is_resent_before_retry_after(
         503, json={"detail": "the database is starting up"}, headers={"Retry-After": "120"}
     )
     await agent.report_once()
-    assert len(transport.sent("/telemetry")) == 1
+    assert len(transport.sent("/report")) == 1
     for _ in range(3):  # the next reports queue their samples but keep quiet
         clock.now += timedelta(seconds=30)
         await agent.report_once()
-    assert len(transport.sent("/telemetry")) == 1
+    assert len(transport.sent("/report")) == 1
     stats = agent.outbox.stats()
     assert (stats.pending, stats.rejected, stats.dropped) == (4, 0, 0)
 
@@ -270,7 +297,7 @@ def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     assert retry_after_seconds(httpx.Response(503)) is None
 
 
-async def test_a_polled_job_is_run_and_its_result_reported(
+async def test_a_job_in_a_reports_answer_is_run_and_its_result_reported(
     app: FastAPI, client: AsyncClient, site_and_key: tuple[str, str], tmp_path: Path
 ) -> None:
     site_id, key = site_and_key
@@ -290,7 +317,7 @@ async def test_a_polled_job_is_run_and_its_result_reported(
     )
     assert created.status_code == 201, created.text
 
-    await agent.poll_jobs()
+    await agent.report_once()
     for task in list(agent._tasks):
         await task
 
@@ -320,7 +347,7 @@ async def test_a_real_agent_is_a_real_device_and_its_rows_say_so(
         stored = await db_rows(app, model, device_id="till-agent-01")
         assert stored
         assert {row.source for row in stored} == {"device"}
-    requests = await db_rows(app, APIRequestLog, route="/api/v1/agent/telemetry")
+    requests = await db_rows(app, APIRequestLog, route="/api/v1/agent/report")
     assert {row.source for row in requests} == {"device"}
 
 

@@ -449,3 +449,36 @@ async def test_json_nested_too_deep_is_cut_not_a_crash(engine: AsyncEngine, tmp_
     while isinstance(context, dict):
         context, depth = context["k"], depth + 1
     assert (depth, context) == (MAX_DEPTH, TOO_DEEP)
+
+
+def test_the_conflict_target_is_the_unique_key_holding_event_id() -> None:
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint
+
+    from homepot.analytics.recorder import conflict_columns
+
+    assert conflict_columns(DeviceMetrics.__table__) == ("event_id",)
+    # A table partitioned by time must carry the partition column in every unique key.
+    partitioned = Table(
+        "partitioned_events",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("event_id", String(64)),
+        Column("timestamp", DateTime(timezone=True)),
+        UniqueConstraint("event_id", "timestamp"),
+    )
+    assert conflict_columns(partitioned) == ("event_id", "timestamp")
+    plain = Table("no_key", MetaData(), Column("id", Integer, primary_key=True))
+    with pytest.raises(RuntimeError, match="no unique key holding event_id"):
+        conflict_columns(plain)
+
+
+async def test_a_batch_holding_the_same_event_twice_stores_it_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    ids = _record_metrics(recorder, 3)
+    recorder.record(DeviceMetrics, event_id=ids[1], device_id="pos-terminal-001")
+    await recorder.flush()
+    assert await _metric_ids(engine) == ids
+    assert recorder.snapshot()["duplicates_skipped"] == 1
+    assert recorder.snapshot()["written"] == 3

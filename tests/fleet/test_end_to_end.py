@@ -39,8 +39,9 @@ from homepot.job.models import JobExecution
 from homepot.main import create_app
 from homepot.models import ANALYTICS_MODELS
 from homepot.protocol.channels import InProcessChannel
+from homepot.simulation.embedded import embedded_simulator
 from homepot.simulation.faults import FaultKind, read_labels
-from homepot.simulation.live import SimulationConfig, embedded_simulator
+from homepot.simulation.fleet_config import SimulationConfig
 from homepot.site.models import Site
 from tests.helpers import create_user, db_rows, flush
 

@@ -22,7 +22,8 @@ from homepot.simulation.faults import (
     LabelWriter,
     read_labels,
 )
-from homepot.simulation.live import FleetSimulator, SimulationConfig
+from homepot.simulation.fleet_config import SimulationConfig
+from homepot.simulation.live import FleetSimulator
 from homepot.simulation.model import (
     HARDWARE,
     DaySchedule,
@@ -255,7 +256,7 @@ async def test_a_refused_sample_is_dropped_alone_and_the_backlog_waits_out_an_ou
     answer: list[httpx.Response] = []
 
     async def front(request: httpx.Request) -> httpx.Response:
-        if answer and request.url.path.endswith("/telemetry"):
+        if answer and request.url.path.endswith(("/telemetry", "/report")):
             return answer[0]
         return await inner.handle_async_request(request)
 

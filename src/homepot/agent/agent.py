@@ -1,15 +1,17 @@
 """``homepot agent``: the program that runs on a terminal.
 
-Every ``interval`` seconds it sends a heartbeat (whose round trip is the terminal's latency to
-the server), reads the host with psutil (CPU, memory, disk), adds the transaction counters of a
-pluggable :class:`TransactionSource`, and queues that sample in its on-disk
-:class:`~homepot.agent.outbox.Outbox`; then it delivers the queue oldest first. When the
-server is unreachable the queue simply grows, and it drains when the server returns.
+Every ``interval`` seconds it reads the host with psutil (CPU, memory, disk), adds the
+transaction counters of a pluggable :class:`TransactionSource`, queues that sample in its
+on-disk :class:`~homepot.agent.outbox.Outbox`, and sends one report
+(``POST /api/v1/agent/report``): its heartbeat with the oldest queued samples, answered with
+the jobs waiting for it. A sample's ``network_latency_ms`` is the round trip of the previous
+report (none after a failed one). When the server is unreachable the queue simply grows, and
+it drains when the server returns.
 
-Jobs arrive by MQTT push when the server offers a broker, and by polling otherwise (and as
-a fallback). Each is acknowledged, run by a pluggable handler (restart, config_change,
-firmware_update; simulated by default), and its result goes through the same queue, so a
-result is not lost either.
+Jobs arrive by MQTT push when the server offers a broker, and in every report's answer (the
+fallback when a push is missed). Each is acknowledged, run by a pluggable handler (restart,
+config_change, firmware_update; simulated by default), and its result goes through the same
+queue, so a result is not lost either.
 
 The API key the server issues at registration is kept in ``state_dir/agent.json`` (mode
 0600), so a restarted agent carries on as the same device without registering again.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -238,6 +241,8 @@ class Agent:
         # time.monotonic() before which nothing is sent again (the server's Retry-After).
         self._resume_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The previous report's round trip in ms: the next sample's latency.
+        self._latency_ms: float | None = None
 
     # -- registration ----------------------------------------------------------------------
 
@@ -300,33 +305,55 @@ class Agent:
         )
 
     async def report_once(self) -> None:
-        """Heartbeat, queue a sample, deliver the queue, and collect jobs by polling."""
+        """Queue a sample, then one report: heartbeat, the oldest queued samples (up to a
+        batch), and the jobs waiting in its answer; the rest of the queue follows."""
         self.stats.reports += 1
-        latency = await self._heartbeat()
-        sample = self.make_sample(latency)
+        sample = self.make_sample(self._latency_ms)
         await self.outbox.aput("telemetry", sample.model_dump(mode="json", exclude_none=True))
-        if latency is None:
+        self._latency_ms = None
+        if time.monotonic() < self._resume_at:
             return
-        delivered = await self.deliver()
-        if delivered:
-            await self.poll_jobs()
-
-    async def _heartbeat(self) -> float | None:
+        messages = await self.outbox.aoldest(MAX_SAMPLES_PER_BATCH)
+        samples = list(itertools.takewhile(lambda m: m.kind == "telemetry", messages))
         heartbeat = Heartbeat(
             status="ok",
             firmware_version=self.state.firmware_version,
             config_version=str(self.state.config.get("config_version") or "") or None,
             uptime_seconds=round((self.clock() - self.started).total_seconds(), 1),
         )
+        report_id = uuid.uuid4()
         try:
-            return await self.client.heartbeat(heartbeat)
+            try:
+                answer = await self.client.report(
+                    report_id, heartbeat=heartbeat, samples=[m.payload for m in samples]
+                )
+            except Refused as exc:
+                if isinstance(exc, Unauthorized) or not exc.names_the_message or not samples:
+                    raise
+                # Something queued is refused by name: the queue goes the careful way (as
+                # batches, refused ones one by one), then the heartbeat alone.
+                logger.warning("the server refused the report (%s); delivering one by one", exc)
+                if not await self.deliver():
+                    return
+                samples = []
+                answer = await self.client.report(report_id, heartbeat=heartbeat)
         except Unauthorized:
             await self._register_again()
-            return None
-        except (ServerUnavailable, Refused) as exc:
+            return
+        except ServerUnavailable as exc:
             self.stats.heartbeats_failed += 1
-            logger.warning("heartbeat failed: %s", exc)
-            return None
+            self._hold_off(exc, len(messages))
+            return
+        except Refused as exc:
+            self.stats.heartbeats_failed += 1
+            logger.warning("the server refused the report (%s); the samples stay queued", exc)
+            return
+        self._latency_ms = self.client.last_round_trip_ms
+        if samples:
+            await self._delivered(samples)
+        for command in answer.jobs:
+            self.start_job(command)
+        await self.deliver()
 
     async def deliver(self) -> bool:
         """Send the queue oldest first until it is empty (True) or the server fails (False).
@@ -405,15 +432,6 @@ class Agent:
             await self.client.send_raw_result(run[0].payload)
 
     # -- jobs ------------------------------------------------------------------------------
-
-    async def poll_jobs(self) -> None:
-        try:
-            commands = await self.client.poll_jobs()
-        except (ServerUnavailable, Refused) as exc:
-            logger.warning("polling for jobs failed: %s", exc)
-            return
-        for command in commands:
-            self.start_job(command)
 
     def start_job(self, command: JobCommand) -> None:
         if command.execution_id in self._running:

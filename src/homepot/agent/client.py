@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from homepot.config import API_PREFIX
 from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
+    DeviceReportAccepted,
     Heartbeat,
     JobAck,
     JobCommand,
@@ -171,6 +173,28 @@ class DeviceClient:
         """Samples already in wire form (as kept in the outbox)."""
         response = await self._call("POST", "/telemetry", {"samples": samples})
         return TelemetryAccepted.model_validate(response.json())
+
+    async def report(
+        self,
+        report_id: uuid.UUID,
+        *,
+        heartbeat: Heartbeat | None,
+        samples: list[dict[str, Any]] | None = None,
+        errors: Sequence[DeviceErrorReport] = (),
+        jobs_limit: int = 10,
+    ) -> DeviceReportAccepted:
+        """One combined report (samples in wire form, as kept in an outbox); the answer
+        carries the jobs waiting for the device. Send the same ``report_id`` again when a
+        report's fate is unknown (a timeout): nothing is stored twice."""
+        body: dict[str, Any] = {"report_id": str(report_id), "jobs_limit": jobs_limit}
+        if heartbeat is not None:
+            body["heartbeat"] = heartbeat.model_dump(mode="json", exclude_none=True)
+        if samples:
+            body["samples"] = samples
+        if errors:
+            body["errors"] = [e.model_dump(mode="json", exclude_none=True) for e in errors]
+        response = await self._call("POST", "/report", body)
+        return DeviceReportAccepted.model_validate(response.json())
 
     async def poll_jobs(self) -> list[JobCommand]:
         response = await self._call("GET", "/jobs")

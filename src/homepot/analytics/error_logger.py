@@ -43,7 +43,8 @@ def record_error(
     ``timestamp`` is when the error happened (None = now), e.g. a device's own clock;
     ``stack_trace`` is a trace reported as text, used when there is no ``exception``;
     ``source`` is ``simulated`` for an error of (or caused by) the simulation;
-    ``event_id`` makes recording idempotent (a second event with the same id is skipped).
+    ``event_id`` makes recording idempotent: one derived from the reporter's own message id,
+    so that a resend is stored once (the recorder skips an id it has).
     """
     _validated("category", category, CATEGORIES)
     _validated("severity", severity, SEVERITIES)
@@ -67,7 +68,7 @@ def record_error(
         context=context or None,
         timestamp=timestamp,
         source=source,
-        **({"event_id": event_id} if event_id is not None else {}),
+        event_id=event_id,
     )
 
 

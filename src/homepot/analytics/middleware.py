@@ -33,7 +33,8 @@ from homepot.kit.redaction import redact_pairs
 logger = logging.getLogger(__name__)
 
 _ERROR_BODY_LIMIT = 16 * 1024
-# The product token of the simulator's User-Agent (homepot.simulation.live.SIM_AGENT_VERSION).
+# The product token of the simulator's User-Agent
+# (homepot.simulation.fleet_config.SIM_AGENT_VERSION).
 SIMULATOR_PRODUCT = "homepot-sim"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

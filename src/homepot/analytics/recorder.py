@@ -3,7 +3,13 @@
 Producers (the request middleware, the error logger, device events, job outcomes, activity
 ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
 in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
-in batches, one multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` per table per batch.
+in batches. On PostgreSQL each table's rows go in with COPY: straight into the table, and
+when an event of the batch is stored already, into a temporary staging table and one
+``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite with multi-row
+``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per batch. ``<key>`` is the
+table's unique key holding ``event_id`` as the table's metadata declares it
+(:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a partitioned
+table needs it in every key).
 
 Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
 value can fail a batch later, in the database or in the spool.
@@ -37,10 +43,11 @@ import json
 import logging
 import math
 import os
+import sys
 import time as monotonic_time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -48,9 +55,18 @@ from pathlib import Path
 from time import time_ns
 from typing import Any
 
-from sqlalchemy import JSON, String, Table, event
+import asyncpg
+from sqlalchemy import (
+    JSON,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.exc import DataError as SQLDataError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.schema import ColumnDefault
 
@@ -58,7 +74,7 @@ from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog
 from homepot.config import AnalyticsSettings
 from homepot.db import Failure, UTCDateTime, classify_failure, new_event_id, utcnow
 from homepot.kit.jsonlimits import MAX_DEPTH
-from homepot.kit.redaction import REDACTED, TOO_DEEP, is_sensitive_key, mask_text, redact
+from homepot.kit.redaction import REDACTED, TOO_DEEP, is_sensitive_key, mask_text
 from homepot.kit.retry import database_write_backoff, retry_async
 
 logger = logging.getLogger(__name__)
@@ -83,6 +99,11 @@ class _TableShape:
     text_columns: frozenset[str]
     datetime_columns: frozenset[str]
     max_lengths: dict[str, int]
+    column_set: frozenset[str] = frozenset()
+    # Text columns that are not free text: their length limit (unbounded: a huge number).
+    plain_text_limits: dict[str, int] = field(default_factory=dict)
+    # Every column with its static default (None where there is none), already storable.
+    template: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: type[AnalyticsEvent]) -> _TableShape:
@@ -94,10 +115,11 @@ class _TableShape:
             default = column.default
             if isinstance(default, ColumnDefault) and not default.is_callable:
                 static_defaults[column.name] = default.arg
-        return cls(
+        shape = cls(
             model=model,
             table=table,
             columns=columns,
+            column_set=frozenset(columns),
             static_defaults=static_defaults,
             json_columns=frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
             text_columns=frozenset(model.free_text_columns),
@@ -110,30 +132,39 @@ class _TableShape:
                 if isinstance(c.type, String) and c.type.length and c.name != "event_id"
             },
         )
+        for column in table.columns:
+            if isinstance(column.type, String) and column.name not in shape.text_columns:
+                limit = column.type.length if column.name != "event_id" else None
+                shape.plain_text_limits[column.name] = limit or sys.maxsize
+        for name in columns:
+            default = static_defaults.get(name)
+            shape.template[name] = None if default is None else shape.storable_value(name, default)
+        return shape
 
     def complete(self, fields: Row) -> Row:
         """A full, redacted row: every column present, defaults applied, secrets removed."""
-        unknown = fields.keys() - set(self.columns)
-        if unknown:
+        if not fields.keys() <= self.column_set:
+            unknown = fields.keys() - self.column_set
             raise ValueError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
-        row: Row = {}
-        for name in self.columns:
-            value = fields.get(name, self.static_defaults.get(name))
-            if value is not None:
-                if name in self.json_columns:
-                    value = _storable(redact(json_safe(value)))
-                elif not isinstance(value, str | int | float | datetime):
-                    value = _scalar(value)
-                elif isinstance(value, float) and not math.isfinite(value):
-                    value = None  # no numeric column stores NaN or Infinity on both backends
-                if isinstance(value, str):
-                    if name in self.text_columns:
-                        value = mask_text(value)
-                    value = _storable(value)
-                    limit = self.max_lengths.get(name)
-                    if limit is not None and len(value) > limit:
-                        value = value[:limit]
-            row[name] = value
+        row = self.template.copy()
+        isfinite = math.isfinite
+        plain_text_limits = self.plain_text_limits
+        for name, value in fields.items():
+            # The common plain values inline; the rest (text, JSON, others) in storable_value.
+            kind = type(value)
+            if kind is float:
+                row[name] = value if isfinite(value) else None
+            elif value is None or kind is int or kind is datetime or kind is bool:
+                row[name] = value
+            elif (
+                kind is str
+                and name in plain_text_limits
+                and len(value) <= plain_text_limits[name]
+                and "\x00" not in value
+            ):
+                row[name] = value  # an identifier or a code: nothing to mask, cut or strip
+            else:
+                row[name] = self.storable_value(name, value)
         secret_parameter = self.model.secret_parameter_column
         if secret_parameter and is_sensitive_key(str(row.get(secret_parameter) or "")):
             # The parameter itself is a secret (e.g. a config key "api_key"): keep that it
@@ -148,6 +179,55 @@ class _TableShape:
         elif row["timestamp"].tzinfo is None:
             raise ValueError("timestamp must be timezone-aware (UTC)")
         return row
+
+    def storable_value(self, name: str, value: Any) -> Any:
+        """One column's value made JSON-safe, redacted, NUL-free and cut to the column."""
+        kind = type(value)
+        if kind is float:
+            return value if math.isfinite(value) else None  # neither backend stores NaN/inf
+        if kind is int or kind is bool or kind is datetime:
+            return value
+        if name in self.json_columns:
+            return clean_json(value)
+        if not isinstance(value, str | int | float | datetime):
+            value = _scalar(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, str):
+            if name in self.text_columns:
+                value = mask_text(value)
+            if "\x00" in value:
+                value = value.replace("\x00", "")
+            limit = self.max_lengths.get(name)
+            if limit is not None and len(value) > limit:
+                value = value[:limit]
+        return value
+
+
+def clean_json(value: Any, depth: int = 0) -> Any:
+    """``redact(json_safe(value))`` without NUL characters, in one pass (see both)."""
+    if isinstance(value, str):
+        value = mask_text(value)
+        return value.replace("\x00", "") if "\x00" in value else value
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= MAX_DEPTH:
+        return TOO_DEEP
+    if isinstance(value, Mapping):
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                key = _key(key)
+            name = key.replace("\x00", "") if "\x00" in key else key
+            cleaned[name] = REDACTED if is_sensitive_key(key) else clean_json(item, depth + 1)
+        return cleaned
+    if isinstance(value, list | tuple):
+        return [clean_json(item, depth + 1) for item in value]
+    if isinstance(value, set | frozenset):
+        return [clean_json(item, depth + 1) for item in json_safe(value, depth)]
+    return clean_json(_scalar(value), depth)
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -205,17 +285,6 @@ def _scalar(value: Any) -> Any:
     return str(value)
 
 
-def _storable(value: Any) -> Any:
-    """Strip NUL characters, which PostgreSQL cannot store in text or JSON."""
-    if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    return value
-
-
 _PENDING_KEY = "homepot.analytics.pending_events"
 
 
@@ -226,6 +295,94 @@ def _forget_uncommitted(session: Session, transaction: SessionTransaction) -> No
 
 
 _SHAPES: dict[str, _TableShape] = {m.__tablename__: _TableShape.of(m) for m in EVENT_MODELS}
+
+
+def conflict_columns(table: Table) -> tuple[str, ...]:
+    """The columns of ``table``'s unique key that holds ``event_id``, as its metadata says.
+
+    ``event_id`` alone for a plain table; a table partitioned by time has to carry the
+    partition column in every unique key, e.g. ``(event_id, timestamp)``. The smallest such
+    key is the one ``ON CONFLICT`` names.
+    """
+    keys: list[tuple[str, ...]] = []
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint):
+            keys.append(tuple(column.name for column in constraint.columns))
+    keys.extend(tuple(c.name for c in index.columns) for index in table.indexes if index.unique)
+    with_event_id = [key for key in keys if "event_id" in key]
+    if not with_event_id:
+        raise RuntimeError(f"{table.name} has no unique key holding event_id: events could repeat")
+    return min(with_event_id, key=len)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _CopyStatements:
+    """What the COPY path sends for one table (PostgreSQL only), built once."""
+
+    def __init__(self, shape: _TableShape) -> None:
+        self.table = shape.table.name
+        self.stage = f"homepot_stage_{self.table}"
+        self.columns = shape.columns
+        self.json_columns = shape.json_columns
+        # No constraints and no defaults in the staging table: NOT NULL and the unique key
+        # are checked where the rows land, in the INSERT, and nothing draws on the id
+        # sequence twice. ON COMMIT DELETE ROWS leaves it empty for the next batch.
+        self.create_stage = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_quoted(self.stage)} ON COMMIT DELETE ROWS"
+            f" AS SELECT {_column_list(self.columns)} FROM {_quoted(self.table)} WITH NO DATA"
+        )
+        self._key = _column_list(conflict_columns(shape.table))
+        self._inserts: dict[tuple[str, ...], str] = {}
+
+    def insert(self, columns: tuple[str, ...]) -> str:
+        """INSERT ... SELECT of ``columns`` from the staging table; the table's defaults
+        fill the others (a spooled row written before a column existed lacks it)."""
+        statement = self._inserts.get(columns)
+        if statement is None:
+            listed = _column_list(columns)
+            statement = self._inserts[columns] = (
+                f"INSERT INTO {_quoted(self.table)} ({listed}) SELECT {listed}"
+                f" FROM {_quoted(self.stage)} ON CONFLICT ({self._key}) DO NOTHING"
+            )
+        return statement
+
+    def records_by_columns(self, rows: list[Row]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The rows as COPY records, grouped by the columns they have (in order)."""
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        complete = self.columns
+        size = len(complete)
+        json_columns = self.json_columns
+        for row in rows:
+            columns = complete if len(row) == size else tuple(c for c in complete if c in row)
+            values = []
+            for name in columns:
+                value = row[name]
+                if value is not None and name in json_columns:
+                    value = json.dumps(value)
+                values.append(value)
+            groups.setdefault(columns, []).append(tuple(values))
+        return groups
+
+
+def _column_list(columns: Iterable[str]) -> str:
+    return ", ".join(_quoted(c) for c in columns)
+
+
+_STAGES_KEY = "homepot.analytics.staging_tables"
+
+
+async def _copy_records(
+    raw: Any, table: str, columns: tuple[str, ...], records: list[tuple[Any, ...]]
+) -> None:
+    try:
+        await raw.copy_records_to_table(table, records=records, columns=columns)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        # A value asyncpg cannot encode (e.g. 2**40 for an int4): the data's fault, found by
+        # the driver before the server saw it, so it carries no SQLSTATE.
+        raise SQLDataError("COPY", None, exc) from exc
 
 
 def _encode(value: Any) -> Any:
@@ -407,10 +564,12 @@ class Recorder:
         self._clock = clock
         self._next_replay_at = 0.0
         self._last_drop_warning = 0.0
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._copy = engine.dialect.name == "postgresql"
+        self._copy_statements = {name: _CopyStatements(shape) for name, shape in _SHAPES.items()}
+        insert = postgresql.insert if self._copy else sqlite.insert
         self._statements = {
             name: insert(shape.table)
-            .on_conflict_do_nothing(index_elements=["event_id"])
+            .on_conflict_do_nothing(index_elements=list(conflict_columns(shape.table)))
             # RETURNING counts what was inserted (rowcount is unknown for executemany).
             .returning(shape.table.c.id)
             .execution_options(insertmanyvalues_page_size=_PAGE_ROWS)
@@ -511,16 +670,23 @@ class Recorder:
             self._wake.clear()
             try:
                 async with self._lock:
-                    await self._drain()
+                    await self._drain(everything=self._stopping)
             except Exception:  # the writer must outlive any single failure
                 logger.exception("analytics recorder flush failed unexpectedly")
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, *, everything: bool = True) -> None:
+        """Write (or spool) the queue. A tick of the background writer (``everything``
+        False) writes what is queued when it starts and then only full batches: events
+        that trickle in while it writes wait for the next tick, instead of each paying for
+        a transaction of its own."""
         if self._clock() >= self._next_replay_at and self.spool.has_backlog():
             await self._replay_spool()
-        while self._queue:
+        owed = len(self._queue)  # queued when this drain started
+        while self._queue and (
+            everything or owed > 0 or len(self._queue) >= self.settings.batch_size
+        ):
             # Looked at, not taken: the batch leaves the queue once written or spooled.
             size = min(self.settings.batch_size, len(self._queue))
             batch = [self._queue[i] for i in range(size)]
@@ -530,6 +696,7 @@ class Recorder:
                 break  # neither database nor spool: the events wait in memory
             for _ in range(size):
                 self._queue.popleft()
+            owed -= size
         if self.stats.spool_failures_pending and not self._queue:
             # The database took everything; is the spool back for the next outage?
             try:
@@ -653,6 +820,21 @@ class Recorder:
         by_table: dict[str, list[Row]] = {}
         for table_name, row in batch:
             by_table.setdefault(table_name, []).append(row)
+        if self._copy:
+            await self._copy_rows(by_table)
+            return
+        inserted_by_table = await self._insert_rows(by_table)
+        for table_name, inserted in inserted_by_table.items():
+            self._count_written(table_name, len(by_table[table_name]), inserted)
+
+    def _count_written(self, table_name: str, offered: int, inserted: int) -> None:
+        self.stats.written += inserted
+        self.stats.duplicates_skipped += offered - inserted
+        self.stats.written_by_table[table_name] = (
+            self.stats.written_by_table.get(table_name, 0) + inserted
+        )
+
+    async def _insert_rows(self, by_table: dict[str, list[Row]]) -> dict[str, int]:
         inserted_by_table: dict[str, int] = {}
         async with self.engine.begin() as connection:
             for table_name, rows in by_table.items():
@@ -660,12 +842,69 @@ class Recorder:
                 # multi-row INSERTs of _PAGE_ROWS rows each, compiled once per table.
                 result = await connection.execute(self._statements[table_name], rows)
                 inserted_by_table[table_name] = len(result.all())
-        for table_name, inserted in inserted_by_table.items():
-            self.stats.written += inserted
-            self.stats.duplicates_skipped += len(by_table[table_name]) - inserted
-            self.stats.written_by_table[table_name] = (
-                self.stats.written_by_table.get(table_name, 0) + inserted
-            )
+        return inserted_by_table
+
+    async def _copy_rows(self, by_table: dict[str, list[Row]]) -> None:
+        """PostgreSQL: each table's rows with COPY.
+
+        Straight into the table first, one COPY on its own (a statement is all or nothing):
+        new events, nearly all of them, go in at COPY's own speed and in one round trip.
+        When one of them is stored already (a device sent a batch again, a replayed spool
+        file, a retry after a lost commit acknowledgement), the unique key refuses the COPY,
+        and the rows take the idempotent path in a transaction of their own: COPY into the
+        staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING. A batch whose
+        write fails half-way is written again whole; what went in is skipped then.
+        """
+        async with self.engine.connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                await self._ensure_stages(connection, raw, by_table.keys())
+                for table_name, rows in by_table.items():
+                    statements = self._copy_statements[table_name]
+                    for columns, records in statements.records_by_columns(rows).items():
+                        inserted = await self._copy_group(raw, statements, columns, records)
+                        self._count_written(table_name, len(records), inserted)
+            except SQLDataError:
+                raise
+            except BaseException as exc:
+                if classify_failure(exc) is Failure.OUTAGE or not isinstance(
+                    exc, asyncpg.PostgresError
+                ):
+                    # The driver's connection may be broken; the pool must not hand it out.
+                    await connection.invalidate()
+                raise
+
+    async def _copy_group(
+        self,
+        raw: Any,
+        statements: _CopyStatements,
+        columns: tuple[str, ...],
+        records: list[tuple[Any, ...]],
+    ) -> int:
+        """Store one group of records (rows with the same columns); returns how many were
+        new."""
+        try:
+            await _copy_records(raw, statements.table, columns, records)
+            return len(records)
+        except asyncpg.UniqueViolationError:
+            pass  # an event of the group is stored already
+        # ON COMMIT DELETE ROWS empties the staging table when this transaction ends.
+        async with raw.transaction():
+            await _copy_records(raw, statements.stage, columns, records)
+            status = await raw.execute(statements.insert(columns))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _ensure_stages(
+        self, connection: AsyncConnection, raw: Any, table_names: Iterable[str]
+    ) -> None:
+        """Create the staging tables this connection lacks (temporary tables live as long
+        as their connection; the pool forgets ``info`` when it opens a new one)."""
+        created: set[str] = connection.info.setdefault(_STAGES_KEY, set())
+        for table_name in table_names:
+            if table_name not in created:
+                await raw.execute(self._copy_statements[table_name].create_stage)
+                created.add(table_name)
 
     def _note_error(self, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]

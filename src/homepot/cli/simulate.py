@@ -22,7 +22,7 @@ from homepot.cli.common import (
 )
 from homepot.db import run_migrations
 from homepot.kit.urls import mask_url_credentials
-from homepot.simulation import live as simulation
+from homepot.simulation import fleet_config, live
 from homepot.simulation.model import SimulationError
 
 # --- agent and simulator -------------------------------------------------------------------
@@ -94,7 +94,7 @@ def simulate(
     import httpx
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    config = simulation.SimulationConfig(
+    config = fleet_config.SimulationConfig(
         server_url=server.rstrip("/"),
         sites=sites,
         devices=devices,
@@ -116,17 +116,17 @@ def simulate(
         raise fail(str(exc), EXIT_USAGE) from None
     console = stdout_console()
 
-    async def run(stop: asyncio.Event) -> simulation.SimulationStats:
+    async def run(stop: asyncio.Event) -> fleet_config.SimulationStats:
         async with (
             httpx.AsyncClient(
                 base_url=config.server_url,
                 timeout=30,
                 # The operator's calls are the simulation's too: the server marks them simulated.
-                headers={"User-Agent": simulation.SIM_AGENT_VERSION},
+                headers={"User-Agent": fleet_config.SIM_AGENT_VERSION},
             ) as http,
-            simulation.device_connection_pools(config) as pools,
+            fleet_config.device_connection_pools(config) as pools,
         ):
-            simulator = simulation.FleetSimulator(config, http, device_http=pools)
+            simulator = live.FleetSimulator(config, http, device_http=pools)
             await simulator.setup()
             console.print(
                 f"{simulator.stats.registered} terminals registered in {sites} sites; "

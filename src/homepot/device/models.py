@@ -42,6 +42,9 @@ class Device(Base):
     key_revoked_at: Mapped[datetime | None]
     ip_address: Mapped[str | None] = mapped_column(String(45))
     last_seen_at: Mapped[datetime | None]
+    # The id of its newest combined report (POST /api/v1/agent/report): a resend of it
+    # does not store its heartbeat twice.
+    last_report_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # A terminal of the simulation (its registration said so): every analytics row about it

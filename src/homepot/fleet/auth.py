@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.db import SessionDep
 from homepot.device.models import Device
+from homepot.fleet.device_keys import HTTP_DEVICE_KEYS
 from homepot.kit.keys import DEVICE_KEY_PREFIX, hash_key
 from homepot.site.models import Site
 
@@ -25,13 +26,33 @@ def bootstrap_key_matches(site: Site, key: str) -> bool:
 
 
 def device_key_matches(device: Device, key: str) -> bool:
+    return device_key_hash_matches(device, hash_key(key))
+
+
+def device_key_hash_matches(device: Device, key_hash: str) -> bool:
     if device.api_key_hash is None:
         return False
-    return hmac.compare_digest(device.api_key_hash, hash_key(key))
+    return hmac.compare_digest(device.api_key_hash, key_hash)
 
 
 async def device_for_key(session: AsyncSession, key: str) -> Device | None:
-    return await session.scalar(select(Device).where(Device.api_key_hash == hash_key(key)))
+    """The device holding ``key`` (None: no device does, or its key was revoked).
+
+    The device id comes from the short-lived key cache when it knows the key, and the device
+    is then loaded by primary key (from the session when already there); the key is checked
+    against the loaded row either way, so that a stale cache can never let an old key in.
+    """
+    key_hash = hash_key(key)
+    device_id = HTTP_DEVICE_KEYS.device_for(key_hash)
+    if device_id is not None:
+        device = await session.get(Device, device_id)
+        if device is not None and device_key_hash_matches(device, key_hash):
+            return device
+        HTTP_DEVICE_KEYS.forget(device_id)
+    device = await session.scalar(select(Device).where(Device.api_key_hash == key_hash))
+    if device is not None:
+        HTTP_DEVICE_KEYS.remember(device.device_id, key_hash)
+    return device
 
 
 def _key_from(request: Request) -> str | None:

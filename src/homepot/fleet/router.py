@@ -1,4 +1,5 @@
-"""The device protocol over HTTP: registration, heartbeats and telemetry.
+"""The device protocol over HTTP: registration, heartbeats, telemetry, errors, and all three
+in one report that answers with the device's jobs.
 
 Registration is authenticated with the site's bootstrap key; everything else with the
 device's own API key (``Authorization: Bearer hpd_...``). A body naming another device than
@@ -19,6 +20,8 @@ from homepot.fleet.auth import CurrentDevice, ensure_own_device
 from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
+    DeviceReport,
+    DeviceReportAccepted,
     Heartbeat,
     RegisterRequest,
     RegisterResponse,
@@ -139,3 +142,49 @@ async def report_error(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
         ) from exc
     return DeviceErrorAccepted(event_id=event_id)
+
+
+@router.post(
+    "/report",
+    response_model=DeviceReportAccepted,
+    summary="A terminal's whole report in one request: heartbeat, samples (at most 500) and "
+    "errors (at most 20); answered with the jobs waiting for it",
+    description="The same rules as `/heartbeat`, `/telemetry` and `/errors`, in one transaction."
+    " A resent report (the same `report_id`) stores nothing twice. `jobs_limit` (default 10, "
+    "0 for none) bounds the jobs in the answer, as `GET /jobs` would hand them out.",
+    responses={
+        429: {"description": "Too many error reports from this device; send again later"},
+        503: {"description": "The server is busy; send the same report again later"},
+    },
+)
+async def report(
+    device: CurrentDevice, body: DeviceReport, request: Request, session: SessionDep
+) -> DeviceReportAccepted:
+    ensure_own_device(device, body.device_id)
+    if body.heartbeat is not None:
+        ensure_own_device(device, body.heartbeat.device_id)
+    for sent in body.errors:
+        ensure_own_device(device, sent.device_id)
+    if body.errors:
+        limit_ingest(request, f"device:{device.device_id}")
+    try:
+        stored = await service.record_report(
+            session,
+            request.app.state.recorder,
+            device,
+            body,
+            ack_timeout_seconds=request.app.state.settings.fleet.ack_timeout_seconds,
+            ip_address=request.state.client_ip,
+        )
+    except (service.TelemetryNotQueued, service.ErrorReportNotQueued) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
+        ) from exc
+    return DeviceReportAccepted(
+        device_id=device.device_id,
+        status=device.status.value,
+        duplicate=stored.duplicate,
+        samples_accepted=stored.samples_accepted,
+        error_event_ids=stored.error_event_ids,
+        jobs=stored.jobs,
+    )

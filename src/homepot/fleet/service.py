@@ -8,6 +8,7 @@ the credential's own device (:func:`homepot.fleet.auth.ensure_own_device`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,16 +28,21 @@ from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
 from homepot.fleet.device_keys import device_credentials_changed
+from homepot.job import executions
 from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.protocol.messages import (
     DeviceErrorReport,
+    DeviceReport,
     Heartbeat,
+    JobCommand,
+    MetricSample,
     MqttInfo,
     RegisterRequest,
     RegisterResponse,
     TelemetryBatch,
     device_event_id,
+    report_error_event_id,
     topics,
 )
 from homepot.site.models import Site
@@ -46,7 +52,7 @@ HEALTHY = "ok"
 FAILING = "error"
 # States someone else ends (an operator, a job): heartbeats do not move a device out of them.
 _HELD_STATES = (DeviceStatus.maintenance, DeviceStatus.updating)
-_METRIC_FIELDS = {
+_METRIC_FIELDS = (
     "cpu_percent",
     "memory_percent",
     "disk_percent",
@@ -58,7 +64,7 @@ _METRIC_FIELDS = {
     "queue_depth",
     "extra_metrics",
     "collection_interval_seconds",
-}
+)
 
 
 class RegistrationRefused(Exception):
@@ -286,6 +292,7 @@ async def record_heartbeat(
     *,
     ip_address: str | None = None,
     now: datetime | None = None,
+    flush: bool = True,
 ) -> None:
     """Store a heartbeat as a ``health_checks`` row and let it drive the device's state.
 
@@ -324,7 +331,8 @@ async def record_heartbeat(
     if ip_address is not None:
         device.ip_address = ip_address
     await _follow_heartbeat(session, recorder, device, reported, last_seen, now)
-    await session.flush()
+    if flush:
+        await session.flush()
 
 
 async def _follow_heartbeat(
@@ -372,26 +380,40 @@ def ingest_telemetry(
     ``last_seen_at``; the caller's session saves it. Raises TelemetryNotQueued when the
     recorder's queue is full, so that the device keeps the batch and sends it again.
     """
+    return ingest_samples(recorder, device, batch.samples, now=now)
+
+
+def ingest_samples(
+    recorder: Recorder,
+    device: Device,
+    samples: list[MetricSample],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """:func:`ingest_telemetry` for samples that came in another message (a report)."""
     refused = 0
-    for sample in batch.samples:
-        event_id = recorder.record(
+    record = recorder.record
+    device_id, source = device.device_id, device.source
+    for sample in samples:
+        values = sample.__dict__  # the validated fields, without model_dump's copy
+        event_id = record(
             DeviceMetrics,
-            event_id=device_event_id(device.device_id, sample.event_id),
+            event_id=device_event_id(device_id, sample.event_id),
             timestamp=sample.timestamp,
-            device_id=device.device_id,
-            source=device.source,
-            **sample.model_dump(include=_METRIC_FIELDS),
+            device_id=device_id,
+            source=source,
+            **{name: values[name] for name in _METRIC_FIELDS},
         )
         if event_id is None and recorder.enabled:
             refused += 1
     device.last_seen_at = now or utcnow()
     if refused:
-        raise TelemetryNotQueued(refused, len(batch.samples))
-    return len(batch.samples)
+        raise TelemetryNotQueued(refused, len(samples))
+    return len(samples)
 
 
 def record_device_error(
-    recorder: Recorder, device: Device, report: DeviceErrorReport
+    recorder: Recorder, device: Device, report: DeviceErrorReport, *, event_id: str | None = None
 ) -> str | None:
     """Queue a device's own error report for ``error_logs``; returns its event id.
 
@@ -402,9 +424,7 @@ def record_device_error(
     """
     context: dict[str, Any] = {"source": "device", "site_id": device.site_id}
     context |= report.context or {}
-    event_id = record_error(
-        # Stored once however often the report is delivered (the recorder skips an id it has).
-        event_id=device_event_id(device.device_id, report.message_id),
+    stored_id = record_error(
         category=report.category.value,
         severity=report.severity.value,
         error_code=report.error_code,
@@ -415,7 +435,66 @@ def record_device_error(
         timestamp=report.occurred_at,
         stack_trace=report.stack,
         source=device.source,
+        # Stored once however often the report is delivered (the recorder skips an id it has).
+        event_id=event_id or device_event_id(device.device_id, report.message_id),
     )
-    if event_id is None and recorder.enabled:
+    if stored_id is None and recorder.enabled:
         raise ErrorReportNotQueued()
-    return event_id
+    return stored_id
+
+
+@dataclass(frozen=True)
+class ReportStored:
+    duplicate: bool
+    samples_accepted: int
+    error_event_ids: list[str | None]
+    jobs: list[JobCommand]
+
+
+async def record_report(
+    session: AsyncSession,
+    recorder: Recorder,
+    device: Device,
+    report: DeviceReport,
+    *,
+    ack_timeout_seconds: float,
+    ip_address: str | None = None,
+) -> ReportStored:
+    """Store a combined report (heartbeat, samples, errors) and find the device's jobs.
+
+    The same rules as the three separate messages (:func:`record_heartbeat`,
+    :func:`ingest_telemetry`, :func:`record_device_error`). A resent report (the device's
+    previous report id) does not store its heartbeat again; its samples and errors carry
+    event ids derived from the device and the report, so they are stored once either way.
+    Raises TelemetryNotQueued or ErrorReportNotQueued when the recorder's queue is full: the
+    caller rolls back, and the device sends the same report again.
+    """
+    report_id = str(report.report_id)
+    duplicate = device.last_report_id == report_id
+    if report.heartbeat is not None and not duplicate:
+        # Not flushed here: the device row is written once, with everything this report
+        # changes, by the job query's autoflush or the commit.
+        await record_heartbeat(
+            session, recorder, device, report.heartbeat, ip_address=ip_address, flush=False
+        )
+    accepted = 0
+    if report.samples:
+        accepted = ingest_samples(recorder, device, report.samples)
+    else:
+        device.last_seen_at = utcnow()
+    error_event_ids = [
+        record_device_error(
+            recorder,
+            device,
+            error,
+            event_id=report_error_event_id(device.device_id, report.report_id, position),
+        )
+        for position, error in enumerate(report.errors)
+    ]
+    device.last_report_id = report_id
+    jobs = []
+    if report.jobs_limit:
+        jobs = await executions.poll_commands(
+            session, device.device_id, report.jobs_limit, ack_timeout_seconds=ack_timeout_seconds
+        )
+    return ReportStored(duplicate, accepted, error_event_ids, jobs)

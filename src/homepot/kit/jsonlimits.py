@@ -46,7 +46,7 @@ class JsonLimitExceeded(ValueError):
 
 def has_lone_surrogate(text: str) -> bool:
     """True when ``text`` holds a UTF-16 surrogate on its own, which UTF-8 cannot encode."""
-    return _SURROGATE.search(text) is not None
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def replace_lone_surrogates(text: str) -> str:
@@ -79,6 +79,59 @@ def check_json(
     max_bytes: int = MAX_BYTES,
 ) -> None:
     """Raise :class:`JsonLimitExceeded` when ``value`` is over a limit or not plain JSON."""
+    if not _plain_and_within(value, max_depth, max_keys):
+        _find_what_is_wrong(value, name, max_depth, max_keys)
+    size = len(to_json(value))
+    if size > max_bytes:
+        raise JsonLimitExceeded(
+            "json_too_large",
+            name,
+            f"{name} is {size} bytes as JSON; at most {max_bytes} are accepted",
+        )
+
+
+def _plain_and_within(value: Any, max_depth: int, max_keys: int) -> bool:
+    """The common case, checked fast: plain JSON types within the depth and key limits.
+
+    No paths are built here; when this says False, :func:`_find_what_is_wrong` walks the
+    value again and names the place.
+    """
+    keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        kind = type(node)
+        if kind is str:
+            if not node.isascii() and has_lone_surrogate(node):
+                return False
+        elif kind is dict:
+            if depth > max_depth:
+                return False
+            keys += len(node)
+            for key, item in node.items():
+                if type(key) is not str or (not key.isascii() and has_lone_surrogate(key)):
+                    return False
+                push((item, depth + 1))
+        elif kind is list or kind is tuple:
+            if depth > max_depth:
+                return False
+            keys += len(node)
+            for item in node:
+                push((item, depth + 1))
+        elif kind is float:
+            if not math.isfinite(node):
+                return False
+        elif not (node is None or kind is int or kind is bool):
+            return False
+        if keys > max_keys:
+            return False
+    return True
+
+
+def _find_what_is_wrong(value: Any, name: str, max_depth: int, max_keys: int) -> None:
+    """Raise :class:`JsonLimitExceeded` naming the first place of ``value`` that breaks a
+    limit (returns when there is none, e.g. a subclass of a JSON type)."""
     keys = 0
     for node, depth, path in _walk(value, name):
         if isinstance(node, dict | list | tuple):
@@ -126,13 +179,6 @@ def check_json(
             raise JsonLimitExceeded(
                 "json_type", path, f"{path} is a {type(node).__name__}, which is not JSON"
             )
-    size = len(to_json(value))
-    if size > max_bytes:
-        raise JsonLimitExceeded(
-            "json_too_large",
-            name,
-            f"{name} is {size} bytes as JSON; at most {max_bytes} are accepted",
-        )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -66,7 +67,9 @@ _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
+    # Cached: the same few keys (metric names, header names) come with every event.
     return bool(_SENSITIVE_KEY.search(key)) and not _HARMLESS_KEY.match(key)
 
 
@@ -99,10 +102,28 @@ def _mask_authorization(match: re.Match[str]) -> str:
     return f"{match.group('key')}{quote}{scheme + ' ' if scheme else ''}{REDACTED}{quote}"
 
 
+# Short texts repeat (status words, versions, routes, user agents): their masked form is
+# remembered, in a bounded table emptied when full.
+_SHORT_TEXT = 96
+_SHORT_TEXT_CACHE_SIZE = 8192
+_masked_short_texts: dict[str, str] = {}
+
+
 def mask_text(text: str) -> str:
     """Mask card numbers, credentials and ``key=value`` secrets in free text."""
     if not text:
         return text
+    if len(text) > _SHORT_TEXT:
+        return _mask_text(text)
+    masked = _masked_short_texts.get(text)
+    if masked is None:
+        if len(_masked_short_texts) >= _SHORT_TEXT_CACHE_SIZE:
+            _masked_short_texts.clear()
+        masked = _masked_short_texts[text] = _mask_text(text)
+    return masked
+
+
+def _mask_text(text: str) -> str:
     # Cheap pre-checks keep the common case (no digits run, no secret words) fast.
     if _DIGIT.search(text):
         text = _CARD_NUMBER.sub(_mask_card, text)

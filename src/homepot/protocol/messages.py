@@ -7,6 +7,7 @@ Validation here is the contract: a percent above 100 or a negative count is refu
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -26,6 +27,8 @@ from homepot.kit.jsonlimits import JsonLimits, JsonObject
 from homepot.kit.timeranges import UtcDatetime, representable_utc
 
 MAX_SAMPLES_PER_BATCH = 500
+MAX_ERRORS_PER_REPORT = 20
+MAX_JOBS_PER_POLL = 100
 # Samples older than this are refused: the agent's retry queue keeps at most a week.
 MAX_SAMPLE_AGE = timedelta(days=8)
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -33,6 +36,7 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_EXTRA_BYTES = 16 * 1024
 ExtraJson = Annotated[dict[str, JsonValue], BeforeValidator(JsonLimits(max_bytes=MAX_EXTRA_BYTES))]
 _DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1c2a8e-3b7d-4c55-9a2e-1d4f0b7e9c31")
+_DEVICE_EVENT_NAMESPACE_BYTES = _DEVICE_EVENT_NAMESPACE.bytes
 
 
 def _aware_recent(value: datetime) -> datetime:
@@ -59,8 +63,16 @@ class Strict(BaseModel):
 
 
 def device_event_id(device_id: str, client_event_id: uuid.UUID) -> str:
-    """A stored event id unique per device, so two devices' ids can never collide."""
-    return uuid.uuid5(_DEVICE_EVENT_NAMESPACE, f"{device_id}/{client_event_id}").hex
+    """A stored event id unique per device, so two devices' ids can never collide.
+
+    ``uuid.uuid5(namespace, f"{device_id}/{client_event_id}").hex``, computed without the
+    UUID objects (it runs for every sample a server takes).
+    """
+    name = f"{device_id}/{client_event_id}".encode()
+    digest = bytearray(hashlib.sha1(_DEVICE_EVENT_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return digest.hex()
 
 
 class RegisterRequest(Strict):
@@ -223,6 +235,47 @@ class DeviceErrorReport(DeviceScoped):
 
 class DeviceErrorAccepted(BaseModel):
     event_id: str | None = Field(description="The error_logs event id; null when recording is off")
+
+
+class DeviceReport(DeviceScoped):
+    """A terminal's whole report in one message (``POST /api/v1/agent/report``): its
+    heartbeat, the samples it has queued, the errors it saw; answered with its jobs."""
+
+    report_id: uuid.UUID = Field(
+        description="Client-generated, new for every report and kept when the same report "
+        "is sent again: a resent report stores its heartbeat, samples and errors once"
+    )
+    heartbeat: Heartbeat | None = Field(
+        default=None, description="Omitted: the report only delivers queued samples or errors"
+    )
+    samples: list[MetricSample] = Field(default_factory=list, max_length=MAX_SAMPLES_PER_BATCH)
+    errors: list[DeviceErrorReport] = Field(default_factory=list, max_length=MAX_ERRORS_PER_REPORT)
+    jobs_limit: int = Field(
+        default=10,
+        ge=0,
+        le=MAX_JOBS_PER_POLL,
+        description="At most this many waiting jobs in the answer (0: do not look for jobs)",
+    )
+
+
+def report_error_event_id(device_id: str, report_id: uuid.UUID, position: int) -> str:
+    """The stored event id of the ``position``-th error of a report: the same on a resend."""
+    return device_event_id(device_id, uuid.uuid5(report_id, f"error/{position}"))
+
+
+class DeviceReportAccepted(BaseModel):
+    device_id: str
+    status: str = Field(description="The device's state on the server after this report")
+    duplicate: bool = Field(
+        description="True when this report id was the device's previous report: a resend, "
+        "whose heartbeat was not stored again"
+    )
+    samples_accepted: int
+    error_event_ids: list[str | None] = Field(
+        description="The error_logs event ids of the report's errors, in order (null when "
+        "recording is off)"
+    )
+    jobs: list[JobCommand] = Field(description="Jobs waiting for this device, oldest first")
 
 
 class topics:  # noqa: N801 - a namespace of topic builders, read as topics.jobs(...)

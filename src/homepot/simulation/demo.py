@@ -19,8 +19,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from homepot.config import Settings
+from homepot.simulation.embedded import embedded_simulator
 from homepot.simulation.faults import FaultKind
-from homepot.simulation.live import SimulationConfig, embedded_simulator
+from homepot.simulation.fleet_config import SimulationConfig
 from homepot.simulation.model import SimulationError
 from homepot.simulation.sample import SampleFleet
 

@@ -22,19 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
 
 from homepot.agent.client import DeviceClient, Refused, ServerUnavailable, Unauthorized
 from homepot.config import API_PREFIX
@@ -45,7 +42,6 @@ from homepot.protocol.messages import (
     ErrorSeverity,
     Heartbeat,
     JobCommand,
-    JobResult,
     JobResultStatus,
     MetricSample,
     RegisterRequest,
@@ -62,6 +58,17 @@ from homepot.simulation.faults import (
     FaultPlanner,
     LabelWriter,
 )
+from homepot.simulation.fleet_config import (
+    MAX_BACKLOG_SAMPLES,
+    PUSHED_POLL_SHARE,
+    REGISTRATION_ATTEMPTS,
+    REGISTRATION_MAX_SECONDS,
+    SIM_AGENT_VERSION,
+    SimulationConfig,
+    SimulationStats,
+    split_evenly,
+)
+from homepot.simulation.jobs import simulate_job
 from homepot.simulation.model import (
     FIRMWARE_REBOOT,
     SITE_TIMEZONES,
@@ -79,130 +86,9 @@ from homepot.simulation.model import (
 
 logger = logging.getLogger(__name__)
 
-# The simulator's User-Agent: the server records every request carrying it as simulated
-# (homepot.analytics.middleware.SIMULATOR_PRODUCT).
-SIM_AGENT_VERSION = "homepot-sim/1"
-# A sample in the backlog of an unreachable terminal is kept this many ticks at most.
-MAX_BACKLOG_SAMPLES = 2_000
-# Connections per HTTP pool of the terminals (device_connection_pools).
-POOL_CONNECTIONS = 16
-# With a push channel, the share of ticks on which a terminal also polls for jobs.
-PUSHED_POLL_SHARE = 0.1
-REGISTRATION_ATTEMPTS = 5
-REGISTRATION_MAX_SECONDS = 60.0
-
 
 def _names_a_sample(refusal: Refused) -> bool:
     return refusal.names_the_message and not isinstance(refusal, Unauthorized)
-
-
-# --- the live simulator --------------------------------------------------------------------
-
-
-@dataclass
-class SimulationConfig:
-    server_url: str = "http://127.0.0.1:8000"
-    sites: int = 3
-    devices: int = 12
-    speed: float = 1.0
-    fault_rate: float = 0.5  # faults per terminal per simulated day
-    interval_seconds: float = 30.0  # simulated seconds between reports
-    labels: Path | None = None
-    schedules: Path | None = None
-    seed: int | None = None
-    token: str | None = None
-    admin_email: str | None = None
-    admin_password: str | None = None
-    site_prefix: str = "sim-site"
-    device_prefix: str = "sim-pos"
-    # Ticks between job polls when no push channel delivers jobs.
-    poll_every: int = 1
-    # Also act as an operator: dashboard activity, API reads, jobs and config changes.
-    operator: bool = False
-    operator_interval_seconds: float = 10.0
-    registration_concurrency: int = 50
-    # Reports in flight at once (``--max-in-flight``). Terminals beyond it wait on a
-    # semaphore, not in an HTTP connection pool (see device_connection_pools). Too low a cap
-    # limits the fleet instead of the server: N terminals at interval T need about
-    # N / T x (report round trip) reports in flight.
-    max_concurrent_reports: int = 64
-    # Faults injected at start on terminals picked at random (the demo shows some at once).
-    opening_faults: tuple[FaultKind, ...] = ()
-    # Floors in wall-clock time, so that a crash stays visible to the server's watchdog.
-    min_fault_silence_seconds: float = 100.0
-
-    def validate(self) -> None:
-        if self.sites < 1 or self.devices < 1:
-            raise SimulationError("--sites and --devices must be at least 1")
-        if self.devices < self.sites:
-            raise SimulationError(
-                f"{self.devices} terminals cannot cover {self.sites} sites: "
-                "use at least one terminal per site"
-            )
-        if self.speed <= 0:
-            raise SimulationError("--speed must be above 0")
-        if self.fault_rate < 0:
-            raise SimulationError("--fault-rate cannot be negative")
-        if self.max_concurrent_reports < 1:
-            raise SimulationError("--max-in-flight must be at least 1")
-
-
-def _split(total: int, parts: int) -> list[int]:
-    """``total`` in ``parts`` near-equal shares, none below 1."""
-    return [max(1, total // parts + (n < total % parts)) for n in range(parts)]
-
-
-@contextlib.asynccontextmanager
-async def device_connection_pools(
-    config: SimulationConfig, *, request_timeout: float = 30.0
-) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """Kept-alive HTTP clients for the terminals, ``max_concurrent_reports`` connections in all.
-
-    Several small pools rather than one large one: httpcore looks at every connection of a
-    pool each time a request starts or ends, so one pool of 200 connections costs the load
-    process a whole core at ~30 reports a second. Each pool has a few connections more than
-    its share of reports, for job results sent outside the report cap.
-    """
-    async with contextlib.AsyncExitStack() as stack:
-        clients = []
-        pools = math.ceil(config.max_concurrent_reports / POOL_CONNECTIONS)
-        for size in _split(config.max_concurrent_reports, pools):
-            limits = httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2)
-            client = httpx.AsyncClient(
-                base_url=config.server_url,
-                timeout=request_timeout,
-                limits=limits,
-                headers={"User-Agent": SIM_AGENT_VERSION},
-            )
-            clients.append(await stack.enter_async_context(client))
-        yield clients
-
-
-@dataclass
-class SimulationStats:
-    registered: int = 0
-    heartbeats: int = 0
-    samples_sent: int = 0
-    samples_dropped: int = 0
-    # Samples the server refused by name (400, 409, 413, 422): dropped, one by one.
-    samples_refused: int = 0
-    unavailable: int = 0
-    refused: int = 0
-    jobs_received: int = 0
-    jobs_succeeded: int = 0
-    jobs_failed: int = 0
-    faults: int = 0
-    activities: int = 0
-    operator_calls: int = 0
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def summary(self) -> str:
-        return (
-            f"{self.registered} terminals, {self.heartbeats} heartbeats, "
-            f"{self.samples_sent} samples, {self.jobs_succeeded + self.jobs_failed} jobs "
-            f"({self.jobs_failed} failed), {self.faults} faults, "
-            f"{self.unavailable} unreachable calls"
-        )
 
 
 JobInbox = Callable[[str], "asyncio.Queue[JobCommand]"]
@@ -264,7 +150,7 @@ class FleetSimulator:
         # One report cap per client, so that no pool ever queues a report.
         self._in_flight = [
             asyncio.Semaphore(share)
-            for share in _split(config.max_concurrent_reports, len(self.device_http))
+            for share in split_evenly(config.max_concurrent_reports, len(self.device_http))
         ]
         self.terminals: list[SimulatedTerminal] = []
         self.sites: dict[str, SiteProfile] = {}
@@ -611,34 +497,64 @@ class FleetSimulator:
         error_report: DeviceErrorReport | None = None,
     ) -> None:
         link = terminal.mqtt
-        if link is not None:
-            try:
-                await link.publish_heartbeat(heartbeat)
-                samples = list(terminal.backlog)
-                for start in range(0, len(samples), 500):
-                    batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
-                    await link.publish_telemetry(batch)
-                if error_report is not None:
-                    await link.publish_error(error_report)
-            except Exception as exc:
-                raise ServerUnavailable(f"MQTT: {exc}") from exc
-        else:
-            await terminal.client.heartbeat(heartbeat)
-            await self._deliver_backlog(terminal)
+        if link is None:
+            await self._report_over_http(terminal, heartbeat, error_report)
+            self.stats.heartbeats += 1
+            return
+        try:
+            await link.publish_heartbeat(heartbeat)
+            samples = list(terminal.backlog)
+            for start in range(0, len(samples), 500):
+                batch = TelemetryBatch.model_validate({"samples": samples[start : start + 500]})
+                await link.publish_telemetry(batch)
             if error_report is not None:
-                await terminal.client.report_error(error_report)
-        if link is not None:
-            self.stats.samples_sent += len(terminal.backlog)
-            terminal.backlog.clear()
+                await link.publish_error(error_report)
+        except Exception as exc:
+            raise ServerUnavailable(f"MQTT: {exc}") from exc
+        self.stats.samples_sent += len(terminal.backlog)
+        terminal.backlog.clear()
         self.stats.heartbeats += 1
-        pushed = link is not None or self.job_inbox is not None
-        # Without push, poll every poll_every ticks on average; with push, now and then, for
-        # the executions whose push was not acknowledged in time.
-        share = PUSHED_POLL_SHARE if pushed else 1 / max(1, self.config.poll_every)
-        if self.rng.random() < share:
-            # Without push, poll every tick; with push, now and then, for missed pushes.
+        if self.rng.random() < PUSHED_POLL_SHARE:
+            # Now and then, for the executions whose push was not acknowledged in time.
             for command in await terminal.client.poll_jobs():
                 self._start_job(terminal, command)
+
+    async def _report_over_http(
+        self,
+        terminal: SimulatedTerminal,
+        heartbeat: Heartbeat,
+        error_report: DeviceErrorReport | None,
+    ) -> None:
+        """One ``POST /agent/report``: the heartbeat, the oldest 500 samples of the backlog
+        and the error; its answer brings the jobs. Without push the report asks for jobs every
+        poll_every ticks on average; with push now and then, for missed pushes."""
+        share = (
+            PUSHED_POLL_SHARE if self.job_inbox is not None else 1 / max(1, self.config.poll_every)
+        )
+        jobs_limit = 10 if self.rng.random() < share else 0
+        chunk = [terminal.backlog[i] for i in range(min(500, len(terminal.backlog)))]
+        errors = [error_report] if error_report is not None else []
+        report_id = uuid.uuid4()
+        try:
+            answer = await terminal.client.report(
+                report_id, heartbeat=heartbeat, samples=chunk, errors=errors, jobs_limit=jobs_limit
+            )
+        except Refused as exc:
+            if not _names_a_sample(exc) or not chunk:
+                raise
+            # A sample is refused by name: the backlog goes the careful way (refused samples
+            # dropped one by one), then the report without samples.
+            await self._deliver_backlog(terminal)
+            chunk = []
+            answer = await terminal.client.report(
+                report_id, heartbeat=heartbeat, errors=errors, jobs_limit=jobs_limit
+            )
+        for _ in chunk:
+            terminal.backlog.popleft()
+        self.stats.samples_sent += len(chunk)
+        await self._deliver_backlog(terminal)  # what one report could not carry
+        for command in answer.jobs:
+            self._start_job(terminal, command)
 
     async def _deliver_backlog(self, terminal: SimulatedTerminal) -> None:
         """Send the backlog oldest first, 500 at a time. A sample leaves it once the server
@@ -831,83 +747,3 @@ class FleetSimulator:
             return
         await self._api("POST", "/jobs", json=body)
         self.stats.operator_calls += 1
-
-
-async def simulate_job(
-    model: TerminalModel, command: JobCommand, *, speed: float, fault: Fault | None = None
-) -> JobResult:
-    """Carry out a job on a simulated terminal: it takes a while and sometimes fails."""
-    rng = model.rng
-    seconds = {"restart": (5, 20), "config_change": (2, 8), "firmware_update": (60, 180)}
-    low, high = seconds.get(command.job_type, (1, 3))
-    await asyncio.sleep(rng.uniform(low, high) / speed)
-    failure_share = 0.04 + (0.25 if fault is not None else 0.0)
-    codes = {
-        "restart": ("E_RESTART_FAILED", "the POS application did not come back after restart"),
-        "config_change": ("E_CONFIG_REJECTED", "configuration refused: terminal busy"),
-        "firmware_update": ("E_FIRMWARE_CHECKSUM", "firmware image checksum mismatch"),
-    }
-    if command.job_type not in (*codes, "health_check"):
-        return JobResult(
-            execution_id=command.execution_id,
-            status=JobResultStatus.failed,
-            error_code="E_UNSUPPORTED_JOB",
-            error_message=f"this terminal cannot run {command.job_type!r} jobs",
-        )
-    if command.job_type in codes and rng.random() < failure_share:
-        code, message = codes[command.job_type]
-        return JobResult(
-            execution_id=command.execution_id,
-            status=JobResultStatus.failed,
-            error_code=code,
-            error_message=message,
-        )
-    output: dict[str, Any] = {}
-    if command.job_type == "config_change":
-        config = command.payload.get("config") or {}
-        if isinstance(config, dict) and "config_version" in config:
-            model.config_version = str(config["config_version"])
-        output["config_version"] = model.config_version
-    elif command.job_type == "firmware_update":
-        version = command.payload.get("version") or command.payload.get("firmware_version")
-        model.firmware_version = str(version or model.firmware_version)
-        output["firmware_version"] = model.firmware_version
-    return JobResult(
-        execution_id=command.execution_id, status=JobResultStatus.success, output=output
-    )
-
-
-@contextlib.asynccontextmanager
-async def embedded_simulator(
-    app: FastAPI, config: SimulationConfig, *, admin_email: str
-) -> AsyncIterator[FleetSimulator]:
-    """A simulator living in the server's own process (``homepot demo``, tests).
-
-    It calls the app through an in-process ASGI transport (its calls still pass the request
-    log like any client's), receives pushed jobs from the app's in-process channel when no
-    broker is configured, and acts as ``admin_email`` with tokens minted from the database.
-    Its terminals report their own errors through the protocol, like any device.
-    """
-    from homepot.auth.service import create_access_token, get_user_by_email
-    from homepot.protocol.channels import InProcessChannel
-
-    async def token() -> str:
-        async with app.state.session_factory() as session:
-            user = await get_user_by_email(session, admin_email)
-        if user is None:
-            raise SimulationError(f"the simulator's operator {admin_email} does not exist")
-        return create_access_token(user, app.state.settings.auth)
-
-    channel = getattr(app.state, "push_channel", None)
-    inbox = channel.inbox if isinstance(channel, InProcessChannel) else None
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50_000))
-    async with httpx.AsyncClient(
-        transport=transport, base_url=config.server_url, headers={"User-Agent": SIM_AGENT_VERSION}
-    ) as http:
-        yield FleetSimulator(
-            config,
-            http,
-            job_inbox=inbox,
-            use_mqtt=inbox is None,
-            token_provider=token,
-        )

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from homepot.config import API_PREFIX, LimitsSettings
 from homepot.kit.jsonlimits import has_lone_surrogate, replace_lone_surrogates
 
-TELEMETRY_PATHS = frozenset({f"{API_PREFIX}/agent/telemetry"})
+TELEMETRY_PATHS = frozenset({f"{API_PREFIX}/agent/telemetry", f"{API_PREFIX}/agent/report"})
 INGEST_PATHS = frozenset(
     {f"{API_PREFIX}/analytics/user-activities", f"{API_PREFIX}/analytics/errors"}
 )
