@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# pg_isready exit status of a server that is up but refuses connections (start-up phase).
+REJECTING = 1
 
 
 class OwnPostgres:
@@ -86,6 +91,18 @@ class OwnPostgres:
             entry = pwd.getpwnam(self._user)
             os.chown(signal, entry.pw_uid, entry.pw_gid)
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-W", "start")
+        # Started without waiting (it never becomes ready), so wait until it is up and
+        # refusing: promoting a server that is not yet in standby fails.
+        deadline = time.monotonic() + 60
+        while self._ready_state() != REJECTING:
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL did not reach its start-up phase within 60 s")
+            time.sleep(0.1)
+
+    def _ready_state(self) -> int:
+        """pg_isready's answer: 0 accepting, 1 rejecting (starting up), 2 no answer."""
+        command = [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(command, capture_output=True, timeout=30).returncode
 
     def promote(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")

@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -34,7 +33,6 @@ from homepot.config import (
     RetentionSettings,
     Settings,
 )
-from homepot.db import run_migrations
 from homepot.main import create_app
 from tests.agent.test_agent import FixedHost, FixedSales
 from tests.conftest import TEST_SECRET
@@ -45,38 +43,6 @@ pytestmark = pytest.mark.faults
 
 TICK = timedelta(seconds=30)
 DEVICES = 3
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[OwnPostgres]:
-    server = OwnPostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-async def proxy(postgres: OwnPostgres) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(postgres.port)
-    await proxy.start()
-    yield proxy
-    proxy.flow()
-    await proxy.cut()
-
-
-@pytest.fixture
-async def database(postgres: OwnPostgres) -> str:
-    """A migrated database of this test's own on that server; returns its name."""
-    name = f"faults_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(host="127.0.0.1", port=postgres.port, user="postgres")
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    await asyncio.to_thread(run_migrations, postgres.url(database=name))
-    return name
 
 
 def fault_settings(url: str, spool_dir: Path, **analytics: float) -> Settings:
