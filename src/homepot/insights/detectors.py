@@ -95,6 +95,11 @@ class MetricSpec:
     trend_window_bins: int = 24
     trend_horizon_hours: float = 6.0
     min_slope_per_hour: float = 0.0
+    # The share of the window's pair slopes that must rise at least ``min_slope_per_hour``:
+    # a leak climbs between almost any two moments, noise only between some.
+    rising_share: float = 0.5
+    # How far above normal (in spreads) the level must already be.
+    trend_min_z: float = 1.5
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -107,9 +112,11 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         min_deviation=10,
         scale_floor=2,
         limit=98,
-        trend_window_bins=24,
+        trend_window_bins=36,
         trend_horizon_hours=6,
         min_slope_per_hour=2,
+        rising_share=0.75,
+        trend_min_z=2.5,
     ),
     MetricSpec(
         "disk",
@@ -177,6 +184,17 @@ def nanmedian(values: Any, axis: int = -1) -> Any:
     low = np.take_along_axis(ordered, np.maximum(present - 1, 0)[..., None] // 2, axis=-1)
     high = np.take_along_axis(ordered, (present // 2)[..., None], axis=-1)
     result = (low[..., 0] + high[..., 0]) / 2
+    return np.where(present > 0, result, np.nan)
+
+
+def nanquantile(values: Any, quantile: float) -> Any:
+    """The ``quantile`` (0..1, the lower of the two nearest) along the last axis ignoring
+    NaN (NaN where all are NaN); the same sort as :func:`nanmedian`."""
+    np = numpy()
+    ordered = np.sort(values, axis=-1)
+    present = (~np.isnan(values)).sum(axis=-1)
+    index = np.floor(np.maximum(present - 1, 0) * quantile).astype(np.int64)
+    result = np.take_along_axis(ordered, index[..., None], axis=-1)[..., 0]
     return np.where(present > 0, result, np.nan)
 
 
@@ -251,13 +269,24 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Baseline:
-    """What is normal for each (device, bin) of the evaluated range, and where it came from."""
+    """What is normal for each (device, bin) of the evaluated range, and where it came from.
+
+    ``expected`` moves smoothly through the day (the hourly medians, interpolated between the
+    middles of the hours); ``reference`` is what a level is judged against: on the bad side,
+    the most the device's own hour and the hours either side allow (a store's day shifts by
+    minutes, the log rotation falls inside an hour), else ``expected``.
+    """
 
     expected: FloatArray
     scale: FloatArray
     source: NDArray[np.int8]
     # The cohort's (expected, scale, ok) where the recent window stood in, else None.
     peers: tuple[FloatArray, FloatArray, BoolArray] | None = None
+    reference: FloatArray | None = None
+
+    @property
+    def level_reference(self) -> FloatArray:
+        return self.expected if self.reference is None else self.reference
 
     def tail(self, column: int) -> Baseline:
         peers = None if self.peers is None else tuple(part[:, column:] for part in self.peers)
@@ -266,6 +295,7 @@ class Baseline:
             self.scale[:, column:],
             self.source[:, column:],
             peers,  # type: ignore[arg-type]
+            None if self.reference is None else self.reference[:, column:],
         )
 
     def peer_gate(self, level: FloatArray, direction: int, threshold: float) -> BoolArray:
@@ -469,26 +499,39 @@ def baseline(
     scale = np.full(values.shape, np.nan)
     source = np.zeros(values.shape, dtype=np.int8)
     shifts = np.array([device.shift_bins for device in chunk.devices], dtype=np.int64)
+    reference = np.full(values.shape, np.nan)
     rows = np.arange(devices)[:, None]
     for first, end, buckets in day_baselines:
         first = max(first, from_column)
         if first >= end:
             continue
         local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
-        week_bucket = (local // BINS_PER_HOUR) % 168
-        day_bucket = week_bucket % 24
-        for median, spread, ok, bucket, code in (
-            (buckets.day_median, buckets.day_scale, buckets.day_ok, day_bucket, SOURCE_DAY),
-            (buckets.week_median, buckets.week_scale, buckets.week_ok, week_bucket, SOURCE_WEEK),
+        hour = local // BINS_PER_HOUR
+        # Where the bin's middle lies in its hour (0..1): the neighbour hour it leans towards.
+        position = (local % BINS_PER_HOUR + 0.5) / BINS_PER_HOUR
+        part = slice(first, end)
+        for median, spread, ok, buckets_per_cycle, code in (
+            (buckets.day_median, buckets.day_scale, buckets.day_ok, 24, SOURCE_DAY),
+            (buckets.week_median, buckets.week_scale, buckets.week_ok, 168, SOURCE_WEEK),
         ):
-            usable = ok[rows, bucket]
-            part = slice(first, end)
-            expected[:, part] = np.where(usable, median[rows, bucket], expected[:, part])
-            scale[:, part] = np.where(usable, spread[rows, bucket], scale[:, part])
+            own, before, after = ((hour + shift) % buckets_per_cycle for shift in (0, -1, 1))
+            usable = ok[rows, own]
+            centre = median[rows, own]
+            smooth, bound = _hour_blend(
+                centre,
+                (median[rows, before], ok[rows, before]),
+                (median[rows, after], ok[rows, after]),
+                position,
+                spec.direction,
+            )
+            expected[:, part] = np.where(usable, smooth, expected[:, part])
+            reference[:, part] = np.where(usable, bound, reference[:, part])
+            scale[:, part] = np.where(usable, spread[rows, own], scale[:, part])
             source[:, part] = np.where(usable, code, source[:, part])
     missing = source == SOURCE_NONE
+    reference = np.where(missing, expected, reference)
     if not missing.any():
-        return Baseline(expected, scale, source)
+        return Baseline(expected, scale, source, reference=reference)
     recent, recent_scale, recent_ok = _recent_baseline(
         values, spec.scale_floor, chunk.first_bin, from_column
     )
@@ -499,7 +542,58 @@ def baseline(
     )
     use = (source == SOURCE_NONE) & cohort_ok
     expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
-    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok))
+    reference = np.where(source >= SOURCE_RECENT, expected, reference)
+    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok), reference)
+
+
+def _hour_blend(
+    centre: FloatArray,
+    before: tuple[FloatArray, BoolArray],
+    after: tuple[FloatArray, BoolArray],
+    position: FloatArray,
+    direction: int,
+) -> tuple[FloatArray, FloatArray]:
+    """The hourly median interpolated between the middles of the hours (``expected``), and
+    the bad-side bound of the hour and its two neighbours (``reference``)."""
+    np = numpy()
+    (previous, previous_ok), (following, following_ok) = before, after
+    early = position < 0.5
+    neighbour = np.where(early, previous, following)
+    neighbour_ok = np.where(early, previous_ok, following_ok) & ~np.isnan(neighbour)
+    weight = np.where(early, 0.5 - position, position - 0.5)
+    smooth = np.where(neighbour_ok, (1 - weight) * centre + weight * neighbour, centre)
+    candidates = np.stack(
+        [
+            centre,
+            np.where(previous_ok, previous, np.nan),
+            np.where(following_ok, following, np.nan),
+        ]
+    )
+    with _quiet():
+        bound = np.nanmax(candidates, axis=0) if direction > 0 else np.nanmin(candidates, axis=0)
+    return smooth, np.where(np.isnan(bound), centre, bound)
+
+
+def common_shift(residual: FloatArray, groups: Sequence[int]) -> FloatArray:
+    """Per device and bin, the median residual of its cohort at that bin (0 where fewer than
+    four of them reported): what a whole cohort does at once (a busy Saturday, a quiet
+    holiday, an opening hour that moved) is the shared load, not one device's anomaly."""
+    np = numpy()
+    devices, width = residual.shape
+    group_of = np.asarray(groups)
+    sizes = np.bincount(group_of)
+    if not (sizes >= 4).any():
+        nothing: FloatArray = np.zeros(residual.shape)
+        return nothing
+    order = np.argsort(group_of, kind="stable")
+    slot = np.arange(devices) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[group_of[order]]
+    block = np.full((len(sizes), int(sizes.max()), width), np.nan)
+    block[group_of[order], slot] = residual[order]
+    with _quiet():
+        median = nanmedian(block, axis=1)
+        enough = (~np.isnan(block)).sum(axis=1) >= 4
+    shift: FloatArray = np.where(enough, np.nan_to_num(median), 0.0)[group_of]
+    return shift
 
 
 def _cohort_groups(chunk: Chunk) -> list[int]:
@@ -589,9 +683,12 @@ class Trend:
     flags: BoolArray
 
 
-def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: int) -> Trend:
-    """Robust slope of the deviation from normal over the window ending at each bin from
-    ``from_column`` on, and the projected time to the limit."""
+def _trend(
+    values: FloatArray, residual: FloatArray, base: Baseline, spec: MetricSpec, from_column: int
+) -> Trend:
+    """Robust slope of the deviation from normal (``residual``, its cohort's shared part
+    removed) over the window ending at each bin from ``from_column`` on, and the projected
+    time to the limit."""
     np = numpy()
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -599,7 +696,6 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: in
     window = spec.trend_window_bins
     half = window // 2
     devices, width = values.shape
-    residual = values - base.expected
     slopes = (residual[:, half:] - residual[:, :-half]) / half  # slopes[k]: bin k to k + half
     padded = np.concatenate([np.full((devices, window), np.nan), slopes], axis=1)
     # View j covers padded[j : j + half] = slopes[j - window : j - half]; for bin i, view
@@ -610,15 +706,18 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: in
     with _quiet():
         enough[:, from_column:] = (~np.isnan(chosen)).sum(axis=2) >= max(2, half // 2)
         slope[:, from_column:] = nanmedian(chosen, axis=2) * BINS_PER_HOUR
+        steady = np.full(values.shape, np.nan)
+        steady[:, from_column:] = nanquantile(chosen, 1 - spec.rising_share) * BINS_PER_HOUR
         level = _rolling_median3(values)
-        expected, spread = base.expected, base.scale
+        above = _rolling_median3(residual)
+        spread = base.scale
         hours = (spec.limit - level) / slope
         flags = (
             enough
             & ~np.isnan(values)
-            & (slope >= spec.min_slope_per_hour)
+            & (steady >= spec.min_slope_per_hour)
             & (slope * window / BINS_PER_HOUR >= 3 * spread)
-            & ((level - expected) / spread >= 1.5)
+            & (above / spread >= spec.trend_min_z)
             & base.peer_gate(level, +1, 1.5)
             & (hours > 0)
             & (hours <= spec.trend_horizon_hours)
@@ -651,6 +750,7 @@ def detect(
     episodes: list[Episode] = []
     baselines: dict[str, Baseline] = {}
     full_chunk, full_start = chunk, start
+    groups = _cohort_groups(full_chunk)
     for spec in METRICS:
         # Runs may begin RUN_LOOKBACK_BINS before the range; a trend needs its window too.
         reach = RUN_LOOKBACK_BINS + (spec.trend_window_bins if spec.limit is not None else 0)
@@ -661,18 +761,22 @@ def detect(
         baselines[spec.name] = base
         base = base.tail(lookback)
         with _quiet():
-            deviation = spec.direction * (values - base.expected)
+            deviation = spec.direction * (values - base.level_reference)
+            # Only a shared shift towards the bad side is discounted: a cohort doing better
+            # than usual makes no device look worse.
+            deviation -= np.maximum(common_shift(deviation, groups), 0.0)
             z = deviation / base.scale
             big_enough = deviation >= np.maximum(
                 spec.min_deviation, spec.relative_deviation * np.abs(base.expected)
             )
             deviant = (z >= spec.z_threshold) & big_enough & (base.source > 0)
             deviant &= base.peer_gate(values, spec.direction, spec.z_threshold)
-        trend = (
-            _trend(values, base, spec, max(0, start - RUN_LOOKBACK_BINS))
-            if spec.limit is not None
-            else None
-        )
+        trend = None
+        if spec.limit is not None:
+            with _quiet():
+                residual = values - base.expected
+                residual = residual - common_shift(residual, groups)
+            trend = _trend(values, residual, base, spec, max(0, start - RUN_LOOKBACK_BINS))
         flagged = deviant.any(axis=1)
         if trend is not None:
             flagged |= trend.flags.any(axis=1)
@@ -697,7 +801,7 @@ def detect(
                 )
             if trend is None:
                 continue
-            for first, final in runs(trend.flags[row], gap=GAP_BINS, minimum=2):
+            for first, final in runs(trend.flags[row], gap=GAP_BINS, minimum=PERSISTENCE_BINS):
                 if final < start:
                     continue
                 soonest = float(np.nanmin(trend.hours_to_limit[row, first : final + 1]))
