@@ -125,6 +125,54 @@ def ranked_early(scored: Scored, history: History) -> tuple[int, int]:
     return hits, total
 
 
+def failure_kind(history: History, device_id: str, moment: float, horizon: timedelta) -> str:
+    """What the next failure after ``moment`` was, read from the database alone: a critical
+    error, a crash after memory passed 90 %, or another outage (a link down); and whether
+    another failure of the device came in the 2 h before it (a burst) or not (the first)."""
+    entry = history.devices[device_id]
+    index = int(np.searchsorted(entry.failures, moment, side="right"))
+    failure = entry.failures[index]
+    critical = any(abs(at - failure) < 1e-6 and severity == "critical"
+                   for at, severity, _ in entry.errors)  # fmt: skip
+    before = int(np.searchsorted(entry.metric_times, failure, side="left")) - 1
+    memory = entry.metric_values["memory"][before] if before >= 0 else math.nan
+    kind = "critical error" if critical else "crash, memory ≥ 90 %" if memory >= 90 else "outage"
+    burst = index > 0 and failure - entry.failures[index - 1] < horizon.total_seconds()
+    return f"{kind}, {'in a burst' if burst else 'first'}"
+
+
+def print_by_kind(
+    history: History,
+    horizon: timedelta,
+    labels: np.ndarray,
+    moments: np.ndarray,
+    devices: list[str],
+    model_scores: np.ndarray,
+    rule_scores: np.ndarray,
+) -> None:
+    """ROC AUC of each kind of failure's samples against all the negative ones."""
+    kinds = np.array(
+        [
+            failure_kind(history, devices[i], float(moments[i]), horizon) if labels[i] else ""
+            for i in range(labels.size)
+        ]
+    )
+    table = Table(title="ROC AUC by kind of failure (its samples against every negative one)")
+    for column in ("next failure", "positive samples", "risk model", "rule thresholds"):
+        table.add_column(column, justify="right")
+    for kind in sorted(set(kinds) - {""}):
+        chosen = (kinds == kind) | (labels == 0)
+        figures = [
+            evaluate(scores[chosen], labels[chosen]) for scores in (model_scores, rule_scores)
+        ]
+        table.add_row(
+            kind,
+            f"{int((kinds == kind).sum()):,}",
+            *(f"{f['roc_auc']:.3f}" if f["roc_auc"] is not None else "n/a" for f in figures),
+        )
+    console.print(table)
+
+
 async def backfill(
     url: str,
     days: float,
@@ -286,6 +334,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"{hits}/{total} = {hits / total:.2f}" if total else "n/a",
             )
         console.print(table)
+        print_by_kind(
+            history, horizon, label_array, np.array(moments), devices, model_scores, rule_scores
+        )
         console.print(
             f"training: {report.samples:,} samples, {report.failures:,} positive, "
             f"{train_seconds:.1f} s; held-out validation on the training fleet: "
