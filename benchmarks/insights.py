@@ -208,6 +208,17 @@ def _overlaps(a: datetime, b: datetime | None, c: datetime, d: datetime) -> bool
     return a <= d and (b is None or b >= c)
 
 
+def signal_start(fault: dict[str, Any]) -> datetime:
+    """When a fault starts to move a reading: a filling disk at its first step (a fill whose
+    terminal was switched off at closing before that step left nothing in the metrics);
+    every other fault at once."""
+    start = _time(fault["start"])
+    steps = fault["details"].get("steps")
+    if fault["fault"] == FaultKind.disk_filling and steps:
+        return start + (_time(fault["details"]["full_at"]) - start) * float(steps[0])
+    return start
+
+
 def score(detector: str, history: History, episodes: list[Episode], warmup: timedelta) -> Score:
     result = Score(detector, history.name)
     window = (history.start + warmup, history.end)
@@ -236,8 +247,8 @@ def score(detector: str, history: History, episodes: list[Episode], warmup: time
         )
         signal_end = moment if kind == FaultKind.memory_leak_crash and moment else end
         samples = history.samples.get(fault["device_id"], [])
-        if sum(1 for t in samples if start <= t < signal_end) < 2:
-            continue  # the terminal was off (or silent) for the whole fault: nothing to see
+        if sum(1 for t in samples if signal_start(fault) <= t < signal_end) < 2:
+            continue  # the terminal was off (or silent) while the fault showed: nothing to see
         result.faults += 1
         kinds[kind][1] += 1
         hits = sorted(

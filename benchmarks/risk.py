@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from _common import benchmark_database, console, raise_keyboard_interrupt_on_sig
 from rich.table import Table
 
 from homepot.cli.insights import parse_horizon
-from homepot.db import create_engine, create_session_factory, utcnow
+from homepot.db import create_engine, create_session_factory, run_migrations, utcnow
 from homepot.insights.features import FEATURES, History, features_at, load_history, state_at
 from homepot.insights.risk import evaluate, load_model
 from homepot.insights.scoring import train_from_history
@@ -122,40 +125,151 @@ def ranked_early(scored: Scored, history: History) -> tuple[int, int]:
     return hits, total
 
 
+def failure_kind(history: History, device_id: str, moment: float, horizon: timedelta) -> str:
+    """What the next failure after ``moment`` was, read from the database alone: a critical
+    error, a crash after memory passed 90 %, or another outage (a link down); and whether
+    another failure of the device came in the 2 h before it (a burst) or not (the first)."""
+    entry = history.devices[device_id]
+    index = int(np.searchsorted(entry.failures, moment, side="right"))
+    failure = entry.failures[index]
+    critical = any(abs(at - failure) < 1e-6 and severity == "critical"
+                   for at, severity, _ in entry.errors)  # fmt: skip
+    before = int(np.searchsorted(entry.metric_times, failure, side="left")) - 1
+    memory = entry.metric_values["memory"][before] if before >= 0 else math.nan
+    kind = "critical error" if critical else "crash, memory ≥ 90 %" if memory >= 90 else "outage"
+    burst = index > 0 and failure - entry.failures[index - 1] < horizon.total_seconds()
+    return f"{kind}, {'in a burst' if burst else 'first'}"
+
+
+def print_by_kind(
+    history: History,
+    horizon: timedelta,
+    labels: np.ndarray,
+    moments: np.ndarray,
+    devices: list[str],
+    model_scores: np.ndarray,
+    rule_scores: np.ndarray,
+) -> None:
+    """ROC AUC of each kind of failure's samples against all the negative ones."""
+    kinds = np.array(
+        [
+            failure_kind(history, devices[i], float(moments[i]), horizon) if labels[i] else ""
+            for i in range(labels.size)
+        ]
+    )
+    table = Table(title="ROC AUC by kind of failure (its samples against every negative one)")
+    for column in ("next failure", "positive samples", "risk model", "rule thresholds"):
+        table.add_column(column, justify="right")
+    for kind in sorted(set(kinds) - {""}):
+        chosen = (kinds == kind) | (labels == 0)
+        figures = [
+            evaluate(scores[chosen], labels[chosen]) for scores in (model_scores, rule_scores)
+        ]
+        table.add_row(
+            kind,
+            f"{int((kinds == kind).sum()):,}",
+            *(f"{f['roc_auc']:.3f}" if f["roc_auc"] is not None else "n/a" for f in figures),
+        )
+    console.print(table)
+
+
 async def backfill(
-    url: str, days: float, sites: int, devices: int, seed: int, fault_rate: float
+    url: str,
+    days: float,
+    sites: int,
+    devices: int,
+    seed: int,
+    fault_rate: float,
+    end: datetime,
+    marker: Path | None = None,
 ) -> dict[str, Any]:
+    """Backfill ``seed`` into ``url``; with a ``marker`` (``--keep``), a database kept from an
+    earlier run with the same parameters is reused instead."""
+    parameters = {
+        "days": days,
+        "sites": sites,
+        "devices": devices,
+        "seed": seed,
+        "fault_rate": fault_rate,
+        "end": end.isoformat(),
+    }
+    if marker is not None and _kept(marker, parameters):
+        return {"faults": "kept", "events": "kept"}
     engine = create_engine(url)
     try:
         config = BackfillConfig(
-            days=days, sites=sites, devices=devices, seed=seed, fault_rate=fault_rate
+            days=days, sites=sites, devices=devices, seed=seed, fault_rate=fault_rate, end=end
         )
         result = await run_backfill(engine, config)
-        return {"faults": result.faults, "events": sum(result.events.values())}
     finally:
         await engine.dispose()
+    if marker is not None:
+        _mark(marker, parameters)
+    return {"faults": result.faults, "events": sum(result.events.values())}
+
+
+def _kept(marker: Path, parameters: dict[str, Any]) -> bool:
+    return marker.exists() and json.loads(marker.read_text()) == parameters
+
+
+def _mark(marker: Path, parameters: dict[str, Any]) -> None:
+    marker.write_text(json.dumps(parameters))
+
+
+@contextmanager
+def database(args: argparse.Namespace, label: str) -> Iterator[tuple[str, Path | None]]:
+    """A throw-away database, or with ``--keep`` a SQLite file kept in that directory (and
+    the marker file naming the parameters it was backfilled with)."""
+    if not args.keep:
+        with benchmark_database(args.database, args.postgres_server, label) as url:
+            yield url, None
+        return
+    directory = Path(args.keep)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{label}.db"
+    marker = directory / f"{label}.json"
+    if not marker.exists():
+        path.unlink(missing_ok=True)
+    url = f"sqlite+aiosqlite:///{path}"
+    run_migrations(url)
+    yield url, marker
 
 
 async def main_async(args: argparse.Namespace) -> int:
     horizon = parse_horizon(args.horizon)
     model_file = Path(args.model) if args.model else Path("var/benchmark-risk.pkl")
+    end = args.end or utcnow().replace(microsecond=0)
     with (
-        benchmark_database(args.database, args.postgres_server, "risk_train") as train_url,
-        benchmark_database(args.database, args.postgres_server, "risk_test") as test_url,
+        database(args, "risk_train") as (train_url, train_marker),
+        database(args, "risk_test") as (test_url, test_marker),
     ):
         started = time.perf_counter()
         trained = await backfill(
-            train_url, args.days, args.sites, args.devices, args.train_seed, args.fault_rate
+            train_url,
+            args.days,
+            args.sites,
+            args.devices,
+            args.train_seed,
+            args.fault_rate,
+            end,
+            train_marker,
         )
         tested = await backfill(
-            test_url, args.days, args.sites, args.devices, args.test_seed, args.test_fault_rate
+            test_url,
+            args.days,
+            args.sites,
+            args.devices,
+            args.test_seed,
+            args.test_fault_rate,
+            end,
+            test_marker,
         )
         console.print(
             f"backfilled {args.days} days × {args.devices} terminals twice in "
             f"{time.perf_counter() - started:.0f} s (train: {trained['faults']} faults, "
             f"test: {tested['faults']} faults)"
         )
-        now = utcnow()
+        now = end
         engine = create_engine(train_url)
         try:
             async with create_session_factory(engine)() as session:
@@ -220,6 +334,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"{hits}/{total} = {hits / total:.2f}" if total else "n/a",
             )
         console.print(table)
+        print_by_kind(
+            history, horizon, label_array, np.array(moments), devices, model_scores, rule_scores
+        )
         console.print(
             f"training: {report.samples:,} samples, {report.failures:,} positive, "
             f"{train_seconds:.1f} s; held-out validation on the training fleet: "
@@ -244,7 +361,22 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="where to keep the trained model file")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--postgres-server", default="postgresql+asyncpg://postgres@127.0.0.1:5432")
+    parser.add_argument(
+        "--end",
+        type=lambda text: datetime.fromisoformat(text).astimezone(UTC),
+        default=None,
+        help="end of both histories (ISO 8601; default: now)",
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        default=None,
+        help="keep both histories as SQLite files in DIR and reuse them on the next run with "
+        "the same parameters (give --end too, or every run is a new history)",
+    )
     args = parser.parse_args()
+    if args.keep and args.database != "sqlite":
+        parser.error("--keep keeps SQLite files: leave out --database postgresql")
     try:
         return asyncio.run(main_async(args))
     except KeyboardInterrupt:

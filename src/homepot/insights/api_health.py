@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Integer, case, cast, func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import APIRequestLog
 from homepot.insights import detectors as det
 from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.kit.timebuckets import epoch_bin
 
 if TYPE_CHECKING:
     from homepot.insights.service import ScanReport
@@ -69,18 +70,10 @@ class RouteBins:
     requests: Any  # (routes, bins)
 
 
-def _bin_expression(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return cast(
-            func.floor(func.extract("epoch", APIRequestLog.timestamp) / det.BIN_SECONDS), Integer
-        )
-    return cast(func.strftime("%s", APIRequestLog.timestamp), Integer) // det.BIN_SECONDS
-
-
 async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -> RouteBins:
     """Per route and bin of ``[first_bin, end_bin)``: error rate (%) and p95 (ms)."""
     np = det.numpy()
-    bucket = _bin_expression(session.get_bind().dialect.name).label("bucket")
+    bucket = epoch_bin(APIRequestLog.timestamp, det.BIN_SECONDS).label("bucket")
     time = APIRequestLog.response_time_ms
     statement = (
         select(

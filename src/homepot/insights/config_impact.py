@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import Integer, and_, cast, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics.models import ConfigurationHistory, DeviceMetrics, SiteOperatingSchedule
@@ -58,6 +58,7 @@ from homepot.audit.service import Actor, same_value
 from homepot.device.models import Device
 from homepot.job.models import Job, JobStatus, JobTargetType
 from homepot.kit.redaction import REDACTED
+from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
 
 BIN_SECONDS: Final = 300
@@ -158,14 +159,6 @@ class ImpactReport:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _bin_expression(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return cast(
-            func.floor(func.extract("epoch", DeviceMetrics.timestamp) / BIN_SECONDS), Integer
-        )
-    return cast(func.strftime("%s", DeviceMetrics.timestamp), Integer) // BIN_SECONDS
-
-
 def _bin_of(moment: datetime) -> int:
     return math.floor(moment.timestamp() / BIN_SECONDS)
 
@@ -245,7 +238,7 @@ async def _deltas(
     row_of = {device_id: index for index, device_id in enumerate(devices)}
     names = list(METRICS)
     spans = _merge((moment - window, moment + 1 + window) for moment in moments)
-    bucket = _bin_expression(session.get_bind().dialect.name).label("bucket")
+    bucket = epoch_bin(DeviceMetrics.timestamp, BIN_SECONDS).label("bucket")
     by_bin: dict[int, Any] = {}
     ordered = sorted(moments)
     for offset in range(0, len(spans), _INTERVALS_PER_QUERY):

@@ -33,14 +33,55 @@ into an anomaly. Three detectors read the bins:
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+# The grid and its types, re-exported (see __all__): callers read them as ``detectors.<name>``.
+from homepot.insights.bins import (
+    BASELINE_WEEKS,
+    BIN,
+    BIN_SECONDS,
+    BINS_PER_DAY,
+    BINS_PER_HOUR,
+    BINS_PER_WEEK,
+    CONTEXT_BINS,
+    DEVICE_SILENCE_SCORE,
+    GAP_BINS,
+    LOOKBACK_BINS,
+    MAD_TO_SIGMA,
+    METRICS,
+    METRICS_BY_NAME,
+    PERSISTENCE_BINS,
+    RECENT_BINS,
+    REPORTING,
+    RUN_LOOKBACK_BINS,
+    SILENCE_BINS,
+    SITE_SILENCE_SCORE,
+    SOURCE_COHORT,
+    SOURCE_DAY,
+    SOURCE_NAMES,
+    SOURCE_NONE,
+    SOURCE_RECENT,
+    SOURCE_WEEK,
+    WEEKDAYS,
+    Baseline,
+    Chunk,
+    DeviceInfo,
+    Episode,
+    MetricSpec,
+    _quiet,
+    bin_of,
+    bin_start,
+    level_score,
+    nanmedian,
+    nanquantile,
+    numpy,
+    severity_of,
+    trend_score,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,259 +91,56 @@ if TYPE_CHECKING:
     BoolArray = NDArray[np.bool_]
     IntArray = NDArray[np.int64]
 
-BIN_SECONDS: Final = 300
-BIN = timedelta(seconds=BIN_SECONDS)
-BINS_PER_HOUR: Final = 12
-BINS_PER_DAY: Final = 24 * BINS_PER_HOUR
-BINS_PER_WEEK: Final = 7 * BINS_PER_DAY
-BASELINE_WEEKS: Final = 2
-RECENT_BINS: Final = 12 * BINS_PER_HOUR
-# How far before the first evaluated bin a run may begin (an episode under way keeps its
-# start), and the longest look back: that and the longest trend window.
-RUN_LOOKBACK_BINS: Final = 2 * BINS_PER_HOUR
-LOOKBACK_BINS: Final = 8 * BINS_PER_HOUR
-# Bins loaded before the first evaluated one: the look back, and a recent window before it.
-CONTEXT_BINS: Final = RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
-PERSISTENCE_BINS: Final = 3
-SILENCE_BINS: Final = 3
-# How many normal bins may sit inside one episode without splitting it in two.
-GAP_BINS: Final = 1
-MAD_TO_SIGMA: Final = 1.4826
-WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-SOURCE_NONE, SOURCE_WEEK, SOURCE_DAY, SOURCE_RECENT, SOURCE_COHORT = range(5)
-SOURCE_NAMES: Final = ("none", "hour_of_week", "hour_of_day", "recent", "cohort")
-
-DEVICE_SILENCE_SCORE: Final = 60
-SITE_SILENCE_SCORE: Final = 85
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One metric: where it comes from, which side is bad, and how big a deviation matters."""
-
-    name: str
-    label: str
-    unit: str
-    direction: int  # +1: high is bad; -1: low is bad
-    min_deviation: float
-    scale_floor: float
-    z_threshold: float = 4.0
-    # The deviation must also be at least this share of the expected value.
-    relative_deviation: float = 0.0
-    # Trend detection (memory, disk): the level whose crossing is projected.
-    limit: float | None = None
-    trend_window_bins: int = 24
-    trend_horizon_hours: float = 6.0
-    min_slope_per_hour: float = 0.0
-
-
-METRICS: Final[tuple[MetricSpec, ...]] = (
-    MetricSpec("cpu", "CPU", "%", +1, min_deviation=20, scale_floor=3),
-    MetricSpec(
-        "memory",
-        "memory",
-        "%",
-        +1,
-        min_deviation=10,
-        scale_floor=2,
-        limit=98,
-        trend_window_bins=24,
-        trend_horizon_hours=6,
-        min_slope_per_hour=2,
-    ),
-    MetricSpec(
-        "disk",
-        "disk",
-        "%",
-        +1,
-        min_deviation=5,
-        scale_floor=1,
-        limit=99,
-        trend_window_bins=72,
-        trend_horizon_hours=48,
-        min_slope_per_hour=0.3,
-    ),
-    MetricSpec(
-        "network_latency",
-        "network latency",
-        " ms",
-        +1,
-        min_deviation=50,
-        scale_floor=5,
-        relative_deviation=1.0,
-    ),
-    MetricSpec("error_rate", "error rate", "%", +1, min_deviation=2, scale_floor=0.3),
-    MetricSpec(
-        "transactions",
-        "transactions",
-        "/min",
-        -1,
-        min_deviation=0.5,
-        scale_floor=0.3,
-        z_threshold=2.5,
-        relative_deviation=0.75,
-    ),
-)
-METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}
-REPORTING: Final = "reporting"
-
-
-def numpy() -> Any:
-    """numpy, imported on first use: a server without insights never loads it."""
-    import numpy
-
-    return numpy
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """All-NaN slices are expected (a device silent for a while): their median is NaN."""
-    np = numpy()
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
-def nanmedian(values: Any, axis: int = -1) -> Any:
-    """The median along ``axis`` ignoring NaN (NaN where all are NaN).
-
-    numpy's own goes through masked arrays for short axes, ten times slower on the many short
-    rows (one per device) a scan reduces.
-    """
-    np = numpy()
-    moved = np.moveaxis(values, axis, -1)
-    ordered = np.sort(moved, axis=-1)  # NaN sorts last
-    present = (~np.isnan(moved)).sum(axis=-1)
-    low = np.take_along_axis(ordered, np.maximum(present - 1, 0)[..., None] // 2, axis=-1)
-    high = np.take_along_axis(ordered, (present // 2)[..., None], axis=-1)
-    result = (low[..., 0] + high[..., 0]) / 2
-    return np.where(present > 0, result, np.nan)
-
-
-def bin_of(moment: datetime) -> int:
-    return math.floor(moment.timestamp() / BIN_SECONDS)
-
-
-def bin_start(index: int) -> datetime:
-    return datetime.fromtimestamp(index * BIN_SECONDS, UTC)
-
-
-def severity_of(score: int) -> str:
-    if score >= 75:
-        return "critical"
-    if score >= 45:
-        return "warning"
-    return "info"
-
-
-def level_score(z: float) -> int:
-    return max(0, min(100, round(100 * (1 - 2 ** (-z / 5)))))
-
-
-def trend_score(hours_to_limit: float) -> int:
-    return max(10, min(95, round(95 - 12 * math.log2(max(hours_to_limit, 1.0)))))
-
-
-# -- the chunk --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    device_id: str
-    site_id: str
-    device_type: str
-    # The site's UTC offset in whole bins at the scanned day: hour-of-week buckets are local.
-    shift_bins: int
-    timezone: str
-
-
-@dataclass
-class Chunk:
-    """Bins of some devices (whole sites) from ``first_bin`` on, one column per bin."""
-
-    devices: list[DeviceInfo]
-    first_bin: int
-    values: dict[str, FloatArray]  # metric name -> (devices, bins)
-    counts: IntArray  # samples per (device, bin)
-    # Per site: which bins are open / inside a maintenance window (1-D over the bins).
-    open_bins: dict[str, BoolArray]
-    maintenance_bins: dict[str, BoolArray]
-    # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
-    # with the bin it began in: alive from then on even with nothing loaded.
-    known_silent: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def bins(self) -> int:
-        return int(self.counts.shape[1])
-
-    def tail(self, column: int) -> Chunk:
-        """The same chunk from ``column`` on (views, no copies)."""
-        return Chunk(
-            devices=self.devices,
-            first_bin=self.first_bin + column,
-            values={name: array[:, column:] for name, array in self.values.items()},
-            counts=self.counts[:, column:],
-            open_bins={site: mask[column:] for site, mask in self.open_bins.items()},
-            maintenance_bins={site: mask[column:] for site, mask in self.maintenance_bins.items()},
-            known_silent=self.known_silent,
-        )
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """What is normal for each (device, bin) of the evaluated range, and where it came from."""
-
-    expected: FloatArray
-    scale: FloatArray
-    source: NDArray[np.int8]
-    # The cohort's (expected, scale, ok) where the recent window stood in, else None.
-    peers: tuple[FloatArray, FloatArray, BoolArray] | None = None
-
-    def tail(self, column: int) -> Baseline:
-        peers = None if self.peers is None else tuple(part[:, column:] for part in self.peers)
-        return Baseline(
-            self.expected[:, column:],
-            self.scale[:, column:],
-            self.source[:, column:],
-            peers,  # type: ignore[arg-type]
-        )
-
-    def peer_gate(self, level: FloatArray, direction: int, threshold: float) -> BoolArray:
-        """False where the recent window is the baseline but the device's peers, at the same
-        moment, are no better off: a shared load cycle, not an anomaly."""
-        np = numpy()
-        if self.peers is None:
-            everywhere: BoolArray = np.ones(self.source.shape, dtype=bool)
-            return everywhere
-        peer_expected, peer_scale, peer_ok = self.peers
-        with _quiet():
-            peer_z = direction * (level - peer_expected) / peer_scale
-        checked = (self.source == SOURCE_RECENT) & peer_ok
-        result: BoolArray = ~checked | (peer_z >= threshold)
-        return result
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One contiguous anomaly that reaches into the evaluated bins."""
-
-    subject: str
-    device_id: str | None
-    site_id: str
-    metric: str
-    detector: str
-    started_at: datetime
-    last_seen_at: datetime  # end of its last anomalous bin
-    open: bool  # still under way at the end of the evaluated range
-    # Entirely inside the site's maintenance window: stored, never alerts. An episode that
-    # outlasts the window is a real one.
-    score: int
-    observed: float | None
-    expected: float | None
-    explanation: str
-    expected_maintenance: bool
-
+__all__ = [
+    "_quiet",
+    "BASELINE_WEEKS",
+    "BIN",
+    "BINS_PER_DAY",
+    "BINS_PER_HOUR",
+    "BINS_PER_WEEK",
+    "BIN_SECONDS",
+    "Baseline",
+    "BucketBaseline",
+    "CONTEXT_BINS",
+    "Chunk",
+    "DEVICE_SILENCE_SCORE",
+    "DeviceInfo",
+    "Episode",
+    "GAP_BINS",
+    "LOOKBACK_BINS",
+    "MAD_TO_SIGMA",
+    "METRICS",
+    "METRICS_BY_NAME",
+    "MetricSpec",
+    "PERSISTENCE_BINS",
+    "RECENT_BINS",
+    "REPORTING",
+    "RUN_LOOKBACK_BINS",
+    "SILENCE_BINS",
+    "SITE_SILENCE_SCORE",
+    "SOURCE_COHORT",
+    "SOURCE_DAY",
+    "SOURCE_NAMES",
+    "SOURCE_NONE",
+    "SOURCE_RECENT",
+    "SOURCE_WEEK",
+    "Trend",
+    "WEEKDAYS",
+    "baseline",
+    "bin_of",
+    "bin_start",
+    "bucket_baseline",
+    "common_shift",
+    "detect",
+    "duration_text",
+    "level_score",
+    "nanmedian",
+    "nanquantile",
+    "numpy",
+    "runs",
+    "severity_of",
+    "trend_score",
+]
 
 # -- baselines --------------------------------------------------------------------------------
 
@@ -469,26 +307,39 @@ def baseline(
     scale = np.full(values.shape, np.nan)
     source = np.zeros(values.shape, dtype=np.int8)
     shifts = np.array([device.shift_bins for device in chunk.devices], dtype=np.int64)
+    reference = np.full(values.shape, np.nan)
     rows = np.arange(devices)[:, None]
     for first, end, buckets in day_baselines:
         first = max(first, from_column)
         if first >= end:
             continue
         local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
-        week_bucket = (local // BINS_PER_HOUR) % 168
-        day_bucket = week_bucket % 24
-        for median, spread, ok, bucket, code in (
-            (buckets.day_median, buckets.day_scale, buckets.day_ok, day_bucket, SOURCE_DAY),
-            (buckets.week_median, buckets.week_scale, buckets.week_ok, week_bucket, SOURCE_WEEK),
+        hour = local // BINS_PER_HOUR
+        # Where the bin's middle lies in its hour (0..1): the neighbour hour it leans towards.
+        position = (local % BINS_PER_HOUR + 0.5) / BINS_PER_HOUR
+        part = slice(first, end)
+        for median, spread, ok, buckets_per_cycle, code in (
+            (buckets.day_median, buckets.day_scale, buckets.day_ok, 24, SOURCE_DAY),
+            (buckets.week_median, buckets.week_scale, buckets.week_ok, 168, SOURCE_WEEK),
         ):
-            usable = ok[rows, bucket]
-            part = slice(first, end)
-            expected[:, part] = np.where(usable, median[rows, bucket], expected[:, part])
-            scale[:, part] = np.where(usable, spread[rows, bucket], scale[:, part])
+            own, before, after = ((hour + shift) % buckets_per_cycle for shift in (0, -1, 1))
+            usable = ok[rows, own]
+            centre = median[rows, own]
+            smooth, bound = _hour_blend(
+                centre,
+                (median[rows, before], ok[rows, before]),
+                (median[rows, after], ok[rows, after]),
+                position,
+                spec.direction,
+            )
+            expected[:, part] = np.where(usable, smooth, expected[:, part])
+            reference[:, part] = np.where(usable, bound, reference[:, part])
+            scale[:, part] = np.where(usable, spread[rows, own], scale[:, part])
             source[:, part] = np.where(usable, code, source[:, part])
     missing = source == SOURCE_NONE
+    reference = np.where(missing, expected, reference)
     if not missing.any():
-        return Baseline(expected, scale, source)
+        return Baseline(expected, scale, source, reference=reference)
     recent, recent_scale, recent_ok = _recent_baseline(
         values, spec.scale_floor, chunk.first_bin, from_column
     )
@@ -499,7 +350,58 @@ def baseline(
     )
     use = (source == SOURCE_NONE) & cohort_ok
     expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
-    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok))
+    reference = np.where(source >= SOURCE_RECENT, expected, reference)
+    return Baseline(expected, scale, source, (cohort, cohort_scale, cohort_ok), reference)
+
+
+def _hour_blend(
+    centre: FloatArray,
+    before: tuple[FloatArray, BoolArray],
+    after: tuple[FloatArray, BoolArray],
+    position: FloatArray,
+    direction: int,
+) -> tuple[FloatArray, FloatArray]:
+    """The hourly median interpolated between the middles of the hours (``expected``), and
+    the bad-side bound of the hour and its two neighbours (``reference``)."""
+    np = numpy()
+    (previous, previous_ok), (following, following_ok) = before, after
+    early = position < 0.5
+    neighbour = np.where(early, previous, following)
+    neighbour_ok = np.where(early, previous_ok, following_ok) & ~np.isnan(neighbour)
+    weight = np.where(early, 0.5 - position, position - 0.5)
+    smooth = np.where(neighbour_ok, (1 - weight) * centre + weight * neighbour, centre)
+    candidates = np.stack(
+        [
+            centre,
+            np.where(previous_ok, previous, np.nan),
+            np.where(following_ok, following, np.nan),
+        ]
+    )
+    with _quiet():
+        bound = np.nanmax(candidates, axis=0) if direction > 0 else np.nanmin(candidates, axis=0)
+    return smooth, np.where(np.isnan(bound), centre, bound)
+
+
+def common_shift(residual: FloatArray, groups: Sequence[int]) -> FloatArray:
+    """Per device and bin, the median residual of its cohort at that bin (0 where fewer than
+    four of them reported): what a whole cohort does at once (a busy Saturday, a quiet
+    holiday, an opening hour that moved) is the shared load, not one device's anomaly."""
+    np = numpy()
+    devices, width = residual.shape
+    group_of = np.asarray(groups)
+    sizes = np.bincount(group_of)
+    if not (sizes >= 4).any():
+        nothing: FloatArray = np.zeros(residual.shape)
+        return nothing
+    order = np.argsort(group_of, kind="stable")
+    slot = np.arange(devices) - np.concatenate([[0], np.cumsum(sizes)[:-1]])[group_of[order]]
+    block = np.full((len(sizes), int(sizes.max()), width), np.nan)
+    block[group_of[order], slot] = residual[order]
+    with _quiet():
+        median = nanmedian(block, axis=1)
+        enough = (~np.isnan(block)).sum(axis=1) >= 4
+    shift: FloatArray = np.where(enough, np.nan_to_num(median), 0.0)[group_of]
+    return shift
 
 
 def _cohort_groups(chunk: Chunk) -> list[int]:
@@ -589,9 +491,12 @@ class Trend:
     flags: BoolArray
 
 
-def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: int) -> Trend:
-    """Robust slope of the deviation from normal over the window ending at each bin from
-    ``from_column`` on, and the projected time to the limit."""
+def _trend(
+    values: FloatArray, residual: FloatArray, base: Baseline, spec: MetricSpec, from_column: int
+) -> Trend:
+    """Robust slope of the deviation from normal (``residual``, its cohort's shared part
+    removed) over the window ending at each bin from ``from_column`` on, and the projected
+    time to the limit."""
     np = numpy()
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -599,7 +504,6 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: in
     window = spec.trend_window_bins
     half = window // 2
     devices, width = values.shape
-    residual = values - base.expected
     slopes = (residual[:, half:] - residual[:, :-half]) / half  # slopes[k]: bin k to k + half
     padded = np.concatenate([np.full((devices, window), np.nan), slopes], axis=1)
     # View j covers padded[j : j + half] = slopes[j - window : j - half]; for bin i, view
@@ -610,15 +514,18 @@ def _trend(values: FloatArray, base: Baseline, spec: MetricSpec, from_column: in
     with _quiet():
         enough[:, from_column:] = (~np.isnan(chosen)).sum(axis=2) >= max(2, half // 2)
         slope[:, from_column:] = nanmedian(chosen, axis=2) * BINS_PER_HOUR
+        steady = np.full(values.shape, np.nan)
+        steady[:, from_column:] = nanquantile(chosen, 1 - spec.rising_share) * BINS_PER_HOUR
         level = _rolling_median3(values)
-        expected, spread = base.expected, base.scale
+        above = _rolling_median3(residual)
+        spread = base.scale
         hours = (spec.limit - level) / slope
         flags = (
             enough
             & ~np.isnan(values)
-            & (slope >= spec.min_slope_per_hour)
+            & (steady >= spec.min_slope_per_hour)
             & (slope * window / BINS_PER_HOUR >= 3 * spread)
-            & ((level - expected) / spread >= 1.5)
+            & (above / spread >= spec.trend_min_z)
             & base.peer_gate(level, +1, 1.5)
             & (hours > 0)
             & (hours <= spec.trend_horizon_hours)
@@ -651,6 +558,7 @@ def detect(
     episodes: list[Episode] = []
     baselines: dict[str, Baseline] = {}
     full_chunk, full_start = chunk, start
+    groups = _cohort_groups(full_chunk)
     for spec in METRICS:
         # Runs may begin RUN_LOOKBACK_BINS before the range; a trend needs its window too.
         reach = RUN_LOOKBACK_BINS + (spec.trend_window_bins if spec.limit is not None else 0)
@@ -661,18 +569,22 @@ def detect(
         baselines[spec.name] = base
         base = base.tail(lookback)
         with _quiet():
-            deviation = spec.direction * (values - base.expected)
+            deviation = spec.direction * (values - base.level_reference)
+            # Only a shared shift towards the bad side is discounted: a cohort doing better
+            # than usual makes no device look worse.
+            deviation -= np.maximum(common_shift(deviation, groups), 0.0)
             z = deviation / base.scale
             big_enough = deviation >= np.maximum(
                 spec.min_deviation, spec.relative_deviation * np.abs(base.expected)
             )
             deviant = (z >= spec.z_threshold) & big_enough & (base.source > 0)
             deviant &= base.peer_gate(values, spec.direction, spec.z_threshold)
-        trend = (
-            _trend(values, base, spec, max(0, start - RUN_LOOKBACK_BINS))
-            if spec.limit is not None
-            else None
-        )
+        trend = None
+        if spec.limit is not None:
+            with _quiet():
+                residual = values - base.expected
+                residual = residual - common_shift(residual, groups)
+            trend = _trend(values, residual, base, spec, max(0, start - RUN_LOOKBACK_BINS))
         flagged = deviant.any(axis=1)
         if trend is not None:
             flagged |= trend.flags.any(axis=1)
@@ -697,7 +609,7 @@ def detect(
                 )
             if trend is None:
                 continue
-            for first, final in runs(trend.flags[row], gap=GAP_BINS, minimum=2):
+            for first, final in runs(trend.flags[row], gap=GAP_BINS, minimum=PERSISTENCE_BINS):
                 if final < start:
                     continue
                 soonest = float(np.nanmin(trend.hours_to_limit[row, first : final + 1]))

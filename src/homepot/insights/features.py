@@ -6,11 +6,18 @@ terminal switched off at closing time is not broken), or logs a ``critical`` err
 device at a moment ``t`` the features describe only what was known at ``t``:
 
 - per metric (cpu, memory, disk, network latency, error rate): the last value, the mean of
-  the last hour, the slope of the last three hours (per hour), and how far the last hour is
-  from the device's own normal over the day before (robust z: median and MAD);
-- error reports of the last 6 h by severity, and external-service errors;
+  the last hour, the slope of the last three hours (per hour), how far the last hour is
+  from the device's own normal over the day before (robust z: median and MAD), and how far
+  it is above the highest the device usually reached that day (its 95th percentile);
+- the hours until memory reaches 98 % at the slope of the last three hours;
+- error reports of the last hour (critical) and the last 6 h by severity, and
+  external-service errors;
 - failed jobs in the last 24 h, state changes and configuration changes in the last 6 h;
-- hours since the device last came online, minutes since it last reported.
+- the device's own failures (as defined above) in the last 2 h and 24 h, and the minutes
+  since its last one: failures come in bursts (a flapping link, a gateway that keeps timing
+  out);
+- hours since the device last came online, minutes since it last reported, and hours until
+  its site closes (a terminal switched off at closing cannot fail while it is off).
 
 The target of a training sample is whether a failure starts in ``(t, t + horizon]``. Samples
 are taken every 15 minutes while the device is up (a device already down cannot fail again).
@@ -53,8 +60,12 @@ METRICS = (
     ("error_rate", "error_rate"),
 )
 FEATURES: tuple[str, ...] = tuple(
-    f"{name}_{kind}" for name, _ in METRICS for kind in ("last", "mean_1h", "slope_3h", "dev_24h")
+    f"{name}_{kind}"
+    for name, _ in METRICS
+    for kind in ("last", "mean_1h", "slope_3h", "dev_24h", "excess_24h")
 ) + (
+    "memory_hours_to_limit",
+    "errors_critical_1h",
     "errors_critical_6h",
     "errors_error_6h",
     "errors_warning_6h",
@@ -62,8 +73,12 @@ FEATURES: tuple[str, ...] = tuple(
     "jobs_failed_24h",
     "state_changes_6h",
     "config_changes_6h",
+    "failures_2h",
+    "failures_24h",
+    "minutes_since_failure",
     "hours_since_online",
     "minutes_since_report",
+    "hours_until_close",
 )
 DOWN_STATES = frozenset({"error", "offline"})
 SAMPLE_STEP = timedelta(minutes=15)
@@ -72,6 +87,10 @@ HISTORY = timedelta(hours=24)
 _HOUR = 3600.0
 _CAP_HOURS_SINCE_ONLINE = 72.0
 _CAP_MINUTES_SINCE_REPORT = 360.0
+_CAP_MINUTES_SINCE_FAILURE = 24 * 60.0
+_CAP_HOURS_TO_LIMIT = 48.0
+_CAP_HOURS_UNTIL_CLOSE = 24.0
+MEMORY_LIMIT = 98.0
 
 
 @dataclass
@@ -87,6 +106,8 @@ class DeviceHistory:
     failed_jobs: list[float] = field(default_factory=list)
     config_changes: list[float] = field(default_factory=list)
     failures: list[float] = field(default_factory=list)  # starts of failures (targets)
+    # The site's opening hours as sorted (open, close) epoch seconds; None: always open.
+    open_intervals: list[tuple[float, float]] | None = None
 
 
 @dataclass
@@ -151,7 +172,9 @@ async def load_history(
                 [np.nan if sample[index] is None else float(sample[index]) for sample in samples]
             )
 
-    expected_downtime = await _expected_downtime(session)
+    expected_downtime, opening = await _site_calendar(session)
+    for entry in devices.values():
+        entry.open_intervals = opening(entry.site_id, start, until + timedelta(days=1))
     for device_id, moment, new_state in (
         await session.execute(
             select(
@@ -166,6 +189,8 @@ async def load_history(
     ).all():
         entry = history(device_id)
         assert entry is not None
+        if entry.open_intervals is None and entry.site_id is not None:
+            entry.open_intervals = opening(entry.site_id, start, until + timedelta(days=1))
         entry.states.append((_epoch(moment), new_state))
         if new_state in DOWN_STATES and not expected_downtime(entry.site_id, moment, new_state):
             entry.failures.append(_epoch(moment))
@@ -222,8 +247,10 @@ async def load_history(
     return History(devices=devices, since=since, until=until)
 
 
-async def _expected_downtime(session: AsyncSession) -> Any:
+async def _site_calendar(session: AsyncSession) -> tuple[Any, Any]:
     """``expected(site_id, moment, state)``: is a device going to ``state`` then no failure?
+    And ``opening(site_id, start, end)``: the site's opening hours in epoch seconds (None for
+    a site without schedules: always open).
 
     Inside its site's maintenance window nothing is a failure (updates restart terminals). A
     terminal going ``offline`` while its site is closed is switched off for the night, not
@@ -245,7 +272,18 @@ async def _expected_downtime(session: AsyncSession) -> Any:
         around = timedelta(seconds=1)
         return not opening_intervals(schedules[site_id], zone, moment, moment + around)
 
-    return expected
+    def opening(
+        site_id: str | None, start: datetime, end: datetime
+    ) -> list[tuple[float, float]] | None:
+        if site_id is None or not schedules.get(site_id):
+            return None
+        zone = zones.get(site_id, "UTC")
+        return [
+            (_epoch(a), _epoch(b))
+            for a, b in opening_intervals(schedules[site_id], zone, start, end)
+        ]
+
+    return expected, opening
 
 
 def _count(times: Sequence[float], start: float, end: float) -> int:
@@ -277,6 +315,7 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
     hour_start = int(np.searchsorted(times, moment - _HOUR, side="right"))
     three_hours = int(np.searchsorted(times, moment - 3 * _HOUR, side="right"))
     day_start = int(np.searchsorted(times, moment - 24 * _HOUR, side="right"))
+    memory_mean = memory_slope = math.nan
     for name, _ in METRICS:
         series = entry.metric_values.get(name, np.empty(0))
         recent = series[hour_start:last_index]
@@ -290,12 +329,20 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
             median = float(np.median(before))
             spread = 1.4826 * float(np.median(np.abs(before - median)))
             deviation = (mean - median) / max(spread, 0.5)
+            excess = mean - float(np.percentile(before, 95))
         else:
-            deviation = math.nan
-        values += [last, mean, slope, deviation]
+            deviation = excess = math.nan
+        values += [last, mean, slope, deviation, excess]
+        if name == "memory":
+            memory_mean, memory_slope = mean, slope
+    if memory_slope > 0 and not math.isnan(memory_mean):
+        to_limit = max(0.0, MEMORY_LIMIT - memory_mean) / memory_slope
+        values.append(min(to_limit, _CAP_HOURS_TO_LIMIT))
+    else:
+        values.append(math.nan if math.isnan(memory_mean) else _CAP_HOURS_TO_LIMIT)
     six_hours = moment - 6 * _HOUR
     severities = {"critical": 0, "error": 0, "warning": 0}
-    external = 0
+    external = critical_last_hour = 0
     for at, severity, category in entry.errors[
         bisect.bisect_right(entry.errors, (six_hours, "\uffff", "")) :
     ]:
@@ -305,7 +352,11 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
             severities[severity] += 1
         if category == "external_service":
             external += 1
+        if severity == "critical" and at > moment - _HOUR:
+            critical_last_hour += 1
+    past = bisect.bisect_right(entry.failures, moment)
     values += [
+        float(critical_last_hour),
         float(severities["critical"]),
         float(severities["error"]),
         float(severities["warning"]),
@@ -313,6 +364,11 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
         float(_count(entry.failed_jobs, moment - 24 * _HOUR, moment)),
         float(_count([at for at, _ in entry.states], six_hours, moment)),
         float(_count(entry.config_changes, six_hours, moment)),
+        float(_count(entry.failures, moment - 2 * _HOUR, moment)),
+        float(_count(entry.failures, moment - 24 * _HOUR, moment)),
+        min((moment - entry.failures[past - 1]) / 60, _CAP_MINUTES_SINCE_FAILURE)
+        if past
+        else _CAP_MINUTES_SINCE_FAILURE,
     ]
     online = [at for at, state in entry.states if state == "online" and at <= moment]
     values.append(
@@ -325,7 +381,19 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
         if last_index
         else _CAP_MINUTES_SINCE_REPORT
     )
+    values.append(_hours_until_close(entry.open_intervals, moment))
     return values
+
+
+def _hours_until_close(intervals: list[tuple[float, float]] | None, moment: float) -> float:
+    """Hours until the site's current opening ends (0 while closed; the cap for a site that
+    never closes or whose schedule is unknown)."""
+    if intervals is None:
+        return _CAP_HOURS_UNTIL_CLOSE
+    index = bisect.bisect_right(intervals, (moment, math.inf)) - 1
+    if index < 0 or intervals[index][1] <= moment:
+        return 0.0
+    return min((intervals[index][1] - moment) / _HOUR, _CAP_HOURS_UNTIL_CLOSE)
 
 
 def fails_within(entry: DeviceHistory, moment: float, horizon: timedelta) -> bool:

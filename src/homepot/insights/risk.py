@@ -35,6 +35,7 @@ _LABELS = {
     "mean_1h": ("{metric} over the last hour", "{value:.1f}"),
     "slope_3h": ("{metric} trend", "{value:+.1f} per h"),
     "dev_24h": ("{metric} against its usual level", "{value:+.1f} robust z"),
+    "excess_24h": ("{metric} above its usual highest", "{value:+.1f}"),
 }
 _METRIC_NAMES = {
     "cpu": "CPU %",
@@ -44,6 +45,8 @@ _METRIC_NAMES = {
     "error_rate": "transaction error rate %",
 }
 _COUNT_LABELS = {
+    "memory_hours_to_limit": "hours until memory reaches 98 % at its trend",
+    "errors_critical_1h": "critical errors in the last hour",
     "errors_critical_6h": "critical errors in 6 h",
     "errors_error_6h": "errors in 6 h",
     "errors_warning_6h": "warnings in 6 h",
@@ -51,6 +54,10 @@ _COUNT_LABELS = {
     "jobs_failed_24h": "failed jobs in 24 h",
     "state_changes_6h": "state changes in 6 h",
     "config_changes_6h": "configuration changes in 6 h",
+    "failures_2h": "failures in the last 2 h",
+    "failures_24h": "failures in 24 h",
+    "minutes_since_failure": "minutes since its last failure",
+    "hours_until_close": "hours until its site closes",
     "hours_since_online": "hours since it came online",
     "minutes_since_report": "minutes since its last report",
 }

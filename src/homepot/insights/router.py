@@ -13,7 +13,7 @@ from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import CurrentUser, OperatorUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep, utcnow
-from homepot.insights import config_impact, job_advice, maintenance, service
+from homepot.insights import config_impact, episodes, job_advice, maintenance
 from homepot.insights.models import AnomalyStatus
 from homepot.insights.schemas import (
     AnomalyQuery,
@@ -60,7 +60,7 @@ _READ_ERRORS: dict[int | str, dict[str, Any]] = {
 async def list_anomalies(
     user: CurrentUser, session: SessionDep, params: Annotated[AnomalyQuery, Query()]
 ) -> CursorPage[AnomalyRead]:
-    return await service.list_anomalies(session, params)
+    return await episodes.list_anomalies(session, params)
 
 
 @router.patch(
@@ -82,7 +82,7 @@ async def update_anomaly(
     user: OperatorUser,
     session: SessionDep,
 ) -> AnomalyRead:
-    result = await service.set_status(session, anomaly_id, AnomalyStatus(body.status))
+    result = await episodes.set_status(session, anomaly_id, AnomalyStatus(body.status))
     if result is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no anomaly with id {anomaly_id}")
     row, previous = result
@@ -115,7 +115,7 @@ async def fleet(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Devices at most")] = 100,
 ) -> FleetRanking:
-    return await service.fleet_ranking(session, limit)
+    return await episodes.fleet_ranking(session, limit)
 
 
 @router.get(
@@ -138,7 +138,7 @@ async def device_insights(
     session: SessionDep,
     hours: Annotated[int, Query(ge=1, le=72, description="How far back the bands go")] = 6,
 ) -> DeviceInsights:
-    found = await service.device_insights(session, device_id, hours, utcnow())
+    found = await episodes.device_insights(session, device_id, hours, utcnow())
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
     return found

@@ -1,4 +1,5 @@
-"""Scanning device_metrics for anomalies, and reading and updating the episodes.
+"""Scanning device_metrics for anomalies and storing the episodes (reading and updating them:
+:mod:`homepot.insights.episodes`).
 
 A scan evaluates the complete 5-minute bins of ``[since, until)`` (see
 :mod:`homepot.insights.detectors`), site by site in chunks of devices, and reconciles what it
@@ -20,32 +21,22 @@ import asyncio
 import contextlib
 import logging
 import time as clock
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, cast, func, or_, select, text
+from sqlalchemy import Integer, cast, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
 from homepot.device.models import Device
 from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
-from homepot.insights.models import Anomaly, AnomalyStatus, DeviceRisk
-from homepot.insights.schemas import (
-    AnomalyQuery,
-    AnomalyRead,
-    BaselineBand,
-    DeviceInsights,
-    FleetDevice,
-    FleetRanking,
-    RiskRead,
-)
-from homepot.kit.pagination import CursorPage
-from homepot.kit.streams import Stream, at_least, equals, read_page
+from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
 from homepot.site.windows import maintenance_intervals, opening_intervals
 
@@ -147,18 +138,12 @@ async def single_scanner(engine: AsyncEngine) -> AsyncIterator[bool]:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def _bin_expression(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return cast(func.floor(func.extract("epoch", DeviceMetrics.timestamp) / 300), Integer)
-    return cast(func.strftime("%s", DeviceMetrics.timestamp), Integer) / 300
-
-
 async def _load(
     session: AsyncSession, device_ids: Sequence[str], first_bin: int, end_bin: int
 ) -> tuple[dict[str, Any], IntArray]:
     """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``."""
     np = det.numpy()
-    bucket = _bin_expression(session.get_bind().dialect.name).label("bucket")
+    bucket = epoch_bin(DeviceMetrics.timestamp, det.BIN_SECONDS).label("bucket")
     interval = func.coalesce(DeviceMetrics.collection_interval_seconds, det.BIN_SECONDS)
     with_count = DeviceMetrics.transaction_count.is_not(None)
     statement = (
@@ -216,7 +201,9 @@ class _Fleet:
     schedules: dict[str, list[SiteOperatingSchedule]]
 
 
-async def _fleet(session: AsyncSession, at: datetime, device_ids: Sequence[str] | None) -> _Fleet:
+async def load_fleet(
+    session: AsyncSession, at: datetime, device_ids: Sequence[str] | None
+) -> _Fleet:
     timezones: dict[str, str] = dict(
         (await session.execute(select(Site.site_id, Site.timezone))).all()
     )
@@ -367,7 +354,7 @@ async def scan(
             fingerprint = await _fleet_fingerprint(session) if server else None
             fleet = state.fleet
             if fleet is None or fingerprint is None or fingerprint != state.fleet_fingerprint:
-                fleet = await _fleet(session, until, device_ids)
+                fleet = await load_fleet(session, until, device_ids)
         if server:
             state.fleet, state.fleet_fingerprint = fleet, fingerprint
         report.bins = end_bin - first_bin
@@ -438,7 +425,7 @@ async def _chunk_bins(
     return context, None
 
 
-async def _prepare_chunk(
+async def prepare_chunk(
     session: AsyncSession,
     fleet: _Fleet,
     devices: list[det.DeviceInfo],
@@ -539,7 +526,7 @@ async def _scan_chunk(
         for row in stored
         if row.metric == det.REPORTING and row.ended_at is None
     }
-    chunk, day_baselines = await _prepare_chunk(
+    chunk, day_baselines = await prepare_chunk(
         session, fleet, devices, span, state, budget, known_silent
     )
     episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
@@ -649,174 +636,3 @@ def _extend(row: Anomaly, episode: Episode) -> bool:
         row.explanation,
         row.expected_maintenance,
     )
-
-
-# -- reading and updating --------------------------------------------------------------------
-
-
-async def set_status(
-    session: AsyncSession, anomaly_id: int, status: AnomalyStatus
-) -> tuple[Anomaly, str] | None:
-    """Acknowledge or resolve an episode; (the row, its previous status) or None if unknown."""
-    row = await session.get(Anomaly, anomaly_id)
-    if row is None:
-        return None
-    previous = row.status
-    row.status = status.value
-    await session.flush()
-    return row, previous
-
-
-def active_filter() -> Any:
-    """Episodes an operator should look at: under way, not resolved, not maintenance."""
-    return and_(
-        Anomaly.ended_at.is_(None),
-        Anomaly.status != AnomalyStatus.resolved.value,
-        Anomaly.expected_maintenance.is_(False),
-    )
-
-
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
-ANOMALIES: Final = Stream(
-    Anomaly,
-    AnomalyQuery,
-    AnomalyRead,
-    {
-        "device_id": equals(Anomaly.device_id),
-        "site_id": equals(Anomaly.site_id),
-        "metric": equals(Anomaly.metric),
-        "status": equals(Anomaly.status),
-        "min_score": at_least(Anomaly.score),
-        "expected_maintenance": equals(Anomaly.expected_maintenance),
-    },
-    time_column="started_at",
-)
-
-
-async def list_anomalies(session: AsyncSession, params: AnomalyQuery) -> CursorPage[AnomalyRead]:
-    """A page of episodes, the most recently started first."""
-    return await read_page(session, ANOMALIES, params)
-
-
-# A device without active episodes is listed when its risk is at least this.
-LISTED_RISK: Final = 0.05
-
-
-def _risk_source(risks: Iterable[DeviceRisk]) -> Literal["model", "anomalies"]:
-    return "model" if any(row.model != "anomalies" for row in risks) else "anomalies"
-
-
-async def fleet_ranking(session: AsyncSession, limit: int) -> FleetRanking:
-    """Devices at risk, the riskiest first: by their newest risk score when the server has
-    scored them (a trained model, or the anomaly episodes), then by their worst active
-    episode. A device is listed with an active episode or a risk of at least 5 %."""
-    from homepot.insights.scoring import latest_risks
-
-    rows = (
-        await session.scalars(
-            select(Anomaly)
-            .where(active_filter(), Anomaly.device_id.is_not(None))
-            .order_by(Anomaly.score.desc(), Anomaly.started_at.desc(), Anomaly.id.desc())
-        )
-    ).all()
-    by_device: dict[str, list[Anomaly]] = {}
-    for row in rows:
-        assert row.device_id is not None
-        by_device.setdefault(row.device_id, []).append(row)
-    risks = await latest_risks(session)
-    listed = set(by_device) | {d for d, r in risks.items() if r.risk >= LISTED_RISK}
-
-    def order(device_id: str) -> tuple[float, int, int, str]:
-        risk = risks.get(device_id)
-        episodes = by_device.get(device_id, [])
-        return (
-            -(risk.risk if risk is not None else 0.0),
-            -(episodes[0].score if episodes else 0),
-            -len(episodes),
-            device_id,
-        )
-
-    devices = []
-    for device_id in sorted(listed, key=order)[:limit]:
-        episodes = by_device.get(device_id, [])
-        risk = risks.get(device_id)
-        devices.append(
-            FleetDevice(
-                device_id=device_id,
-                site_id=episodes[0].site_id if episodes else risk.site_id if risk else None,
-                worst_severity=det.severity_of(episodes[0].score) if episodes else None,
-                top_score=episodes[0].score if episodes else None,
-                risk=RiskRead.model_validate(risk) if risk is not None else None,
-                active_anomalies=[AnomalyRead.model_validate(row) for row in episodes],
-            )
-        )
-    return FleetRanking(risk_source=_risk_source(risks.values()), devices=devices)
-
-
-# Bands drawn around the expected value: this many spreads either side.
-BAND_SPREADS: Final = 3.0
-
-
-async def device_insights(
-    session: AsyncSession, device_id: str, hours: int, now: datetime
-) -> DeviceInsights | None:
-    """A device's episodes over the last ``hours`` (and any still under way), and for each
-    metric its 5-minute means next to the expected band; None for an unknown device."""
-    np = det.numpy()
-    device = await session.get(Device, device_id)
-    if device is None:
-        return None
-    end_bin = det.bin_of(now) + 1  # the bin under way too: a chart wants the newest sample
-    first_bin = end_bin - hours * det.BINS_PER_HOUR
-    fleet = await _fleet(session, now, None)
-    peers = [d for d in fleet.devices if d.site_id == device.site_id]
-    row = next(index for index, d in enumerate(peers) if d.device_id == device_id)
-    chunk, day_baselines = await _prepare_chunk(
-        session, fleet, peers, (first_bin, end_bin), ScanState(), [None], {}
-    )
-    start = det.CONTEXT_BINS
-    times = [det.bin_start(first_bin + column) for column in range(end_bin - first_bin)]
-    bands = []
-    for spec in det.METRICS:
-        base = det.baseline(chunk, spec, day_baselines.get(spec.name, []), start)
-        expected = base.expected[row, start:]
-        spread = base.scale[row, start:] * BAND_SPREADS
-        bands.append(
-            BaselineBand(
-                metric=spec.name,
-                times=times,
-                observed=_floats(chunk.values[spec.name][row, start:]),
-                expected=_floats(expected),
-                lower=_floats(np.maximum(expected - spread, 0)),
-                upper=_floats(expected + spread),
-                source=[det.SOURCE_NAMES[code] for code in base.source[row, start:]],
-            )
-        )
-    since = det.bin_start(first_bin)
-    episodes = await session.scalars(
-        select(Anomaly)
-        .where(
-            Anomaly.device_id == device_id,
-            or_(Anomaly.ended_at.is_(None), Anomaly.ended_at >= since),
-        )
-        .order_by(Anomaly.started_at.desc(), Anomaly.id.desc())
-        .limit(200)
-    )
-    from homepot.insights.scoring import latest_risks
-
-    risk = (await latest_risks(session, [device_id])).get(device_id)
-    return DeviceInsights(
-        device_id=device_id,
-        site_id=device.site_id,
-        risk_source=_risk_source([risk] if risk is not None else []),
-        risk=RiskRead.model_validate(risk) if risk is not None else None,
-        anomalies=[AnomalyRead.model_validate(episode) for episode in episodes],
-        bands=bands,
-    )
-
-
-def _floats(values: Any) -> list[float | None]:
-    return [None if value != value else round(float(value), 3) for value in values.tolist()]

@@ -17,6 +17,16 @@ from sqlalchemy.orm import InstrumentedAttribute
 MIN_BUCKET_SECONDS = 1
 
 
+def epoch_bin(column: InstrumentedAttribute[datetime], seconds: int) -> ColumnElement[int]:
+    """The number of the ``seconds``-wide bin since the epoch that holds ``column``.
+
+    An integer on both backends: the remainder is taken off before dividing, so the division
+    is exact (SQLAlchemy 2 renders ``/`` as true division, and SQLite may lack floor()).
+    """
+    epoch = extract("epoch", column)
+    return cast((epoch - epoch % seconds) / seconds, BigInteger)
+
+
 @dataclass(frozen=True)
 class Buckets:
     """``points`` buckets of ``seconds`` each covering ``since`` to ``until``."""

@@ -1,0 +1,86 @@
+"""What the detectors tell apart: a site-wide busy day is not one terminal's anomaly, and a
+disk filling in steps is flagged with its projected crossing before it is full."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from homepot.db import create_engine
+from homepot.insights.models import Anomaly
+from homepot.insights.service import scan
+from tests.insights.fleetdata import SCAN_DAY, Sample, add_history, create_site_with_hours
+
+HISTORY_START = SCAN_DAY - timedelta(days=14)
+DAY_END = SCAN_DAY + timedelta(days=1)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def episodes(engine: AsyncEngine, **filters: object) -> list[Anomaly]:
+    async with AsyncSession(engine) as session:
+        statement = select(Anomaly).filter_by(**filters).order_by(Anomaly.started_at)
+        return list(await session.scalars(statement))
+
+
+def at(hours: float) -> datetime:
+    return SCAN_DAY + timedelta(hours=hours)
+
+
+async def test_a_busy_day_for_the_whole_site_raises_no_alert_on_any_terminal(
+    engine: AsyncEngine,
+) -> None:
+    """A promotion keeps every terminal of the site 25 CPU points and 6 memory points above
+    its usual afternoon: each is far from its own normal, none is far from its peers."""
+
+    def promotion(moment: datetime, sample: Sample) -> Sample | None:
+        if at(12) <= moment < at(18):
+            sample["cpu_percent"] = min(100.0, sample["cpu_percent"] + 25)
+            sample["memory_percent"] = sample["memory_percent"] + 6
+        return sample
+
+    terminals = [f"pos-busy-{number}" for number in range(5)]
+    await create_site_with_hours(engine, "site-busy", terminals)
+    for number, device_id in enumerate(terminals):
+        await add_history(engine, device_id, HISTORY_START, DAY_END, seed=number, tweak=promotion)
+
+    await scan(engine, SCAN_DAY, DAY_END)
+
+    assert [(row.device_id, row.metric, row.explanation) for row in await episodes(engine)] == []
+
+
+async def test_a_disk_filling_in_steps_is_flagged_with_its_crossing_before_it_is_full(
+    engine: AsyncEngine,
+) -> None:
+    """A journal export, then cache downloads: 41 % -> 53 % -> 67 % -> 82 %, two hours apart."""
+    steps = ((at(10), 53.0), (at(12), 67.0), (at(14), 82.0), (at(16), 99.2))
+
+    def filling(moment: datetime, sample: Sample) -> Sample | None:
+        for since, level in steps:
+            if moment >= since:
+                sample["disk_percent"] = level
+        return sample
+
+    await create_site_with_hours(engine, "site-disk", ["pos-disk", "pos-ok"])
+    await add_history(engine, "pos-disk", HISTORY_START, DAY_END, tweak=filling)
+    await add_history(engine, "pos-ok", HISTORY_START, DAY_END)
+
+    await scan(engine, SCAN_DAY, at(14.5))  # an hour and a half before it is full
+
+    disk = await episodes(engine, device_id="pos-disk", metric="disk")
+    assert disk, "the filling disk went unnoticed"
+    assert disk[0].started_at <= at(10.25)  # from the first step on
+    projected = [row for row in disk if re.search(r"reaches 99 % in ~\S+", row.explanation or "")]
+    assert projected, [row.explanation for row in disk]
+    assert all(row.started_at < at(14.5) for row in projected)
+    assert await episodes(engine, device_id="pos-ok") == []
