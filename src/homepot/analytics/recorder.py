@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.schema import ColumnDefault
 
-from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog
+from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog, event_key
 from homepot.config import AnalyticsSettings
 from homepot.db import Failure, UTCDateTime, classify_failure, new_event_id, utcnow
 from homepot.kit.jsonlimits import MAX_DEPTH
@@ -410,7 +410,7 @@ class Recorder:
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._statements = {
             name: insert(shape.table)
-            .on_conflict_do_nothing(index_elements=["event_id"])
+            .on_conflict_do_nothing(index_elements=list(event_key(shape.table)))
             # RETURNING counts what was inserted (rowcount is unknown for executemany).
             .returning(shape.table.c.id)
             .execution_options(insertmanyvalues_page_size=_PAGE_ROWS)

@@ -1,8 +1,12 @@
-"""Pruning old rows: counted (a dry run) or deleted in bounded batches, one runner at a time.
+"""Pruning old rows: counted (a dry run) or deleted, one runner at a time.
 
 Every table is cut at one moment per run: ``as_of - days``, rows strictly older go. A dry run
-counts exactly the rows a real run with the same ``as_of`` deletes. Deletes go by primary
-key, ``batch_size`` rows a transaction, oldest ids first, so that no delete holds locks long
+counts exactly the rows a real run with the same ``as_of`` deletes. On PostgreSQL, a table
+partitioned by time (homepot.retention.partitions) first loses every partition whose whole
+range is older than the cutoff, dropped whole (instant, and no bloat left to vacuum). The
+rows older than the cutoff that remain (in the partition that straddles it, in the default
+partition, and in tables that are not partitioned) are deleted by primary key,
+``batch_size`` rows a transaction, oldest ids first, so that no delete holds locks long
 enough to stall the recorder's inserts.
 
 One run at a time: on PostgreSQL a session-level advisory lock, taken with
@@ -30,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.audit.service import Actor, write_audit_log
 from homepot.db import utcnow
+from homepot.retention.partitions import Partition, drop_partition, expired_partitions
 from homepot.retention.policy import TablePolicy
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ class TableOutcome:
     cutoff: datetime | None
     rows: int
     batches: int
+    # Partitions dropped whole (their rows are counted in ``rows``); in a dry run, that would be.
+    partitions: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +65,7 @@ class TableOutcome:
             "cutoff": self.cutoff.isoformat() if self.cutoff else None,
             "rows": self.rows,
             "batches": self.batches,
+            "partitions_dropped": list(self.partitions),
         }
 
 
@@ -145,6 +153,30 @@ async def _delete_older(
         await asyncio.sleep(0)  # let the recorder and requests in between batches
 
 
+async def _expired_partitions(
+    engine: AsyncEngine, policy: TablePolicy, cutoff: datetime
+) -> list[Partition]:
+    if engine.dialect.name != "postgresql" or policy.table.time_column != "timestamp":
+        return []
+    async with engine.connect() as connection:
+        return await expired_partitions(connection, policy.name, cutoff)
+
+
+async def _prune(
+    engine: AsyncEngine, policy: TablePolicy, cutoff: datetime, batch_size: int, dry_run: bool
+) -> TableOutcome:
+    partitions = await _expired_partitions(engine, policy, cutoff)
+    names = tuple(partition.name for partition in partitions)
+    if dry_run:
+        rows = await _count_older(engine, policy, cutoff)
+        return TableOutcome(policy.name, policy.days, cutoff, rows, 0, names)
+    dropped = 0
+    for partition in partitions:
+        dropped += await drop_partition(engine, partition)
+    rows, batches = await _delete_older(engine, policy, cutoff, batch_size)
+    return TableOutcome(policy.name, policy.days, cutoff, dropped + rows, batches, names)
+
+
 async def _write_audit(
     engine: AsyncEngine, actor: Actor, report: RetentionReport, context: dict[str, Any]
 ) -> None:
@@ -193,17 +225,13 @@ async def apply_retention(
             cutoff = table_policy.cutoff(as_of)
             try:
                 if cutoff is None:
-                    rows, batches = 0, 0
-                elif dry_run:
-                    rows, batches = await _count_older(engine, table_policy, cutoff), 0
+                    outcome = TableOutcome(table_policy.name, None, None, 0, 0)
                 else:
-                    rows, batches = await _delete_older(engine, table_policy, cutoff, batch_size)
+                    outcome = await _prune(engine, table_policy, cutoff, batch_size, dry_run)
             except Exception as exc:
                 failure = exc
                 break
-            outcomes.append(
-                TableOutcome(table_policy.name, table_policy.days, cutoff, rows, batches)
-            )
+            outcomes.append(outcome)
         report = RetentionReport(as_of=as_of, dry_run=dry_run, outcomes=tuple(outcomes))
         extra = dict(context or {})
         if failure is not None:
