@@ -313,14 +313,12 @@ CHART_METRICS: Final = (
 )
 
 
-class DeviceMetricsRollup(Base):
-    """One device's samples over one interval (``bucket`` is the interval's start)."""
+class MetricsRollup(Base):
+    """Samples over one interval: per chart metric the sum and count of the samples carrying
+    it, its minimum and maximum."""
 
     __abstract__ = True
 
-    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    bucket: Mapped[datetime] = mapped_column(primary_key=True)
-    source: Mapped[str] = mapped_column(String(16), primary_key=True)
     samples: Mapped[int] = mapped_column(Integer)
     cpu_percent_sum: Mapped[float | None] = mapped_column(Float)
     cpu_percent_count: Mapped[int] = mapped_column(Integer)
@@ -348,6 +346,16 @@ class DeviceMetricsRollup(Base):
     error_rate_max: Mapped[float | None] = mapped_column(Float)
 
 
+class DeviceMetricsRollup(MetricsRollup):
+    """One device's samples over one interval (``bucket`` is the interval's start)."""
+
+    __abstract__ = True
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
 class DeviceMetricsMinute(DeviceMetricsRollup):
     __tablename__ = "device_metrics_minute"
     __table_args__ = (Index("ix_device_metrics_minute_bucket", "bucket"),)
@@ -356,6 +364,16 @@ class DeviceMetricsMinute(DeviceMetricsRollup):
 class DeviceMetricsHour(DeviceMetricsRollup):
     __tablename__ = "device_metrics_hour"
     __table_args__ = (Index("ix_device_metrics_hour_bucket", "bucket"),)
+
+
+class FleetMetricsHour(MetricsRollup):
+    """Every device's samples over one hour (fleet charts), and how many devices sent them."""
+
+    __tablename__ = "fleet_metrics_hour"
+
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    devices: Mapped[int] = mapped_column(Integer)
 
 
 class APIRequestMinute(Base):
@@ -401,6 +419,7 @@ class RollupProgress(Base):
 ROLLUP_MODELS: tuple[type[Base], ...] = (
     DeviceMetricsMinute,
     DeviceMetricsHour,
+    FleetMetricsHour,
     APIRequestMinute,
     RollupProgress,
 )

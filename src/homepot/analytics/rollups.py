@@ -1,8 +1,10 @@
-"""Rollups for charts: device metrics per device per minute and per hour, requests per route
-per minute, kept up to date by a periodic pass and rebuilt for any period by a backfill.
+"""Rollups for charts: device metrics per device per minute and per hour (and the whole
+fleet's per hour), requests per route per minute, kept up to date by a periodic pass and
+rebuilt for any period by a backfill.
 
 Charts over days read these instead of raw rows (homepot.device.history, the overview): a
-7-day chart of a device is 168 hourly rows, not 20,000 samples.
+7-day chart of a device is 168 hourly rows, not 20,000 samples; the fleet's 7-day chart
+168 rows, not 100 million.
 
 **Exact, not estimated.** A device rollup keeps per metric the sum and the count of the
 samples that carried it, the minimum and the maximum, so an average over any set of minutes
@@ -118,6 +120,25 @@ def _device_hour_sql(dialect: str) -> str:
     )
 
 
+def _fleet_hour_sql() -> str:
+    aggregates = ", ".join(
+        f"sum({m}_sum), sum({m}_count), min({m}_min), max({m}_max)" for m in CHART_METRICS
+    )
+    names = ", ".join(f"{m}_sum, {m}_count, {m}_min, {m}_max" for m in CHART_METRICS)
+    updates = ", ".join(
+        f"{m}_{part} = excluded.{m}_{part}"
+        for m in CHART_METRICS
+        for part in ("sum", "count", "min", "max")
+    )
+    return (
+        f"INSERT INTO fleet_metrics_hour (bucket, source, devices, samples, {names}) "
+        f"SELECT bucket, source, count(*), sum(samples), {aggregates} "
+        "FROM device_metrics_hour WHERE bucket >= :lo AND bucket < :hi GROUP BY 1, 2 "
+        "ON CONFLICT (bucket, source) DO UPDATE SET devices = excluded.devices, "
+        f"samples = excluded.samples, {updates}"
+    )
+
+
 def _latency_index_sql() -> str:
     cases = " ".join(
         f"WHEN response_time_ms < {bound} THEN {index}"
@@ -171,10 +192,12 @@ async def _roll_up_range(
         await connection.execute(
             _range_params(_device_minute_sql(dialect)), {"lo": start, "hi": end}
         )
-        hour_end = _floor_hour(end - timedelta(microseconds=1)) + HOUR
-        await connection.execute(
-            _range_params(_device_hour_sql(dialect)), {"lo": _floor_hour(start), "hi": hour_end}
-        )
+        hours = {
+            "lo": _floor_hour(start),
+            "hi": _floor_hour(end - timedelta(microseconds=1)) + HOUR,
+        }
+        await connection.execute(_range_params(_device_hour_sql(dialect)), hours)
+        await connection.execute(_range_params(_fleet_hour_sql()), hours)
     else:
         await connection.execute(
             _range_params(_request_minute_sql(dialect)), {"lo": start, "hi": end}

@@ -13,11 +13,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import queries, rollups
-from homepot.analytics.models import DeviceMetrics, DeviceMetricsHour, DeviceMetricsMinute
+from homepot.analytics.models import (
+    DeviceMetrics,
+    DeviceMetricsHour,
+    DeviceMetricsMinute,
+    FleetMetricsHour,
+)
 from homepot.analytics.schemas import (
     ConfigHistoryQuery,
     ConfigurationHistoryRead,
@@ -75,12 +80,12 @@ async def bucketed_metrics(
     if split <= buckets.since:
         return await _raw_metrics(session, buckets, device_id)
     hourly = buckets.seconds % 3600 == 0 and buckets.since.timestamp() % 3600 == 0
-    rolled = await _rollup_metrics(
-        session,
-        Buckets(since=buckets.since, until=split, seconds=buckets.seconds),
-        DeviceMetricsHour if hourly else DeviceMetricsMinute,
-        device_id,
-    )
+    settled = Buckets(since=buckets.since, until=split, seconds=buckets.seconds)
+    if hourly and device_id is None:
+        rolled = await _fleet_rollup_metrics(session, settled)
+    else:
+        model = DeviceMetricsHour if hourly else DeviceMetricsMinute
+        rolled = await _rollup_metrics(session, settled, model, device_id)
     if split >= buckets.until:
         return rolled
     fresh = await _raw_metrics(
@@ -122,6 +127,58 @@ async def _rollup_metrics(
     return _points(buckets, (await session.execute(statement)).all())
 
 
+async def _fleet_rollup_metrics(session: AsyncSession, buckets: Buckets) -> list[MetricPoint]:
+    """The fleet's points from its hourly rollup. ``devices`` of a bucket is the most devices
+    that reported in any one of its hours (every terminal reports every hour, so that is the
+    terminals the bucket saw, short of one that went silent as another joined)."""
+    hour = FleetMetricsHour
+    sums = [
+        func.sum(getattr(hour, f"{metric}_{part}")).label(f"{metric}_{part}")
+        for metric in (
+            "cpu_percent",
+            "memory_percent",
+            "disk_percent",
+            "network_latency_ms",
+            "transaction_count",
+            "error_rate",
+        )
+        for part in ("sum", "count")
+    ]
+    per_hour = (
+        select(
+            hour.bucket,
+            func.sum(hour.samples).label("samples"),
+            func.sum(hour.devices).label("devices"),
+            *sums,
+        )
+        .where(hour.bucket >= buckets.since, hour.bucket < buckets.until)
+        .group_by(hour.bucket)
+        .subquery()
+    )
+    start = buckets.start_of(per_hour.c.bucket).label("bucket")
+
+    def average(metric: str) -> ColumnElement[Any]:
+        total = func.sum(per_hour.c[f"{metric}_sum"])
+        return total / func.nullif(func.sum(per_hour.c[f"{metric}_count"]), 0)
+
+    statement = (
+        select(
+            start,
+            func.sum(per_hour.c.samples),
+            average("cpu_percent"),
+            average("memory_percent"),
+            average("disk_percent"),
+            average("network_latency_ms"),
+            func.sum(per_hour.c.transaction_count_sum),
+            average("error_rate"),
+            func.max(per_hour.c.devices),
+        )
+        .group_by(start)
+        .order_by(start)
+    )
+    return _points(buckets, (await session.execute(statement)).all())
+
+
 async def _raw_metrics(
     session: AsyncSession, buckets: Buckets, device_id: str | None
 ) -> list[MetricPoint]:
@@ -147,7 +204,7 @@ async def _raw_metrics(
     return _points(buckets, (await session.execute(statement)).all())
 
 
-def _points(buckets: Buckets, rows: Sequence[Row[Any]]) -> list[MetricPoint]:
+def _points(buckets: Buckets, rows: Sequence[Any]) -> list[MetricPoint]:
     return [
         MetricPoint(
             timestamp=buckets.moment(bucket),

@@ -64,7 +64,9 @@ class Buckets:
         epoch = math.floor(moment.timestamp())
         return datetime.fromtimestamp(epoch - epoch % self.seconds, UTC)
 
-    def start_of(self, column: InstrumentedAttribute[datetime]) -> ColumnElement[Any]:
+    def start_of(
+        self, column: InstrumentedAttribute[datetime] | ColumnElement[datetime]
+    ) -> ColumnElement[Any]:
         """The epoch second at which the bucket holding ``column`` starts.
 
         Buckets are counted from ``since`` (rounded down to a second), so that the first one

@@ -227,6 +227,23 @@ async def maintain_partitions(
     return MaintenanceReport(tuple(created))
 
 
+async def create_partitions_between(
+    engine: AsyncEngine, table: PartitionedTable, since: datetime, until: datetime
+) -> list[str]:
+    """Create the missing partitions of ``table`` from ``since`` to ``until``: before a bulk
+    load of history (a restore, an import), so that its rows go straight into their periods
+    instead of through the default partition."""
+    async with engine.connect() as connection:
+        existing = {p.start for p in await partitions_of(connection, table.name)}
+    created = []
+    start = table.start_of(since)
+    while start < until:
+        if start not in existing and await create_partition(engine, table, start):
+            created.append(table.partition_name(start))
+        start += table.length()
+    return created
+
+
 async def expired_partitions(
     connection: AsyncConnection, table: str, cutoff: datetime
 ) -> list[Partition]:

@@ -14,7 +14,8 @@ it still conflicts.
 SQLite keeps plain tables; only the unique keys change there too (to what the models say), so
 that one conflict target serves both databases.
 
-New on both: device_metrics_minute, device_metrics_hour and api_request_minute (rollups for
+New on both: device_metrics_minute, device_metrics_hour, fleet_metrics_hour and
+api_request_minute (rollups for
 charts; the two minute tables partitioned by day on PostgreSQL) and rollup_progress.
 
 Revision ID: e4d2c9a1b7f3
@@ -174,6 +175,14 @@ def _create_rollup_tables(postgresql: bool) -> None:
         )
         op.create_index(f"ix_{name}_bucket", name, ["bucket"], unique=False)
     op.create_table(
+        "fleet_metrics_hour",
+        sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("devices", sa.Integer(), nullable=False),
+        *_rollup_columns(),
+        sa.PrimaryKeyConstraint("bucket", "source", name=op.f("pk_fleet_metrics_hour")),
+    )
+    op.create_table(
         "api_request_minute",
         sa.Column("route", sa.String(length=512), nullable=False),
         sa.Column("method", sa.String(length=10), nullable=False),
@@ -229,7 +238,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
-    for name in ("rollup_progress", "api_request_minute", "device_metrics_hour"):
+    for name in (
+        "rollup_progress",
+        "api_request_minute",
+        "fleet_metrics_hour",
+        "device_metrics_hour",
+    ):
         op.drop_table(name)
     op.drop_table("device_metrics_minute")
     if postgresql:
