@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Column, Table, delete, func, select, text
@@ -34,7 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.audit.service import Actor, write_audit_log
 from homepot.db import utcnow
-from homepot.retention.partitions import Partition, drop_partition, expired_partitions
+from homepot.retention.partitions import (
+    PARTITIONED_BY_NAME,
+    Partition,
+    drop_partition,
+    expired_partitions,
+)
 from homepot.retention.policy import TablePolicy
 
 logger = logging.getLogger(__name__)
@@ -118,10 +123,10 @@ async def _single_runner(engine: AsyncEngine) -> AsyncIterator[bool]:
             await autocommit.execute(text("SELECT pg_advisory_unlock(:key)"), key)
 
 
-def _columns(policy: TablePolicy) -> tuple[Table, Column[Any], Column[Any]]:
+def _columns(policy: TablePolicy) -> tuple[Table, Column[Any], Column[Any] | None]:
     table = policy.table.model.__table__
     assert isinstance(table, Table)
-    return table, table.c[policy.table.time_column], table.c["id"]
+    return table, table.c[policy.table.time_column], table.c.get("id")
 
 
 async def _count_older(engine: AsyncEngine, policy: TablePolicy, cutoff: datetime) -> int:
@@ -138,6 +143,8 @@ async def _delete_older(
 ) -> tuple[int, int]:
     """Delete the rows older than ``cutoff``, a batch a transaction; (rows, batches)."""
     table, time_column, id_column = _columns(policy)
+    if id_column is None:
+        return await _delete_older_by_hour(engine, table, time_column, cutoff)
     oldest = select(id_column).where(time_column < cutoff).order_by(id_column).limit(batch_size)
     statement = delete(table).where(id_column.in_(oldest.scalar_subquery()))
     deleted = batches = 0
@@ -153,10 +160,33 @@ async def _delete_older(
         await asyncio.sleep(0)  # let the recorder and requests in between batches
 
 
+async def _delete_older_by_hour(
+    engine: AsyncEngine, table: Table, time_column: Column[Any], cutoff: datetime
+) -> tuple[int, int]:
+    """For tables without an id (the rollups): one hour of rows a transaction, oldest first."""
+    deleted = batches = 0
+    while True:
+        async with engine.connect() as connection:
+            oldest = await connection.scalar(
+                select(func.min(time_column)).where(time_column < cutoff)
+            )
+        if oldest is None:
+            return deleted, batches
+        until = min(cutoff, oldest + timedelta(hours=1))
+        async with engine.begin() as connection:
+            result = await connection.execute(delete(table).where(time_column < until))
+        deleted += result.rowcount
+        batches += 1
+        await asyncio.sleep(0)
+
+
 async def _expired_partitions(
     engine: AsyncEngine, policy: TablePolicy, cutoff: datetime
 ) -> list[Partition]:
-    if engine.dialect.name != "postgresql" or policy.table.time_column != "timestamp":
+    partitioned = PARTITIONED_BY_NAME.get(policy.name)
+    if engine.dialect.name != "postgresql" or partitioned is None:
+        return []
+    if partitioned.column != policy.table.time_column:
         return []
     async with engine.connect() as connection:
         return await expired_partitions(connection, policy.name, cutoff)
