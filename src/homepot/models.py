@@ -1,4 +1,4 @@
-"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 21 tables."""
+"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 22 tables."""
 
 from homepot.analytics.models import (
     EVENT_MODELS,
