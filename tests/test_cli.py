@@ -87,7 +87,7 @@ def test_init_with_sample_data_twice_fills_every_table_once(database_url: str) -
     assert can_log_in(database_url, "admin@homepot.example", password)
     after_first = counts(database_url)
     assert set(after_first) == set(TABLE_NAMES)
-    assert len(after_first) == 17
+    assert len(after_first) == 22
     assert all(count > 0 for count in after_first.values()), after_first
 
     second = ok(homepot(database_url, "db", "init", "--sample-data"))
@@ -171,14 +171,14 @@ def test_sample_data_leaves_an_existing_user_and_real_rows_alone(database_url: s
 # --- db count / db show --------------------------------------------------------------------
 
 
-def test_db_count_renders_all_17_tables_with_their_groups(database_url: str) -> None:
+def test_db_count_renders_all_22_tables_with_their_groups(database_url: str) -> None:
     ok(homepot(database_url, "db", "init", "--sample-data"))
     output = ok(homepot(database_url, "db", "count")).stdout
     expected = counts(database_url)
     for table, count in expected.items():
         assert re.search(rf"│ {table}\s*│\s*{count:,} │", output), table
-    assert "17 tables" in output
-    for group in ("core", "analytics", "AI-focused", "operational", "insights"):
+    assert "22 tables" in output
+    for group in ("core", "analytics", "AI-focused", "operational", "insights", "rollups"):
         assert group in output
     assert re.search(r"operational\s*│ job_executions\s*│", output)
 

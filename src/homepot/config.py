@@ -153,6 +153,16 @@ class RetentionSettings(BaseModel):
     interval_seconds: float = Field(default=3600, gt=0)
     # Rows deleted per transaction, so that no delete holds locks that block ingestion long.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # PostgreSQL: how often the server creates the coming time partitions (and moves rows
+    # out of the default partitions); once at start too (homepot.retention.partitions).
+    partition_interval_seconds: float = Field(default=3600, gt=0)
+
+
+class RollupSettings(BaseModel):
+    """The chart rollups (homepot.analytics.rollups): one pass every ``interval_seconds``."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=60, gt=0)
 
 
 class LimitsSettings(BaseModel):
@@ -235,6 +245,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     retention_days: int = Field(default=90, ge=1)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    rollups: RollupSettings = Field(default_factory=RollupSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)

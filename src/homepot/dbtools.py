@@ -1,4 +1,4 @@
-"""Read-only inspection of the 17 tables: row counts and the newest rows of one table.
+"""Read-only inspection of the 22 tables: row counts and the newest rows of one table.
 
 This is what ``homepot db count`` / ``homepot db show`` and ``scripts/query-db.sh`` print.
 Table and column names are checked against the ORM metadata before any SQL is built, and
@@ -20,6 +20,7 @@ from homepot.kit.redaction import REDACTED, is_sensitive_key
 from homepot.models import (
     ALL_MODELS,
     CORE_MODELS,
+    DERIVED_MODELS,
     INSIGHTS_MODELS,
     MODELS_BY_TABLE,
     OPERATIONAL_MODELS,
@@ -33,7 +34,7 @@ AI_FOCUSED_TABLES: Final = frozenset(
 TABLE_NAMES: Final = tuple(model.__tablename__ for model in ALL_MODELS)
 # Weekly schedules are configuration, read per site and day; everything else newest first.
 _NATURAL_ORDER: Final = {"site_operating_schedules": ("site_id", "day_of_week")}
-_TIME_COLUMNS: Final = ("timestamp", "created_at")
+_TIME_COLUMNS: Final = ("timestamp", "created_at", "bucket")
 _TRUE: Final = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE: Final = frozenset({"false", "f", "no", "n", "0"})
 
@@ -45,7 +46,7 @@ class InspectionError(ValueError):
 @dataclass(frozen=True)
 class TableCount:
     table: str
-    group: str  # "core", "analytics", "AI-focused", "operational" or "insights"
+    group: str  # "core", "analytics", "AI-focused", "operational", "insights" or "rollups"
     rows: int
 
 
@@ -64,6 +65,8 @@ def table_group(table: str) -> str:
         return "operational"
     if MODELS_BY_TABLE[table] in INSIGHTS_MODELS:
         return "insights"
+    if MODELS_BY_TABLE[table] in DERIVED_MODELS:
+        return "rollups"
     return "AI-focused" if table in AI_FOCUSED_TABLES else "analytics"
 
 

@@ -16,6 +16,7 @@ from homepot.analytics.audit_router import router as audit_router
 from homepot.analytics.metrics import RecorderCollector
 from homepot.analytics.middleware import RequestLogMiddleware
 from homepot.analytics.recorder import Recorder, set_recorder
+from homepot.analytics.rollups import run_rollups
 from homepot.analytics.router import router as analytics_router
 from homepot.auth.router import router as auth_router
 from homepot.auth.secret import with_secret_key
@@ -38,7 +39,7 @@ from homepot.job.router import router as job_router
 from homepot.kit.singleton import Leadership
 from homepot.overview.router import router as overview_router
 from homepot.quality.router import router as quality_router
-from homepot.retention.tasks import run_retention
+from homepot.retention.tasks import run_partition_maintenance, run_retention
 from homepot.site.router import router as site_router
 from homepot.system.admission import AdmissionGate, concurrent_request_limit
 from homepot.system.errors import install_error_handlers
@@ -52,11 +53,13 @@ from homepot.web.security import SecurityHeaders
 # Long-running tasks of the server, each an async context manager taking the app: started
 # after the recorder, in this order, and stopped in reverse before the recorder drains.
 BACKGROUND_SERVICES: tuple[Callable[[FastAPI], AbstractAsyncContextManager[None]], ...] = (
+    run_partition_maintenance,
     run_push_channel,
     run_orchestrator,
     run_device_watchdog,
     run_impact_evaluator,
     run_retention,
+    run_rollups,
     run_insights,
     run_risk_scoring,
 )

@@ -1,7 +1,8 @@
-"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 14 tables."""
+"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 22 tables."""
 
 from homepot.analytics.models import (
     EVENT_MODELS,
+    ROLLUP_MODELS,
     AnalyticsEvent,
     APIRequestLog,
     ConfigurationHistory,
@@ -24,10 +25,12 @@ CORE_MODELS: tuple[type[Base], ...] = (Site, Device, User, Job, HealthCheck, Aud
 # Operational tables beyond the spec's 14: the orchestrator's per-device executions.
 OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution,)
 ANALYTICS_MODELS: tuple[type[Base], ...] = (*EVENT_MODELS, SiteOperatingSchedule)
+# Derived from the event tables for charts (homepot.analytics.rollups).
+DERIVED_MODELS: tuple[type[Base], ...] = ROLLUP_MODELS
 # What the insights package derives from the data: anomaly episodes, failure risk.
 INSIGHTS_MODELS: tuple[type[Base], ...] = (Anomaly, DeviceRisk)
 ALL_MODELS: tuple[type[Base], ...] = (
-    CORE_MODELS + ANALYTICS_MODELS + OPERATIONAL_MODELS + INSIGHTS_MODELS
+    CORE_MODELS + ANALYTICS_MODELS + OPERATIONAL_MODELS + INSIGHTS_MODELS + DERIVED_MODELS
 )
 MODELS_BY_TABLE: dict[str, type[Base]] = {m.__tablename__: m for m in ALL_MODELS}
 metadata = Base.metadata
@@ -36,6 +39,7 @@ __all__ = [
     "ALL_MODELS",
     "ANALYTICS_MODELS",
     "CORE_MODELS",
+    "DERIVED_MODELS",
     "INSIGHTS_MODELS",
     "MODELS_BY_TABLE",
     "OPERATIONAL_MODELS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -456,7 +456,8 @@ def test_the_conflict_target_is_the_unique_key_holding_event_id() -> None:
 
     from homepot.analytics.recorder import conflict_columns
 
-    assert conflict_columns(DeviceMetrics.__table__) == ("event_id",)
+    # device_metrics is partitioned by time on PostgreSQL, so its key carries the timestamp.
+    assert conflict_columns(DeviceMetrics.__table__) == ("event_id", "timestamp")
     # A table partitioned by time must carry the partition column in every unique key.
     partitioned = Table(
         "partitioned_events",
@@ -476,8 +477,16 @@ async def test_a_batch_holding_the_same_event_twice_stores_it_once(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     recorder = Recorder(engine, _settings(tmp_path))
-    ids = _record_metrics(recorder, 3)
-    recorder.record(DeviceMetrics, event_id=ids[1], device_id="pos-terminal-001")
+    start = datetime.now(UTC)
+    moments = [start + timedelta(seconds=n) for n in range(3)]
+    ids = [
+        recorder.record(DeviceMetrics, device_id="pos-terminal-001", timestamp=moment)
+        for moment in moments
+    ]
+    # The same event: its id and its moment (the key of a table partitioned by time).
+    recorder.record(
+        DeviceMetrics, event_id=ids[1], device_id="pos-terminal-001", timestamp=moments[1]
+    )
     await recorder.flush()
     assert await _metric_ids(engine) == ids
     assert recorder.snapshot()["duplicates_skipped"] == 1

@@ -94,7 +94,10 @@ async def test_metrics_default_to_the_last_six_hours(app: FastAPI, client: Async
 
     since = datetime.fromisoformat(series["since"])
     until = datetime.fromisoformat(series["until"])
-    assert until - since == timedelta(hours=6)
+    # Six hours, started at a whole bucket (whole minutes, so that rollups fill them).
+    width = timedelta(seconds=series["bucket_seconds"])
+    assert timedelta(hours=6) <= until - since < timedelta(hours=6) + width
+    assert since.timestamp() % series["bucket_seconds"] == 0
     assert [point["cpu_percent"] for point in series["points"]] == [12.0]
     assert len(series["points"]) <= 120
 
@@ -207,14 +210,15 @@ async def test_a_malformed_cursor_is_a_422_naming_it(app: FastAPI, client: Async
     assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
 
 
-async def test_buckets_start_where_the_chart_starts(app: FastAPI, client: AsyncClient) -> None:
+async def test_buckets_start_at_whole_minutes(app: FastAPI, client: AsyncClient) -> None:
+    """Buckets of a minute or more start on whole minutes, where the rollups' minutes do."""
     viewer = await auth_headers(app, client, Role.viewer)
     device = await create_device(app)
     since = START + timedelta(seconds=30)
     await add_rows(
         app,
         sample(device, START + timedelta(seconds=40), cpu_percent=10.0),
-        sample(device, START + timedelta(seconds=95), cpu_percent=20.0),
+        sample(device, START + timedelta(seconds=155), cpu_percent=20.0),
     )
 
     series = (
@@ -222,14 +226,16 @@ async def test_buckets_start_where_the_chart_starts(app: FastAPI, client: AsyncC
             f"/api/v1/devices/{device}/metrics",
             params={
                 "since": since.isoformat(),
-                "until": (since + timedelta(minutes=2)).isoformat(),
-                "limit": 2,
+                "until": (since + timedelta(minutes=4)).isoformat(),
+                "limit": 4,
             },
             headers=viewer,
         )
     ).json()
 
+    # 60 s buckets from 10:00 would be five: the width doubles to keep at most four.
+    assert (series["since"], series["bucket_seconds"]) == ("2026-01-05T10:00:00Z", 120)
     assert [(p["timestamp"], p["cpu_percent"]) for p in series["points"]] == [
-        ("2026-01-05T10:00:30Z", 10.0),
-        ("2026-01-05T10:01:30Z", 20.0),
+        ("2026-01-05T10:00:00Z", 10.0),
+        ("2026-01-05T10:02:00Z", 20.0),
     ]

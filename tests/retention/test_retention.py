@@ -298,6 +298,7 @@ async def test_each_run_leaves_one_audit_row_with_its_counts(
         "cutoff": ago(90).isoformat(),
         "rows": 1,
         "batches": 1,
+        "partitions_dropped": [],
     }
     assert entry.details["tables"]["site_operating_schedules"]["days"] is None
 

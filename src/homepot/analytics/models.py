@@ -18,6 +18,7 @@ from datetime import datetime, time
 from typing import Any, ClassVar, Final, Literal
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     Index,
@@ -59,9 +60,9 @@ class AnalyticsEvent(Base):
     secret_parameter_column: ClassVar[str | None] = None
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True, sort_order=-3)
-    event_id: Mapped[str] = mapped_column(
-        String(64), unique=True, default=new_event_id, sort_order=-2
-    )
+    # Unique through each table's constraint (see event_key): on its own, or with
+    # ``timestamp`` where the table is partitioned by time on PostgreSQL.
+    event_id: Mapped[str] = mapped_column(String(64), default=new_event_id, sort_order=-2)
     timestamp: Mapped[datetime] = mapped_column(default=utcnow, sort_order=-1)
     # device or simulated (see the module's docstring).
     source: Mapped[str] = _source_column()
@@ -70,6 +71,7 @@ class AnalyticsEvent(Base):
 class APIRequestLog(AnalyticsEvent):
     __tablename__ = "api_request_logs"
     __table_args__ = (
+        UniqueConstraint("event_id", "timestamp"),
         Index("ix_api_request_logs_timestamp", "timestamp"),
         Index("ix_api_request_logs_source_timestamp", "source", "timestamp"),
         Index("ix_api_request_logs_route_timestamp", "route", "timestamp"),
@@ -97,6 +99,7 @@ class APIRequestLog(AnalyticsEvent):
 class DeviceStateHistory(AnalyticsEvent):
     __tablename__ = "device_state_history"
     __table_args__ = (
+        UniqueConstraint("event_id"),
         Index("ix_device_state_history_timestamp", "timestamp"),
         Index("ix_device_state_history_source_timestamp", "source", "timestamp"),
         Index("ix_device_state_history_device_id_timestamp", "device_id", "timestamp"),
@@ -115,6 +118,7 @@ class DeviceStateHistory(AnalyticsEvent):
 class JobOutcome(AnalyticsEvent):
     __tablename__ = "job_outcomes"
     __table_args__ = (
+        UniqueConstraint("event_id"),
         Index("ix_job_outcomes_timestamp", "timestamp"),
         Index("ix_job_outcomes_source_timestamp", "source", "timestamp"),
         Index("ix_job_outcomes_job_id", "job_id"),
@@ -139,6 +143,7 @@ class JobOutcome(AnalyticsEvent):
 class ErrorLog(AnalyticsEvent):
     __tablename__ = "error_logs"
     __table_args__ = (
+        UniqueConstraint("event_id"),
         Index("ix_error_logs_timestamp", "timestamp"),
         Index("ix_error_logs_source_timestamp", "source", "timestamp"),
         Index("ix_error_logs_category_timestamp", "category", "timestamp"),
@@ -165,6 +170,7 @@ class ErrorLog(AnalyticsEvent):
 class UserActivity(AnalyticsEvent):
     __tablename__ = "user_activities"
     __table_args__ = (
+        UniqueConstraint("event_id", "timestamp"),
         Index("ix_user_activities_timestamp", "timestamp"),
         Index("ix_user_activities_source_timestamp", "source", "timestamp"),
         Index("ix_user_activities_user_id_timestamp", "user_id", "timestamp"),
@@ -187,6 +193,7 @@ class UserActivity(AnalyticsEvent):
 class DeviceMetrics(AnalyticsEvent):
     __tablename__ = "device_metrics"
     __table_args__ = (
+        UniqueConstraint("event_id", "timestamp"),
         Index("ix_device_metrics_timestamp", "timestamp"),
         Index("ix_device_metrics_source_timestamp", "source", "timestamp"),
         Index("ix_device_metrics_device_id_timestamp", "device_id", "timestamp"),
@@ -210,6 +217,7 @@ class DeviceMetrics(AnalyticsEvent):
 class ConfigurationHistory(AnalyticsEvent):
     __tablename__ = "configuration_history"
     __table_args__ = (
+        UniqueConstraint("event_id"),
         Index("ix_configuration_history_timestamp", "timestamp"),
         Index("ix_configuration_history_source_timestamp", "source", "timestamp"),
         Index(
@@ -273,4 +281,131 @@ EVENT_MODELS: tuple[type[AnalyticsEvent], ...] = (
     UserActivity,
     DeviceMetrics,
     ConfigurationHistory,
+)
+
+
+# --- rollups ------------------------------------------------------------------------------
+
+# The device metrics the charts draw; each rollup row keeps, per metric, the sum and count of
+# the samples that carried it (so that an average over any set of rows is exact), its
+# minimum and maximum.
+CHART_METRICS: Final = (
+    "cpu_percent",
+    "memory_percent",
+    "disk_percent",
+    "network_latency_ms",
+    "transaction_count",
+    "error_rate",
+)
+
+
+class MetricsRollup(Base):
+    """Samples over one interval: per chart metric the sum and count of the samples carrying
+    it, its minimum and maximum."""
+
+    __abstract__ = True
+
+    samples: Mapped[int] = mapped_column(Integer)
+    cpu_percent_sum: Mapped[float | None] = mapped_column(Float)
+    cpu_percent_count: Mapped[int] = mapped_column(Integer)
+    cpu_percent_min: Mapped[float | None] = mapped_column(Float)
+    cpu_percent_max: Mapped[float | None] = mapped_column(Float)
+    memory_percent_sum: Mapped[float | None] = mapped_column(Float)
+    memory_percent_count: Mapped[int] = mapped_column(Integer)
+    memory_percent_min: Mapped[float | None] = mapped_column(Float)
+    memory_percent_max: Mapped[float | None] = mapped_column(Float)
+    disk_percent_sum: Mapped[float | None] = mapped_column(Float)
+    disk_percent_count: Mapped[int] = mapped_column(Integer)
+    disk_percent_min: Mapped[float | None] = mapped_column(Float)
+    disk_percent_max: Mapped[float | None] = mapped_column(Float)
+    network_latency_ms_sum: Mapped[float | None] = mapped_column(Float)
+    network_latency_ms_count: Mapped[int] = mapped_column(Integer)
+    network_latency_ms_min: Mapped[float | None] = mapped_column(Float)
+    network_latency_ms_max: Mapped[float | None] = mapped_column(Float)
+    transaction_count_sum: Mapped[float | None] = mapped_column(Float)
+    transaction_count_count: Mapped[int] = mapped_column(Integer)
+    transaction_count_min: Mapped[float | None] = mapped_column(Float)
+    transaction_count_max: Mapped[float | None] = mapped_column(Float)
+    error_rate_sum: Mapped[float | None] = mapped_column(Float)
+    error_rate_count: Mapped[int] = mapped_column(Integer)
+    error_rate_min: Mapped[float | None] = mapped_column(Float)
+    error_rate_max: Mapped[float | None] = mapped_column(Float)
+
+
+class DeviceMetricsRollup(MetricsRollup):
+    """One device's samples over one interval (``bucket`` is the interval's start)."""
+
+    __abstract__ = True
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class DeviceMetricsMinute(DeviceMetricsRollup):
+    __tablename__ = "device_metrics_minute"
+    __table_args__ = (Index("ix_device_metrics_minute_bucket", "bucket"),)
+
+
+class DeviceMetricsHour(DeviceMetricsRollup):
+    __tablename__ = "device_metrics_hour"
+    __table_args__ = (Index("ix_device_metrics_hour_bucket", "bucket"),)
+
+
+class FleetMetricsHour(MetricsRollup):
+    """Every device's samples over one hour (fleet charts), and how many devices sent them."""
+
+    __tablename__ = "fleet_metrics_hour"
+
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    devices: Mapped[int] = mapped_column(Integer)
+
+
+class APIRequestMinute(Base):
+    """One route's requests over one minute: counts, errors and a latency histogram.
+
+    ``latency_histogram`` maps the index of a bucket of ``LATENCY_BOUNDS_MS``
+    (homepot.analytics.rollups) to how many requests took that long, so that percentiles
+    over any number of minutes come from adding histograms, never from raw rows.
+    Requests that matched no route have route ``""``.
+    """
+
+    __tablename__ = "api_request_minute"
+    __table_args__ = (Index("ix_api_request_minute_bucket", "bucket"),)
+
+    route: Mapped[str] = mapped_column(String(512), primary_key=True)
+    method: Mapped[str] = mapped_column(String(10), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    client_errors: Mapped[int] = mapped_column(Integer)
+    server_errors: Mapped[int] = mapped_column(Integer)
+    latency_sum_ms: Mapped[float] = mapped_column(Float)
+    latency_max_ms: Mapped[float] = mapped_column(Float)
+    latency_histogram: Mapped[dict[str, Any]]
+
+
+class RollupProgress(Base):
+    """How far each rollup has read its raw table.
+
+    ``last_id``: every raw row with a smaller or equal id has been rolled up.
+    ``covered_until``: buckets before it are complete (up to rows arriving later than the
+    rollup's settling time, which the next pass adds).
+    """
+
+    __tablename__ = "rollup_progress"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    covered_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+ROLLUP_MODELS: tuple[type[Base], ...] = (
+    DeviceMetricsMinute,
+    DeviceMetricsHour,
+    FleetMetricsHour,
+    APIRequestMinute,
+    RollupProgress,
 )

@@ -365,7 +365,8 @@ class UserActivityCreate(BaseModel):
     event_id: UUID | None = Field(
         default=None,
         description="A UUID the client makes (crypto.randomUUID()), so that a batch sent "
-        "twice is stored once",
+        "twice is stored once: an event is the same event by its event_id and its timestamp, "
+        "so send both (without a timestamp, each receipt is a new moment, hence a new event)",
     )
     timestamp: Annotated[AwareDatetime, AfterValidator(representable_utc)] | None = Field(
         default=None,

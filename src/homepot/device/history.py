@@ -1,18 +1,28 @@
 """A device's past, for charts and timelines: metrics by time bucket, states, config changes.
 
 Reads only. Metrics are averaged per bucket in the database so that a chart over hours of
-samples costs one grouped query and returns at most a few hundred points.
+samples costs one grouped query and returns at most a few hundred points. Buckets of whole
+minutes (whole hours) before the rollups' ``covered_until`` are read from the per-minute
+(per-hour) rollups (homepot.analytics.rollups), newer ones from raw samples: a 7-day chart
+reads 168 hourly rows per device, never its raw samples. Both give the same numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics import queries
-from homepot.analytics.models import DeviceMetrics
+from homepot.analytics import queries, rollups
+from homepot.analytics.models import (
+    DeviceMetrics,
+    DeviceMetricsHour,
+    DeviceMetricsMinute,
+    FleetMetricsHour,
+)
 from homepot.analytics.schemas import (
     ConfigHistoryQuery,
     ConfigurationHistoryRead,
@@ -43,7 +53,7 @@ def chart_buckets(since: datetime | None, until: datetime | None, points: int) -
         )
     if until - since > MAX_SPAN:
         raise InvalidTimeSpan(f"since to until spans more than {MAX_SPAN.days} days")
-    return Buckets.covering(since, until, points)
+    return Buckets.whole_minutes(since, until, points)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -54,7 +64,124 @@ def _aware(moment: datetime) -> datetime:
 async def bucketed_metrics(
     session: AsyncSession, buckets: Buckets, device_id: str | None = None
 ) -> list[MetricPoint]:
-    """Metric averages per bucket (transactions summed), of one device or of the whole fleet."""
+    """Metric averages per bucket (transactions summed), of one device or of the whole fleet.
+
+    From the rollups where they cover whole buckets, from raw samples after that.
+    """
+    minute_aligned = buckets.seconds % 60 == 0 and buckets.since.timestamp() % 60 == 0
+    if not minute_aligned:
+        return await _raw_metrics(session, buckets, device_id)
+    covered = await rollups.covered_until(session, rollups.DEVICE_METRICS)
+    if covered is None or covered <= buckets.since:
+        return await _raw_metrics(session, buckets, device_id)
+    # The first bucket boundary at or before ``covered``, counted from ``since``.
+    whole = int((min(covered, buckets.until) - buckets.since).total_seconds()) // buckets.seconds
+    split = buckets.since + timedelta(seconds=whole * buckets.seconds)
+    if split <= buckets.since:
+        return await _raw_metrics(session, buckets, device_id)
+    hourly = buckets.seconds % 3600 == 0 and buckets.since.timestamp() % 3600 == 0
+    settled = Buckets(since=buckets.since, until=split, seconds=buckets.seconds)
+    if hourly and device_id is None:
+        rolled = await _fleet_rollup_metrics(session, settled)
+    else:
+        model = DeviceMetricsHour if hourly else DeviceMetricsMinute
+        rolled = await _rollup_metrics(session, settled, model, device_id)
+    if split >= buckets.until:
+        return rolled
+    fresh = await _raw_metrics(
+        session, Buckets(since=split, until=buckets.until, seconds=buckets.seconds), device_id
+    )
+    return rolled + fresh
+
+
+async def _rollup_metrics(
+    session: AsyncSession,
+    buckets: Buckets,
+    model: type[DeviceMetricsMinute] | type[DeviceMetricsHour],
+    device_id: str | None,
+) -> list[MetricPoint]:
+    start = buckets.start_of(model.bucket).label("bucket")
+
+    def average(metric: str) -> ColumnElement[Any]:
+        total = func.sum(getattr(model, f"{metric}_sum"))
+        return total / func.nullif(func.sum(getattr(model, f"{metric}_count")), 0)
+
+    statement = (
+        select(
+            start,
+            func.sum(model.samples),
+            average("cpu_percent"),
+            average("memory_percent"),
+            average("disk_percent"),
+            average("network_latency_ms"),
+            func.sum(model.transaction_count_sum),
+            average("error_rate"),
+            func.count(func.distinct(model.device_id)),
+        )
+        .where(model.bucket >= buckets.since, model.bucket < buckets.until)
+        .group_by(start)
+        .order_by(start)
+    )
+    if device_id is not None:
+        statement = statement.where(model.device_id == device_id)
+    return _points(buckets, (await session.execute(statement)).all())
+
+
+async def _fleet_rollup_metrics(session: AsyncSession, buckets: Buckets) -> list[MetricPoint]:
+    """The fleet's points from its hourly rollup. ``devices`` of a bucket is the most devices
+    that reported in any one of its hours (every terminal reports every hour, so that is the
+    terminals the bucket saw, short of one that went silent as another joined)."""
+    hour = FleetMetricsHour
+    sums = [
+        func.sum(getattr(hour, f"{metric}_{part}")).label(f"{metric}_{part}")
+        for metric in (
+            "cpu_percent",
+            "memory_percent",
+            "disk_percent",
+            "network_latency_ms",
+            "transaction_count",
+            "error_rate",
+        )
+        for part in ("sum", "count")
+    ]
+    per_hour = (
+        select(
+            hour.bucket,
+            func.sum(hour.samples).label("samples"),
+            func.sum(hour.devices).label("devices"),
+            *sums,
+        )
+        .where(hour.bucket >= buckets.since, hour.bucket < buckets.until)
+        .group_by(hour.bucket)
+        .subquery()
+    )
+    start = buckets.start_of(per_hour.c.bucket).label("bucket")
+
+    def average(metric: str) -> ColumnElement[Any]:
+        total = func.sum(per_hour.c[f"{metric}_sum"])
+        return total / func.nullif(func.sum(per_hour.c[f"{metric}_count"]), 0)
+
+    statement = (
+        select(
+            start,
+            func.sum(per_hour.c.samples),
+            average("cpu_percent"),
+            average("memory_percent"),
+            average("disk_percent"),
+            average("network_latency_ms"),
+            func.sum(per_hour.c.transaction_count_sum),
+            average("error_rate"),
+            func.max(per_hour.c.devices),
+        )
+        .group_by(start)
+        .order_by(start)
+    )
+    return _points(buckets, (await session.execute(statement)).all())
+
+
+async def _raw_metrics(
+    session: AsyncSession, buckets: Buckets, device_id: str | None
+) -> list[MetricPoint]:
     start = buckets.start_of(DeviceMetrics.timestamp).label("bucket")
     statement = (
         select(
@@ -74,17 +201,20 @@ async def bucketed_metrics(
     )
     if device_id is not None:
         statement = statement.where(DeviceMetrics.device_id == device_id)
-    rows = (await session.execute(statement)).all()
+    return _points(buckets, (await session.execute(statement)).all())
+
+
+def _points(buckets: Buckets, rows: Sequence[Any]) -> list[MetricPoint]:
     return [
         MetricPoint(
             timestamp=buckets.moment(bucket),
-            samples=samples,
+            samples=int(samples),
             devices=devices,
             cpu_percent=_number(cpu),
             memory_percent=_number(memory),
             disk_percent=_number(disk),
             network_latency_ms=_number(latency),
-            transaction_count=int(transactions) if transactions is not None else None,
+            transaction_count=round(transactions) if transactions is not None else None,
             error_rate=_number(error_rate),
         )
         for bucket, samples, cpu, memory, disk, latency, transactions, error_rate, devices in rows

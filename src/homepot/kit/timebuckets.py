@@ -41,6 +41,26 @@ class Buckets:
         seconds = max(MIN_BUCKET_SECONDS, math.ceil(span / max(points, 1)))
         return cls(since=since, until=until, seconds=seconds)
 
+    @classmethod
+    def whole_minutes(
+        cls, since: datetime, until: datetime, points: int, *, at_most: bool = True
+    ) -> Buckets:
+        """Aligned buckets from ``since`` to ``until``, whole minutes wide (whole hours from
+        an hour up), so that per-minute and per-hour rollups fill them exactly: at most
+        ``points`` of them, or with ``at_most`` false, one more where the alignment adds one.
+        Spans shorter than ``points`` minutes keep finer, unaligned buckets (raw rows)."""
+        buckets = cls.covering(since, until, points)
+        if buckets.seconds < 60:
+            return buckets
+        unit = 3600 if buckets.seconds >= 3600 else 60
+        seconds = math.ceil(buckets.seconds / unit) * unit
+        while True:
+            aligned = cls(since=since, until=until, seconds=seconds).aligned()
+            span = (until - aligned.since).total_seconds()
+            if not at_most or math.ceil(span / seconds) <= max(points, 1):
+                return aligned
+            seconds += unit
+
     def aligned(self) -> Buckets:
         """The same buckets moved back to start on a multiple of their width since the epoch.
 
@@ -54,7 +74,9 @@ class Buckets:
         epoch = math.floor(moment.timestamp())
         return datetime.fromtimestamp(epoch - epoch % self.seconds, UTC)
 
-    def start_of(self, column: InstrumentedAttribute[datetime]) -> ColumnElement[Any]:
+    def start_of(
+        self, column: InstrumentedAttribute[datetime] | ColumnElement[datetime]
+    ) -> ColumnElement[Any]:
         """The epoch second at which the bucket holding ``column`` starts.
 
         Buckets are counted from ``since`` (rounded down to a second), so that the first one

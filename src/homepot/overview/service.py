@@ -74,7 +74,7 @@ async def fleet_overview(
     session: AsyncSession, cache: FleetMetricsCache, hours: int, points: int
 ) -> FleetOverview:
     now = utcnow()
-    buckets = Buckets.covering(now - timedelta(hours=hours), now, points).aligned()
+    buckets = Buckets.whole_minutes(now - timedelta(hours=hours), now, points, at_most=False)
     recent_errors = (
         await session.scalars(
             select(ErrorLog)

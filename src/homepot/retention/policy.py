@@ -1,7 +1,7 @@
 """Which tables are pruned, after how many days, and the settings and flags that say so.
 
-- The seven analytics event tables and ``health_checks`` keep ``HOMEPOT_RETENTION_DAYS``
-  days (90 by default).
+- The seven analytics event tables, ``health_checks`` and the chart rollups keep
+  ``HOMEPOT_RETENTION_DAYS`` days (90 by default).
 - ``audit_logs`` is the record of who read and changed what; it keeps 365 days, or
   ``HOMEPOT_RETENTION_DAYS`` when that is longer.
 - ``site_operating_schedules`` is configuration, not events: it is kept forever (a schedule
@@ -20,13 +20,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from homepot.analytics.models import EVENT_MODELS, SiteOperatingSchedule
+from homepot.analytics.models import (
+    EVENT_MODELS,
+    APIRequestMinute,
+    DeviceMetricsHour,
+    DeviceMetricsMinute,
+    FleetMetricsHour,
+    SiteOperatingSchedule,
+)
 from homepot.audit.models import AuditLog
 from homepot.config import Settings
 from homepot.db import Base
 from homepot.device.models import HealthCheck
 
 AUDIT_LOG_MIN_DAYS: Final = 365
+# Rollups age like the rows they summarise (homepot.analytics.rollups).
+ROLLUP_TABLES: Final[tuple[type[Base], ...]] = (
+    DeviceMetricsMinute,
+    DeviceMetricsHour,
+    FleetMetricsHour,
+    APIRequestMinute,
+)
 FOREVER: Final = "forever"
 
 Source = Literal["default", "table default", "settings", "command line"]
@@ -53,6 +67,7 @@ class RetainedTable:
 RETAINED_TABLES: Final[tuple[RetainedTable, ...]] = (
     *(RetainedTable(model) for model in EVENT_MODELS),
     RetainedTable(HealthCheck),
+    *(RetainedTable(model, time_column="bucket") for model in ROLLUP_TABLES),
     RetainedTable(AuditLog),
     RetainedTable(SiteOperatingSchedule, time_column="updated_at", prunable=False),
 )

@@ -1,8 +1,12 @@
-"""Pruning old rows: counted (a dry run) or deleted in bounded batches, one runner at a time.
+"""Pruning old rows: counted (a dry run) or deleted, one runner at a time.
 
 Every table is cut at one moment per run: ``as_of - days``, rows strictly older go. A dry run
-counts exactly the rows a real run with the same ``as_of`` deletes. Deletes go by primary
-key, ``batch_size`` rows a transaction, oldest ids first, so that no delete holds locks long
+counts exactly the rows a real run with the same ``as_of`` deletes. On PostgreSQL, a table
+partitioned by time (homepot.retention.partitions) first loses every partition whose whole
+range is older than the cutoff, dropped whole (instant, and no bloat left to vacuum). The
+rows older than the cutoff that remain (in the partition that straddles it, in the default
+partition, and in tables that are not partitioned) are deleted by primary key,
+``batch_size`` rows a transaction, oldest ids first, so that no delete holds locks long
 enough to stall the recorder's inserts.
 
 One run at a time (:func:`homepot.kit.singleton.single_run`): on PostgreSQL a session-level
@@ -22,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Column, Table, delete, func, select
@@ -31,6 +35,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from homepot.audit.service import Actor, write_audit_log
 from homepot.db import utcnow
 from homepot.kit.singleton import single_run
+from homepot.retention.partitions import (
+    PARTITIONED_BY_NAME,
+    Partition,
+    drop_partition,
+    expired_partitions,
+)
 from homepot.retention.policy import TablePolicy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +60,8 @@ class TableOutcome:
     cutoff: datetime | None
     rows: int
     batches: int
+    # Partitions dropped whole (their rows are counted in ``rows``); in a dry run, that would be.
+    partitions: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +69,7 @@ class TableOutcome:
             "cutoff": self.cutoff.isoformat() if self.cutoff else None,
             "rows": self.rows,
             "batches": self.batches,
+            "partitions_dropped": list(self.partitions),
         }
 
 
@@ -85,10 +98,10 @@ class RetentionRunFailed(Exception):
     """A table could not be pruned; the tables before it were, and the audit row says so."""
 
 
-def _columns(policy: TablePolicy) -> tuple[Table, Column[Any], Column[Any]]:
+def _columns(policy: TablePolicy) -> tuple[Table, Column[Any], Column[Any] | None]:
     table = policy.table.model.__table__
     assert isinstance(table, Table)
-    return table, table.c[policy.table.time_column], table.c["id"]
+    return table, table.c[policy.table.time_column], table.c.get("id")
 
 
 async def _count_older(engine: AsyncEngine, policy: TablePolicy, cutoff: datetime) -> int:
@@ -105,6 +118,8 @@ async def _delete_older(
 ) -> tuple[int, int]:
     """Delete the rows older than ``cutoff``, a batch a transaction; (rows, batches)."""
     table, time_column, id_column = _columns(policy)
+    if id_column is None:
+        return await _delete_older_by_hour(engine, table, time_column, cutoff)
     oldest = select(id_column).where(time_column < cutoff).order_by(id_column).limit(batch_size)
     statement = delete(table).where(id_column.in_(oldest.scalar_subquery()))
     deleted = batches = 0
@@ -118,6 +133,53 @@ async def _delete_older(
         if rows < batch_size:
             return deleted, batches
         await asyncio.sleep(0)  # let the recorder and requests in between batches
+
+
+async def _delete_older_by_hour(
+    engine: AsyncEngine, table: Table, time_column: Column[Any], cutoff: datetime
+) -> tuple[int, int]:
+    """For tables without an id (the rollups): one hour of rows a transaction, oldest first."""
+    deleted = batches = 0
+    while True:
+        async with engine.connect() as connection:
+            oldest = await connection.scalar(
+                select(func.min(time_column)).where(time_column < cutoff)
+            )
+        if oldest is None:
+            return deleted, batches
+        until = min(cutoff, oldest + timedelta(hours=1))
+        async with engine.begin() as connection:
+            result = await connection.execute(delete(table).where(time_column < until))
+        deleted += result.rowcount
+        batches += 1
+        await asyncio.sleep(0)
+
+
+async def _expired_partitions(
+    engine: AsyncEngine, policy: TablePolicy, cutoff: datetime
+) -> list[Partition]:
+    partitioned = PARTITIONED_BY_NAME.get(policy.name)
+    if engine.dialect.name != "postgresql" or partitioned is None:
+        return []
+    if partitioned.column != policy.table.time_column:
+        return []
+    async with engine.connect() as connection:
+        return await expired_partitions(connection, policy.name, cutoff)
+
+
+async def _prune(
+    engine: AsyncEngine, policy: TablePolicy, cutoff: datetime, batch_size: int, dry_run: bool
+) -> TableOutcome:
+    partitions = await _expired_partitions(engine, policy, cutoff)
+    names = tuple(partition.name for partition in partitions)
+    if dry_run:
+        rows = await _count_older(engine, policy, cutoff)
+        return TableOutcome(policy.name, policy.days, cutoff, rows, 0, names)
+    dropped = 0
+    for partition in partitions:
+        dropped += await drop_partition(engine, partition)
+    rows, batches = await _delete_older(engine, policy, cutoff, batch_size)
+    return TableOutcome(policy.name, policy.days, cutoff, dropped + rows, batches, names)
 
 
 async def _write_audit(
@@ -168,17 +230,13 @@ async def apply_retention(
             cutoff = table_policy.cutoff(as_of)
             try:
                 if cutoff is None:
-                    rows, batches = 0, 0
-                elif dry_run:
-                    rows, batches = await _count_older(engine, table_policy, cutoff), 0
+                    outcome = TableOutcome(table_policy.name, None, None, 0, 0)
                 else:
-                    rows, batches = await _delete_older(engine, table_policy, cutoff, batch_size)
+                    outcome = await _prune(engine, table_policy, cutoff, batch_size, dry_run)
             except Exception as exc:
                 failure = exc
                 break
-            outcomes.append(
-                TableOutcome(table_policy.name, table_policy.days, cutoff, rows, batches)
-            )
+            outcomes.append(outcome)
         report = RetentionReport(as_of=as_of, dry_run=dry_run, outcomes=tuple(outcomes))
         extra = dict(context or {})
         if failure is not None:

@@ -53,6 +53,7 @@ from homepot.analytics.models import (
     UserActivity,
 )
 from homepot.analytics.recorder import Recorder
+from homepot.analytics.rollups import backfill_rollups
 from homepot.audit.models import AuditLog
 from homepot.auth.models import Role
 from homepot.auth.service import ensure_user, generate_password
@@ -1203,6 +1204,8 @@ async def run_backfill(
         builder.operator_sessions([site.site_id for site, _ in chain], all_devices)
         await write_core()
         await recorder.flush()
+        # The charts read rollups: make them for the history at once, not minute by minute.
+        await backfill_rollups(engine, builder.start, builder.end)
         if builder.labels is not None:
             builder.labels.close()
         result.events = dict(recorder.stats.written_by_table)
