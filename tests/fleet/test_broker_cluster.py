@@ -111,7 +111,11 @@ async def test_nats_cluster_node_killed_during_ingest_loses_no_acknowledged_mess
             leading = [i for i, s in enumerate(servers) if _leads_uplink(await s.metrics())]
             return leading[0] if len(leading) == 1 else None
 
-        await _eventually(reader, within=20)
+        async def one_reader() -> bool:
+            # Not `reader` itself: the first server's index, 0, is falsy.
+            return await reader() is not None
+
+        await _eventually(one_reader, within=20)
         reading = await reader()
         assert reading is not None
         standby = 1 - reading
