@@ -67,8 +67,11 @@ async def chart_data(page: Page, path: str, api_path: str, *, until: float) -> A
 
 
 async def test_the_demo_is_full_at_once_and_stays_healthy(
-    context: BrowserContext, settings: Settings, tmp_path: Path
+    backend: str, context: BrowserContext, settings: Settings, tmp_path: Path
 ) -> None:
+    if backend != "sqlite":
+        # Ten compressed minutes of a live fleet: run once, on what `homepot demo` runs on.
+        pytest.skip("`homepot demo` runs on the embedded SQLite database")
     loop = asyncio.get_running_loop()
     started = loop.time()
     fleet = settings.fleet.model_copy(
@@ -106,7 +109,14 @@ async def test_the_demo_is_full_at_once_and_stays_healthy(
 
         await asyncio.sleep(max(0.0, started + TEN_MINUTES - loop.time()))
         statuses, went_offline, unacknowledged = await fleet_state(live, since=live_since)
-    faulty = {label["device_id"] for label in read_labels(labels)}
+    # Faults, and the benign events that take a terminal down (a firmware reboot in its
+    # maintenance window); a settlement or a log rotation leaves it online. Which benign
+    # events fall in the run depends on the hour it starts.
+    faulty = {
+        label["device_id"]
+        for label in read_labels(labels)
+        if not label["fault"].startswith("benign_") or label["fault"] == "benign_firmware_reboot"
+    }
 
     assert set(statuses) == {f"pos-terminal-{n:04d}" for n in range(1, 13)}
     healthy = set(statuses) - faulty
