@@ -31,7 +31,7 @@ from tests.web.test_browser import api_call, sign_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-COMPRESSION = 6
+COMPRESSION = 10
 FULL_CHARTS_WITHIN = 30.0  # seconds from the start of `homepot demo`
 TEN_MINUTES = 600 / COMPRESSION
 DEVICE = "pos-terminal-0001"
