@@ -18,17 +18,17 @@ the lock taken does nothing and says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time as clock
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, cast, func, or_, select, text
+from sqlalchemy import Integer, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
@@ -36,6 +36,7 @@ from homepot.device.models import Device
 from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
 from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.kit.singleton import single_run
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
 from homepot.site.windows import maintenance_intervals, opening_intervals
@@ -58,8 +59,6 @@ METRIC_COLUMNS: Final = {
     "network_latency": DeviceMetrics.network_latency_ms,
     "error_rate": DeviceMetrics.error_rate,
 }
-
-_process_lock = asyncio.Lock()
 
 
 @dataclass
@@ -98,41 +97,10 @@ def _sqlite_lock_path(engine: AsyncEngine) -> Path | None:
     return Path(database).with_name(Path(database).name + ".insights.lock")
 
 
-@contextlib.asynccontextmanager
-async def single_scanner(engine: AsyncEngine) -> AsyncIterator[bool]:
-    """Yields True when this caller may scan, False when another scan holds the lock."""
-    if engine.dialect.name == "postgresql":
-        async with engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            key = {"key": ADVISORY_LOCK_KEY}
-            if not await autocommit.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                await autocommit.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-        return
-    if _process_lock.locked():
-        yield False
-        return
-    async with _process_lock:
-        path = _sqlite_lock_path(engine)
-        if path is None:
-            yield True
-            return
-        import fcntl
-
-        with path.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+def single_scanner(engine: AsyncEngine) -> AbstractAsyncContextManager[bool]:
+    """Yields True when this caller may scan, False when another scan holds the lock: one
+    scan at a time across processes (an advisory lock; on SQLite a lock file beside it)."""
+    return single_run(engine, ADVISORY_LOCK_KEY, lock_file=_sqlite_lock_path(engine))
 
 
 # -- loading ----------------------------------------------------------------------------------
