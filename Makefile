@@ -42,6 +42,8 @@ typecheck: install
 	$(BIN)/mypy
 
 bench: install services
+	# request_logging.py drives the server with wrk (Debian's package).
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python benchmarks/request_logging.py
 	$(BIN)/python benchmarks/recorder_ingest.py
 
