@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from homepot.analytics.models import APIRequestLog
 from homepot.insights import detectors as det
 from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.insights.reconcile import reconcile
 from homepot.kit.timebuckets import epoch_bin
 
 if TYPE_CHECKING:
@@ -358,57 +359,27 @@ async def _reconcile(
             .order_by(Anomaly.started_at, Anomaly.id)
         )
     )
-    gap = det.BIN * (det.GAP_BINS + 1)
-    by_key: dict[tuple[str, str, str], list[Anomaly]] = {}
-    for row in stored:
-        by_key.setdefault((row.subject, row.metric, row.detector), []).append(row)
-    matched: set[int] = set()
-    for episode in episodes:
-        candidates = by_key.setdefault((episode.subject, episode.metric, episode.detector), [])
-        found = next(
-            (
-                row
-                for row in candidates
-                if row.started_at <= episode.last_seen_at + gap
-                and (row.ended_at is None or row.ended_at >= episode.started_at - gap)
-            ),
-            None,
-        )
-        if found is None:
-            found = Anomaly(
-                subject=episode.subject,
-                device_id=None,
-                site_id=None,
-                metric=episode.metric,
-                detector=episode.detector,
-                started_at=episode.started_at,
-                ended_at=None if episode.open else episode.last_seen_at,
-                last_seen_at=episode.last_seen_at,
-                score=episode.score,
-                severity=det.severity_of(episode.score),
-                observed=episode.observed,
-                expected=episode.expected,
-                explanation=episode.explanation,
-                status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
-                expected_maintenance=False,
-            )
-            session.add(found)
-            candidates.append(found)
-            report.inserted += 1
-        elif _extend(found, episode):
-            report.updated += 1
-        matched.add(id(found))
-    evaluated_end = det.bin_start(end_bin) - gap
-    for row in stored:
-        if (
-            id(row) not in matched
-            and row.ended_at is None
-            and det.bin_start(first_bin) - gap <= row.last_seen_at <= evaluated_end
-        ):
-            row.ended_at = row.last_seen_at
-            if row.status == AnomalyStatus.active:
-                row.status = AnomalyStatus.resolved.value
-            report.closed += 1
+    reconcile(session, stored, episodes, span, report, new_row=_new_row, extend=_extend)
+
+
+def _new_row(episode: RouteEpisode) -> Anomaly:
+    return Anomaly(
+        subject=episode.subject,
+        device_id=None,
+        site_id=None,
+        metric=episode.metric,
+        detector=episode.detector,
+        started_at=episode.started_at,
+        ended_at=None if episode.open else episode.last_seen_at,
+        last_seen_at=episode.last_seen_at,
+        score=episode.score,
+        severity=det.severity_of(episode.score),
+        observed=episode.observed,
+        expected=episode.expected,
+        explanation=episode.explanation,
+        status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
+        expected_maintenance=False,
+    )
 
 
 def _extend(row: Anomaly, episode: RouteEpisode) -> bool:

@@ -36,6 +36,7 @@ from homepot.device.models import Device
 from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
 from homepot.insights.models import Anomaly, AnomalyStatus
+from homepot.insights.reconcile import reconcile
 from homepot.kit.singleton import single_run
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
@@ -498,55 +499,10 @@ async def _scan_chunk(
         session, fleet, devices, span, state, budget, known_silent
     )
     episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
-    _reconcile(session, stored, episodes, first_bin, end_bin, report)
+    reconcile(
+        session, stored, episodes, (first_bin, end_bin), report, new_row=_new_row, extend=_extend
+    )
     await session.flush()
-
-
-def _reconcile(
-    session: AsyncSession,
-    stored: list[Anomaly],
-    episodes: list[Episode],
-    first_bin: int,
-    end_bin: int,
-    report: ScanReport,
-) -> None:
-    gap = det.BIN * (det.GAP_BINS + 1)
-    by_key: dict[tuple[str, str, str], list[Anomaly]] = {}
-    for row in stored:
-        by_key.setdefault((row.subject, row.metric, row.detector), []).append(row)
-    matched: set[int] = set()
-    for episode in episodes:
-        candidates = by_key.setdefault((episode.subject, episode.metric, episode.detector), [])
-        found = next(
-            (
-                row
-                for row in candidates
-                if row.started_at <= episode.last_seen_at + gap
-                and (row.ended_at is None or row.ended_at >= episode.started_at - gap)
-            ),
-            None,
-        )
-        if found is None:
-            row = _new_row(episode)
-            session.add(row)
-            candidates.append(row)
-            report.inserted += 1
-        else:
-            row = found
-            report.updated += _extend(row, episode)
-        matched.add(id(row))
-    # Open episodes whose metric was normal in the scanned bins after they were last seen.
-    evaluated_end = det.bin_start(end_bin) - gap
-    for row in stored:
-        if (
-            id(row) not in matched
-            and row.ended_at is None
-            and det.bin_start(first_bin) - gap <= row.last_seen_at <= evaluated_end
-        ):
-            row.ended_at = row.last_seen_at
-            if row.status == AnomalyStatus.active:
-                row.status = AnomalyStatus.resolved.value
-            report.closed += 1
 
 
 def _new_row(episode: Episode) -> Anomaly:
