@@ -28,6 +28,13 @@ Targets (issue 13): p95 < 100 ms for a page of any endpoint over 1 day, p95 < 30
 
     .venv/bin/python benchmarks/queries.py                 # 10 M + 10 M rows, ~15 minutes
     .venv/bin/python benchmarks/queries.py --rows 500000   # a quick run while developing
+    .venv/bin/python benchmarks/queries.py --keep homepot_queries_10m   # load once, measure again
+
+``--keep NAME`` keeps the loaded database under that name instead of dropping it, and a later
+run with the same name skips steps 1 and 2 and measures the rows already there (the load's
+moment, sizes and seed are read back from the database, so the time ranges are the same).
+Each run's step 4 drops the oldest remaining day and empties the next one; drop the database by hand when done
+(``DROP DATABASE homepot_queries_10m``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,7 +69,7 @@ from sqlalchemy.engine import make_url
 
 from homepot.analytics.rollups import backfill_rollups
 from homepot.auth.models import Role
-from homepot.auth.service import create_user
+from homepot.auth.service import EmailTaken, create_user
 from homepot.config import (
     AnalyticsSettings,
     AuthSettings,
@@ -69,7 +77,7 @@ from homepot.config import (
     RetentionSettings,
     Settings,
 )
-from homepot.db import DatabaseUnreachable, create_engine
+from homepot.db import DatabaseUnreachable, create_engine, run_migrations
 from homepot.device.history import _raw_metrics, bucketed_metrics, chart_buckets
 from homepot.main import create_app
 from homepot.retention.partitions import (
@@ -490,9 +498,13 @@ async def measure(
     results: list[tuple[str, str, str, float, float, float | None]] = []
     async with LifespanManager(app):
         async with app.state.session_factory() as session, session.begin():
-            await create_user(
-                session, email="bench@homepot.example", password="bench-password-1", role=Role.admin
-            )
+            with suppress(EmailTaken):  # a kept database was measured before
+                await create_user(
+                    session,
+                    email="bench@homepot.example",
+                    password="bench-password-1",
+                    role=Role.admin,
+                )
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://bench") as client:
             token = (
@@ -664,6 +676,89 @@ def report(results: list[tuple[str, str, str, float, float, float | None]]) -> N
     console.print(f"targets missed: {missed}")
 
 
+META_TABLE = "bench_queries_meta"
+
+
+@contextmanager
+def kept_database(server_url: str, name: str) -> Iterator[tuple[str, datetime | None]]:
+    """The database ``name`` on ``server_url``, created and migrated if missing; never dropped.
+
+    Yields its URL and the moment of its load when a previous run finished loading it (read
+    from ``bench_queries_meta``), or None when it still has to be loaded.
+    """
+    database = make_url(server_url).set(drivername="postgresql+asyncpg", database=name)
+    url = database.render_as_string(hide_password=False)
+    admin = make_url(server_url).set(drivername="postgresql", database="postgres")
+    dsn = admin.render_as_string(hide_password=False)
+
+    async def loaded_at() -> datetime | None:
+        kept = await asyncpg.connect(
+            database.set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        try:
+            if not await kept.fetchval("SELECT to_regclass($1) IS NOT NULL", META_TABLE):
+                return None
+            moment: datetime | None = await kept.fetchval(f"SELECT loaded_at FROM {META_TABLE}")
+            return moment
+        finally:
+            await kept.close()
+
+    async def prepare() -> datetime | None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            if await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                moment = await loaded_at()
+                if moment is not None:
+                    return moment
+                # A load that did not finish: start again from an empty database.
+                await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await connection.execute(f'CREATE DATABASE "{name}"')
+            return None
+        finally:
+            await connection.close()
+
+    loaded = asyncio.run(prepare())
+    if loaded is None:
+        run_migrations(url)
+    yield url, loaded
+
+
+async def remember_load(url: str, now: datetime, args: argparse.Namespace) -> None:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            f"CREATE TABLE {META_TABLE} (loaded_at timestamptz NOT NULL, rows bigint NOT NULL, "
+            "terminals integer NOT NULL, days integer NOT NULL, seed integer NOT NULL)"
+        )
+        await connection.execute(
+            f"INSERT INTO {META_TABLE} VALUES ($1, $2, $3, $4, $5)",
+            now,
+            args.rows,
+            args.terminals,
+            args.days,
+            args.seed,
+        )
+    finally:
+        await connection.close()
+
+
+async def kept_sizes(url: str, args: argparse.Namespace) -> None:
+    """Read the sizes of a kept load back into ``args`` (the cases depend on them)."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(f"SELECT rows, terminals, days, seed FROM {META_TABLE}")
+    finally:
+        await connection.close()
+    args.rows, args.terminals, args.days, args.seed = (
+        row["rows"],
+        row["terminals"],
+        row["days"],
+        row["seed"],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -679,28 +774,53 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20, help="measured requests per case")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
+    parser.add_argument(
+        "--keep",
+        metavar="NAME",
+        help="keep the loaded database under this name; reuse it if a previous run loaded it",
+    )
     args = parser.parse_args()
     raise_keyboard_interrupt_on_sigterm()
     import tempfile
 
     now = datetime.now(UTC).replace(microsecond=0)
-    with (
-        tempfile.TemporaryDirectory(prefix="homepot-queries-") as spool,
-        benchmark_database("postgresql", args.postgres_server, "queries") as url,
-    ):
+    database = (
+        kept_database(args.postgres_server, args.keep)
+        if args.keep
+        else _fresh(benchmark_database("postgresql", args.postgres_server, "queries"))
+    )
+    with tempfile.TemporaryDirectory(prefix="homepot-queries-") as spool, database as (url, loaded):
         args.spool_dir = spool
-        console.print(
-            f"database {describe_database(url)}; {args.rows:,} rows per big table, "
-            f"{args.terminals:,} terminals, {args.days} days"
-        )
-        started = time.perf_counter()
-        asyncio.run(load(url, args, now))
-        console.print(f"load: {time.perf_counter() - started:.0f} s")
-        elapsed = asyncio.run(rollup_and_analyze(url, now, args.days))
-        console.print(f"rollup backfill of {args.days} days: {elapsed:.0f} s")
+        if loaded is not None:
+            now = loaded
+            asyncio.run(kept_sizes(url, args))
+            console.print(
+                f"database {describe_database(url)} (kept, loaded at {now.isoformat()}); "
+                f"{args.rows:,} rows per big table, {args.terminals:,} terminals, "
+                f"{args.days} days"
+            )
+        else:
+            console.print(
+                f"database {describe_database(url)}; {args.rows:,} rows per big table, "
+                f"{args.terminals:,} terminals, {args.days} days"
+            )
+            started = time.perf_counter()
+            asyncio.run(load(url, args, now))
+            console.print(f"load: {time.perf_counter() - started:.0f} s")
+            elapsed = asyncio.run(rollup_and_analyze(url, now, args.days))
+            console.print(f"rollup backfill of {args.days} days: {elapsed:.0f} s")
+            if args.keep:
+                asyncio.run(remember_load(url, now, args))
         results = asyncio.run(measure(url, args, now))
         report(results)
         asyncio.run(retention_and_explain(url, now))
+
+
+@contextmanager
+def _fresh(database: AbstractContextManager[str]) -> Iterator[tuple[str, datetime | None]]:
+    """A throw-away database in the shape of :func:`kept_database` (never loaded before)."""
+    with database as url:
+        yield url, None
 
 
 if __name__ == "__main__":
