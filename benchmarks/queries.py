@@ -33,8 +33,8 @@ Targets (issue 13): p95 < 100 ms for a page of any endpoint over 1 day, p95 < 30
 ``--keep NAME`` keeps the loaded database under that name instead of dropping it, and a later
 run with the same name skips steps 1 and 2 and measures the rows already there (the load's
 moment, sizes and seed are read back from the database, so the time ranges are the same).
-Each run's step 4 drops the oldest remaining day and empties the next one; drop the database by hand when done
-(``DROP DATABASE homepot_queries_10m``).
+Each run's step 4 drops the oldest remaining day and empties the next one; drop the database
+by hand when done (``DROP DATABASE homepot_queries_10m``).
 """
 
 from __future__ import annotations
