@@ -1,0 +1,276 @@
+"""The uplink read through NATS JetStream (``fleet.uplink`` "jetstream"): two server processes
+on one PostgreSQL share one durable consumer on a three-node NATS cluster.
+
+Devices publish over MQTT (3.1.1, QoS 1) to every node; NATS stores each message in its
+``$MQTT_msgs`` stream before the PUBACK, and the servers fetch from it. Each process takes a
+share, together they store everything, nothing is delivered twice; and killing the node
+that leads the stream during ingest loses no message a device got a PUBACK for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiomqtt
+import pytest
+from sqlalchemy import func, select
+
+from homepot.analytics.models import DeviceMetrics
+from homepot.config import Settings
+from homepot.db import create_engine, create_session_factory
+from homepot.fleet.jetstream import MQTT_STREAM
+from tests.conftest import TEST_SECRET
+from tests.faults.servers import AppServer, stop_all
+from tests.fleet.brokers import HOST, NatsCluster, nats_cluster
+from tests.fleet.test_broker_cluster import BATCHES, SAMPLES, _send_all
+from tests.fleet.test_mqtt import _device_with_key, _eventually
+
+__all__ = ["nats_cluster"]  # fixture
+
+pytestmark = pytest.mark.servers
+
+CONSUMER = "homepot-uplink"
+
+
+def _env(settings: Settings, mqtt_url: str, nats_urls: list[str]) -> dict[str, str]:
+    return {
+        "HOMEPOT_DATABASE_URL": settings.database_url,
+        "HOMEPOT_AUTH__SECRET_KEY": TEST_SECRET,
+        # Job pushes stay on MQTT (3.1.1 on NATS); the uplink comes from JetStream.
+        "HOMEPOT_FLEET__MQTT_URL": mqtt_url,
+        "HOMEPOT_FLEET__MQTT_PROTOCOL": "3.1.1",
+        "HOMEPOT_FLEET__UPLINK": "jetstream",
+        "HOMEPOT_FLEET__NATS_URLS": ",".join(nats_urls),
+        "HOMEPOT_FLEET__JETSTREAM_CONSUMER": CONSUMER,
+        # A message whose reader (or its node) died comes back to another within 2 s.
+        "HOMEPOT_FLEET__JETSTREAM_ACK_WAIT_SECONDS": "2",
+    }
+
+
+@contextlib.asynccontextmanager
+async def _nats(cluster: NatsCluster) -> AsyncIterator[object]:
+    """The test's own JetStream context, connected to every node."""
+    import nats
+
+    client = await nats.connect(
+        servers=[cluster.nats_url(node) for node in range(cluster.NODES)],
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+    )
+    try:
+        yield client.jetstream()
+    finally:
+        await client.close()
+
+
+async def _mqtt_ready(cluster: NatsCluster) -> None:
+    """Wait until every node takes MQTT connections (JetStream's meta leader is elected);
+    the first one also makes NATS create its MQTT streams."""
+    for port in cluster.mqtt_ports:
+
+        async def connects(port: int = port) -> bool:
+            with contextlib.suppress(aiomqtt.MqttError):
+                async with aiomqtt.Client(
+                    HOST, port, protocol=aiomqtt.ProtocolVersion.V311, timeout=2
+                ):
+                    return True
+            return False
+
+        await _eventually(connects, within=25)
+
+
+async def _readers_bound(servers: list[AppServer]) -> None:
+    async def bound() -> bool:
+        samples = [await server.metrics() for server in servers]
+        return all(s.get("homepot_jetstream_connected") == 1 for s in samples)
+
+    await _eventually(bound, within=20)
+
+
+async def _uplink_counts(servers: list[AppServer], name: str) -> list[float]:
+    return [
+        (await server.metrics()).get(f"homepot_jetstream_uplink_{name}_total", 0)
+        for server in servers
+    ]
+
+
+async def test_two_processes_share_the_jetstream_consumer(
+    backend: str, settings: Settings, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("two server processes share PostgreSQL; SQLite is served by one process")
+    engine = create_engine(settings.database_url)
+    factory = create_session_factory(engine)
+    stand_in = SimpleNamespace(state=SimpleNamespace(session_factory=factory))
+    nodes = NatsCluster.NODES
+    # Each process on a node of its own; the third node has devices only.
+    servers = [
+        AppServer(
+            _env(settings, nats_cluster.url(node), [nats_cluster.nats_url(node)]),
+            tmp_path,
+        )
+        for node in range(2)
+    ]
+    try:
+        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
+        await _mqtt_ready(nats_cluster)
+        for server in servers:
+            server.start()
+        await asyncio.gather(*(server.wait_until_up() for server in servers))
+        await _readers_bound(servers)
+        ports = nats_cluster.mqtt_ports
+        acknowledged = await asyncio.gather(
+            *(
+                _send_all(device_id, key, [ports[number % nodes]])
+                for number, (device_id, key) in enumerate(devices)
+            )
+        )
+        assert acknowledged == [BATCHES] * len(devices)
+        total = len(devices) * BATCHES * SAMPLES
+
+        async def stored() -> int:
+            async with factory() as session:
+                statement = select(func.count()).select_from(DeviceMetrics)
+                ids = [device_id for device_id, _ in devices]
+                return int(
+                    await session.scalar(statement.where(DeviceMetrics.device_id.in_(ids))) or 0
+                )
+
+        async def all_stored() -> bool:
+            return await stored() >= total
+
+        await _eventually(all_stored, within=20)
+        messages = len(devices) * BATCHES
+
+        async def all_acknowledged() -> bool:
+            return sum(await _uplink_counts(servers, "acknowledged")) >= messages
+
+        await _eventually(all_acknowledged, within=10)
+        received = await _uplink_counts(servers, "received")
+        # Each took a share; together every message, none twice.
+        assert all(count > 0 for count in received), received
+        assert sum(received) == messages
+        assert sum(await _uplink_counts(servers, "redelivered")) == 0
+        assert sum(await _uplink_counts(servers, "acknowledged")) == messages
+        assert await stored() == total
+        async with _nats(nats_cluster) as js:
+            consumer = await js.consumer_info(MQTT_STREAM, CONSUMER)  # type: ignore[attr-defined]
+        assert consumer.num_ack_pending == 0
+        assert consumer.num_pending == 0
+    finally:
+        stop_all(servers)
+        await engine.dispose()
+
+
+async def test_stream_leader_killed_during_ingest_loses_no_acknowledged_message(
+    backend: str, settings: Settings, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("two server processes share PostgreSQL; SQLite is served by one process")
+    engine = create_engine(settings.database_url)
+    factory = create_session_factory(engine)
+    stand_in = SimpleNamespace(state=SimpleNamespace(session_factory=factory))
+    nodes = NatsCluster.NODES
+    servers: list[AppServer] = []
+    try:
+        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
+        await _mqtt_ready(nats_cluster)
+        async with _nats(nats_cluster) as js:
+            stream = await js.stream_info(MQTT_STREAM)  # type: ignore[attr-defined]
+        assert stream.cluster is not None
+        assert stream.cluster.leader is not None
+        leader = int(stream.cluster.leader.removeprefix("node"))
+        other = (leader + 1) % nodes
+        # One process reads through the leader's node only (it learns the others from the
+        # cluster when it connects), the other through another node.
+        servers = [
+            AppServer(
+                _env(settings, nats_cluster.url(node), [nats_cluster.nats_url(node)]),
+                tmp_path,
+            )
+            for node in (leader, other)
+        ]
+        for server in servers:
+            server.start()
+        await asyncio.gather(*(server.wait_until_up() for server in servers))
+        await _readers_bound(servers)
+
+        async def stored() -> int:
+            async with factory() as session:
+                statement = select(func.count()).select_from(DeviceMetrics)
+                ids = [device_id for device_id, _ in devices]
+                return int(
+                    await session.scalar(statement.where(DeviceMetrics.device_id.in_(ids))) or 0
+                )
+
+        # Devices on every node; each sends again, on the next node, what got no PUBACK.
+        pause = asyncio.Event()
+        ports = nats_cluster.mqtt_ports
+        senders = [
+            asyncio.create_task(
+                _send_all(
+                    device_id,
+                    key,
+                    [ports[(number + step) % nodes] for step in range(nodes)],
+                    pause,
+                )
+            )
+            for number, (device_id, key) in enumerate(devices)
+        ]
+
+        async def some_stored() -> bool:
+            return await stored() > 0
+
+        await _eventually(some_stored, within=20)
+        nats_cluster.kill(leader)
+        pause.set()
+        acknowledged = await asyncio.gather(*senders)
+        assert acknowledged == [BATCHES] * len(devices)
+        total = len(devices) * BATCHES * SAMPLES
+
+        async def all_stored() -> bool:
+            return await stored() >= total
+
+        await _eventually(all_stored, within=30)
+        # Every acknowledged sample is stored, once (no more rows arrive late).
+        async with _nats(nats_cluster) as js:
+
+            async def consumer_drained() -> bool:
+                with contextlib.suppress(Exception):
+                    info = await js.consumer_info(MQTT_STREAM, CONSUMER)  # type: ignore[attr-defined]
+                    return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+                return False
+
+            await _eventually(consumer_drained, within=15)
+        assert await stored() == total
+        # Both processes survived the node and kept reading.
+        assert all(
+            server.process is not None and server.process.poll() is None for server in servers
+        )
+    finally:
+        stop_all(servers)
+        await engine.dispose()
+
+
+def test_servers_without_jetstream_do_not_load_nats() -> None:
+    """nats-py is imported only by servers whose uplink is JetStream."""
+    program = (
+        "import sys; from homepot.main import create_app; create_app(); "
+        "print('nats' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.stdout.strip() == "False"
