@@ -17,15 +17,16 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiomqtt
 import pytest
 from sqlalchemy import func, select
 
 from homepot.analytics.models import DeviceMetrics
-from homepot.config import Settings
+from homepot.config import FleetSettings, Settings
 from homepot.db import create_engine, create_session_factory
-from homepot.fleet.jetstream import MQTT_STREAM
+from homepot.fleet.jetstream import MQTT_STREAM, topic_of
 from tests.conftest import TEST_SECRET
 from tests.faults.servers import AppServer, stop_all
 from tests.fleet.brokers import HOST, NatsCluster, nats_cluster
@@ -55,8 +56,8 @@ def _env(settings: Settings, mqtt_url: str, nats_urls: list[str]) -> dict[str, s
 
 
 @contextlib.asynccontextmanager
-async def _nats(cluster: NatsCluster) -> AsyncIterator[object]:
-    """The test's own JetStream context, connected to every node."""
+async def _nats(cluster: NatsCluster) -> AsyncIterator[Any]:
+    """The test's own NATS connection, to every node."""
     import nats
 
     client = await nats.connect(
@@ -65,9 +66,36 @@ async def _nats(cluster: NatsCluster) -> AsyncIterator[object]:
         reconnect_time_wait=0.2,
     )
     try:
-        yield client.jetstream()
+        yield client
     finally:
         await client.close()
+
+
+async def _stream_led_by_one_of(nc: Any, nodes: set[int]) -> int:
+    """The node leading ``$MQTT_msgs``; while it is not one of ``nodes``, the leader is asked
+    to step down (a new one is elected among the others)."""
+    js = nc.jetstream()
+
+    async def leader() -> str | None:
+        # The node's name, not its number: _eventually wants a truthy answer, and 0 is not.
+        with contextlib.suppress(Exception):
+            cluster = (await js.stream_info(MQTT_STREAM)).cluster
+            if cluster is not None and cluster.leader:
+                return str(cluster.leader)
+        return None
+
+    for _ in range(10):
+        current = int((await _eventually(leader, within=15)).removeprefix("node"))
+        if current in nodes:
+            return current
+
+        async def moved(previous: str = f"node{current}") -> bool:
+            return await leader() not in (None, previous)
+
+        with contextlib.suppress(Exception):
+            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{MQTT_STREAM}", b"", timeout=5)
+        await _eventually(moved, within=15)
+    pytest.fail(f"{MQTT_STREAM} stayed led by a node outside {sorted(nodes)}")
 
 
 async def _mqtt_ready(cluster: NatsCluster) -> None:
@@ -119,11 +147,12 @@ async def test_two_processes_share_the_jetstream_consumer(
         for node in range(2)
     ]
     try:
-        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
-        await _mqtt_ready(nats_cluster)
         for server in servers:
             server.start()
-        await asyncio.gather(*(server.wait_until_up() for server in servers))
+        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
+        await asyncio.gather(
+            _mqtt_ready(nats_cluster), *(server.wait_until_up() for server in servers)
+        )
         await _readers_bound(servers)
         ports = nats_cluster.mqtt_ports
         acknowledged = await asyncio.gather(
@@ -160,8 +189,8 @@ async def test_two_processes_share_the_jetstream_consumer(
         assert sum(await _uplink_counts(servers, "redelivered")) == 0
         assert sum(await _uplink_counts(servers, "acknowledged")) == messages
         assert await stored() == total
-        async with _nats(nats_cluster) as js:
-            consumer = await js.consumer_info(MQTT_STREAM, CONSUMER)  # type: ignore[attr-defined]
+        async with _nats(nats_cluster) as nc:
+            consumer = await nc.jetstream().consumer_info(MQTT_STREAM, CONSUMER)
         assert consumer.num_ack_pending == 0
         assert consumer.num_pending == 0
     finally:
@@ -178,28 +207,25 @@ async def test_stream_leader_killed_during_ingest_loses_no_acknowledged_message(
     factory = create_session_factory(engine)
     stand_in = SimpleNamespace(state=SimpleNamespace(session_factory=factory))
     nodes = NatsCluster.NODES
-    servers: list[AppServer] = []
+    # Each process reads through one node only (it learns the others from the cluster when
+    # it connects); the third node has devices only.
+    servers = [
+        AppServer(
+            _env(settings, nats_cluster.url(node), [nats_cluster.nats_url(node)]),
+            tmp_path,
+        )
+        for node in range(2)
+    ]
     try:
-        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
-        await _mqtt_ready(nats_cluster)
-        async with _nats(nats_cluster) as js:
-            stream = await js.stream_info(MQTT_STREAM)  # type: ignore[attr-defined]
-        assert stream.cluster is not None
-        assert stream.cluster.leader is not None
-        leader = int(stream.cluster.leader.removeprefix("node"))
-        other = (leader + 1) % nodes
-        # One process reads through the leader's node only (it learns the others from the
-        # cluster when it connects), the other through another node.
-        servers = [
-            AppServer(
-                _env(settings, nats_cluster.url(node), [nats_cluster.nats_url(node)]),
-                tmp_path,
-            )
-            for node in (leader, other)
-        ]
         for server in servers:
             server.start()
-        await asyncio.gather(*(server.wait_until_up() for server in servers))
+        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
+        await asyncio.gather(
+            _mqtt_ready(nats_cluster), *(server.wait_until_up() for server in servers)
+        )
+        # The node to kill leads the stream (every store goes through it) and serves a reader.
+        async with _nats(nats_cluster) as nc:
+            leader = await _stream_led_by_one_of(nc, {0, 1})
         await _readers_bound(servers)
 
         async def stored() -> int:
@@ -240,11 +266,12 @@ async def test_stream_leader_killed_during_ingest_loses_no_acknowledged_message(
 
         await _eventually(all_stored, within=30)
         # Every acknowledged sample is stored, once (no more rows arrive late).
-        async with _nats(nats_cluster) as js:
+        async with _nats(nats_cluster) as nc:
+            js = nc.jetstream()
 
             async def consumer_drained() -> bool:
                 with contextlib.suppress(Exception):
-                    info = await js.consumer_info(MQTT_STREAM, CONSUMER)  # type: ignore[attr-defined]
+                    info = await js.consumer_info(MQTT_STREAM, CONSUMER)
                     return bool(info.num_ack_pending == 0 and info.num_pending == 0)
                 return False
 
@@ -274,3 +301,16 @@ def test_servers_without_jetstream_do_not_load_nats() -> None:
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_jetstream_uplink_needs_nats_urls() -> None:
+    with pytest.raises(ValueError, match="HOMEPOT_FLEET__NATS_URLS"):
+        FleetSettings(uplink="jetstream")
+    fleet = FleetSettings(uplink="jetstream", nats_urls="nats://a:4222, nats://b:4222")
+    assert fleet.nats_urls == ["nats://a:4222", "nats://b:4222"]
+
+
+def test_a_stored_mqtt_message_keeps_its_topic() -> None:
+    assert topic_of("$MQTT.msgs.homepot.v1.devices.pos-1.jobs.ack") == (
+        "homepot/v1/devices/pos-1/jobs/ack"
+    )

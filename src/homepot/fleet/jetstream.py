@@ -224,24 +224,28 @@ class JetStreamUplink:
                         MQTT_STREAM,
                     )
                 await asyncio.sleep(1)
+        config = ConsumerConfig(
+            durable_name=name,
+            description="HOMEPOT server processes: the devices' messages",
+            filter_subject=DEVICE_SUBJECTS,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._fleet.jetstream_ack_wait_seconds,
+            max_ack_pending=self._fleet.jetstream_max_ack_pending,
+        )
         try:
-            await js.consumer_info(MQTT_STREAM, name)
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                durable_name=name,
-                description="HOMEPOT server processes: the devices' messages",
-                filter_subject=DEVICE_SUBJECTS,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._fleet.jetstream_ack_wait_seconds,
-                max_ack_pending=self._fleet.jetstream_max_ack_pending,
+            # Creates it, or finds it as it is (every process asks with the same settings);
+            # NATS applies changed settings where it can (the ack wait, the pending limit).
+            await js.add_consumer(MQTT_STREAM, config)
+        except nats.js.errors.BadRequestError as exc:
+            existing = await js.consumer_info(MQTT_STREAM, name)
+            logger.warning(
+                "JetStream uplink: the consumer %s exists with other settings that NATS"
+                " refuses to change (%s); reading it as it is: %s",
+                name,
+                exc.description,
+                existing.config,
             )
-            try:
-                await js.add_consumer(MQTT_STREAM, config)
-                logger.info("JetStream uplink: created the durable consumer %s", name)
-            except nats.js.errors.BadRequestError:
-                # Another process created it meanwhile (with the same settings, or its own).
-                await js.consumer_info(MQTT_STREAM, name)
         return await js.pull_subscribe_bind(name, stream=MQTT_STREAM)
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> None:
@@ -289,6 +293,9 @@ class JetStreamUplink:
             batch = await next_batch(queue)
             try:
                 await self._settle(batch)
+            except Exception:
+                # Unacknowledged, the batch comes back after the ack wait; the worker goes on.
+                logger.exception("JetStream uplink: a batch failed unexpectedly")
             finally:
                 for delivery in batch:
                     self._release(delivery)
