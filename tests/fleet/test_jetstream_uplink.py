@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -281,6 +282,82 @@ async def test_stream_leader_killed_during_ingest_loses_no_acknowledged_message(
         assert all(
             server.process is not None and server.process.poll() is None for server in servers
         )
+    finally:
+        stop_all(servers)
+        await engine.dispose()
+
+
+async def test_a_reader_that_dies_holding_messages_leaves_them_to_the_other(
+    backend: str, settings: Settings, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """One process freezes (SIGSTOP) while messages keep coming, so that what NATS hands it
+    stays unacknowledged, and is then killed: the other process gets those messages after
+    the ack wait, and every acknowledged sample is stored once."""
+    if backend != "postgresql":
+        pytest.skip("two server processes share PostgreSQL; SQLite is served by one process")
+    engine = create_engine(settings.database_url)
+    factory = create_session_factory(engine)
+    stand_in = SimpleNamespace(state=SimpleNamespace(session_factory=factory))
+    nodes = NatsCluster.NODES
+    servers = [
+        AppServer(
+            _env(settings, nats_cluster.url(node), [nats_cluster.nats_url(node)]),
+            tmp_path,
+        )
+        for node in range(2)
+    ]
+    try:
+        for server in servers:
+            server.start()
+        devices = [await _device_with_key(stand_in) for _ in range(nodes * 2)]  # type: ignore[arg-type]
+        await asyncio.gather(
+            _mqtt_ready(nats_cluster), *(server.wait_until_up() for server in servers)
+        )
+        await _readers_bound(servers)
+        ports = nats_cluster.mqtt_ports
+        pause = asyncio.Event()
+        senders = [
+            asyncio.create_task(_send_all(device_id, key, [ports[number % nodes]], pause))
+            for number, (device_id, key) in enumerate(devices)
+        ]
+
+        async def first_reads() -> bool:
+            return (await _uplink_counts(servers[:1], "received"))[0] > 0
+
+        await _eventually(first_reads, within=20)
+        survivor = servers[1]
+        doomed = servers[0].process
+        assert doomed is not None
+        doomed.send_signal(signal.SIGSTOP)
+        pause.set()
+        acknowledged = await asyncio.gather(*senders)
+        assert acknowledged == [BATCHES] * len(devices)
+        doomed.kill()
+        doomed.wait(timeout=10)
+        total = len(devices) * BATCHES * SAMPLES
+
+        async def stored() -> int:
+            async with factory() as session:
+                statement = select(func.count()).select_from(DeviceMetrics)
+                ids = [device_id for device_id, _ in devices]
+                return int(
+                    await session.scalar(statement.where(DeviceMetrics.device_id.in_(ids))) or 0
+                )
+
+        async def all_stored() -> bool:
+            return await stored() >= total
+
+        await _eventually(all_stored, within=20)
+        async with _nats(nats_cluster) as nc:
+            js = nc.jetstream()
+
+            async def consumer_drained() -> bool:
+                info = await js.consumer_info(MQTT_STREAM, CONSUMER)
+                return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+            await _eventually(consumer_drained, within=15)
+        assert await stored() == total
+        assert (await survivor.metrics()).get("homepot_jetstream_connected") == 1
     finally:
         stop_all(servers)
         await engine.dispose()
