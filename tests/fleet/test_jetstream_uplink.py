@@ -15,26 +15,32 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
+from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics
 from homepot.config import FleetSettings, Settings
 from homepot.db import create_engine, create_session_factory
 from homepot.fleet.jetstream import MQTT_STREAM, topic_of
+from homepot.main import create_app
 from tests.conftest import TEST_SECRET
 from tests.faults.servers import AppServer, stop_all
 from tests.fleet.brokers import HOST, NatsCluster, nats_cluster
+from tests.fleet.tcp_proxy import TcpProxy
 from tests.fleet.test_broker_cluster import BATCHES, SAMPLES, _send_all
-from tests.fleet.test_mqtt import _device_with_key, _eventually
+from tests.fleet.test_mqtt import _batch, _device_with_key, _eventually
+from tests.fleet.test_mqtt_faults import proxied
+from tests.helpers import flush
 
-__all__ = ["nats_cluster"]  # fixture
+__all__ = ["nats_cluster", "proxied"]  # fixtures
 
 pytestmark = pytest.mark.servers
 
@@ -361,6 +367,84 @@ async def test_a_reader_that_dies_holding_messages_leaves_them_to_the_other(
     finally:
         stop_all(servers)
         await engine.dispose()
+
+
+async def test_a_database_outage_leaves_the_messages_unacknowledged_in_the_stream(
+    proxied: tuple[Settings, TcpProxy], nats_cluster: NatsCluster
+) -> None:
+    """While PostgreSQL is cut off nothing is acknowledged (there is no spool: the stream
+    keeps the messages); once it is back, every message is stored, once."""
+    settings, proxy = proxied
+    fleet = settings.fleet.model_copy(
+        update={
+            "mqtt_url": nats_cluster.url(0),
+            "mqtt_protocol": "3.1.1",
+            "uplink": "jetstream",
+            "nats_urls": [nats_cluster.nats_url(1)],
+            "jetstream_consumer": CONSUMER,
+            "jetstream_ack_wait_seconds": 2,
+        }
+    )
+    await _mqtt_ready(nats_cluster)
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
+    async with LifespanManager(application):
+        reader = application.state.jetstream_uplink
+        devices = [await _device_with_key(application) for _ in range(3)]
+        await _eventually(_is_set(reader.connected), within=20)
+        expected = {device_id: 0 for device_id, _ in devices}
+
+        async def send(batches: int) -> None:
+            for number, (device_id, key) in enumerate(devices):
+                port = nats_cluster.mqtt_ports[number % NatsCluster.NODES]
+                async with DeviceMqttLink(HOST, port, device_id, key) as link:
+                    for _ in range(batches):
+                        await link.publish_telemetry(_batch(samples=5))
+                        expected[device_id] += 5
+
+        async def all_stored() -> bool:
+            await flush(application)
+            async with application.state.session_factory() as session:
+                rows = await session.execute(
+                    select(DeviceMetrics.device_id, func.count()).group_by(DeviceMetrics.device_id)
+                )
+                return {device_id: count for device_id, count in rows} == expected
+
+        await send(2)
+        await _eventually(all_stored, within=20)
+        acknowledged = reader.stats["acknowledged"]
+
+        proxy.cut_connections()
+        await send(4)  # every PUBACK came: NATS has them
+
+        async def all_held() -> bool:
+            return bool(reader.snapshot()["held"] == 3 * 4)
+
+        await _eventually(all_held, within=20)
+        async with _nats(nats_cluster) as nc:
+            info = await nc.jetstream().consumer_info(MQTT_STREAM, CONSUMER)
+        assert info.num_ack_pending == 3 * 4
+        assert reader.stats["acknowledged"] == acknowledged
+
+        proxy.restore()
+        await _eventually(all_stored, within=30)
+        async with _nats(nats_cluster) as nc:
+            js = nc.jetstream()
+
+            async def consumer_drained() -> bool:
+                info = await js.consumer_info(MQTT_STREAM, CONSUMER)
+                return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+            await _eventually(consumer_drained, within=15)
+        assert await all_stored()
+        # Held in progress through the outage: no message went back to the stream meanwhile.
+        assert reader.stats["redelivered"] == 0
+
+
+def _is_set(event: asyncio.Event) -> Callable[[], Awaitable[bool]]:
+    async def is_set() -> bool:
+        return event.is_set()
+
+    return is_set
 
 
 def test_servers_without_jetstream_do_not_load_nats() -> None:
