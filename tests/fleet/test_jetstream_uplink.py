@@ -420,9 +420,16 @@ async def test_a_database_outage_leaves_the_messages_unacknowledged_in_the_strea
             return bool(reader.snapshot()["held"] == 3 * 4)
 
         await _eventually(all_held, within=20)
+
+        async def held_beyond_the_ack_wait() -> bool:
+            # Marked in progress every 2/3 s: four rounds outlast the 2 s ack wait.
+            return bool(reader.stats["kept_in_progress"] >= 3 * 4 * 4)
+
+        await _eventually(held_beyond_the_ack_wait, within=20)
         async with _nats(nats_cluster) as nc:
             info = await nc.jetstream().consumer_info(MQTT_STREAM, CONSUMER)
         assert info.num_ack_pending == 3 * 4
+        assert info.num_redelivered == 0
         assert reader.stats["acknowledged"] == acknowledged
 
         proxy.restore()

@@ -108,7 +108,14 @@ class JetStreamUplink:
         # Set while connected to NATS and bound to the consumer.
         self.connected = asyncio.Event()
         self.first_attempt_done = asyncio.Event()
-        self.stats = {"received": 0, "acknowledged": 0, "redelivered": 0, "skipped": 0}
+        # kept_in_progress: "still working on it" signals sent for messages held a while.
+        self.stats = {
+            "received": 0,
+            "acknowledged": 0,
+            "redelivered": 0,
+            "skipped": 0,
+            "kept_in_progress": 0,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """For /api/v1/health and /metrics."""
@@ -352,6 +359,7 @@ class JetStreamUplink:
                 if now - delivery.fetched_at >= interval:
                     with contextlib.suppress(Exception):
                         await delivery.message.in_progress()
+                        self.stats["kept_in_progress"] += 1
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         """Store what was fetched (bounded), then stop; the rest is delivered again."""
