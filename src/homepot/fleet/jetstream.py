@@ -188,8 +188,9 @@ class JetStreamUplink:
 
     async def _connect(self) -> NatsClient:
         async def disconnected() -> None:
+            if self.connected.is_set():  # not when this process closes the connection
+                logger.warning("JetStream uplink: disconnected from NATS, reconnecting")
             self.connected.clear()
-            logger.warning("JetStream uplink: disconnected from NATS, reconnecting")
 
         async def reconnected() -> None:
             self.connected.set()
