@@ -6,12 +6,13 @@ Nested groups use a double underscore, e.g. ``HOMEPOT_ANALYTICS__BATCH_SIZE=500`
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Every API route lives under this prefix. Routers carry it in their own APIRouter(prefix=...),
 # because FastAPI does not bake an include_router prefix into route.path, and the request log
@@ -114,8 +115,28 @@ class FleetSettings(BaseModel):
     # homepot.kit.singleton) under one persistent session, which the next holder takes over
     # with the messages not yet acknowledged; every process still pushes jobs.
     mqtt_shared_subscription: bool = True
-    # Device messages received and not yet stored or spooled (the broker holds the rest).
+    # Device messages received and not yet stored or spooled (the broker holds the rest); with
+    # the JetStream uplink, messages one process has fetched and not yet stored.
     mqtt_max_unacknowledged: int = Field(default=4_000, ge=10, le=65_535)
+    # Where the server reads the devices' messages. "mqtt": the bridge's subscription (shared
+    # between processes through $share/... on Mosquitto). "jetstream": a NATS cluster's
+    # JetStream, through one durable consumer every server process fetches from (see
+    # homepot.fleet.jetstream); devices still publish over MQTT, and jobs are still pushed
+    # over MQTT (mqtt_url, with mqtt_protocol "3.1.1" on NATS).
+    uplink: Literal["mqtt", "jetstream"] = "mqtt"
+    # NATS client URLs of the cluster (nats://[user:password@]host:4222), a JSON list or
+    # comma-separated; one is enough (the client learns the others from the cluster), more
+    # let a process start while a node is down.
+    nats_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The durable consumer the server processes share (all processes on one database use one).
+    jetstream_consumer: str = Field(default="homepot-uplink", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # A message fetched and not acknowledged within this long (its process or node died) is
+    # delivered again, to any process; a process storing slowly keeps its messages meanwhile.
+    jetstream_ack_wait_seconds: float = Field(default=30, ge=1, le=3600)
+    # Messages asked for in one fetch.
+    jetstream_fetch_batch: int = Field(default=200, ge=1, le=10_000)
+    # Messages delivered and not yet acknowledged, all processes together (NATS holds the rest).
+    jetstream_max_ack_pending: int = Field(default=20_000, ge=10, le=1_000_000)
     heartbeat_interval_seconds: float = Field(default=30, gt=0)
     telemetry_interval_seconds: float = Field(default=30, gt=0)
     # A device whose heartbeats stop for this long is marked offline by the watchdog.
@@ -139,6 +160,24 @@ class FleetSettings(BaseModel):
     error_rate_margin_points: float = Field(default=0.5, ge=0)
     error_rate_margin_ratio: float = Field(default=0.2, ge=0)
     latency_margin_ratio: float = Field(default=0.2, ge=0)
+
+    @field_validator("nats_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _jetstream_needs_nats(self) -> FleetSettings:
+        if self.uplink == "jetstream" and not self.nats_urls:
+            raise ValueError(
+                "HOMEPOT_FLEET__UPLINK=jetstream reads the devices' messages from NATS: set"
+                " HOMEPOT_FLEET__NATS_URLS (e.g. nats://node-a:4222,nats://node-b:4222)"
+            )
+        return self
 
 
 class RetentionSettings(BaseModel):

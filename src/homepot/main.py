@@ -44,7 +44,11 @@ from homepot.site.router import router as site_router
 from homepot.system.admission import AdmissionGate, concurrent_request_limit
 from homepot.system.errors import install_error_handlers
 from homepot.system.limits import RequestBodyGuard
-from homepot.system.metrics import LeadershipCollector, MqttBridgeCollector
+from homepot.system.metrics import (
+    JetStreamUplinkCollector,
+    LeadershipCollector,
+    MqttBridgeCollector,
+)
 from homepot.system.router import router as system_router
 from homepot.web.router import STATIC_DIR
 from homepot.web.router import router as web_router
@@ -133,6 +137,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         MqttBridgeCollector(
             lambda: (
                 bridge.snapshot() if (bridge := getattr(app.state, "mqtt_bridge", None)) else None
+            )
+        )
+    )
+    registry.register(
+        JetStreamUplinkCollector(
+            lambda: (
+                reader.snapshot()
+                if (reader := getattr(app.state, "jetstream_uplink", None))
+                else None
             )
         )
     )

@@ -207,6 +207,16 @@ class NatsCluster:
     def url(self, node: int) -> str:
         return f"mqtt://{HOST}:{self.mqtt_ports[node]}"
 
+    def nats_url(self, node: int) -> str:
+        return f"nats://{HOST}:{self.client_ports[node]}"
+
+    def alive(self) -> list[int]:
+        return [
+            node
+            for node, process in enumerate(self.processes)
+            if process and process.poll() is None
+        ]
+
     def start(self) -> None:
         for node, config in enumerate(self.configs):
             log = (self.directory / f"node{node}.log").open("ab")

@@ -38,6 +38,9 @@ worker are picked up by its successor. For brokers without shared subscriptions 
 ``fleet.mqtt_shared_subscription`` false, ``fleet.mqtt_protocol`` "3.1.1"), one process at a
 time reads the uplink, under one persistent session (``-uplink``) that the next holder of the
 uplink's lock takes over with whatever was not yet acknowledged; every process pushes jobs.
+With ``fleet.uplink`` "jetstream" the bridge only pushes jobs, and the processes share the
+uplink through a JetStream consumer on the NATS cluster instead (:mod:`homepot.fleet.jetstream`,
+imported only then, with nats-py).
 
 The device side of the same protocol is :class:`homepot.agent.mqtt.DeviceMqttLink`.
 """
@@ -55,7 +58,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from fastapi import FastAPI
@@ -98,6 +101,8 @@ from homepot.protocol.mqtt import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A push waits this long for the broker's PUBACK before the job is left for polling.
 PUBLISH_TIMEOUT_SECONDS = 5.0
@@ -223,8 +228,10 @@ class UplinkBridge:
         self._group = share_group(self._settings.database_url, address.password)
         self._base_client_id = server_client_id(self._settings, address.password)
         self.client_id = self._base_client_id
-        # Whether this process reads the uplink (always, with shared subscriptions).
-        self._shared = self._settings.fleet.mqtt_shared_subscription
+        # Whether this process reads the uplink (always, with shared subscriptions; never when
+        # the uplink is read through JetStream: then the bridge only pushes jobs).
+        self._uplink_here = self._settings.fleet.uplink == "mqtt"
+        self._shared = self._uplink_here and self._settings.fleet.mqtt_shared_subscription
         self.reads_uplink = self._shared
         self._switching_role = False
         # After a broker failure, a process without shared subscriptions connects as a mere
@@ -390,7 +397,9 @@ class UplinkBridge:
                 self._switching_role = False
                 try:
                     self.reads_uplink = self._shared or (
-                        not self._last_attempt_failed and await self._leads_uplink()
+                        self._uplink_here
+                        and not self._last_attempt_failed
+                        and await self._leads_uplink()
                     )
                     async with self._client() as client:
                         self._generation += 1
@@ -399,7 +408,7 @@ class UplinkBridge:
                             await client.subscribe(
                                 [(f"$share/{self._group}/{topic}", QOS) for topic in topics.UPLINK]
                             )
-                        else:
+                        elif self._uplink_here:
                             watcher = asyncio.create_task(self._watch_uplink_role(client))
                             if self.reads_uplink:
                                 await client.subscribe([(topic, QOS) for topic in topics.UPLINK])
@@ -529,7 +538,7 @@ class UplinkBridge:
 
     async def _work(self, queue: asyncio.Queue[IncomingMessage]) -> None:
         while True:
-            batch = await _next_batch(queue)
+            batch = await next_batch(queue)
             try:
                 await self._settle(batch)
             finally:
@@ -647,7 +656,7 @@ class UplinkBridge:
             await self._spool_batch(outage.unsettled)
 
 
-async def _next_batch(queue: asyncio.Queue[IncomingMessage]) -> list[IncomingMessage]:
+async def next_batch(queue: asyncio.Queue[T]) -> list[T]:
     """The next message and those waiting behind it: up to BATCH_MAX_MESSAGES, gathered for
     at most BATCH_WAIT_SECONDS after the first (a quiet fleet waits no longer than that)."""
     batch = [await queue.get()]
@@ -670,13 +679,26 @@ async def _next_batch(queue: asyncio.Queue[IncomingMessage]) -> list[IncomingMes
 
 @contextlib.asynccontextmanager
 async def run_push_channel(app: FastAPI) -> AsyncIterator[None]:
-    """Background service: ``app.state.push_channel`` and, with a broker, the uplink bridge.
+    """Background service: ``app.state.push_channel`` and, with a broker, the uplink bridge;
+    with ``fleet.uplink`` "jetstream", the JetStream uplink reader besides.
 
     Without ``fleet.mqtt_url`` the channel is in-process (the embedded demo). With one, start-up
     waits for the first connection attempt only (at most ``STARTUP_WAIT_SECONDS``): a server
     whose broker is down still starts, pushes raise :class:`PushUnavailableError`, and the
     bridge keeps reconnecting.
     """
+    async with contextlib.AsyncExitStack() as services:
+        if app.state.settings.fleet.uplink == "jetstream":
+            # Imported here: nats-py is loaded only by servers that read the uplink from NATS.
+            from homepot.fleet.jetstream import run_jetstream_uplink
+
+            await services.enter_async_context(run_jetstream_uplink(app))
+        await services.enter_async_context(_run_mqtt(app))
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _run_mqtt(app: FastAPI) -> AsyncIterator[None]:
     url = app.state.settings.fleet.mqtt_url
     if not url:
         app.state.push_channel = InProcessChannel()

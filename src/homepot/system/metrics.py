@@ -77,3 +77,37 @@ class MqttBridgeCollector(Collector):
             "1 while this process is connected to the broker",
             value=1 if snapshot.get("connected") else 0,
         )
+
+
+class JetStreamUplinkCollector(Collector):
+    """The JetStream uplink reader's counters (``homepot_jetstream_uplink_{received,
+    acknowledged,redelivered,skipped}_total``); nothing unless ``fleet.uplink`` is jetstream."""
+
+    COUNTERS = {
+        "received": "Device messages this process fetched from the shared JetStream consumer",
+        "acknowledged": "Fetched device messages acknowledged to JetStream once stored",
+        "redelivered": "Fetched device messages NATS had delivered before (to any process)",
+        "skipped": "Fetched messages that are not device messages (pushed jobs), acknowledged",
+    }
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        for name, help_text in self.COUNTERS.items():
+            yield CounterMetricFamily(
+                f"homepot_jetstream_uplink_{name}", help_text, value=snapshot.get(name, 0)
+            )
+        yield GaugeMetricFamily(
+            "homepot_jetstream_uplink_held",
+            "Device messages fetched by this process and not yet stored",
+            value=snapshot.get("held", 0),
+        )
+        yield GaugeMetricFamily(
+            "homepot_jetstream_connected",
+            "1 while this process is connected to NATS",
+            value=1 if snapshot.get("connected") else 0,
+        )

@@ -87,11 +87,13 @@ async def health(request: Request) -> dict[str, Any]:
     if snapshot is not None and snapshot.get("last_error"):
         snapshot["last_error"] = mask_url_credentials(str(snapshot["last_error"]))
     bridge = getattr(request.app.state, "mqtt_bridge", None)
+    jetstream = getattr(request.app.state, "jetstream_uplink", None)
     return answer | {
         "version": __version__,
         "database": database,
         "recorder": snapshot,
         "mqtt": bridge.snapshot() if bridge is not None else None,
+        "jetstream": jetstream.snapshot() if jetstream is not None else None,
     }
 
 
