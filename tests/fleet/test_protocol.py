@@ -625,4 +625,5 @@ async def test_a_batch_names_the_refused_sample_and_stores_offsets_as_utc(
     assert accepted.status_code == 202, accepted.text
     await flush(app)
     (row,) = await db_rows(app, DeviceMetrics, device_id=device_id)
-    assert row.timestamp == early and row.timestamp.utcoffset() == timedelta(0)
+    assert row.timestamp == early
+    assert row.timestamp.utcoffset() == timedelta(0)

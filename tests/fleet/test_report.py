@@ -187,7 +187,8 @@ async def test_jobs_are_looked_for_as_a_poll_would_even_when_none_were_waiting(
     device_id, device = await create_registered_device(app, client)
     operator = await auth_headers(app, client, Role.operator)
     first = await client.post(REPORT, json=report_body(0, 0), headers=device)
-    assert first.status_code == 200 and first.json()["jobs"] == []
+    assert first.status_code == 200
+    assert first.json()["jobs"] == []
 
     app.state.push_channel = RecordingChannel()  # pushed: not the poll's until overdue
     await create_job(client, operator, target_id=device_id)
