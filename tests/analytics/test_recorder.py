@@ -491,3 +491,58 @@ async def test_a_batch_holding_the_same_event_twice_stores_it_once(
     assert await _metric_ids(engine) == ids
     assert recorder.snapshot()["duplicates_skipped"] == 1
     assert recorder.snapshot()["written"] == 3
+
+
+def _metric_rows(count: int, **fields: object) -> list[dict[str, object]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "event_id": uuid.uuid4().hex,
+            "timestamp": now - timedelta(seconds=n),
+            "device_id": "pos-1",
+            "cpu_percent": 12.5,
+            "transaction_count": n,
+            "extra_metrics": {"site_load": 0.5, "api_key": "sk_live_secret", "note": "ok"},
+            **fields,
+        }
+        for n in range(count)
+    ]
+
+
+async def test_record_many_stores_a_batch_redacting_what_is_not_vouched_for(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    rows = _metric_rows(30)
+    storable = frozenset({"event_id", "timestamp", "cpu_percent", "transaction_count"})
+
+    assert recorder.record_many(DeviceMetrics, rows, storable=storable) == 30
+    await recorder.flush()
+
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(DeviceMetrics.__table__))).mappings().all()
+    assert sorted(row["event_id"] for row in stored) == sorted(str(r["event_id"]) for r in rows)
+    assert {row["extra_metrics"]["api_key"] for row in stored} == {"[REDACTED]"}
+    assert {row["extra_metrics"]["site_load"] for row in stored} == {0.5}
+    assert {row["source"] for row in stored} == {"device"}  # the column's default
+
+
+async def test_record_many_drops_beyond_the_memory_bound_and_counts_it(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    recorder = Recorder(engine, _settings(tmp_path, queue_max_events=10))
+    assert recorder.record_many(DeviceMetrics, _metric_rows(4)) == 4
+    assert recorder.record_many(DeviceMetrics, _metric_rows(8)) == 6
+    assert recorder.snapshot()["dropped"] == 2
+    assert recorder.record_many(DeviceMetrics, _metric_rows(1)) == 0
+
+
+async def test_record_many_refuses_what_record_refuses(engine: AsyncEngine, tmp_path: Path) -> None:
+    recorder = Recorder(engine, _settings(tmp_path))
+    with pytest.raises(ValueError, match="no column"):
+        recorder.record_many(DeviceMetrics, _metric_rows(1, cpu=1.0))
+    with pytest.raises(ValueError, match="aware timestamp"):
+        recorder.record_many(DeviceMetrics, _metric_rows(1, timestamp=datetime(2026, 1, 1)))
+    assert recorder.queued == 0
+    disabled = Recorder(engine, _settings(tmp_path, enabled=False))
+    assert disabled.record_many(DeviceMetrics, _metric_rows(3)) == 0

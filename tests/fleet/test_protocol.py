@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -599,3 +599,31 @@ async def test_a_heartbeat_status_outside_ok_degraded_error_is_a_422(
     response = await client.post(f"{AGENT}/heartbeat", json={"status": "fine"}, headers=headers)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "status"]
+
+
+async def test_a_batch_names_the_refused_sample_and_stores_offsets_as_utc(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    early = datetime.now(UTC) - timedelta(minutes=1)
+    future = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    samples = [sample() for _ in range(4)]
+
+    refused = await client.post(
+        f"{AGENT}/telemetry",
+        json={"samples": samples[:2] + [sample(timestamp=future)] + samples[2:]},
+        headers=headers,
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["body", "samples", 2, "timestamp"]
+    assert "future" in refused.json()["detail"][0]["msg"]
+
+    offset = early.astimezone(timezone(timedelta(hours=2))).isoformat()
+    accepted = await client.post(
+        f"{AGENT}/telemetry", json={"samples": [sample(timestamp=offset)]}, headers=headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    await flush(app)
+    (row,) = await db_rows(app, DeviceMetrics, device_id=device_id)
+    assert row.timestamp == early
+    assert row.timestamp.utcoffset() == timedelta(0)

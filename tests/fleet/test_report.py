@@ -176,3 +176,28 @@ async def test_a_rotated_or_revoked_key_stops_working_at_once(
     revoked = await client.delete(f"/api/v1/devices/{device_id}/key", headers=admin)
     assert revoked.status_code == 204
     assert (await client.post(REPORT, json=report_body(0, 0), headers=new)).status_code == 401
+
+
+async def test_jobs_are_looked_for_as_a_poll_would_even_when_none_were_waiting(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    """The report skips the poll when, in its own lookup of the device, no job waits; a job
+    created afterwards comes with the next report, and a pushed one only once its
+    acknowledgement is overdue (the same rules as GET /jobs)."""
+    device_id, device = await create_registered_device(app, client)
+    operator = await auth_headers(app, client, Role.operator)
+    first = await client.post(REPORT, json=report_body(0, 0), headers=device)
+    assert first.status_code == 200
+    assert first.json()["jobs"] == []
+
+    app.state.push_channel = RecordingChannel()  # pushed: not the poll's until overdue
+    await create_job(client, operator, target_id=device_id)
+    await run_pass(app)
+    pushed = await client.post(REPORT, json=report_body(0, 0), headers=device)
+    assert pushed.json()["jobs"] == []
+
+    app.state.settings.fleet.ack_timeout_seconds = 0
+    overdue = await client.post(REPORT, json=report_body(0, 0), headers=device)
+    assert [job["job_type"] for job in overdue.json()["jobs"]] == ["restart"]
+    again = await client.post(REPORT, json=report_body(0, 0) | {"jobs_limit": 0}, headers=device)
+    assert again.json()["jobs"] == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -105,3 +106,23 @@ def test_stored_json_nested_too_deep_is_clipped_for_reading() -> None:
     for _ in range(9):
         node = node["a"]
     assert node == {"a": CLIPPED}
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ({"load": 0.5, "note": "x" * 100}, "json_too_large"),  # a flat object over max_bytes
+        ({"load": math.inf}, "json_not_finite"),
+        ({"note": "\ud800"}, "json_lone_surrogate"),
+        ({"\ud800": 1}, "json_lone_surrogate"),
+    ],
+)
+def test_small_flat_objects_take_the_fast_path_but_meet_the_same_limits(
+    value: dict[str, Any], kind: str
+) -> None:
+    with pytest.raises(JsonLimitExceeded) as caught:
+        check_json(value, "small", max_bytes=64)
+    assert caught.value.kind == kind
+    # The fast path answers only "certainly within": what it accepts, the full check accepts.
+    accepted = {"load": 0.5, "count": 3, "ok": True, "none": None, "note": "ascii"}
+    check_json(accepted, "small", max_bytes=len(json.dumps(accepted)))

@@ -16,7 +16,7 @@ from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.device.models import DeviceStatus
 from homepot.fleet import service
-from homepot.fleet.auth import CurrentDevice, ensure_own_device
+from homepot.fleet.auth import CurrentDevice, CurrentReportingDevice, ensure_own_device
 from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
@@ -158,8 +158,9 @@ async def report_error(
     },
 )
 async def report(
-    device: CurrentDevice, body: DeviceReport, request: Request, session: SessionDep
+    reporting: CurrentReportingDevice, body: DeviceReport, request: Request, session: SessionDep
 ) -> DeviceReportAccepted:
+    device = reporting.device
     ensure_own_device(device, body.device_id)
     if body.heartbeat is not None:
         ensure_own_device(device, body.heartbeat.device_id)
@@ -175,6 +176,7 @@ async def report(
             body,
             ack_timeout_seconds=request.app.state.settings.fleet.ack_timeout_seconds,
             ip_address=request.state.client_ip,
+            jobs_waiting=reporting.jobs_waiting,
         )
     except (service.TelemetryNotQueued, service.ErrorReportNotQueued) as exc:
         raise HTTPException(

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVarTuple
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from homepot.analytics.config_history import change_config
 from homepot.analytics.models import JobOutcome, SiteOperatingSchedule, Source, source_of
@@ -231,6 +232,50 @@ async def mark_dispatched(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def waiting_for_poll(
+    device_id: ColumnElement[str] | InstrumentedAttribute[str],
+) -> ColumnElement[bool]:
+    """The executions a poll of ``device_id`` hands out: due pending ones, and dispatched
+    ones not pushed or whose push is unacknowledged past the ack timeout.
+
+    Bound parameters ``poll_now`` and ``poll_ack_overdue`` (now minus the ack timeout) are
+    given when the statement runs, so that statements built on it are built once.
+    """
+    return and_(
+        JobExecution.device_id == device_id,
+        or_(
+            and_(
+                JobExecution.status == ExecutionStatus.pending,
+                JobExecution.not_before <= bindparam("poll_now"),
+            ),
+            and_(
+                JobExecution.status == ExecutionStatus.dispatched,
+                or_(
+                    JobExecution.delivery.is_(None),
+                    JobExecution.delivery != PUSH,
+                    JobExecution.dispatched_at <= bindparam("poll_ack_overdue"),
+                ),
+            ),
+        ),
+    )
+
+
+def _poll_statement() -> Select[JobExecution, Job]:
+    return (
+        select(JobExecution, Job)
+        .join(Job, Job.job_id == JobExecution.job_id)
+        .where(waiting_for_poll(bindparam("poll_device_id")))
+        .order_by(Job.priority.desc(), JobExecution.not_before, JobExecution.id)
+        .limit(bindparam("poll_limit"))
+    )
+
+
+# Built once (a poll runs with every report): constructing the statement and its cache key
+# cost more than a millisecond of CPU per poll.
+_POLL = _poll_statement()
+_POLL_LOCKED = _POLL.with_for_update(of=JobExecution, skip_locked=True)
+
+
 async def poll_commands(
     session: AsyncSession,
     device_id: str,
@@ -246,32 +291,15 @@ async def poll_commands(
     marked dispatched with delivery ``poll``.
     """
     now = now or utcnow()
-    ack_overdue = now - timedelta(seconds=ack_timeout_seconds)
-    statement = (
-        select(JobExecution, Job)
-        .join(Job, Job.job_id == JobExecution.job_id)
-        .where(
-            JobExecution.device_id == device_id,
-            or_(
-                and_(
-                    JobExecution.status == ExecutionStatus.pending,
-                    JobExecution.not_before <= now,
-                ),
-                and_(
-                    JobExecution.status == ExecutionStatus.dispatched,
-                    or_(
-                        JobExecution.delivery.is_(None),
-                        JobExecution.delivery != PUSH,
-                        JobExecution.dispatched_at <= ack_overdue,
-                    ),
-                ),
-            ),
-        )
-        .order_by(Job.priority.desc(), JobExecution.not_before, JobExecution.id)
-        .limit(limit)
-    )
+    parameters = {
+        "poll_device_id": device_id,
+        "poll_now": now,
+        "poll_ack_overdue": now - timedelta(seconds=ack_timeout_seconds),
+        "poll_limit": limit,
+    }
+    statement = _POLL_LOCKED if session.get_bind().dialect.name == "postgresql" else _POLL
     commands = []
-    for execution, job in (await session.execute(locked(session, statement))).all():
+    for execution, job in (await session.execute(statement, parameters)).all():
         if execution.status is ExecutionStatus.pending:
             handed_out = await mark_dispatched(
                 session, execution, job, now=now, delivery=POLL, claimed_by=POLL

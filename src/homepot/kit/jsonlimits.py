@@ -79,6 +79,8 @@ def check_json(
     max_bytes: int = MAX_BYTES,
 ) -> None:
     """Raise :class:`JsonLimitExceeded` when ``value`` is over a limit or not plain JSON."""
+    if _small_flat_object(value, max_depth, max_keys, max_bytes):
+        return
     if not _plain_and_within(value, max_depth, max_keys):
         _find_what_is_wrong(value, name, max_depth, max_keys)
     size = len(to_json(value))
@@ -88,6 +90,45 @@ def check_json(
             name,
             f"{name} is {size} bytes as JSON; at most {max_bytes} are accepted",
         )
+
+
+# A flat object of at most this many keys is checked by _small_flat_object.
+_SMALL_OBJECT_KEYS = 64
+
+
+def _small_flat_object(value: Any, max_depth: int, max_keys: int, max_bytes: int) -> bool:
+    """True when ``value`` is certainly within the limits: an object of a few ASCII keys whose
+    values are numbers, booleans, nulls or ASCII text, whose JSON is surely below
+    ``max_bytes`` (each text counted as if every character needed a 6-byte escape). The usual
+    ``extra_metrics`` is such an object; it is checked without the walk or the encoding.
+    False means "look closer", not "refused".
+    """
+    if type(value) is not dict or max_depth < 1 or len(value) > min(max_keys, _SMALL_OBJECT_KEYS):
+        return False
+    size = 2
+    isfinite = math.isfinite
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(item)
+        if kind is float:
+            if not isfinite(item):
+                return False
+            size += 32
+        elif kind is int:
+            if not -(10**24) < item < 10**24:
+                return False
+            size += 32
+        elif kind is str:
+            if not item.isascii():
+                return False
+            size += 6 * len(item) + 2
+        elif not (item is None or kind is bool):
+            return False
+        else:
+            size += 5
+        size += 6 * len(key) + 4
+    return size <= max_bytes
 
 
 def _plain_and_within(value: Any, max_depth: int, max_keys: int) -> bool:
