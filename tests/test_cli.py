@@ -171,13 +171,13 @@ def test_sample_data_leaves_an_existing_user_and_real_rows_alone(database_url: s
 # --- db count / db show --------------------------------------------------------------------
 
 
-def test_db_count_renders_all_22_tables_with_their_groups(database_url: str) -> None:
+def test_db_count_renders_all_23_tables_with_their_groups(database_url: str) -> None:
     ok(homepot(database_url, "db", "init", "--sample-data"))
     output = ok(homepot(database_url, "db", "count")).stdout
     expected = counts(database_url)
     for table, count in expected.items():
         assert re.search(rf"│ {table}\s*│\s*{count:,} │", output), table
-    assert "22 tables" in output
+    assert "23 tables" in output
     for group in ("core", "analytics", "AI-focused", "operational", "insights", "rollups"):
         assert group in output
     assert re.search(r"operational\s*│ job_executions\s*│", output)
