@@ -59,6 +59,7 @@ ACCESS: dict[tuple[str, str], Access] = {
     # Analytics: reads are admin-only, the dashboard's ingestion any signed-in user
     ("GET", "/api/v1/analytics/quality"): ADMIN,
     ("GET", "/api/v1/analytics/requests"): ADMIN,
+    ("GET", "/api/v1/analytics/requests/routes"): ADMIN,
     ("GET", "/api/v1/analytics/device-states"): ADMIN,
     ("GET", "/api/v1/analytics/jobs"): ADMIN,
     ("GET", "/api/v1/analytics/errors"): ADMIN,

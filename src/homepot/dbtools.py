@@ -1,4 +1,4 @@
-"""Read-only inspection of the 22 tables: row counts and the newest rows of one table.
+"""Read-only inspection of the 23 tables: row counts and the newest rows of one table.
 
 This is what ``homepot db count`` / ``homepot db show`` and ``scripts/query-db.sh`` print.
 Table and column names are checked against the ORM metadata before any SQL is built, and

@@ -1,4 +1,4 @@
-"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 22 tables."""
+"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 23 tables."""
 
 from homepot.analytics.models import (
     EVENT_MODELS,
@@ -16,14 +16,15 @@ from homepot.analytics.models import (
 from homepot.audit.models import AuditLog
 from homepot.auth.models import User
 from homepot.db import Base
-from homepot.device.models import Device, HealthCheck
+from homepot.device.models import Device, HealthCheck, MessageReceipt
 from homepot.insights.models import Anomaly, DeviceRisk
 from homepot.job.models import Job, JobExecution
 from homepot.site.models import Site
 
 CORE_MODELS: tuple[type[Base], ...] = (Site, Device, User, Job, HealthCheck, AuditLog)
-# Operational tables beyond the spec's 14: the orchestrator's per-device executions.
-OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution,)
+# Operational tables beyond the spec's 14: the orchestrator's per-device executions, and
+# the receipts that keep a redelivered device message from being stored twice.
+OPERATIONAL_MODELS: tuple[type[Base], ...] = (JobExecution, MessageReceipt)
 ANALYTICS_MODELS: tuple[type[Base], ...] = (*EVENT_MODELS, SiteOperatingSchedule)
 # Derived from the event tables for charts (homepot.analytics.rollups).
 DERIVED_MODELS: tuple[type[Base], ...] = ROLLUP_MODELS
@@ -56,6 +57,7 @@ __all__ = [
     "Job",
     "JobExecution",
     "JobOutcome",
+    "MessageReceipt",
     "Site",
     "SiteOperatingSchedule",
     "User",

@@ -785,6 +785,7 @@ async def test_every_analytics_endpoint_is_described_in_the_docs(client: AsyncCl
         ("PATCH", f"{API}/errors/{{id}}"),
         ("GET", f"{API}/quality"),
         ("POST", f"{API}/exports"),
+        ("GET", f"{API}/requests/routes"),
     }
     assert set(operations) == expected
     for key, operation in operations.items():

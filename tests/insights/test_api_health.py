@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from homepot.analytics.models import APIRequestLog
+from homepot.analytics.models import APIRequestLog, RollupProgress
+from homepot.analytics.rollups import LATENCY_BOUNDS_MS, roll_up_new_rows
 from homepot.auth.models import Role
 from homepot.db import create_engine
+from homepot.insights import api_health
+from homepot.insights import detectors as det
+from homepot.insights.api_health import RouteBins
 from homepot.insights.models import Anomaly
 from homepot.insights.service import ScanState, scan
 from tests.helpers import auth_headers
@@ -127,3 +131,76 @@ async def test_the_servers_passes_read_only_new_bins_and_find_the_same_episode(
         ("api_error_rate", TROUBLE, TROUBLE + timedelta(hours=1)),
         ("api_p95_latency", TROUBLE, TROUBLE + timedelta(hours=1)),
     ]
+
+
+# --- read from the route rollups -------------------------------------------------------------
+
+
+def _same_bins(left: RouteBins, right: RouteBins) -> None:
+    np = det.numpy()
+    assert left.routes == right.routes
+    assert left.first_bin == right.first_bin
+    np.testing.assert_array_equal(left.requests, right.requests)
+    for name, values in left.values.items():
+        np.testing.assert_array_equal(values, right.values[name])
+
+
+async def _latencies_across_every_bucket(engine: AsyncEngine) -> None:
+    """Requests whose latencies fall on and around every histogram edge, some unrouted."""
+    rng = random.Random(11)
+    edges = [0.5, *LATENCY_BOUNDS_MS, 61_000.0]
+    rows = []
+    for step in range(12 * 12):  # 12 hours of 5-minute bins before TROUBLE
+        at = TROUBLE - timedelta(hours=12) + timedelta(minutes=5 * step)
+        for _ in range(rng.randint(0, 12)):
+            edge = float(rng.choice(edges))
+            rows.append(
+                {
+                    "timestamp": at + timedelta(seconds=rng.uniform(0, 299)),
+                    "endpoint": "/x",
+                    "route": rng.choice([STEADY[1], FAILING[1], None]),
+                    "method": rng.choice(["GET", "POST"]),
+                    "status_code": rng.choice([200, 200, 404, 500, 503]),
+                    "response_time_ms": rng.choice([edge, edge - 0.001, edge + 0.4]),
+                }
+            )
+    async with AsyncSession(engine) as session:
+        await session.execute(insert(APIRequestLog), rows)
+        await session.commit()
+
+
+async def test_bins_read_from_the_rollups_equal_those_counted_from_raw_rows(
+    engine: AsyncEngine,
+) -> None:
+    await _latencies_across_every_bucket(engine)
+    first_bin = int((TROUBLE - timedelta(hours=12)).timestamp()) // det.BIN_SECONDS
+    end_bin = int(TROUBLE.timestamp()) // det.BIN_SECONDS
+    async with AsyncSession(engine) as session:
+        raw = api_health._route_bins(
+            await api_health.raw_bins(session, first_bin, end_bin), first_bin, end_bin
+        )
+        before_rollups = await api_health.load_route_bins(session, first_bin, end_bin)
+    _same_bins(before_rollups, raw)  # no rollups yet: all from raw rows
+    assert raw.requests.sum() > 500
+    assert not det.numpy().isnan(raw.values["api_p95_latency"]).all()
+
+    await roll_up_new_rows(engine, now=TROUBLE + timedelta(hours=1))
+    async with AsyncSession(engine) as session:
+        rolled = await api_health.load_route_bins(session, first_bin, end_bin)
+    _same_bins(rolled, raw)
+
+    # Rollups up to the middle of the range, raw rows after: the same again.
+    middle = TROUBLE - timedelta(hours=5, minutes=3)
+    async with AsyncSession(engine) as session, session.begin():
+        await session.execute(update(RollupProgress).values(covered_until=middle))
+    async with AsyncSession(engine) as session:
+        mixed = await api_health.load_route_bins(session, first_bin, end_bin)
+    _same_bins(mixed, raw)
+
+    # And the covered bins really come from the rollups: without the raw rows they stay.
+    async with AsyncSession(engine) as session, session.begin():
+        await session.execute(update(RollupProgress).values(covered_until=TROUBLE))
+        await session.execute(delete(APIRequestLog))
+    async with AsyncSession(engine) as session:
+        rolled_alone = await api_health.load_route_bins(session, first_bin, end_bin)
+    _same_bins(rolled_alone, raw)

@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from homepot.analytics.models import APIRequestLog, DeviceMetrics
+from homepot.analytics.models import APIRequestLog, DeviceMetrics, ErrorLog
 from homepot.config import Settings
 from homepot.db import Base, create_engine, run_migrations
+from homepot.device.models import HealthCheck, MessageReceipt
 from homepot.retention.partitions import PARTITIONED_BY_NAME, maintain_partitions
 from homepot.retention.policy import resolve_policy
 from homepot.retention.service import SYSTEM_ACTOR, apply_retention
@@ -130,8 +131,7 @@ async def test_the_migration_converts_a_populated_database_keeping_every_row() -
                 await scalar(engine, f"SELECT array_agg(id ORDER BY id) FROM {table}")
                 == ids_before[table]
             )
-            if table not in PARTITIONED_BY_NAME:
-                continue  # health_checks stays plain (homepot.retention.partitions says why)
+            assert table in PARTITIONED_BY_NAME
             assert (
                 await scalar(
                     engine,
@@ -144,6 +144,11 @@ async def test_the_migration_converts_a_populated_database_keeping_every_row() -
             assert await scalar(engine, f"SELECT count(*) FROM {table}_default") == 0
         old_day = PARTITIONED_BY_NAME["device_metrics"].start_of(days[0])
         assert await scalar(engine, f"SELECT count(*) FROM device_metrics_p{old_day:%Y%m%d}") == 3
+        old_week = PARTITIONED_BY_NAME["error_logs"].start_of(days[0])
+        assert await scalar(engine, f"SELECT count(*) FROM error_logs_p{old_week:%Y%m%d}") == 3
+        # The rows of the last 8 days that carry an event id got their receipts (a message
+        # delivered again right after the upgrade is still recognised): error_logs' 6.
+        assert await scalar(engine, "SELECT count(*) FROM message_receipts") == 6
         # Ids go on from where they were; the foreign key of health_checks still holds.
         async with engine.begin() as connection:
             new_id = await connection.scalar(
@@ -192,9 +197,11 @@ async def test_partitions_are_created_ahead(engine: AsyncEngine) -> None:
     for day in ("20310305", "20310306", "20310307", "20310308"):
         assert f"device_metrics_p{day}" in report.created
         assert f"api_request_logs_p{day}" in report.created
+        assert f"health_checks_p{day}" in report.created
     # Weekly tables: the week holding now (from Monday) and the two after it.
     for week in ("20310303", "20310310", "20310317"):
         assert f"user_activities_p{week}" in report.created
+        assert f"error_logs_p{week}" in report.created
     assert (await maintain_partitions(engine, now)).created == ()
 
 
@@ -248,6 +255,87 @@ async def test_retention_drops_expired_partitions_and_keeps_newer_rows(
     assert await scalar(engine, f"SELECT to_regclass('{expired_partition}')") is None
     remaining = await scalar(engine, "SELECT array_agg(id ORDER BY id) FROM device_metrics")
     assert remaining == [straddling_new.id, recent.id]
+
+
+async def a_device(engine: AsyncEngine, at: datetime) -> str:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO sites (site_id, name, timezone, config, created_at, updated_at) "
+                "VALUES ('store-1', 'Store', 'UTC', '{}', :t, :t)"
+            ),
+            {"t": at},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO devices (device_id, site_id, name, device_type, status, config, "
+                "created_at, updated_at, simulated) VALUES ('pos-1', 'store-1', 'Till', "
+                "'pos_terminal', 'online', '{}', :t, :t, false)"
+            ),
+            {"t": at},
+        )
+    return "pos-1"
+
+
+async def test_retention_drops_whole_partitions_of_health_checks_and_error_logs(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    only_postgresql(engine)
+    as_of = datetime(2024, 9, 20, 12, 0, tzinfo=UTC)  # a Friday
+    device_id = await a_device(engine, as_of - timedelta(days=200))
+    old = as_of - timedelta(days=100)  # a whole day and a whole week older than 90 days
+    recent = as_of - timedelta(days=2)
+
+    def check(at: datetime) -> HealthCheck:
+        return HealthCheck(device_id=device_id, timestamp=at, status="ok", event_id=None)
+
+    def error(at: datetime) -> ErrorLog:
+        return ErrorLog(timestamp=at, category="api", severity="error", error_message="m")
+
+    checks = [check(old), check(old + timedelta(hours=3)), check(recent)]
+    errors = [error(old), error(old + timedelta(days=1)), error(recent)]
+    await add(engine, [*checks, *errors])
+    await maintain_partitions(engine, as_of)  # the old rows move into their periods
+    check_partition = await partition_of(engine, "health_checks", checks[0].id)
+    error_partition = await partition_of(engine, "error_logs", errors[0].id)
+    assert check_partition == f"health_checks_p{old:%Y%m%d}"
+    old_week = PARTITIONED_BY_NAME["error_logs"].start_of(old)
+    assert error_partition == f"error_logs_p{old_week:%Y%m%d}"
+
+    report = await apply_retention(
+        engine, resolve_policy(settings), actor=SYSTEM_ACTOR, batch_size=100, as_of=as_of
+    )
+
+    outcomes = {o.table: o for o in report.outcomes}
+    assert outcomes["health_checks"].partitions == (check_partition,)
+    assert outcomes["error_logs"].partitions == (error_partition,)
+    # Whole partitions, no row-by-row delete.
+    assert (outcomes["health_checks"].rows, outcomes["health_checks"].batches) == (2, 0)
+    assert (outcomes["error_logs"].rows, outcomes["error_logs"].batches) == (2, 0)
+    for name in (check_partition, error_partition):
+        assert await scalar(engine, f"SELECT to_regclass('{name}')") is None
+    assert await scalar(engine, "SELECT array_agg(id) FROM health_checks") == [checks[2].id]
+    assert await scalar(engine, "SELECT array_agg(id) FROM error_logs") == [errors[2].id]
+
+
+async def test_receipts_are_kept_eight_days_whatever_the_retention(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    as_of = datetime(2024, 9, 20, 12, 0, tzinfo=UTC)
+    await add(
+        engine,
+        [
+            MessageReceipt(event_id="old", received_at=as_of - timedelta(days=8, minutes=1)),
+            MessageReceipt(event_id="new", received_at=as_of - timedelta(days=7, hours=23)),
+        ],
+    )
+
+    await apply_retention(
+        engine, resolve_policy(settings), actor=SYSTEM_ACTOR, batch_size=100, as_of=as_of
+    )
+
+    assert await scalar(engine, "SELECT event_id FROM message_receipts") == "new"
+    assert await scalar(engine, "SELECT count(*) FROM message_receipts") == 1
 
 
 # --- pruning -------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from homepot.analytics.models import DEVICE, ErrorLog, Source
 from homepot.analytics.recorder import Recorder, get_recorder
 from homepot.kit.urls import mask_url_credentials
@@ -37,6 +39,7 @@ def record_error(
     stack_trace: str | None = None,
     source: Source = DEVICE,
     event_id: str | None = None,
+    after_commit_of: AsyncSession | None = None,
 ) -> str | None:
     """Synchronous form of :func:`log_error` for code that cannot await (middleware).
 
@@ -44,7 +47,9 @@ def record_error(
     ``stack_trace`` is a trace reported as text, used when there is no ``exception``;
     ``source`` is ``simulated`` for an error of (or caused by) the simulation;
     ``event_id`` makes recording idempotent: one derived from the reporter's own message id,
-    so that a resend is stored once (the recorder skips an id it has).
+    so that a resend is stored once (the recorder skips an id it has);
+    ``after_commit_of``: queue the row only when that session commits (nothing if it rolls
+    back), for an error stored together with a change of that transaction.
     """
     _validated("category", category, CATEGORIES)
     _validated("severity", severity, SEVERITIES)
@@ -54,8 +59,8 @@ def record_error(
             traceback.format_exception(type(exception), exception, exception.__traceback__)
         )
         context.setdefault("exception_type", type(exception).__name__)
-    return (recorder or get_recorder()).record(
-        ErrorLog,
+    recorder = recorder or get_recorder()
+    fields: dict[str, Any] = dict(
         category=category,
         severity=severity,
         error_code=error_code,
@@ -70,6 +75,9 @@ def record_error(
         source=source,
         event_id=event_id,
     )
+    if after_commit_of is not None:
+        return recorder.record_after_commit(after_commit_of, ErrorLog, **fields)
+    return recorder.record(ErrorLog, **fields)
 
 
 async def log_error(

@@ -143,7 +143,9 @@ class JobOutcome(AnalyticsEvent):
 class ErrorLog(AnalyticsEvent):
     __tablename__ = "error_logs"
     __table_args__ = (
-        UniqueConstraint("event_id"),
+        # With the partition column (partitioned by week on PostgreSQL); a device's error
+        # report redelivered with a new arrival time is kept out by its MessageReceipt.
+        UniqueConstraint("event_id", "timestamp"),
         Index("ix_error_logs_timestamp", "timestamp"),
         Index("ix_error_logs_source_timestamp", "source", "timestamp"),
         Index("ix_error_logs_category_timestamp", "category", "timestamp"),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics import queries
+from homepot.analytics import queries, route_summary
 from homepot.analytics.models import DEVICE, ErrorLog
 from homepot.analytics.schemas import (
     MAX_ACTIVITY_BATCH,
@@ -28,6 +28,8 @@ from homepot.analytics.schemas import (
     JobOutcomeQuery,
     JobOutcomeRead,
     RequestQuery,
+    RouteTrafficQuery,
+    RouteTrafficSummary,
     SiteOperatingScheduleRead,
     SiteScheduleQuery,
     UserActivityBatch,
@@ -89,6 +91,28 @@ async def _audited_page(
     return await queries.read_audited_page(
         session, Actor.of(request, admin), stream, params, reader=reader
     )
+
+
+@router.get(
+    "/requests/routes",
+    summary="API traffic per route: requests, errors, latency percentiles",
+    description="Per route template and method over `since` to `until` (default: the last "
+    "24 hours; at most 92 days): requests, 4xx and 5xx answers, average, maximum and "
+    "p50/p95/p99 response time. Read from the per-minute route rollups (raw request logs "
+    "only for the minutes they do not cover yet), so a week costs what an hour does. "
+    "Admin only.",
+    responses=_READ_ERRORS,
+)
+async def route_traffic(
+    admin: AdminUser,
+    reader: ReadSessionDep,
+    params: Annotated[RouteTrafficQuery, Query()],
+) -> RouteTrafficSummary:
+    try:
+        since, until = params.span()
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return await route_summary.summarize(reader, since, until, params.source)
 
 
 @router.get(

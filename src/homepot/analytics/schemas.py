@@ -26,8 +26,9 @@ from pydantic_core import PydanticCustomError, to_json
 from homepot.analytics.models import Source
 from homepot.db import utcnow
 from homepot.kit.jsonlimits import JsonLimits, StoredJson
+from homepot.kit.query import StrictQuery
 from homepot.kit.streams import StreamQuery
-from homepot.kit.timeranges import representable_utc
+from homepot.kit.timeranges import UtcDatetime, representable_utc
 
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
@@ -493,3 +494,50 @@ class ErrorLogUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     resolved: bool = Field(description="true sets resolved_at to now; false clears it")
+
+
+# -- API traffic per route (from the route rollups) -------------------------------------------
+
+MAX_TRAFFIC_SPAN = timedelta(days=92)
+
+
+class RouteTrafficQuery(StrictQuery):
+    since: UtcDatetime | None = Field(
+        default=None, description="From this time (default: 24 hours before until); UTC"
+    )
+    until: UtcDatetime | None = Field(
+        default=None, description="Up to this time, exclusive (default: now); UTC"
+    )
+    source: Source | None = Field(
+        default=None, description="device or simulated requests only; both when left out"
+    )
+
+    def span(self) -> tuple[datetime, datetime]:
+        """(since, until) with the defaults; ValueError when it is empty or too long."""
+        until = self.until or utcnow()
+        since = self.since or until - timedelta(hours=24)
+        if since >= until:
+            raise ValueError(f"since ({since.isoformat()}) must be before until")
+        if until - since > MAX_TRAFFIC_SPAN:
+            raise ValueError(f"since to until spans more than {MAX_TRAFFIC_SPAN.days} days")
+        return since, until
+
+
+class RouteTrafficRead(BaseModel):
+    method: str
+    route: str = Field(description='The path template; "" for requests that matched no route')
+    requests: int
+    client_errors: int = Field(description="4xx answers")
+    server_errors: int = Field(description="5xx answers")
+    server_error_percent: float
+    latency_avg_ms: float | None
+    latency_max_ms: float
+    latency_p50_ms: float | None = Field(description="From the latency histogram (±1 bucket)")
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+
+
+class RouteTrafficSummary(BaseModel):
+    since: datetime
+    until: datetime
+    routes: list[RouteTrafficRead] = Field(description="Busiest first")

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Enum, Float, ForeignKey, Index, String, false
+from sqlalchemy import Enum, Float, ForeignKey, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from homepot.analytics.models import Source, source_of
@@ -65,6 +65,10 @@ class Device(Base):
 class HealthCheck(Base):
     __tablename__ = "health_checks"
     __table_args__ = (
+        # With the partition column: health_checks is partitioned by day on PostgreSQL. A
+        # heartbeat delivered twice is kept out by its MessageReceipt, not by this key (the
+        # server stamps a heartbeat with its arrival, so a redelivery has another timestamp).
+        UniqueConstraint("event_id", "timestamp"),
         Index("ix_health_checks_device_id_timestamp", "device_id", "timestamp"),
         # Retention deletes by age across all devices.
         Index("ix_health_checks_timestamp", "timestamp"),
@@ -79,5 +83,32 @@ class HealthCheck(Base):
     response_time_ms: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any] | None]
     # The heartbeat's own id (device-scoped, see protocol.messages.device_event_id): a
-    # heartbeat delivered twice is stored once. NULL for rows written before it existed.
-    event_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    # heartbeat delivered twice is stored once (see MessageReceipt). NULL for rows written
+    # before it existed.
+    event_id: Mapped[str | None] = mapped_column(String(32))
+
+
+# How long a receipt is kept: far longer than any redelivery. An MQTT broker redelivers
+# what the server had not acknowledged when it reconnects (minutes, hours after an outage);
+# the agent resends from its outbox, which keeps at most a week (protocol.messages
+# MAX_SAMPLE_AGE: 8 days). A message delivered again after this is stored again.
+RECEIPT_DAYS = 8
+
+
+class MessageReceipt(Base):
+    """That a device message stored as one row was received: its event id and when.
+
+    Heartbeats (and device error reports without the device's own time) are stamped by the
+    server when they arrive, so a redelivered one has another timestamp; the tables holding
+    them are partitioned by time, whose unique keys must include the timestamp, so the key
+    ``(event_id, timestamp)`` cannot see the redelivery. This small, plain table can: the
+    receipt is inserted in the transaction that stores the row (``ON CONFLICT DO NOTHING
+    RETURNING``), and a message whose receipt exists is not stored again. Retention drops
+    receipts after RECEIPT_DAYS (homepot.retention.policy).
+    """
+
+    __tablename__ = "message_receipts"
+    __table_args__ = (Index("ix_message_receipts_received_at", "received_at"),)
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

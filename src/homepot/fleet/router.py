@@ -131,12 +131,14 @@ async def telemetry(
     },
 )
 async def report_error(
-    device: CurrentDevice, body: DeviceErrorReport, request: Request
+    device: CurrentDevice, body: DeviceErrorReport, request: Request, session: SessionDep
 ) -> DeviceErrorAccepted:
     ensure_own_device(device, body.device_id)
     limit_ingest(request, f"device:{device.device_id}")
     try:
-        event_id = service.record_device_error(request.app.state.recorder, device, body)
+        event_id = await service.record_device_error(
+            session, request.app.state.recorder, device, body
+        )
     except service.ErrorReportNotQueued as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}

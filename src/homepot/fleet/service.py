@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +28,7 @@ from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
 from homepot.fleet.device_keys import device_credentials_changed
+from homepot.fleet.receipts import first_delivery
 from homepot.job import executions
 from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
@@ -285,21 +286,9 @@ async def revoke_device_key(
     await device_credentials_changed(fleet, device.device_id, None)
 
 
-# One INSERT per dialect, built once: building it for every heartbeat cost more CPU than
-# sending it.
-_HEARTBEAT_INSERTS: dict[str, Any] = {}
-
-
-def _heartbeat_insert(dialect: str) -> Any:
-    statement = _HEARTBEAT_INSERTS.get(dialect)
-    if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = _HEARTBEAT_INSERTS[dialect] = (
-            insert(HealthCheck)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(HealthCheck.id)
-        )
-    return statement
+# Built once: building the INSERT for every heartbeat cost more CPU than sending it. A plain
+# INSERT: the message receipt (fleet.receipts) has already kept a redelivery out.
+_HEARTBEAT_INSERT = insert(HealthCheck)
 
 
 async def record_heartbeat(
@@ -325,19 +314,20 @@ async def record_heartbeat(
         "firmware_version": heartbeat.firmware_version,
         "config_version": heartbeat.config_version,
     }
-    stored = await session.scalar(
-        _heartbeat_insert(session.get_bind().dialect.name),
+    event_id = device_event_id(device.device_id, heartbeat.message_id)
+    if not await first_delivery(session, event_id, now=now):
+        return  # delivered before (MQTT redelivery, an HTTP resend): already applied
+    await session.execute(
+        _HEARTBEAT_INSERT,
         {
             "device_id": device.device_id,
             "timestamp": now,
             "status": reported,
             "response_time_ms": heartbeat.response_time_ms,
             "details": {k: v for k, v in details.items() if v is not None} or None,
-            "event_id": device_event_id(device.device_id, heartbeat.message_id),
+            "event_id": event_id,
         },
     )
-    if stored is None:
-        return  # delivered before (MQTT redelivery, an HTTP resend): already applied
     last_seen = device.last_seen_at
     device.last_seen_at = now
     if heartbeat.firmware_version is not None:
@@ -424,16 +414,31 @@ def ingest_samples(
     return len(samples)
 
 
-def record_device_error(
-    recorder: Recorder, device: Device, report: DeviceErrorReport, *, event_id: str | None = None
+async def record_device_error(
+    session: AsyncSession,
+    recorder: Recorder,
+    device: Device,
+    report: DeviceErrorReport,
+    *,
+    event_id: str | None = None,
 ) -> str | None:
-    """Queue a device's own error report for ``error_logs``; returns its event id.
+    """Queue a device's own error report for ``error_logs`` when ``session`` commits;
+    returns its event id.
 
     The device id is the credential's; ``occurred_at`` (the device's clock) becomes the
     row's timestamp, now when absent. The context says the device reported it and names its
-    site; the recorder redacts secrets in the context and the free text. Returns None when
-    analytics recording is off; raises ErrorReportNotQueued when the recorder's queue is full.
+    site; the recorder redacts secrets in the context and the free text. A report delivered
+    again is stored once: its receipt is taken in the session's transaction, and the row is
+    queued only when that commits (homepot.fleet.receipts). Returns None when analytics
+    recording is off; raises ErrorReportNotQueued when the recorder's queue is full.
     """
+    if not recorder.enabled:
+        return None
+    if recorder.queued >= recorder.settings.queue_max_events:
+        raise ErrorReportNotQueued()
+    event_id = event_id or device_event_id(device.device_id, report.message_id)
+    if not await first_delivery(session, event_id):
+        return event_id  # delivered before: stored once, under this id
     context: dict[str, Any] = {"source": "device", "site_id": device.site_id}
     context |= report.context or {}
     stored_id = record_error(
@@ -447,8 +452,8 @@ def record_device_error(
         timestamp=report.occurred_at,
         stack_trace=report.stack,
         source=device.source,
-        # Stored once however often the report is delivered (the recorder skips an id it has).
-        event_id=event_id or device_event_id(device.device_id, report.message_id),
+        event_id=event_id,
+        after_commit_of=session,
     )
     if stored_id is None and recorder.enabled:
         raise ErrorReportNotQueued()
@@ -497,7 +502,8 @@ async def record_report(
     else:
         device.last_seen_at = utcnow()
     error_event_ids = [
-        record_device_error(
+        await record_device_error(
+            session,
             recorder,
             device,
             error,

@@ -35,7 +35,7 @@ from homepot.fleet import service as fleet_service
 from homepot.fleet.device_keys import DeviceKeyCache
 from homepot.fleet.uplinks import Uplink, parse_uplink_topic
 from homepot.job import executions
-from homepot.protocol.messages import DeviceErrorReport, TelemetryBatch
+from homepot.protocol.messages import TelemetryBatch
 from homepot.protocol.mqtt import (
     SignedMessage,
     secret_from_key_hash,
@@ -318,8 +318,8 @@ class UplinkStore:
         else:
             if isinstance(item.payload, TelemetryBatch):
                 item.recorded = True
-            elif isinstance(item.payload, DeviceErrorReport):
-                item.settled = True  # the recorder has it; the transaction holds nothing of it
+            # An error report is queued when the transaction commits, with its receipt; after
+            # a rollback it is stored again like a heartbeat.
 
     @staticmethod
     def _authenticate(device: Device | None, item: ReceivedMessage) -> Device | str:

@@ -91,7 +91,7 @@ async def _error(
     device: Device,
     report: DeviceErrorReport,
 ) -> None:
-    fleet_service.record_device_error(recorder, device, report)
+    await fleet_service.record_device_error(session, recorder, device, report)
 
 
 UPLINKS = (

@@ -2,9 +2,14 @@
 
 ``api_request_logs`` are cut into the detectors' 5-minute bins per route template and method
 (``GET /api/v1/devices/{device_id}``). Per bin: the share of answers that were server errors
-(5xx, in %) and the 95th percentile of the response time, read from a histogram the database
-counts (``LATENCY_EDGES``, in ms: the p95 is the edge of the bucket it falls in). A bin with
-fewer than ``MIN_REQUESTS`` requests says nothing.
+(5xx, in %) and the 95th percentile of the response time, read from a latency histogram
+(``LATENCY_EDGES``: the route rollups' buckets, in ms; the p95 is the upper edge of the
+bucket it falls in). A bin with fewer than ``MIN_REQUESTS`` requests says nothing.
+
+Bins the route rollups cover (``api_request_minute``, up to their ``covered_until``;
+homepot.analytics.rollups) are read from them, newer bins from raw rows: the two weeks of
+history behind each day are ~4,000 rows per route, never a scan of two weeks of request
+logs. Both give the same numbers (the rollup keeps the same counts and histogram).
 
 What is normal for a route and bin comes from the same machinery as the device metrics
 (:func:`homepot.insights.detectors.bucket_baseline`): the median and robust spread of that
@@ -28,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homepot.analytics.models import APIRequestLog
+from homepot.analytics import rollups
+from homepot.analytics.models import APIRequestLog, APIRequestMinute
+from homepot.analytics.rollups import LATENCY_BOUNDS_MS
 from homepot.insights import detectors as det
 from homepot.insights.models import Anomaly, AnomalyStatus
 from homepot.insights.reconcile import reconcile
@@ -40,10 +47,9 @@ if TYPE_CHECKING:
 SUBJECT_PREFIX: Final = "api:"
 MIN_REQUESTS: Final = 5
 Z_THRESHOLD: Final = 4.0
-LATENCY_EDGES: Final = (
-    5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750,
-    1000, 1500, 2000, 3000, 5000, 10000, 30000,
-)  # fmt: skip
+# Upper edges (exclusive) of the latency buckets: the rollups' own, so that a bin read from
+# them and one read from raw rows agree exactly.
+LATENCY_EDGES: Final = LATENCY_BOUNDS_MS
 MAX_ROUTE_CHARACTERS: Final = 512
 
 
@@ -71,9 +77,28 @@ class RouteBins:
     requests: Any  # (routes, bins)
 
 
+# A bin's row, from either reader: method, route, bin, requests, server errors, the slowest
+# request (ms), then per edge of LATENCY_EDGES how many requests were faster than it.
+_BinRow = tuple[Any, ...]
+
+
 async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -> RouteBins:
-    """Per route and bin of ``[first_bin, end_bin)``: error rate (%) and p95 (ms)."""
-    np = det.numpy()
+    """Per route and bin of ``[first_bin, end_bin)``: error rate (%) and p95 (ms), from the
+    route rollups where they cover whole bins, from raw rows after that."""
+    covered = await rollups.covered_until(session, rollups.API_REQUESTS)
+    split = first_bin
+    if covered is not None:
+        split = min(end_bin, max(first_bin, int(covered.timestamp()) // det.BIN_SECONDS))
+    rows: list[_BinRow] = []
+    if split > first_bin:
+        rows += await _rolled_up_bins(session, first_bin, split)
+    if split < end_bin:
+        rows += await raw_bins(session, split, end_bin)
+    return _route_bins(rows, first_bin, end_bin)
+
+
+async def raw_bins(session: AsyncSession, first_bin: int, end_bin: int) -> list[_BinRow]:
+    """The bins of ``[first_bin, end_bin)`` counted from ``api_request_logs``."""
     bucket = epoch_bin(APIRequestLog.timestamp, det.BIN_SECONDS).label("bucket")
     time = APIRequestLog.response_time_ms
     statement = (
@@ -84,7 +109,7 @@ async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -
             func.count(),
             func.sum(case((APIRequestLog.status_code >= 500, 1), else_=0)),
             func.max(time),
-            *(func.sum(case((time <= edge, 1), else_=0)) for edge in LATENCY_EDGES),
+            *(func.sum(case((time < edge, 1), else_=0)) for edge in LATENCY_EDGES),
         )
         .where(
             APIRequestLog.route.is_not(None),
@@ -93,7 +118,48 @@ async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -
         )
         .group_by(APIRequestLog.method, APIRequestLog.route, bucket)
     )
-    rows = (await (await session.connection()).execute(statement)).all()
+    return [tuple(row) for row in (await (await session.connection()).execute(statement))]
+
+
+async def _rolled_up_bins(session: AsyncSession, first_bin: int, end_bin: int) -> list[_BinRow]:
+    """The bins of ``[first_bin, end_bin)`` added up from ``api_request_minute``: its
+    histogram keeps per bucket index how many requests fell in it, so the count faster than
+    edge ``i`` is the sum of buckets ``0..i``."""
+    minute = APIRequestMinute
+    bucket = epoch_bin(minute.bucket, det.BIN_SECONDS).label("bucket")
+    per_bucket = [
+        func.sum(func.coalesce(minute.latency_histogram[str(index)].as_integer(), 0))
+        for index in range(len(LATENCY_EDGES))
+    ]
+    statement = (
+        select(
+            minute.method,
+            minute.route,
+            bucket,
+            func.sum(minute.requests),
+            func.sum(minute.server_errors),
+            func.max(minute.latency_max_ms),
+            *per_bucket,
+        )
+        .where(
+            minute.route != "",  # requests that matched no route
+            minute.bucket >= det.bin_start(first_bin),
+            minute.bucket < det.bin_start(end_bin),
+        )
+        .group_by(minute.method, minute.route, bucket)
+    )
+    rows = []
+    for row in await (await session.connection()).execute(statement):
+        below, faster = 0, []
+        for count in row[6:]:
+            below += int(count or 0)
+            faster.append(below)
+        rows.append((*row[:6], *faster))
+    return rows
+
+
+def _route_bins(rows: Sequence[_BinRow], first_bin: int, end_bin: int) -> RouteBins:
+    np = det.numpy()
     routes = sorted({(row[0], row[1][:MAX_ROUTE_CHARACTERS]) for row in rows})
     index = {route: position for position, route in enumerate(routes)}
     width = end_bin - first_bin

@@ -1,20 +1,22 @@
 """Time partitions on PostgreSQL: the plan, creating them ahead, dropping whole expired ones.
 
 The high-volume tables are range-partitioned by their time column with native PostgreSQL
-partitioning (the migration 20261201_e4d2c9a1b7f3 converts them); SQLite keeps plain tables
-and nothing here runs on it. The period follows the volume (5,000 terminals at a 30 s
-interval write ~14 M device_metrics rows a day):
+partitioning (the migrations 20261201_e4d2c9a1b7f3 and 20261201_b8f4a2d6e1c5 convert
+them); SQLite keeps plain tables and nothing here runs on it. The period follows the
+volume (5,000 terminals at a 30 s interval write ~14 M device_metrics rows a day):
 
-- daily: ``device_metrics`` and ``api_request_logs`` (each row a sample or a request:
-  millions a day at fleet scale), and the minute rollups
+- daily: ``device_metrics``, ``api_request_logs`` and ``health_checks`` (each row a
+  sample, a request or a heartbeat: millions a day at fleet scale), and the minute rollups
   (``device_metrics_minute``, ``api_request_minute``: one row per device or route a minute);
-- weekly: ``user_activities`` (people: thousands a day), so
-  that a 90-day retention keeps ~13 partitions of them instead of 90 small ones.
+- weekly: ``user_activities`` (people: thousands a day) and ``error_logs`` (errors: a few
+  per terminal a day), so that a 90-day retention keeps ~13 partitions of them instead of
+  90 small ones.
 
-``health_checks`` and ``error_logs`` stay plain tables for now: a heartbeat and a device's
-error report are stored once by their message id alone (``UNIQUE (event_id)``), while the
-server stamps them with the time they arrived when the device names none, so a redelivered
-one has another timestamp and a key of (event_id, timestamp) would store it twice.
+Their unique keys hold the timestamp, ``(event_id, timestamp)``. A heartbeat, and a device's
+error report naming no time of its own, is stamped by the server when it arrives, so a
+redelivered one has another timestamp and that key would store it twice: the message's
+receipt (``message_receipts``, plain, homepot.fleet.receipts) keeps it out instead
+(migration 20261201_b8f4a2d6e1c5).
 
 Every table also has a ``<table>_default`` partition, so that a row no partition covers (a
 terminal replaying last month's buffered telemetry, a backfill of history, a clock far in
@@ -83,6 +85,8 @@ PARTITIONED_TABLES: Final[tuple[PartitionedTable, ...]] = (
     PartitionedTable("device_metrics", "day"),
     PartitionedTable("api_request_logs", "day"),
     PartitionedTable("user_activities", "week", ahead=2),
+    PartitionedTable("health_checks", "day"),
+    PartitionedTable("error_logs", "week", ahead=2),
     PartitionedTable("device_metrics_minute", "day", column="bucket"),
     PartitionedTable("api_request_minute", "day", column="bucket"),
 )

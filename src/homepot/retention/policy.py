@@ -2,6 +2,8 @@
 
 - The seven analytics event tables, ``health_checks`` and the chart rollups keep
   ``HOMEPOT_RETENTION_DAYS`` days (90 by default).
+- ``message_receipts`` (which device messages were received, so that a redelivery is
+  stored once) keeps RECEIPT_DAYS (8) days: longer than any redelivery, whatever the rest.
 - ``audit_logs`` is the record of who read and changed what; it keeps 365 days, or
   ``HOMEPOT_RETENTION_DAYS`` when that is longer.
 - ``site_operating_schedules`` is configuration, not events: it is kept forever (a schedule
@@ -31,7 +33,7 @@ from homepot.analytics.models import (
 from homepot.audit.models import AuditLog
 from homepot.config import Settings
 from homepot.db import Base
-from homepot.device.models import HealthCheck
+from homepot.device.models import RECEIPT_DAYS, HealthCheck, MessageReceipt
 
 AUDIT_LOG_MIN_DAYS: Final = 365
 # Rollups age like the rows they summarise (homepot.analytics.rollups).
@@ -67,6 +69,7 @@ class RetainedTable:
 RETAINED_TABLES: Final[tuple[RetainedTable, ...]] = (
     *(RetainedTable(model) for model in EVENT_MODELS),
     RetainedTable(HealthCheck),
+    RetainedTable(MessageReceipt, time_column="received_at"),
     *(RetainedTable(model, time_column="bucket") for model in ROLLUP_TABLES),
     RetainedTable(AuditLog),
     RetainedTable(SiteOperatingSchedule, time_column="updated_at", prunable=False),
@@ -94,6 +97,8 @@ class TablePolicy:
 def _default_days(table: RetainedTable, retention_days: int) -> tuple[int | None, Source]:
     if not table.prunable:
         return None, "table default"
+    if table.model is MessageReceipt:
+        return RECEIPT_DAYS, "table default"
     if table.model is AuditLog:
         return max(AUDIT_LOG_MIN_DAYS, retention_days), "table default"
     return retention_days, "default"

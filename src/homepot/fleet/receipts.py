@@ -1,0 +1,36 @@
+"""A device message stored as one row is stored once, whenever it is delivered again.
+
+Heartbeats (``health_checks``) and device error reports (``error_logs``) are partitioned by
+time on PostgreSQL, so their unique keys hold the timestamp; the server stamps a heartbeat
+(and an error report that names no time of its own) when it arrives, so a redelivery (MQTT
+QoS 1 after the server was killed, an HTTP resend after a lost answer) has another
+timestamp and those keys cannot see it. The message's receipt can:
+:func:`first_delivery` inserts it in the transaction that stores the row, and only the
+first delivery gets it (homepot.device.models.MessageReceipt).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from homepot.db import utcnow
+from homepot.device.models import MessageReceipt
+
+
+async def first_delivery(
+    session: AsyncSession, event_id: str, *, now: datetime | None = None
+) -> bool:
+    """Record the receipt of ``event_id`` in the session's transaction; False when it was
+    received before (a redelivery: its row is stored, or is being stored by a transaction
+    that has not committed yet, which this one then waits for)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    new = await session.scalar(
+        insert(MessageReceipt)
+        .values(event_id=event_id, received_at=now or utcnow())
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(MessageReceipt.event_id)
+    )
+    return new is not None
