@@ -403,7 +403,7 @@ class _Backfill:
                 switched_off_at = self.powered_until(terminal.site, moment)
             was_on = on
             planned = terminal.planned
-            while planned and planned[0].start <= moment:
+            while planned and planned[0].end <= moment:
                 planned.pop(0)  # the terminal was off, or in another fault: it missed it
             if fault is None and on and planned and planned[0].precursor_start <= moment:
                 fault = planned.pop(0)
