@@ -198,6 +198,7 @@ ESTIMATOR_PARAMETERS: dict[str, Any] = {
     "learning_rate": 0.1,
     "max_leaf_nodes": 15,
     "l2_regularization": 1.0,
+    "min_samples_leaf": 20,
 }
 
 
