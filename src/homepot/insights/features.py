@@ -17,7 +17,15 @@ device at a moment ``t`` the features describe only what was known at ``t``:
   since its last one: failures come in bursts (a flapping link, a gateway that keeps timing
   out);
 - hours since the device last came online, minutes since it last reported, and hours until
-  its site closes (a terminal switched off at closing cannot fail while it is off).
+  its site closes (a terminal switched off at closing cannot fail while it is off);
+- how unsteady its network latency is over the last 30 minutes and hour against its own
+  normal of the day before (the median step between readings, on a log scale: a degrading
+  link jitters before it drops), and its warnings of the last 30 minutes and hour by
+  category (``api``: retransmissions to the server; ``external_service``: a payment gateway
+  answering slowly, among other things);
+- its site's other devices ("peers", sharing the store's uplink and payment gateway): the
+  share of them that failed in the last hour, their critical errors and their
+  external-service warnings of the last hour per peer.
 
 The target of a training sample is whether a failure starts in ``(t, t + horizon]``. Samples
 are taken every 15 minutes while the device is up (a device already down cannot fail again).
@@ -79,6 +87,15 @@ FEATURES: tuple[str, ...] = tuple(
     "hours_since_online",
     "minutes_since_report",
     "hours_until_close",
+    "latency_jitter_30m",
+    "latency_jitter_1h",
+    "warnings_api_30m",
+    "warnings_api_1h",
+    "warnings_external_30m",
+    "warnings_external_1h",
+    "peers_failed_1h",
+    "peers_critical_1h",
+    "peers_warnings_external_1h",
 )
 DOWN_STATES = frozenset({"error", "offline"})
 SAMPLE_STEP = timedelta(minutes=15)
@@ -91,6 +108,19 @@ _CAP_MINUTES_SINCE_FAILURE = 24 * 60.0
 _CAP_HOURS_TO_LIMIT = 48.0
 _CAP_HOURS_UNTIL_CLOSE = 24.0
 MEMORY_LIMIT = 98.0
+# The smallest usual jitter a ratio divides by (median step of log latency, about 2 %).
+_MIN_JITTER = 0.02
+
+
+@dataclass
+class SiteEvents:
+    """What a site's devices went through, for the features of each one's peers: sorted
+    (epoch seconds, device_id) pairs."""
+
+    devices: set[str] = field(default_factory=set)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    critical: list[tuple[float, str]] = field(default_factory=list)
+    external_warnings: list[tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +138,7 @@ class DeviceHistory:
     failures: list[float] = field(default_factory=list)  # starts of failures (targets)
     # The site's opening hours as sorted (open, close) epoch seconds; None: always open.
     open_intervals: list[tuple[float, float]] | None = None
+    site: SiteEvents | None = None  # shared by the devices of its site
 
 
 @dataclass
@@ -244,7 +275,29 @@ async def load_history(
         entry.config_changes.append(_epoch(moment))
     for entry in devices.values():
         entry.failures.sort()
+    _index_sites(devices.values())
     return History(devices=devices, since=since, until=until)
+
+
+def _index_sites(entries: Iterable[DeviceHistory]) -> None:
+    """Give each device with a site the events of that site's devices (its peers')."""
+    sites: dict[str, SiteEvents] = {}
+    for entry in entries:
+        if entry.site_id is None:
+            continue
+        site = entry.site = sites.setdefault(entry.site_id, SiteEvents())
+        if entry.metric_times.size:
+            site.devices.add(entry.device_id)
+        site.failures += [(at, entry.device_id) for at in entry.failures]
+        for at, severity, category in entry.errors:
+            if severity == "critical":
+                site.critical.append((at, entry.device_id))
+            elif severity == "warning" and category == "external_service":
+                site.external_warnings.append((at, entry.device_id))
+    for site in sites.values():
+        site.failures.sort()
+        site.critical.sort()
+        site.external_warnings.sort()
 
 
 async def _site_calendar(session: AsyncSession) -> tuple[Any, Any]:
@@ -300,6 +353,53 @@ def _slope(times: np.ndarray, values: np.ndarray) -> float:
     if denominator == 0:
         return math.nan
     return float((x * (y - y.mean())).sum() / denominator)
+
+
+def _jitter(values: np.ndarray) -> float:
+    """The median step between consecutive readings on a log scale (NaN below 3 readings)."""
+    values = values[values > 0]  # NaN compares False: dropped too
+    if values.size < 3:
+        return math.nan
+    return float(np.median(np.abs(np.diff(np.log(values)))))
+
+
+def _peer_events(
+    events: list[tuple[float, str]], device_id: str, start: float, end: float
+) -> list[str]:
+    """The devices other than ``device_id`` of the events in ``(start, end]``."""
+    first = bisect.bisect_right(events, (start, "\uffff"))
+    last = bisect.bisect_right(events, (end, "\uffff"))
+    return [device for _, device in events[first:last] if device != device_id]
+
+
+def _peer_features(entry: DeviceHistory, moment: float) -> list[float]:
+    site = entry.site
+    peers = len(site.devices - {entry.device_id}) if site is not None else 0
+    if site is None or peers == 0:
+        return [math.nan, math.nan, math.nan]
+    start = moment - _HOUR
+    failed = set(_peer_events(site.failures, entry.device_id, start, moment))
+    return [
+        len(failed) / peers,
+        len(_peer_events(site.critical, entry.device_id, start, moment)) / peers,
+        len(_peer_events(site.external_warnings, entry.device_id, start, moment)) / peers,
+    ]
+
+
+def _warning_counts(entry: DeviceHistory, moment: float) -> list[float]:
+    """Warnings of the last 30 minutes and hour: api ones, then external-service ones."""
+    counts = {("api", 30): 0, ("api", 60): 0, ("external_service", 30): 0,
+              ("external_service", 60): 0}  # fmt: skip
+    start = bisect.bisect_right(entry.errors, (moment - _HOUR, "\uffff", ""))
+    for at, severity, category in entry.errors[start:]:
+        if at > moment:
+            break
+        if severity != "warning" or category not in ("api", "external_service"):
+            continue
+        counts[(category, 60)] += 1
+        if at > moment - _HOUR / 2:
+            counts[(category, 30)] += 1
+    return [float(count) for count in counts.values()]
 
 
 def state_at(entry: DeviceHistory, moment: float) -> str | None:
@@ -382,6 +482,14 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
         else _CAP_MINUTES_SINCE_REPORT
     )
     values.append(_hours_until_close(entry.open_intervals, moment))
+    latency = entry.metric_values.get("latency", np.empty(0))
+    usual = _jitter(latency[day_start:hour_start]) if hour_start - day_start >= 12 else math.nan
+    half_hour = int(np.searchsorted(times, moment - _HOUR / 2, side="right"))
+    for first in (half_hour, hour_start):
+        recent_jitter = _jitter(latency[first:last_index])
+        values.append(recent_jitter / max(usual, _MIN_JITTER))
+    values += _warning_counts(entry, moment)
+    values += _peer_features(entry, moment)
     return values
 
 

@@ -60,6 +60,26 @@ _COUNT_LABELS = {
     "hours_until_close": "hours until its site closes",
     "hours_since_online": "hours since it came online",
     "minutes_since_report": "minutes since its last report",
+    "warnings_api_30m": "connection warnings in 30 min",
+    "warnings_api_1h": "connection warnings in the last hour",
+    "warnings_external_30m": "external-service warnings in 30 min",
+    "warnings_external_1h": "external-service warnings in the last hour",
+}
+_RATIO_LABELS = {
+    "latency_jitter_30m": ("network latency jitter over 30 min against its usual", "×{value:.1f}"),
+    "latency_jitter_1h": ("network latency jitter over the hour against its usual", "×{value:.1f}"),
+    "peers_failed_1h": (
+        "share of its site's other devices that failed in the last hour",
+        "{value:.0%}",
+    ),
+    "peers_critical_1h": (
+        "critical errors per other device of its site in the last hour",
+        "{value:.1f}",
+    ),
+    "peers_warnings_external_1h": (
+        "external-service warnings per other device of its site in the last hour",
+        "{value:.1f}",
+    ),
 }
 
 
@@ -71,6 +91,9 @@ def describe(feature: str, value: float) -> tuple[str, str]:
     """A feature and its value as a person reads them."""
     if feature in _COUNT_LABELS:
         return _COUNT_LABELS[feature], f"{value:.0f}"
+    if feature in _RATIO_LABELS:
+        label, shown = _RATIO_LABELS[feature]
+        return label, shown.format(value=value)
     metric, _, kind = feature.partition("_")
     if metric == "error" and kind.startswith("rate_"):
         metric, kind = "error_rate", kind.removeprefix("rate_")
@@ -169,13 +192,43 @@ def load_model(path: Path) -> RiskModel:
     )
 
 
-def _estimator(seed: int) -> Any:
+# Chosen on a training fleet's held-out quarter (benchmarks/risk.py --tune), never the test's.
+ESTIMATOR_PARAMETERS: dict[str, Any] = {
+    "max_iter": 120,
+    "learning_rate": 0.1,
+    "max_leaf_nodes": 15,
+    "l2_regularization": 1.0,
+    "min_samples_leaf": 20,
+}
+
+
+def make_estimator(seed: int, **overrides: Any) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
-        max_iter=120, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0,
-        random_state=seed,
-    )  # fmt: skip
+        **{**ESTIMATOR_PARAMETERS, **overrides}, random_state=seed
+    )
+
+
+def fillable(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with its never-observed columns as zeros: the estimator cannot bin a
+    column without a value (a fleet reporting every 15 minutes has no 30-minute jitter);
+    when scoring, its NaN goes where most rows went."""
+    empty = np.isnan(matrix).all(axis=0)
+    if not empty.any():
+        return matrix
+    filled = matrix.copy()
+    filled[:, empty] = 0.0
+    return filled
+
+
+def held_out_split(moments: np.ndarray, horizon: timedelta) -> tuple[np.ndarray, np.ndarray, float]:
+    """(rows to fit, rows to validate, where validation starts): the last
+    ``VALIDATION_SHARE`` of the range is held out, after a gap of one horizon so that no
+    failure is seen from both sides."""
+    first, last = float(moments.min()), float(moments.max())
+    split = last - (last - first) * VALIDATION_SHARE
+    return moments < split - horizon.total_seconds(), moments >= split, split
 
 
 def precision_at(scores: np.ndarray, labels: np.ndarray, share: float) -> float:
@@ -237,14 +290,13 @@ def _train(
             f"only {int(samples.labels.sum())} failures in the range: a model needs at least "
             f"{MIN_POSITIVES} (widen --since/--until or shorten nothing: history is too short)"
         )
-    first, last = float(samples.moments.min()), float(samples.moments.max())
-    split = last - (last - first) * VALIDATION_SHARE
-    train_rows = samples.moments < split - horizon.total_seconds()
-    held_out = samples.moments >= split
+    train_rows, held_out, split = held_out_split(samples.moments, horizon)
     validation: dict[str, Any] = {"held_out_from": datetime.fromtimestamp(split, UTC).isoformat()}
     importance = np.zeros(samples.matrix.shape[1])
     if samples.labels[train_rows].sum() >= MIN_POSITIVES and samples.labels[held_out].sum() > 0:
-        early = _estimator(seed).fit(samples.matrix[train_rows], samples.labels[train_rows])
+        early = make_estimator(seed).fit(
+            fillable(samples.matrix[train_rows]), samples.labels[train_rows]
+        )
         scores = early.predict_proba(samples.matrix[held_out])[:, 1]
         validation |= evaluate(scores, samples.labels[held_out])
         # Importance on at most a few thousand held-out rows: enough to rank the features.
@@ -260,7 +312,7 @@ def _train(
         importance = np.clip(permuted.importances_mean, 0, None)
     else:
         validation["note"] = "too few failures in the held-out period to validate"
-    estimator = _estimator(seed).fit(samples.matrix, samples.labels)
+    estimator = make_estimator(seed).fit(fillable(samples.matrix), samples.labels)
     if not importance.any():
         importance = np.ones(samples.matrix.shape[1]) / samples.matrix.shape[1]
     with warnings.catch_warnings():

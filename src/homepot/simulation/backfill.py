@@ -6,9 +6,10 @@ terminals, lived through the last ``days`` days with the simulator's model
 an hour after closing, sell in proportion to the site's load (peaks included, on the site's own
 clock), get a nightly price-and-promotions update and a midday health check, receive firmware
 (a reboot in the maintenance window), settle at closing, rotate their logs, and suffer the
-faults of :mod:`homepot.simulation.faults`; the ground truth of the faults and of the benign
-events (``benign_*``) goes to the labels file. Operators at head office log in a few times a
-day, browse the dashboard, create jobs and change site settings.
+faults of :mod:`homepot.simulation.faults` (a store's payment gateway fails for most of its
+terminals at once: :mod:`homepot.simulation.gateways`); the ground truth of the faults and of
+the benign events (``benign_*``) goes to the labels file. Operators at head office log in a
+few times a day, browse the dashboard, create jobs and change site settings.
 
 Every row it writes is marked as the simulation's: events and schedules with source
 ``simulated``, sites and devices with ``simulated`` true.
@@ -70,6 +71,8 @@ from homepot.job.models import (
 )
 from homepot.simulation.faults import (
     BAD_CONFIG_VERSION,
+    GATEWAY_WARNING_CODE,
+    LINK_WARNING_CODE,
     NO_EFFECT,
     PAYMENT_TIMEOUT_CODE,
     BenignEvent,
@@ -78,7 +81,9 @@ from homepot.simulation.faults import (
     FaultKind,
     FaultPlanner,
     LabelWriter,
+    warning_counts,
 )
+from homepot.simulation.gateways import outage_rate, plan_store_gateway
 from homepot.simulation.jobfailures import draw_failure
 from homepot.simulation.model import (
     FIRMWARE_REBOOT,
@@ -171,6 +176,9 @@ class _Terminal:
     model: TerminalModel
     ip_address: str
     faults: list[Fault] = field(default_factory=list)
+    # Faults planned for the terminal from outside (its store's gateway), in time order.
+    planned: list[Fault] = field(default_factory=list)
+    gateway: str = "acquirer-eu"
     reboots: list[datetime] = field(default_factory=list)  # firmware updates, in time order
     samples: list[Row] = field(default_factory=list)  # metric rows, in time order
     state: str = "offline"
@@ -190,13 +198,20 @@ class _Backfill:
         self.core: dict[type[Base], list[Row]] = {}
         self.labels = LabelWriter(config.labels) if config.labels else None
         mix = config.fault_mix or dict.fromkeys(FaultKind, 1.0)
-        kinds = tuple(kind for kind in FaultKind if mix.get(kind, 0) > 0)
+        # Gateway timeouts are planned per store (plan_gateways), the rest per terminal.
+        gateway = FaultKind.payment_gateway_timeout
+        self.gateway_share = mix.get(gateway, 0) / sum(mix.values())
+        kinds = tuple(kind for kind in FaultKind if mix.get(kind, 0) > 0 and kind is not gateway)
         self.planner = FaultPlanner(
             random.Random(f"faults/{config.seed}"),
-            config.fault_rate,
-            kinds=kinds,
-            weights=tuple(mix[kind] for kind in kinds),
+            config.fault_rate * (1 - self.gateway_share) if kinds else 0.0,
+            kinds=kinds or (gateway,),
+            weights=tuple(mix[kind] for kind in kinds) or (1.0,),
         )
+        # Draws for the stores' gateways and for the warnings of trouble, apart from the rest,
+        # so that adding them left every other row of a seed as it was.
+        self.gateway_rng = random.Random(f"gateways/{config.seed}")
+        self.trouble_rng = random.Random(f"trouble/{config.seed}")
         self.fault_count = 0
         self.job_number = 0
         self.execution_number = 0
@@ -339,6 +354,26 @@ class _Backfill:
                 windows.append(window)
         return windows
 
+    def plan_gateways(self, site: SiteProfile, terminals: list[_Terminal]) -> None:
+        """The store's gateway outages (faults of its terminals, planned ahead) and slow
+        spells (trouble of every terminal)."""
+        if not terminals:
+            return
+        store = plan_store_gateway(
+            self.gateway_rng,
+            site.site_id,
+            [terminal.device_id for terminal in terminals],
+            start=self.start,
+            end=self.end,
+            step=self.step,
+            open_at=lambda moment: self.powered(site, moment),
+            outages_per_day=outage_rate(self.config.fault_rate, self.gateway_share),
+        )
+        for terminal in terminals:
+            terminal.gateway = store.gateway
+            terminal.planned = store.faults[terminal.device_id]
+            terminal.model.disturbances = list(store.spells)
+
     def label(self, event: Fault | BenignEvent) -> None:
         if self.labels is not None:
             self.labels.write(event)
@@ -367,6 +402,14 @@ class _Backfill:
                 model.boot(moment)  # switched on in the morning
                 switched_off_at = self.powered_until(terminal.site, moment)
             was_on = on
+            planned = terminal.planned
+            while planned and planned[0].end <= moment:
+                planned.pop(0)  # the terminal was off, or in another fault: it missed it
+            if fault is None and on and planned and planned[0].precursor_start <= moment:
+                fault = planned.pop(0)
+                terminal.faults.append(fault)
+                self.fault_count += 1
+                self.label(fault)
             if fault is None and on:
                 fault = self.planner.maybe_start(
                     terminal.device_id,
@@ -396,7 +439,11 @@ class _Backfill:
                 # Silent for this whole step: the watchdog's 90 s may run out within it.
                 offline_at = unreachable_since + _OFFLINE_AFTER
                 if terminal.state == "online" and offline_at < moment + self.step:
-                    extra = {"fault": fault.kind.value} if fault is not None and on else None
+                    extra = (
+                        {"fault": fault.kind.value}
+                        if fault is not None and on and fault.active_at(moment)
+                        else None
+                    )
                     self.state(
                         terminal, max(moment, offline_at), "offline", "No heartbeat for 90 s", extra
                     )
@@ -453,6 +500,26 @@ class _Backfill:
         )
         terminal.samples.append({"timestamp": when, **fields})
         self.transaction_errors(terminal, when, fields, timeouts, effects, fault)
+        self.trouble_warnings(terminal, when, effects)
+
+    def trouble_warnings(
+        self, terminal: _Terminal, moment: datetime, effects: FaultEffects
+    ) -> None:
+        """Warnings of a link or a gateway in trouble: retransmissions to the server, slow
+        answers from the gateway. A healthy terminal has a few too."""
+        rng = self.trouble_rng
+        link, gateway = warning_counts(rng, effects, self.step.total_seconds() / 3600)
+        for _ in range(link):
+            share = rng.uniform(4, 25)
+            self.error(terminal, moment, "api", "warning", LINK_WARNING_CODE,
+                       f"{share:.0f} % of segments to the server retransmitted in the last minute",
+                       {"retransmit_percent": round(share, 1)}, rng=rng)  # fmt: skip
+        for _ in range(gateway):
+            seconds = rng.uniform(8, 28)
+            self.error(terminal, moment, "external_service", "warning", GATEWAY_WARNING_CODE,
+                       f"Payment gateway slow: {terminal.gateway} answered in {seconds:.0f} s",
+                       {"gateway": terminal.gateway, "answer_s": round(seconds, 1)},
+                       rng=rng)  # fmt: skip
 
     def transaction_errors(
         self,
@@ -469,7 +536,7 @@ class _Backfill:
             self.rng.random() < terminal.model.base_error_rate / 100 for _ in range(count)
         )
         for _ in range(timeouts):
-            gateway = fault.details.get("gateway") if fault else "acquirer-eu"
+            gateway = fault.details.get("gateway") if fault else terminal.gateway
             self.error(
                 terminal, moment, "external_service", "critical", PAYMENT_TIMEOUT_CODE,
                 f"Payment gateway timeout: {gateway} did not answer within 30 s",
@@ -503,11 +570,14 @@ class _Backfill:
         code: str,
         message: str,
         context: Row | None,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
-        resolved = severity != "critical" or self.rng.random() < 0.8
+        rng = rng or self.rng
+        resolved = severity != "critical" or rng.random() < 0.8
         self.record(
             ErrorLog,
-            timestamp=moment + timedelta(seconds=self.rng.uniform(0, self.step.total_seconds())),
+            timestamp=moment + timedelta(seconds=rng.uniform(0, self.step.total_seconds())),
             category=category,
             severity=severity,
             error_code=code,
@@ -515,7 +585,7 @@ class _Backfill:
             device_id=terminal.device_id,
             context={"site_id": terminal.site.site_id, **(context or {})},
             resolved=resolved,
-            resolved_at=moment + timedelta(minutes=self.rng.uniform(5, 90)) if resolved else None,
+            resolved_at=moment + timedelta(minutes=rng.uniform(5, 90)) if resolved else None,
         )
 
     def report_requests(self, terminal: _Terminal, moment: datetime) -> None:
@@ -1188,6 +1258,7 @@ async def run_backfill(
         for number, (site, terminals) in enumerate(chain):
             builder.write_site(site, number, terminals)
             reboots = builder.firmware_windows(site, number)
+            builder.plan_gateways(site, terminals)
             for terminal in terminals:
                 terminal.reboots = reboots
                 builder.live(terminal)

@@ -13,10 +13,19 @@ shared by the live simulator and the backfill. Faults start subtle, as real ones
   size, reaching 99 % at ``details.full_at``; above 95 % receipts fail and the error rate
   rises, until someone frees space at the fault's end.
 - ``network_flapping``: the link drops and returns every couple of minutes; latency soars
-  while it is up. Messages made while it is down wait in the device's retry queue.
+  while it is up. Messages made while it is down wait in the device's retry queue. Most
+  flaps (``FLAP_PRECURSOR_CHANCE``) are announced by a degrading link for 15–60 minutes
+  before the first drop: latency jitters more and more, and retransmissions raise warnings.
 - ``payment_gateway_timeout``: a share of card payments time out at the acquirer; each is
   reported by the terminal (server side: error_logs external_service / critical /
-  ``EXT_SERVICE_TIMEOUT``).
+  ``EXT_SERVICE_TIMEOUT``). The backfill plans them per store (:mod:`.gateways`):
+  the gateway is upstream, so most terminals of the store lose it, minutes apart, and most
+  outages start with slow answers (warnings) for 10–40 minutes.
+
+A fault's label ``start`` is its first failure (the first drop, the first timeout); a
+precursor runs before it (``details.precursor_seconds``). Healthy terminals have the same
+trouble without a fault following (:class:`Disturbance`), about as often, so a threshold on
+jitter or warnings is wrong more often than right.
 - ``bad_config_version``: a faulty configuration version raises the error rate until it is
   replaced.
 """
@@ -25,8 +34,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -56,7 +66,7 @@ class BenignKind(StrEnum):
 
 
 # Typical lengths in simulated time: (shortest, longest).
-_DURATIONS: dict[FaultKind, tuple[timedelta, timedelta]] = {
+FAULT_DURATIONS: dict[FaultKind, tuple[timedelta, timedelta]] = {
     FaultKind.memory_leak_crash: (timedelta(hours=3), timedelta(hours=9)),
     FaultKind.disk_filling: (timedelta(hours=3), timedelta(hours=10)),
     FaultKind.network_flapping: (timedelta(minutes=10), timedelta(minutes=45)),
@@ -88,9 +98,98 @@ class FaultEffects:
     reachable: bool = True  # False: the terminal cannot talk to the server
     crashed: bool = False  # silent: no heartbeat, no sample at all
     config_version: str | None = None
+    # Trouble that may precede a fault, or pass: extra log-normal latency noise (sigma of the
+    # logarithm), warnings per hour of retransmissions to the server and of slow answers from
+    # the payment gateway (the terminal's echo tests and payments that take 10-30 s).
+    latency_jitter: float = 0.0
+    link_warnings_per_hour: float = 0.0
+    gateway_warnings_per_hour: float = 0.0
 
 
 NO_EFFECT = FaultEffects()
+# A degrading link or a slowing gateway at full strength (strength 1, at the end of its ramp).
+_JITTER_AT_FULL = 0.45
+_LINK_WARNINGS_AT_FULL = 8.0
+_GATEWAY_WARNINGS_AT_FULL = 10.0
+FLAP_PRECURSOR_CHANCE = 0.7
+GATEWAY_PRECURSOR_CHANCE = 0.7
+GATEWAY_JOIN_CHANCE = 0.8
+_FLAP_PRECURSOR = (timedelta(minutes=15), timedelta(minutes=60))
+# Terminals of one store lose the gateway up to this long after the first one.
+GATEWAY_STAGGER = timedelta(minutes=20)
+GATEWAYS = ("acquirer-eu", "acquirer-us", "acquirer-apac")
+
+
+# Warnings of a healthy terminal, per hour: a retransmission burst to the server, a slow
+# answer from the payment gateway. Trouble raises both (FaultEffects).
+HEALTHY_LINK_WARNINGS_PER_HOUR = 0.05
+HEALTHY_GATEWAY_WARNINGS_PER_HOUR = 0.05
+LINK_WARNING_CODE = "NET_RETRANSMIT"
+GATEWAY_WARNING_CODE = "EXT_SERVICE_SLOW"
+
+
+def warning_counts(rng: random.Random, effects: FaultEffects, hours: float) -> tuple[int, int]:
+    """How many link and gateway warnings a terminal raises over ``hours`` (Poisson draws)."""
+    link = HEALTHY_LINK_WARNINGS_PER_HOUR + effects.link_warnings_per_hour
+    gateway = HEALTHY_GATEWAY_WARNINGS_PER_HOUR + effects.gateway_warnings_per_hour
+    return _poisson(rng, link * hours), _poisson(rng, gateway * hours)
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Knuth's method: the means here are small."""
+    limit, count, product = math.exp(-mean), 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+class Trouble(StrEnum):
+    link = "link"  # a degrading link: jitter, retransmissions
+    gateway = "gateway"  # a slow payment gateway: slow answers
+
+
+def trouble_effects(trouble: Trouble, ramp: float, strength: float) -> FaultEffects:
+    """How a link or gateway in trouble reads, ``ramp`` (0..1) of the way into it."""
+    level = max(0.0, min(1.0, ramp)) * strength
+    if trouble is Trouble.link:
+        return FaultEffects(
+            latency_jitter=_JITTER_AT_FULL * level,
+            link_warnings_per_hour=_LINK_WARNINGS_AT_FULL * level,
+        )
+    return FaultEffects(gateway_warnings_per_hour=_GATEWAY_WARNINGS_AT_FULL * level)
+
+
+def combine(effects: FaultEffects, trouble: FaultEffects) -> FaultEffects:
+    """``effects`` with the stronger of its and ``trouble``'s jitter and warnings."""
+    if trouble is NO_EFFECT:
+        return effects
+    return replace(
+        effects,
+        latency_jitter=max(effects.latency_jitter, trouble.latency_jitter),
+        link_warnings_per_hour=max(effects.link_warnings_per_hour, trouble.link_warnings_per_hour),
+        gateway_warnings_per_hour=max(
+            effects.gateway_warnings_per_hour, trouble.gateway_warnings_per_hour
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Disturbance:
+    """Trouble that is no fault and passes: Wi-Fi interference or a busy switch port makes a
+    link jitter, an acquirer answers slowly for a while. It reads exactly like the precursor
+    of a fault (the same ramp, the same strengths) and is not labelled: it is noise."""
+
+    trouble: Trouble
+    start: datetime
+    end: datetime
+    strength: float
+
+    def effects_at(self, moment: datetime) -> FaultEffects:
+        if not self.start <= moment < self.end:
+            return NO_EFFECT
+        return trouble_effects(self.trouble, (moment - self.start) / (self.end - self.start),
+                               self.strength)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,6 +205,15 @@ class Fault:
         return self.start <= moment < self.end
 
     @property
+    def precursor_start(self) -> datetime:
+        """When the trouble announcing the fault begins (its ``start`` when there is none)."""
+        return self.start - timedelta(seconds=float(self.details.get("precursor_seconds", 0)))
+
+    def influences_at(self, moment: datetime) -> bool:
+        """The fault or its precursor bends the terminal's readings at ``moment``."""
+        return self.precursor_start <= moment < self.end
+
+    @property
     def crash_at(self) -> datetime:
         """When a memory leak crashes the terminal (its silence fills the rest of the fault)."""
         return self.end - self._crash_silence()
@@ -116,7 +224,9 @@ class Fault:
         return self.start + (self.end - self.start) * DISK_FULL_SHARE
 
     def effects_at(self, moment: datetime, *, base_memory: float, base_disk: float) -> FaultEffects:
-        if not self.active_at(moment):
+        if moment < self.start:
+            return self._precursor_at(moment)
+        if moment >= self.end:
             return NO_EFFECT
         elapsed = moment - self.start
         match self.kind:
@@ -143,6 +253,14 @@ class Fault:
                     config_version=BAD_CONFIG_VERSION,
                     latency_factor=1.3,
                 )
+
+    def _precursor_at(self, moment: datetime) -> FaultEffects:
+        begin = self.precursor_start
+        if moment < begin or begin == self.start:
+            return NO_EFFECT
+        trouble = Trouble.link if self.kind is FaultKind.network_flapping else Trouble.gateway
+        strength = float(self.details.get("precursor_strength", 1.0))
+        return trouble_effects(trouble, (moment - begin) / (self.start - begin), strength)
 
     def _disk_level(self, moment: datetime, base_disk: float) -> float:
         """Steps of uneven size at the planned shares of the climb, the last one at ``full_at``."""
@@ -269,8 +387,12 @@ class FaultPlanner:
         start: datetime,
         *,
         powered_until: datetime | None = None,
+        precursor: bool = True,
     ) -> Fault:
-        shortest, longest = _DURATIONS[kind]
+        """A fault of ``kind`` planned at ``start``. With ``precursor`` a network flap may
+        first degrade the link for a while: then its first drop (the label's start) comes
+        that much later."""
+        shortest, longest = FAULT_DURATIONS[kind]
         simulated = shortest + (longest - shortest) * self.rng.random()
         duration = simulated / self.time_scale
         details: dict[str, Any] = {}
@@ -291,9 +413,16 @@ class FaultPlanner:
             flap = max(FLAP_PERIOD / self.time_scale, self.min_silence)
             duration = max(duration, flap * 4)
             details["flap_seconds"] = round(flap.total_seconds(), 3)
+            if precursor and self.rng.random() < FLAP_PRECURSOR_CHANCE:
+                low, high = _FLAP_PRECURSOR
+                lead = (low + (high - low) * self.rng.random()) / self.time_scale
+                lead = timedelta(seconds=round(lead.total_seconds(), 3))
+                details["precursor_seconds"] = lead.total_seconds()
+                details["precursor_strength"] = round(self.rng.uniform(0.4, 1.0), 2)
+                start += lead
         elif kind is FaultKind.payment_gateway_timeout:
             details["timeout_share"] = round(self.rng.uniform(0.15, 0.6), 2)
-            details["gateway"] = self.rng.choice(("acquirer-eu", "acquirer-us", "acquirer-apac"))
+            details["gateway"] = self.rng.choice(GATEWAYS)
         elif kind is FaultKind.bad_config_version:
             details["config_version"] = BAD_CONFIG_VERSION
             details["error_rate_points"] = round(self.rng.uniform(4, 12), 1)

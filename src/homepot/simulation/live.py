@@ -49,7 +49,8 @@ from homepot.protocol.messages import (
     TelemetryBatch,
 )
 from homepot.simulation.faults import (
-    NO_EFFECT,
+    GATEWAY_WARNING_CODE,
+    LINK_WARNING_CODE,
     PAYMENT_TIMEOUT_CODE,
     BenignEvent,
     Fault,
@@ -57,6 +58,7 @@ from homepot.simulation.faults import (
     FaultKind,
     FaultPlanner,
     LabelWriter,
+    warning_counts,
 )
 from homepot.simulation.fleet_config import (
     MAX_BACKLOG_SAMPLES,
@@ -145,6 +147,8 @@ class FleetSimulator:
         self.use_mqtt = use_mqtt
         self.clock = clock
         self.rng = random.Random(config.seed)
+        # The warnings of trouble draw apart, so that the rest of a seeded run stays as it was.
+        self._trouble_rng = random.Random(None if config.seed is None else f"trouble/{config.seed}")
         self.stats = SimulationStats()
         self.device_http = device_http or [http]
         # One report cap per client, so that no pool ever queues a report.
@@ -310,7 +314,8 @@ class FleetSimulator:
         terminals.sort(key=lambda t: site_load(t.model.site, now) == 0)
         for kind, terminal in zip(self.config.opening_faults, terminals, strict=False):
             self._inject(
-                terminal, self.planner.plan(terminal.device_id, terminal.site_id, kind, now)
+                terminal,
+                self.planner.plan(terminal.device_id, terminal.site_id, kind, now, precursor=False),
             )
 
     async def _register(self, terminal: SimulatedTerminal, bootstrap_key: str) -> None:
@@ -403,7 +408,36 @@ class FleetSimulator:
             fault = self.planner.maybe_start(terminal.device_id, terminal.site_id, now, self.tick)
             if fault is not None:
                 self._inject(terminal, fault)
-        return terminal.model.effects_of(terminal.fault, now)
+        return terminal.model.effects_of(terminal.fault, now, simulated=self.simulated_time(now))
+
+    def _warning(
+        self, terminal: SimulatedTerminal, effects: FaultEffects, now: datetime
+    ) -> DeviceErrorReport | None:
+        """A warning of the link or the gateway in trouble (or, rarely, of a healthy one):
+        one report per tick at most, as the terminal sends one error per report."""
+        hours = self.config.interval_seconds / 3600
+        link, gateway = warning_counts(self._trouble_rng, effects, hours)
+        if link:
+            return DeviceErrorReport(
+                category=ErrorCategory.api,
+                severity=ErrorSeverity.warning,
+                error_code=LINK_WARNING_CODE,
+                message=f"Segments to the server retransmitted {link} time(s) in the last "
+                f"{self.config.interval_seconds:.0f} s",
+                occurred_at=now,
+                context={"retransmit_bursts": link},
+            )
+        if gateway:
+            return DeviceErrorReport(
+                category=ErrorCategory.external_service,
+                severity=ErrorSeverity.warning,
+                error_code=GATEWAY_WARNING_CODE,
+                message=f"Payment gateway slow: {gateway} answer(s) over 8 s in the last "
+                f"{self.config.interval_seconds:.0f} s",
+                occurred_at=now,
+                context={"slow_answers": gateway},
+            )
+        return None
 
     def _inject(self, terminal: SimulatedTerminal, fault: Fault) -> None:
         terminal.fault = fault
@@ -455,6 +489,8 @@ class FleetSimulator:
                 occurred_at=now,
                 context={"gateway": gateway, "timeouts": timeouts},
             )
+        else:
+            error_report = self._warning(terminal, effects, now)
         sample = MetricSample(
             # Random, not seeded: a second run must not repeat (and lose) the first's ids.
             event_id=uuid.uuid4(),
@@ -468,7 +504,9 @@ class FleetSimulator:
         if not effects.reachable or time.monotonic() < terminal.resume_at:
             return
         heartbeat = Heartbeat(
-            status="degraded" if effects is not NO_EFFECT else "ok",
+            status="degraded"
+            if terminal.fault is not None and terminal.fault.active_at(now)
+            else "ok",
             firmware_version=terminal.model.firmware_version,
             config_version=effects.config_version or terminal.model.config_version,
             uptime_seconds=round((now - terminal.started_at).total_seconds(), 1),
@@ -620,9 +658,10 @@ class FleetSimulator:
                 await terminal.client.ack(command.execution_id)
         except Exception as exc:  # an ack is best effort: the result still counts
             logger.info("%s: ack of %s failed: %s", terminal.device_id, command.execution_id, exc)
-        result = await simulate_job(
-            terminal.model, command, speed=self.config.speed, fault=terminal.fault
-        )
+        fault = terminal.fault
+        if fault is not None and not fault.active_at(self.clock()):
+            fault = None  # only its precursor yet: the terminal still works
+        result = await simulate_job(terminal.model, command, speed=self.config.speed, fault=fault)
         result = result.model_copy(update={"started_at": started, "finished_at": self.clock()})
         if command.job_type == "firmware_update" and result.status is JobResultStatus.success:
             # The new version needs a restart: off for a few minutes, then a fresh start.

@@ -8,7 +8,9 @@
   normal (older terminals run hotter, with a bigger memory footprint and slower links); CPU,
   memory and latency follow the store's traffic; noise is autocorrelated with rare bursts;
   benign events (settlement at closing, a reboot after a firmware update, log rotation) look
-  alarming to a fixed threshold; and a :class:`~homepot.simulation.faults.Fault` bends it all;
+  alarming to a fixed threshold; a link jitters now and then without breaking (the same
+  trouble that announces most network flaps); and a
+  :class:`~homepot.simulation.faults.Fault` bends it all;
 - :class:`SimulatedTransactions` — the same sales model as a terminal agent's transaction
   source, for an agent that runs without a POS application behind it.
 """
@@ -31,8 +33,11 @@ from homepot.simulation.faults import (
     NO_EFFECT,
     BenignEvent,
     BenignKind,
+    Disturbance,
     Fault,
     FaultEffects,
+    Trouble,
+    combine,
 )
 
 SITE_TIMEZONES = (
@@ -260,6 +265,11 @@ _ROTATION_MINUTES = (11 * 60, 16 * 60)
 _WARM_UP = timedelta(minutes=20)
 _WARM_UP_POINTS = 8.0
 FIRMWARE_REBOOT = timedelta(minutes=4)
+# A link that jitters for a while and recovers (Wi-Fi interference, a busy switch port), per
+# terminal and day, starting between 06:00 and 22:00 local: about as often as a network flap
+# is announced by the same trouble, so jitter alone is no proof of a coming flap.
+LINK_WOBBLES_PER_DAY = 0.12
+_WOBBLE_LENGTH = (timedelta(minutes=15), timedelta(minutes=60))
 
 
 @dataclass(frozen=True)
@@ -269,6 +279,7 @@ class _DayPlan:
 
     settlement: tuple[datetime, datetime, float] | None  # UTC start, end, CPU reached
     rotation: datetime  # UTC
+    wobbles: tuple[Disturbance, ...] = ()  # the link's passing trouble that day
 
 
 @dataclass
@@ -312,6 +323,12 @@ class TerminalModel:
         self.booted_at: datetime | None = None
         self._migration: tuple[datetime, float] | None = None  # until, CPU
         self._days: dict[date, _DayPlan] = {}
+        # Draws for the trouble of links and gateways come from a stream of their own, so that
+        # every other reading of a seed stays what it was. The token differs by seed.
+        self._token = hash(self.rng.getstate()[1])
+        self._side = random.Random(f"side/{self._token}")
+        # Trouble the driver adds (a store's slow gateway, planned for all its terminals).
+        self.disturbances: list[Disturbance] = []
 
     @property
     def device_type(self) -> str:
@@ -359,7 +376,18 @@ class TerminalModel:
             settlement = (start, end, rng.uniform(91, 99))
         minute = self.rotation_minute
         rotation = datetime.combine(local_day, time(minute // 60, minute % 60), zone)
-        return _DayPlan(settlement, rotation.astimezone(UTC))
+        return _DayPlan(settlement, rotation.astimezone(UTC), self._wobbles(local_day, zone))
+
+    def _wobbles(self, local_day: date, zone: ZoneInfo) -> tuple[Disturbance, ...]:
+        rng = random.Random(f"wobble/{self._token}/{local_day.isoformat()}")
+        morning = datetime.combine(local_day, time(6), zone).astimezone(UTC)
+        low, high = _WOBBLE_LENGTH
+        wobbles = []
+        for _ in range(poisson(rng, LINK_WOBBLES_PER_DAY)):
+            start = morning + timedelta(hours=16 * rng.random())
+            end = start + low + (high - low) * rng.random()
+            wobbles.append(Disturbance(Trouble.link, start, end, rng.uniform(0.4, 1.0)))
+        return tuple(wobbles)
 
     def benign_events(self, start: datetime, end: datetime) -> list[BenignEvent]:
         """The settlements and log rotations that begin in ``[start, end)``."""
@@ -404,11 +432,25 @@ class TerminalModel:
         for name, keep, spread in steps:
             noise[name] = noise[name] * keep + spread * gauss()
 
-    def effects_of(self, fault: Fault | None, moment: datetime) -> FaultEffects:
-        """How ``fault`` bends this terminal's readings at ``moment`` (not at all without one)."""
-        if fault is None:
-            return NO_EFFECT
-        return fault.effects_at(moment, base_memory=self.base_memory, base_disk=self.base_disk)
+    def effects_of(
+        self, fault: Fault | None, moment: datetime, *, simulated: datetime | None = None
+    ) -> FaultEffects:
+        """How ``fault`` (or its precursor) and any passing trouble of the link or the gateway
+        bend this terminal's readings at ``moment`` (``NO_EFFECT`` when nothing does).
+
+        ``simulated``: the moment on the simulated clock, when it runs faster than ``moment``'s
+        (the live simulator's ``--speed``); the terminal's own trouble follows that clock."""
+        effects = NO_EFFECT
+        if fault is not None:
+            effects = fault.effects_at(
+                moment, base_memory=self.base_memory, base_disk=self.base_disk
+            )
+        clock = simulated or moment
+        local_day = clock.astimezone(ZoneInfo(self.site.timezone)).date()
+        for disturbance in (*self.day_plan(local_day).wobbles, *self.disturbances):
+            if disturbance.start <= clock < disturbance.end:
+                effects = combine(effects, disturbance.effects_at(clock))
+        return effects
 
     def sample(
         self, moment: datetime, interval: timedelta, effects: FaultEffects = NO_EFFECT
@@ -468,6 +510,8 @@ class TerminalModel:
         )
         if rng.random() < _LATENCY_SPIKES_PER_HOUR * hours:
             latency *= rng.uniform(4, 9)
+        if effects.latency_jitter:
+            latency *= self._side.lognormvariate(0, effects.latency_jitter)
         error_rate = (
             self.base_error_rate
             + effects.error_rate_points
