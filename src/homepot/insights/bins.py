@@ -212,6 +212,23 @@ class DeviceInfo:
 
 
 @dataclass
+class RecentMemo:
+    """Recent-window medians and spreads an earlier pass computed for the same devices, per
+    metric and hour step (the step's absolute bin): a server's pass reuses those whose whole
+    window lies before ``stable_until`` (bins no newer sample can change any more) instead of
+    sorting the same 12 hours again. Exact: a reused step is what recomputing it would give.
+    """
+
+    stable_until: int = -(2**62)
+    steps: dict[tuple[str, int], tuple[Any, Any, Any]] = field(default_factory=dict)
+
+    def forget_before(self, first_bin: int) -> None:
+        """Drop the steps older than ``first_bin`` (a chunk never looks at them again)."""
+        for key in [key for key in self.steps if key[1] < first_bin]:
+            del self.steps[key]
+
+
+@dataclass
 class Chunk:
     """Bins of some devices (whole sites) from ``first_bin`` on, one column per bin."""
 
@@ -225,6 +242,8 @@ class Chunk:
     # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
     # with the bin it began in: alive from then on even with nothing loaded.
     known_silent: dict[str, int] = field(default_factory=dict)
+    # A server's recent-window results from its previous passes over these devices.
+    memo: RecentMemo | None = None
 
     @property
     def bins(self) -> int:
@@ -240,6 +259,7 @@ class Chunk:
             open_bins={site: mask[column:] for site, mask in self.open_bins.items()},
             maintenance_bins={site: mask[column:] for site, mask in self.maintenance_bins.items()},
             known_silent=self.known_silent,
+            memo=self.memo,
         )
 
 

@@ -251,6 +251,8 @@ class _Bins:
     first_bin: int
     values: dict[str, Any]
     counts: Any
+    # The recent-window steps earlier passes computed over these bins (a server's).
+    memo: det.RecentMemo = field(default_factory=det.RecentMemo)
 
     @property
     def end_bin(self) -> int:
@@ -389,7 +391,11 @@ async def _chunk_bins(
         counts = np.zeros((len(ids), width), dtype=np.int64)
         counts[:, :keep] = cached.counts[:, source]
         counts[:, keep:] = fresh_counts
-        context = _Bins(context_bin, values, counts)
+        # The bins before refresh_from are the cached ones: steps over them still hold.
+        memo = cached.memo
+        memo.stable_until = refresh_from
+        memo.forget_before(context_bin)
+        context = _Bins(context_bin, values, counts, memo)
     state.bins[key] = context
     return context, None
 
@@ -462,6 +468,8 @@ async def prepare_chunk(
         open_bins=open_bins,
         maintenance_bins=maintenance_bins,
         known_silent=known_silent,
+        # A server keeps its bins between passes, and with them the recent-window steps.
+        memo=chunk_bins.memo,
     )
     return chunk, day_baselines
 
