@@ -37,8 +37,10 @@ RECENT_BINS: Final = 12 * BINS_PER_HOUR
 # start), and the longest look back: that and the longest trend window.
 RUN_LOOKBACK_BINS: Final = 2 * BINS_PER_HOUR
 LOOKBACK_BINS: Final = 8 * BINS_PER_HOUR
+# The longest recent window of a metric (the disk's: a day, over a night switched off).
+LONGEST_RECENT_BINS: Final = 2 * RECENT_BINS
 # Bins loaded before the first evaluated one: the look back, and a recent window before it.
-CONTEXT_BINS: Final = RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
+CONTEXT_BINS: Final = LONGEST_RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
 PERSISTENCE_BINS: Final = 3
 SILENCE_BINS: Final = 3
 # How many normal bins may sit inside one episode without splitting it in two.
@@ -76,6 +78,17 @@ class MetricSpec:
     rising_share: float = 0.5
     # How far above normal (in spreads) the level must already be.
     trend_min_z: float = 1.5
+    # ... and whether above the bad-side bound of its hour and the hours either side, as a
+    # level is judged (a disk: a log rotation a little later than usual leaves the disk
+    # above its usual for that hour and falling towards it, a climb of its residual).
+    trend_against_bound: bool = False
+    # Whether a store's day moves the metric on every device of a cohort at once (CPU,
+    # sales): then a device's recent window is judged next to its peers, and its peers can
+    # stand in for it. A disk follows its own logs, not the store: only its own past counts.
+    shared_cycle: bool = True
+    # How far back the recent-window fallback looks (a metric without a daily cycle can look
+    # back over a night the terminal was switched off).
+    recent_bins: int = RECENT_BINS
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -99,12 +112,16 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "disk",
         "%",
         +1,
-        min_deviation=5,
+        min_deviation=3,
         scale_floor=1,
+        z_threshold=3.0,
         limit=99,
-        trend_window_bins=72,
+        trend_window_bins=36,
         trend_horizon_hours=48,
         min_slope_per_hour=0.3,
+        trend_against_bound=True,
+        shared_cycle=False,
+        recent_bins=LONGEST_RECENT_BINS,
     ),
     MetricSpec(
         "network_latency",

@@ -236,8 +236,9 @@ def _recent_baseline(
     first_bin: int,
     from_column: int,
     memo: tuple[RecentMemo, str] | None = None,
+    window: int = RECENT_BINS,
 ) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """Median and spread of each device's previous ``RECENT_BINS`` bins, for the columns from
+    """Median and spread of each device's previous ``window`` bins, for the columns from
     ``from_column`` on; computed once per hour of the clock (the window moves little within
     one), so that every scan of a bin gets the same answer. With ``memo`` (a server's, and
     the metric's name), a step an earlier pass computed over bins that cannot have changed
@@ -260,16 +261,16 @@ def _recent_baseline(
         for index, step in enumerate(steps.tolist()):
             absolute = first_bin + step
             # Reusable: the whole window inside the loaded bins, and none of it re-read.
-            if step >= RECENT_BINS and absolute <= store.stable_until:
+            if step >= window and absolute <= store.stable_until:
                 saved = store.steps.get((name, absolute))
                 if saved is not None:
                     median[:, index], mad[:, index], enough[:, index] = saved
                     known[index] = True
     todo = np.flatnonzero(~known)
     if todo.size:
-        padded = np.concatenate([np.full((devices, RECENT_BINS), np.nan), values], axis=1)
-        # View j covers padded[j : j + RECENT_BINS], i.e. the bins [j - RECENT_BINS, j).
-        windows = sliding_window_view(padded, RECENT_BINS, axis=1)[:, steps[todo], :]
+        padded = np.concatenate([np.full((devices, window), np.nan), values], axis=1)
+        # View j covers padded[j : j + window], i.e. the bins [j - window, j).
+        windows = sliding_window_view(padded, window, axis=1)[:, steps[todo], :]
         with _quiet():
             median[:, todo] = nanmedian(windows)
             mad[:, todo] = nanmedian(np.abs(windows - median[:, todo, None]))
@@ -278,7 +279,7 @@ def _recent_baseline(
             store, name = memo
             for index in todo.tolist():
                 step = int(steps[index])
-                if step >= RECENT_BINS:
+                if step >= window:
                     store.steps[(name, first_bin + step)] = (
                         median[:, index].copy(),
                         mad[:, index].copy(),
@@ -378,10 +379,13 @@ def baseline(
         return Baseline(expected, scale, source, reference=reference)
     memo = None if chunk.memo is None else (chunk.memo, spec.name)
     recent, recent_scale, recent_ok = _recent_baseline(
-        values, spec.scale_floor, chunk.first_bin, from_column, memo
+        values, spec.scale_floor, chunk.first_bin, from_column, memo, spec.recent_bins
     )
     use = missing & recent_ok
     expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
+    if not spec.shared_cycle:  # its peers neither share its level nor can stand in for it
+        reference = np.where(source >= SOURCE_RECENT, expected, reference)
+        return Baseline(expected, scale, source, reference=reference)
     cohort, cohort_scale, cohort_ok = _cohort_baseline(
         values, _cohort_groups(chunk) if groups is None else groups, spec.scale_floor, from_column
     )
@@ -505,7 +509,7 @@ def _normal_text(
     if source == SOURCE_DAY:
         return f"{usual} at {local:%H}:00"
     if source == SOURCE_RECENT:
-        return f"{usual} over its previous 12 h"
+        return f"{usual} over its previous {spec.recent_bins // BINS_PER_HOUR} h"
     return f"{usual} across its site's other {device.device_type} devices"
 
 
@@ -554,7 +558,10 @@ def _trend(
         steady = np.full(values.shape, np.nan)
         steady[:, from_column:] = nanquantile(chosen, 1 - spec.rising_share) * BINS_PER_HOUR
         level = _rolling_median3(values)
-        above = _rolling_median3(residual)
+        if spec.trend_against_bound:  # above the most its neighbouring hours allow
+            above = _rolling_median3(residual - (base.level_reference - base.expected))
+        else:
+            above = _rolling_median3(residual)
         spread = base.scale
         hours = (spec.limit - level) / slope
         flags = (
