@@ -47,6 +47,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
+from homepot.config import DatabaseSettings
 from homepot.db import create_engine
 from homepot.device.models import Device, DeviceStatus
 from homepot.insights.models import Anomaly
@@ -54,6 +55,9 @@ from homepot.insights.service import ScanState, scan
 from homepot.site.models import Site
 
 DEVICES_PER_SITE = 10
+# A scan's first read of a chunk (250 devices, two weeks of bins in one aggregate) can take
+# longer than the server's 10 s statement timeout on a machine shared by many processes.
+ENGINE_SETTINGS = DatabaseSettings(command_timeout_seconds=300)
 COLUMNS = (
     "event_id",
     "timestamp",
@@ -237,7 +241,7 @@ async def episode_count(engine: AsyncEngine) -> int:
 
 
 async def full_scan(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    engine = create_engine(url)
+    engine = create_engine(url, settings=ENGINE_SETTINGS)
     try:
         ids = device_ids(args.full_devices, "full")
         await create_fleet(engine, ids)
@@ -265,7 +269,7 @@ async def full_scan(url: str, args: argparse.Namespace) -> list[tuple[str, str]]
 
 
 async def incremental(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    engine = create_engine(url)
+    engine = create_engine(url, settings=ENGINE_SETTINGS)
     try:
         ids = device_ids(args.live_devices, "live")
         await create_fleet(engine, ids)
