@@ -120,13 +120,16 @@ def samples(
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Rows (COLUMNS order) of every device every ``step_seconds`` in [start, end), a time
     step at a time; one device in fifty leaks memory over the last six hours."""
-    rng = np.random.default_rng(seed)
+    # What each terminal is like stays the same from one call to the next (the incremental
+    # part writes its history in several calls); only the noise follows ``seed``.
+    terminal = np.random.default_rng(0)
     count = len(ids)
-    base_memory = rng.uniform(35, 55, count)
-    idle_cpu = rng.uniform(4, 12, count)
-    disk = rng.uniform(25, 65, count).round(1)
-    latency = rng.uniform(15, 45, count)
-    errors = rng.uniform(0.1, 0.8, count)
+    base_memory = terminal.uniform(35, 55, count)
+    idle_cpu = terminal.uniform(4, 12, count)
+    disk = terminal.uniform(25, 65, count).round(1)
+    latency = terminal.uniform(15, 45, count)
+    errors = terminal.uniform(0.1, 0.8, count)
+    rng = np.random.default_rng(seed)
     leaking = np.arange(count) % 50 == 7
     leak_start = end - timedelta(hours=6)
     moment = start
