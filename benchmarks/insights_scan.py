@@ -47,6 +47,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
+from homepot.config import DatabaseSettings
 from homepot.db import create_engine
 from homepot.device.models import Device, DeviceStatus
 from homepot.insights.models import Anomaly
@@ -54,6 +55,9 @@ from homepot.insights.service import ScanState, scan
 from homepot.site.models import Site
 
 DEVICES_PER_SITE = 10
+# A scan's first read of a chunk (250 devices, two weeks of bins in one aggregate) can take
+# longer than the server's 10 s statement timeout on a machine shared by many processes.
+ENGINE_SETTINGS = DatabaseSettings(command_timeout_seconds=300)
 COLUMNS = (
     "event_id",
     "timestamp",
@@ -116,13 +120,16 @@ def samples(
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Rows (COLUMNS order) of every device every ``step_seconds`` in [start, end), a time
     step at a time; one device in fifty leaks memory over the last six hours."""
-    rng = np.random.default_rng(seed)
+    # What each terminal is like stays the same from one call to the next (the incremental
+    # part writes its history in several calls); only the noise follows ``seed``.
+    terminal = np.random.default_rng(0)
     count = len(ids)
-    base_memory = rng.uniform(35, 55, count)
-    idle_cpu = rng.uniform(4, 12, count)
-    disk = rng.uniform(25, 65, count).round(1)
-    latency = rng.uniform(15, 45, count)
-    errors = rng.uniform(0.1, 0.8, count)
+    base_memory = terminal.uniform(35, 55, count)
+    idle_cpu = terminal.uniform(4, 12, count)
+    disk = terminal.uniform(25, 65, count).round(1)
+    latency = terminal.uniform(15, 45, count)
+    errors = terminal.uniform(0.1, 0.8, count)
+    rng = np.random.default_rng(seed)
     leaking = np.arange(count) % 50 == 7
     leak_start = end - timedelta(hours=6)
     moment = start
@@ -237,7 +244,7 @@ async def episode_count(engine: AsyncEngine) -> int:
 
 
 async def full_scan(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    engine = create_engine(url)
+    engine = create_engine(url, settings=ENGINE_SETTINGS)
     try:
         ids = device_ids(args.full_devices, "full")
         await create_fleet(engine, ids)
@@ -265,7 +272,7 @@ async def full_scan(url: str, args: argparse.Namespace) -> list[tuple[str, str]]
 
 
 async def incremental(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
-    engine = create_engine(url)
+    engine = create_engine(url, settings=ENGINE_SETTINGS)
     try:
         ids = device_ids(args.live_devices, "live")
         await create_fleet(engine, ids)

@@ -220,3 +220,24 @@ async def test_cli_scan_reports_what_it_stored_and_adds_nothing_the_second_time(
         runner.invoke, cli.app, [*arguments[:4], "--since", "2026-11-17", "--until", "2026-11-16"]
     )
     assert backwards.exit_code == 2
+
+
+def test_a_server_keeps_the_baselines_of_every_day_a_pass_reaches_into() -> None:
+    """A pass's bins reach CONTEXT_BINS back, over three UTC days early in a day: a day's
+    baselines dropped from the cache would make every pass read two weeks of history again."""
+    from homepot.insights import detectors as det
+    from homepot.insights.service import BaselineCache
+
+    cache = BaselineCache()
+    ids = ["pos-1", "pos-2"]
+    today = det.bin_of(datetime.fromisoformat("2026-11-16T00:00:00+00:00"))
+    first_context_bin = today + det.BINS_PER_HOUR - det.CONTEXT_BINS  # a pass at 01:00
+    days = range(
+        first_context_bin - first_context_bin % det.BINS_PER_DAY, today + 1, det.BINS_PER_DAY
+    )
+    assert len(days) == 3
+    for day in days:
+        cache.put(ids, day, {})
+    assert all(cache.get(ids, day) is not None for day in days)
+    cache.put(ids, today + det.BINS_PER_DAY, {})
+    assert cache.get(ids, days[0]) is None  # older than any pass needs

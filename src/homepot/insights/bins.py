@@ -37,8 +37,10 @@ RECENT_BINS: Final = 12 * BINS_PER_HOUR
 # start), and the longest look back: that and the longest trend window.
 RUN_LOOKBACK_BINS: Final = 2 * BINS_PER_HOUR
 LOOKBACK_BINS: Final = 8 * BINS_PER_HOUR
+# The longest recent window of a metric (the disk's: a day, over a night switched off).
+LONGEST_RECENT_BINS: Final = 2 * RECENT_BINS
 # Bins loaded before the first evaluated one: the look back, and a recent window before it.
-CONTEXT_BINS: Final = RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
+CONTEXT_BINS: Final = LONGEST_RECENT_BINS + LOOKBACK_BINS + BINS_PER_HOUR
 PERSISTENCE_BINS: Final = 3
 SILENCE_BINS: Final = 3
 # How many normal bins may sit inside one episode without splitting it in two.
@@ -76,6 +78,17 @@ class MetricSpec:
     rising_share: float = 0.5
     # How far above normal (in spreads) the level must already be.
     trend_min_z: float = 1.5
+    # ... and whether above the bad-side bound of its hour and the hours either side, as a
+    # level is judged (a disk: a log rotation a little later than usual leaves the disk
+    # above its usual for that hour and falling towards it, a climb of its residual).
+    trend_against_bound: bool = False
+    # Whether a store's day moves the metric on every device of a cohort at once (CPU,
+    # sales): then a device's recent window is judged next to its peers, and its peers can
+    # stand in for it. A disk follows its own logs, not the store: only its own past counts.
+    shared_cycle: bool = True
+    # How far back the recent-window fallback looks (a metric without a daily cycle can look
+    # back over a night the terminal was switched off).
+    recent_bins: int = RECENT_BINS
 
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -99,12 +112,16 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "disk",
         "%",
         +1,
-        min_deviation=5,
+        min_deviation=3,
         scale_floor=1,
+        z_threshold=3.0,
         limit=99,
-        trend_window_bins=72,
+        trend_window_bins=36,
         trend_horizon_hours=48,
         min_slope_per_hour=0.3,
+        trend_against_bound=True,
+        shared_cycle=False,
+        recent_bins=LONGEST_RECENT_BINS,
     ),
     MetricSpec(
         "network_latency",
@@ -212,6 +229,23 @@ class DeviceInfo:
 
 
 @dataclass
+class RecentMemo:
+    """Recent-window medians and spreads an earlier pass computed for the same devices, per
+    metric and hour step (the step's absolute bin): a server's pass reuses those whose whole
+    window lies before ``stable_until`` (bins no newer sample can change any more) instead of
+    sorting the same 12 hours again. Exact: a reused step is what recomputing it would give.
+    """
+
+    stable_until: int = -(2**62)
+    steps: dict[tuple[str, int], tuple[Any, Any, Any]] = field(default_factory=dict)
+
+    def forget_before(self, first_bin: int) -> None:
+        """Drop the steps older than ``first_bin`` (a chunk never looks at them again)."""
+        for key in [key for key in self.steps if key[1] < first_bin]:
+            del self.steps[key]
+
+
+@dataclass
 class Chunk:
     """Bins of some devices (whole sites) from ``first_bin`` on, one column per bin."""
 
@@ -225,6 +259,8 @@ class Chunk:
     # Subjects (a device_id, or site:<site_id>) whose silence is already an open episode,
     # with the bin it began in: alive from then on even with nothing loaded.
     known_silent: dict[str, int] = field(default_factory=dict)
+    # A server's recent-window results from its previous passes over these devices.
+    memo: RecentMemo | None = None
 
     @property
     def bins(self) -> int:
@@ -240,6 +276,7 @@ class Chunk:
             open_bins={site: mask[column:] for site, mask in self.open_bins.items()},
             maintenance_bins={site: mask[column:] for site, mask in self.maintenance_bins.items()},
             known_silent=self.known_silent,
+            memo=self.memo,
         )
 
 

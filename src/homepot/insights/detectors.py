@@ -72,6 +72,7 @@ from homepot.insights.bins import (
     DeviceInfo,
     Episode,
     MetricSpec,
+    RecentMemo,
     _quiet,
     bin_of,
     bin_start,
@@ -124,6 +125,7 @@ __all__ = [
     "SOURCE_NONE",
     "SOURCE_RECENT",
     "SOURCE_WEEK",
+    "RecentMemo",
     "Trend",
     "WEEKDAYS",
     "baseline",
@@ -229,11 +231,18 @@ def _spread_rows(known: BucketBaseline, rows: BoolArray) -> BucketBaseline:
 
 
 def _recent_baseline(
-    values: FloatArray, floor: float, first_bin: int, from_column: int
+    values: FloatArray,
+    floor: float,
+    first_bin: int,
+    from_column: int,
+    memo: tuple[RecentMemo, str] | None = None,
+    window: int = RECENT_BINS,
 ) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """Median and spread of each device's previous ``RECENT_BINS`` bins, for the columns from
+    """Median and spread of each device's previous ``window`` bins, for the columns from
     ``from_column`` on; computed once per hour of the clock (the window moves little within
-    one), so that every scan of a bin gets the same answer."""
+    one), so that every scan of a bin gets the same answer. With ``memo`` (a server's, and
+    the metric's name), a step an earlier pass computed over bins that cannot have changed
+    since is reused, not sorted again."""
     np = numpy()
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -243,13 +252,39 @@ def _recent_baseline(
     ok = np.zeros((devices, width), dtype=bool)
     first_step = max(0, from_column - (first_bin + from_column) % BINS_PER_HOUR)
     steps = np.arange(first_step, width, BINS_PER_HOUR)
-    padded = np.concatenate([np.full((devices, RECENT_BINS), np.nan), values], axis=1)
-    # View j covers padded[j : j + RECENT_BINS], i.e. the bins [j - RECENT_BINS, j).
-    windows = sliding_window_view(padded, RECENT_BINS, axis=1)[:, steps, :]
-    with _quiet():
-        median = nanmedian(windows)
-        mad = nanmedian(np.abs(windows - median[:, :, None]))
-        enough = (~np.isnan(windows)).sum(axis=2) >= 24
+    median = np.full((devices, len(steps)), np.nan)
+    mad = np.full((devices, len(steps)), np.nan)
+    enough = np.zeros((devices, len(steps)), dtype=bool)
+    known = np.zeros(len(steps), dtype=bool)
+    if memo is not None:
+        store, name = memo
+        for index, step in enumerate(steps.tolist()):
+            absolute = first_bin + step
+            # Reusable: the whole window inside the loaded bins, and none of it re-read.
+            if step >= window and absolute <= store.stable_until:
+                saved = store.steps.get((name, absolute))
+                if saved is not None:
+                    median[:, index], mad[:, index], enough[:, index] = saved
+                    known[index] = True
+    todo = np.flatnonzero(~known)
+    if todo.size:
+        padded = np.concatenate([np.full((devices, window), np.nan), values], axis=1)
+        # View j covers padded[j : j + window], i.e. the bins [j - window, j).
+        windows = sliding_window_view(padded, window, axis=1)[:, steps[todo], :]
+        with _quiet():
+            median[:, todo] = nanmedian(windows)
+            mad[:, todo] = nanmedian(np.abs(windows - median[:, todo, None]))
+            enough[:, todo] = (~np.isnan(windows)).sum(axis=2) >= 24
+        if memo is not None:
+            store, name = memo
+            for index in todo.tolist():
+                step = int(steps[index])
+                if step >= window:
+                    store.steps[(name, first_bin + step)] = (
+                        median[:, index].copy(),
+                        mad[:, index].copy(),
+                        enough[:, index].copy(),
+                    )
     columns = np.arange(first_step, width)
     which = (columns - first_step) // BINS_PER_HOUR
     expected[:, first_step:] = median[:, which]
@@ -292,6 +327,7 @@ def baseline(
     spec: MetricSpec,
     day_baselines: Sequence[tuple[int, int, BucketBaseline]],
     from_column: int = 0,
+    groups: Sequence[int] | None = None,
 ) -> Baseline:
     """Normal for the bins of the chunk from ``from_column`` on, through the four-step
     cascade (the columns before are left unknown where the first two steps have nothing).
@@ -299,6 +335,7 @@ def baseline(
     ``day_baselines``: ``(first column, end column, baseline)`` per UTC day of the chunk.
     Where the device's recent window is the baseline, its peers at the same moment are kept
     too (``peers``): a recent window cannot know the daily cycle, its peers share it.
+    ``groups``: the chunk's cohorts (:func:`_cohort_groups`), when the caller has them.
     """
     np = numpy()
     values = chunk.values[spec.name]
@@ -311,8 +348,8 @@ def baseline(
     rows = np.arange(devices)[:, None]
     for first, end, buckets in day_baselines:
         first = max(first, from_column)
-        if first >= end:
-            continue
+        if first >= end or not (buckets.day_ok.any() or buckets.week_ok.any()):
+            continue  # nothing learnt that day (too little history): the fallbacks decide
         local = chunk.first_bin + np.arange(first, end)[None, :] + shifts[:, None]
         hour = local // BINS_PER_HOUR
         # Where the bin's middle lies in its hour (0..1): the neighbour hour it leans towards.
@@ -340,13 +377,17 @@ def baseline(
     reference = np.where(missing, expected, reference)
     if not missing.any():
         return Baseline(expected, scale, source, reference=reference)
+    memo = None if chunk.memo is None else (chunk.memo, spec.name)
     recent, recent_scale, recent_ok = _recent_baseline(
-        values, spec.scale_floor, chunk.first_bin, from_column
+        values, spec.scale_floor, chunk.first_bin, from_column, memo, spec.recent_bins
     )
     use = missing & recent_ok
     expected[use], scale[use], source[use] = recent[use], recent_scale[use], SOURCE_RECENT
+    if not spec.shared_cycle:  # its peers neither share its level nor can stand in for it
+        reference = np.where(source >= SOURCE_RECENT, expected, reference)
+        return Baseline(expected, scale, source, reference=reference)
     cohort, cohort_scale, cohort_ok = _cohort_baseline(
-        values, _cohort_groups(chunk), spec.scale_floor, from_column
+        values, _cohort_groups(chunk) if groups is None else groups, spec.scale_floor, from_column
     )
     use = (source == SOURCE_NONE) & cohort_ok
     expected[use], scale[use], source[use] = cohort[use], cohort_scale[use], SOURCE_COHORT
@@ -468,7 +509,7 @@ def _normal_text(
     if source == SOURCE_DAY:
         return f"{usual} at {local:%H}:00"
     if source == SOURCE_RECENT:
-        return f"{usual} over its previous 12 h"
+        return f"{usual} over its previous {spec.recent_bins // BINS_PER_HOUR} h"
     return f"{usual} across its site's other {device.device_type} devices"
 
 
@@ -517,7 +558,10 @@ def _trend(
         steady = np.full(values.shape, np.nan)
         steady[:, from_column:] = nanquantile(chosen, 1 - spec.rising_share) * BINS_PER_HOUR
         level = _rolling_median3(values)
-        above = _rolling_median3(residual)
+        if spec.trend_against_bound:  # above the most its neighbouring hours allow
+            above = _rolling_median3(residual - (base.level_reference - base.expected))
+        else:
+            above = _rolling_median3(residual)
         spread = base.scale
         hours = (spec.limit - level) / slope
         flags = (
@@ -565,7 +609,7 @@ def detect(
         lookback = max(0, full_start - reach)
         chunk, start = full_chunk.tail(lookback), full_start - lookback
         values = chunk.values[spec.name]
-        base = baseline(full_chunk, spec, day_baselines.get(spec.name, []), lookback)
+        base = baseline(full_chunk, spec, day_baselines.get(spec.name, []), lookback, groups)
         baselines[spec.name] = base
         base = base.tail(lookback)
         with _quiet():

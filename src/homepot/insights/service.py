@@ -52,6 +52,8 @@ ADVISORY_LOCK_KEY: Final = int.from_bytes(b"HOMEPOTI", "big")
 SKIPPED_LOCKED: Final = "another insights scan is under way (it holds the lock); nothing was done"
 DEFAULT_CHUNK_DEVICES: Final = 250
 HISTORY_BINS: Final = det.BASELINE_WEEKS * det.BINS_PER_WEEK
+# Days before the newest whose baselines a server keeps: as many as a pass's context spans.
+BASELINE_DAYS_KEPT: Final = -(-det.CONTEXT_BINS // det.BINS_PER_DAY)
 # The column each metric is read from, averaged per bin (transactions: a rate, see _load).
 METRIC_COLUMNS: Final = {
     "cpu": DeviceMetrics.cpu_percent,
@@ -228,7 +230,9 @@ def _chunks(devices: list[det.DeviceInfo], size: int) -> list[list[det.DeviceInf
 @dataclass
 class BaselineCache:
     """Hour-of-week baselines per chunk of devices and UTC day: computed once a day, not
-    every pass. Holds the newest two days."""
+    every pass. Holds the newest days a pass's bins reach into (its context reaches back
+    ``CONTEXT_BINS``, over up to three UTC days): one missing would make a pass read two
+    weeks of history again for that chunk."""
 
     entries: dict[tuple[tuple[str, ...], int], dict[str, BucketBaseline]] = field(
         default_factory=dict
@@ -242,7 +246,8 @@ class BaselineCache:
     ) -> None:
         self.entries[(tuple(device_ids), day)] = baselines
         newest = max(key[1] for key in self.entries)
-        for key in [key for key in self.entries if key[1] < newest - det.BINS_PER_DAY]:
+        oldest = newest - BASELINE_DAYS_KEPT * det.BINS_PER_DAY
+        for key in [key for key in self.entries if key[1] < oldest]:
             del self.entries[key]
 
 
@@ -251,6 +256,8 @@ class _Bins:
     first_bin: int
     values: dict[str, Any]
     counts: Any
+    # The recent-window steps earlier passes computed over these bins (a server's).
+    memo: det.RecentMemo = field(default_factory=det.RecentMemo)
 
     @property
     def end_bin(self) -> int:
@@ -389,7 +396,11 @@ async def _chunk_bins(
         counts = np.zeros((len(ids), width), dtype=np.int64)
         counts[:, :keep] = cached.counts[:, source]
         counts[:, keep:] = fresh_counts
-        context = _Bins(context_bin, values, counts)
+        # The bins before refresh_from are the cached ones: steps over them still hold.
+        memo = cached.memo
+        memo.stable_until = refresh_from
+        memo.forget_before(context_bin)
+        context = _Bins(context_bin, values, counts, memo)
     state.bins[key] = context
     return context, None
 
@@ -462,6 +473,8 @@ async def prepare_chunk(
         open_bins=open_bins,
         maintenance_bins=maintenance_bins,
         known_silent=known_silent,
+        # A server keeps its bins between passes, and with them the recent-window steps.
+        memo=chunk_bins.memo,
     )
     return chunk, day_baselines
 
