@@ -123,63 +123,91 @@ def request_fields(entry: RequestEntry) -> Row:
     }
 
 
-_LIMITS = _SHAPE.plain_text_limits
 _storable = _SHAPE.storable_value
-
-
-def _plain(name: str, value: Any) -> Any:
-    """An identifier column's value as ``complete()`` stores it (nearly always as it is)."""
-    if value is None or (
-        type(value) is str and len(value) <= _LIMITS[name] and "\x00" not in value
-    ):
-        return value
-    return _storable(name, value)
-
-
-def _user_agent(value: str | None) -> str | None:
-    """``_free("user_agent", value)``, inline for the common agent (short, NUL-free)."""
-    if value is None:
-        return None
-    masked = mask_text(value)  # cached for short texts: agents repeat
-    if len(masked) > _USER_AGENT_LIMIT or "\x00" in masked:
-        return _storable("user_agent", value)
-    return masked
-
-
-_USER_AGENT_LIMIT = _SHAPE.max_lengths["user_agent"]
-
-
-def _free(name: str, value: Any) -> Any:
-    """A free-text or JSON column's value: masked, redacted, NUL-free and cut."""
-    return None if value is None else _storable(name, value)
+_LIMITS = _SHAPE.plain_text_limits
+_REQUEST_ID, _ENDPOINT, _ROUTE = _LIMITS["request_id"], _LIMITS["endpoint"], _LIMITS["route"]
+_METHOD, _USER_ID, _IP = _LIMITS["method"], _LIMITS["user_id"], _LIMITS["ip_address"]
+_USER_AGENT = _SHAPE.max_lengths["user_agent"]
+_SOURCES = frozenset({"device", "simulated"})
 
 
 def build_request_rows(entries: list[RequestEntry]) -> list[Row]:
-    """Complete, redacted ``api_request_logs`` rows for ``entries``, in order."""
+    """Complete, redacted ``api_request_logs`` rows for ``entries``, in order.
+
+    An ordinary request (text values of the expected types, within their columns, without
+    NUL) takes the short way written out below; any other goes through ``complete()``, the
+    reference, so that an odd request is stored exactly as before too.
+    """
     rows: list[Row] = []
     fromtimestamp = datetime.fromtimestamp
     for entry, event_id in zip(entries, new_event_ids(len(entries)), strict=True):
         (at, request_id, path, route, method, status, elapsed, user_id, client_ip) = entry[:9]
         (headers, error, error_body, received, sent, source, query_string) = entry[9:]
-        user_agent, content_length = _headers(headers)
+        if not (
+            type(path) is str
+            and len(path) <= _ENDPOINT
+            and "\x00" not in path
+            and type(method) is str
+            and len(method) <= _METHOD
+            and "\x00" not in method
+            and type(request_id) is str
+            and len(request_id) <= _REQUEST_ID
+            and "\x00" not in request_id
+            and (
+                route is None
+                or (type(route) is str and len(route) <= _ROUTE and "\x00" not in route)
+            )
+            and (
+                user_id is None
+                or (type(user_id) is str and len(user_id) <= _USER_ID and "\x00" not in user_id)
+            )
+            and (
+                client_ip is None
+                or (type(client_ip) is str and len(client_ip) <= _IP and "\x00" not in client_ip)
+            )
+            and source in _SOURCES
+            and type(at) is float
+            and type(elapsed) is float
+            and type(status) is int
+            and type(received) is int
+            and type(sent) is int
+        ):
+            rows.append(_SHAPE.complete({**request_fields(entry), "event_id": event_id}))
+            continue
+        user_agent = None
+        content_length = 0
+        for name, value in headers:
+            if name == b"user-agent":
+                user_agent = mask_text(value.decode("latin-1")[:512])  # cached: agents repeat
+                if len(user_agent) > _USER_AGENT or "\x00" in user_agent:
+                    user_agent = _storable("user_agent", value.decode("latin-1")[:512])
+            elif name == b"content-length" and value.isdigit():
+                content_length = int(value)
+        error_message = None
+        if error is not None or (status >= 400 and error_body is not None):
+            error_message = _error_message(status, error, error_body)
+            if error_message is not None:
+                error_message = _storable("error_message", error_message)
         rows.append(
             {
                 "event_id": event_id,
                 "timestamp": fromtimestamp(at, UTC),
-                "request_id": _plain("request_id", request_id),
-                "endpoint": _plain("endpoint", path[:2048]),
-                "route": _plain("route", route),
-                "method": _plain("method", method),
+                "request_id": request_id,
+                "endpoint": path,
+                "route": route,
+                "method": method,
                 "status_code": status,
                 "response_time_ms": round(elapsed * 1000, 3),
-                "user_id": _plain("user_id", user_id),
-                "ip_address": _plain("ip_address", client_ip),
-                "user_agent": _user_agent(user_agent),
-                "error_message": _free("error_message", _error_message(status, error, error_body)),
+                "user_id": user_id,
+                "ip_address": client_ip,
+                "user_agent": user_agent,
+                "error_message": error_message,
                 "request_size_bytes": received or content_length,
                 "response_size_bytes": sent,
-                "query_params": _free("query_params", _query_params(query_string)),
-                "source": _plain("source", source),
+                "query_params": (
+                    _storable("query_params", _query_params(query_string)) if query_string else None
+                ),
+                "source": source,
             }
         )
     return rows
