@@ -1,7 +1,8 @@
 """What request recording costs: an authenticated endpoint with the request log on versus off.
 
 Starts the real server (uvicorn, one worker, ``homepot.main:create_app``) twice, side by
-side on the same database: one with ``HOMEPOT_ANALYTICS__RECORD_REQUESTS`` false ("off"),
+side, each on a database of its own (so that each runs its background singletons over its
+own rows, as a lone server does): one with ``HOMEPOT_ANALYTICS__RECORD_REQUESTS`` false ("off"),
 one with it true ("on"), both pinned to the same core (only one is loaded at a time) and the
 load generator to the other. It drives ``GET /api/v1/users/me`` with a bearer token using
 ``wrk`` (or, when wrk is missing, an asyncio httpx client, which is slower and says so), for
@@ -431,7 +432,7 @@ LoadFunction = Callable[[str, str, int, int, bool], LoadResult]
 
 
 def measure(
-    server: Server, load: LoadFunction, token: str, connections: int, args: argparse.Namespace
+    server: Server, load: LoadFunction, connections: int, args: argparse.Namespace
 ) -> tuple[LoadResult, float, float]:
     """One round against ``server``: the load, its server CPU per request (us), and the
     cores used by everything else."""
@@ -443,7 +444,8 @@ def measure(
         own_and_children_cpu_seconds(),
     )
     started = time.monotonic()
-    result = load(f"{server.base_url}{ENDPOINT}", token, connections, args.duration, pin)
+    assert server.token is not None
+    result = load(f"{server.base_url}{ENDPOINT}", server.token, connections, args.duration, pin)
     time.sleep(args.settle)
     elapsed = time.monotonic() - started
     busy = machine_busy_seconds() - before[0]
@@ -453,7 +455,10 @@ def measure(
     return result, server_cpu / max(result.requests, 1) * 1e6, other
 
 
-def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
+def run_benchmark(args: argparse.Namespace, urls: dict[str, str], workdir: Path) -> None:
+    """``urls``: each mode's own database, so that each server is the only one on it and
+    runs its background singletons (rollups, insights, ...) over its own rows, as one
+    server does in production: rolling up what recording stored is part of its cost."""
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install -y wrk, or use --client httpx")
@@ -462,7 +467,11 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
     )
     load: LoadFunction = run_wrk if use_wrk else run_httpx
     password = secrets.token_urlsafe(16)
-    env = server_environment(database_url, workdir, secret=secrets.token_urlsafe(32))
+    secret = secrets.token_urlsafe(32)
+    envs: dict[str, dict[str, str]] = {}
+    for mode in MODES:
+        (workdir / mode).mkdir()
+        envs[mode] = server_environment(urls[mode], workdir / mode, secret=secret)
 
     client_name = "wrk -t1" if use_wrk else "httpx (asyncio; wrk not used, expect lower figures)"
     pinning = "(not pinned)"
@@ -474,7 +483,8 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
     console.print(
         f"[bold]Request recording benchmark[/]  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
         f"  endpoint      GET {ENDPOINT} (bearer token, admin)\n"
-        f"  database      {describe_database(database_url)}\n"
+        f"  databases     off {describe_database(urls['off'])}\n"
+        f"                on  {describe_database(urls['on'])}\n"
         f"  servers       two uvicorn, 1 worker each, loop {event_loop_name()}, --no-access-log;"
         " off = HOMEPOT_ANALYTICS__RECORD_REQUESTS=false, on = true\n"
         f"  load          {client_name}; connections {args.connections}; per connection count "
@@ -482,7 +492,9 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
         f"{args.duration}s + {args.settle:g}s settle\n"
         f"  cpus          {os.cpu_count()} {pinning}\n"
         f"  python        {platform.python_version()} on {platform.machine()}\n"
-        f"  user created  via {create_benchmark_user(database_url, env, password)}\n"
+        f"  user created  via "
+        + ", ".join({create_benchmark_user(urls[m], envs[m], password) for m in MODES})
+        + "\n"
         f"  load average  {load_average()} (1/5/15 min) at start"
     )
     idle_check = machine_busy_seconds()
@@ -497,16 +509,15 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
             "noisy (the CPU per request much less; watch the 'other cores' column)[/]"
         )
 
-    servers = {mode: Server(env, mode == "on", workdir, args.pin) for mode in MODES}
+    servers = {mode: Server(envs[mode], mode == "on", workdir / mode, args.pin) for mode in MODES}
     results: list[RunResult] = []
     try:
         for server in servers.values():
             server.start()
-        token = obtain_token(servers["on"], password)
         for server in servers.values():
-            server.token = token
+            server.token = obtain_token(server, password)
         servers["on"].wait_until_recorder_idle()
-        rows_before = count_logged_requests(database_url)
+        rows_before = count_logged_requests(urls["on"])
         answered_on = 0
         in_flight_on = 0
         for connections in args.connection_counts:
@@ -514,12 +525,12 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
             for mode in MODES:
                 if args.warmup:
                     url = f"{servers[mode].base_url}{ENDPOINT}"
-                    warm = load(url, token, connections, args.warmup, args.pin)
+                    warm = load(url, servers[mode].token, connections, args.warmup, args.pin)
                     if mode == "on":
                         answered_on += warm.requests
                         in_flight_on += connections
             for number, mode in mode_order(args.rounds):
-                measured, cpu_us, other = measure(servers[mode], load, token, connections, args)
+                measured, cpu_us, other = measure(servers[mode], load, connections, args)
                 if mode == "on":
                     answered_on += measured.requests
                     in_flight_on += connections
@@ -534,7 +545,7 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
     finally:
         for server in servers.values():
             server.stop()
-    rows = count_logged_requests(database_url) - rows_before
+    rows = count_logged_requests(urls["on"]) - rows_before
     report(results, args)
     check_rows(rows, answered_on, in_flight_on, counters)
     console.print(f"load average {load_average()} (1/5/15 min) at the end")
@@ -594,8 +605,8 @@ def report(results: list[RunResult], args: argparse.Namespace) -> None:
 
 def noise(values: list[float]) -> float:
     """Twice the standard error of the pairs' mean: how far the middle figure may be off
-    (0 with a single pair, which tells nothing about it)."""
-    return 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    (unbounded with a single pair, which tells nothing about it)."""
+    return 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
 
 
 def verdict(margin: float, noise: float) -> str:
@@ -625,9 +636,10 @@ def main() -> None:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="homepot-bench-") as workdir,
-            benchmark_database(args.database, args.postgres_server, "requests") as url,
+            benchmark_database(args.database, args.postgres_server, "requests_off") as off,
+            benchmark_database(args.database, args.postgres_server, "requests_on") as on,
         ):
-            run_benchmark(args, url, Path(workdir))
+            run_benchmark(args, {"off": off, "on": on}, Path(workdir))
     except KeyboardInterrupt:
         console.print("interrupted; servers stopped and the benchmark database removed")
         sys.exit(130)
