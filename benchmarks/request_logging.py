@@ -593,10 +593,10 @@ def report(results: list[RunResult], args: argparse.Namespace) -> None:
         verdicts.append(
             f"{connections:>4} connection(s): ratio on/off [bold]{ratio:.3f}[/] ± {ratio_noise:.3f}"
             f" (pairs {min(ratios):.3f}..{max(ratios):.3f}), goal >= {RATIO_GOAL}: "
-            f"{verdict(ratio - RATIO_GOAL, ratio_noise)}\n"
+            f"{verdict(ratio - RATIO_GOAL, ratio_noise, ratio - 1 > ratio_noise)}\n"
             f"{'':>20}server CPU added [bold]{cpu_added:+.1f}[/] ± {cpu_noise:.1f} us/request "
             f"(pairs {min(added):+.0f}..{max(added):+.0f}), goal <= {CPU_ADDED_GOAL_US:g}: "
-            f"{verdict(CPU_ADDED_GOAL_US - cpu_added, cpu_noise)}"
+            f"{verdict(CPU_ADDED_GOAL_US - cpu_added, cpu_noise, -cpu_added > cpu_noise)}"
         )
     console.print(table)
     for line in verdicts:
@@ -609,9 +609,13 @@ def noise(values: list[float]) -> float:
     return 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
 
 
-def verdict(margin: float, noise: float) -> str:
+def verdict(margin: float, noise: float, on_beat_off: bool) -> str:
     """``margin``: how far the figure is on the good side of its goal (negative: the bad
-    side). A margin inside the noise is neither met nor missed: the run could not tell."""
+    side). A margin inside the noise is neither met nor missed: the run could not tell.
+    Neither is it when recording "on" beat "off" beyond the noise (``on_beat_off``): doing
+    more work cannot be faster, so the run measured the machine's drift, not recording."""
+    if on_beat_off:
+        return "[yellow]not resolved[/] (on beat off beyond the noise: the machine drifted)"
     if abs(margin) <= noise:
         return "[yellow]not resolved[/] (the goal is within the noise of this run)"
     return "[green]met[/]" if margin > 0 else "[red]NOT met[/]"

@@ -1,15 +1,18 @@
 """The one writer of analytics events.
 
-Producers (the request middleware, the error logger, device events, job outcomes, activity
-ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
-in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
-in batches. On PostgreSQL each table's rows go in with COPY: straight into the table, and
-when an event of the batch is stored already, into a temporary staging table and one
-``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite with multi-row
-``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per batch. ``<key>`` is the
-table's unique key holding ``event_id`` as the table's metadata declares it
-(:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a partitioned
-table needs it in every key).
+Producers (the error logger, device events, job outcomes, activity ingestion) call
+:meth:`Recorder.record`, which redacts the row, puts it on a bounded in-memory queue and
+returns at once: it never awaits I/O. The request middleware, on every request, hands over
+raw values instead (:meth:`Recorder.record_unbuilt`): the writer builds
+and redacts their rows a batch at a time (:mod:`homepot.analytics.request_log`).
+
+A background task writes the queue in batches. On PostgreSQL each table's rows go in with
+COPY: straight into the table, and when an event of the batch is stored already, into a
+temporary staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on
+SQLite with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per
+batch. ``<key>`` is the table's unique key holding ``event_id`` as the table's metadata
+declares it (:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a
+partitioned table needs it in every key).
 
 Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
 value can fail a batch later, in the database or in the spool.
@@ -371,6 +374,8 @@ class _CopyStatements:
         full: list[tuple[Any, ...]] = []
         for row in rows:
             if len(row) == size:
+                if not full:
+                    groups[complete] = full  # groups keep the order they first appear in
                 full.append(self._values(row))  # nearly every row: all columns, in C
             else:
                 columns = tuple(c for c in complete if c in row)
@@ -379,15 +384,13 @@ class _CopyStatements:
                     if record[index] is not None and name in self.json_columns:
                         record[index] = json.dumps(record[index])
                 groups.setdefault(columns, []).append(tuple(record))
-        if full:
-            dumps = json.dumps
-            for index in self._json_indexes:
-                for position, record in enumerate(full):
-                    if record[index] is not None:
-                        patched = list(record)
-                        patched[index] = dumps(record[index])
-                        full[position] = tuple(patched)
-            groups[complete] = full
+        dumps = json.dumps
+        for index in self._json_indexes:
+            for position, values in enumerate(full):
+                if values[index] is not None:
+                    patched = list(values)
+                    patched[index] = dumps(values[index])
+                    full[position] = tuple(patched)
         return groups
 
 
