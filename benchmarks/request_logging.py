@@ -1,15 +1,24 @@
 """What request recording costs: an authenticated endpoint with the request log on versus off.
 
-Starts the real server (uvicorn, one worker, ``homepot.main:create_app``) once per run, with
-``HOMEPOT_ANALYTICS__RECORD_REQUESTS`` true ("on") or false ("off"), and drives
-``GET /api/v1/users/me`` with a bearer token using ``wrk`` (or, when wrk is missing, an
-asyncio httpx client, which is slower and says so). The modes alternate over several rounds
-in an ABBA order (off, on | on, off | off, on ...), so that drift hits both equally, and the
-median per mode is reported with the throughput ratio (on / off) and the p99 added.
+Starts the real server (uvicorn, one worker, ``homepot.main:create_app``) twice, side by
+side, each on a database of its own (so that each runs its background singletons over its
+own rows, as a lone server does): one with ``HOMEPOT_ANALYTICS__RECORD_REQUESTS`` false ("off"),
+one with it true ("on"), both pinned to the same core (only one is loaded at a time) and the
+load generator to the other. It drives ``GET /api/v1/users/me`` with a bearer token using
+``wrk`` (or, when wrk is missing, an asyncio httpx client, which is slower and says so), for
+each ``--connections`` count in turn, in short rounds that alternate between the two servers
+in ABBA order (off, on | on, off | ...): both modes see the same machine, second by second.
 
-After every "on" run the script checks that the requests really reached
-``api_request_logs``: the rows written during the measured run must match the requests wrk
-completed, give or take the requests still in flight when wrk stopped.
+Per round it measures the throughput and the **server CPU per request** (the server
+process's user + system time over the round and a short settle after it, so that the
+writer's flush of the round's rows is counted in it). Each off/on pair of a round gives a
+throughput ratio and a CPU difference; the report gives their medians per connection count,
+next to the goals (ratio on/off >= 0.97, <= 20 us of server CPU added per request). The CPU
+figure moves far less than the throughput when other processes share the machine.
+
+At the end it checks that the requests really reached ``api_request_logs``: the "on" server
+must have stored one row per request it answered, give or take those in flight when a wrk
+run stopped, and dropped none.
 
 Run: ``.venv/bin/python benchmarks/request_logging.py`` (``--help`` for the knobs).
 """
@@ -18,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import re
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +70,10 @@ EMAIL = "benchmark-admin@example.com"
 MODES = ("off", "on")
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
+# Issue 13: recording nearly free: on/off throughput >= 0.97 at 1, 10 and 200 connections and
+# <= 20 us of server CPU added per recorded request.
+RATIO_GOAL = 0.97
+CPU_ADDED_GOAL_US = 20.0
 
 
 @dataclass(frozen=True)
@@ -72,25 +88,24 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class RunResult:
+    connections: int
     round: int
     mode: str
-    load: LoadResult  # the throughput phase: --connections, the server saturated
-    latency: LoadResult | None  # the light-load phase: --latency-connections (1 by default)
-    # CPU time the server process spent per answered request, in microseconds: unlike the
-    # throughput, hardly moved by whatever else runs on the machine.
+    load: LoadResult
+    # CPU time the server process spent per answered request, in microseconds, over the
+    # round and its settle time: unlike the throughput, hardly moved by other processes.
     server_cpu_us: float
-    # Cores kept busy by everything but the server and the load generator (the database and
-    # any other process); a high figure means the run competed for CPU.
+    # Cores kept busy by everything but the loaded server and the load generator (the
+    # database, the idle server, any other process); a high figure means the round competed
+    # for CPU.
     other_cores: float
-    rows_logged: int | None  # "on" runs only: api_request_logs rows added by both phases
-    dropped: int | None  # "on" runs only: events the recorder dropped at its memory bound
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "Throughput and p50/p99 latency of GET /api/v1/users/me (bearer token) with "
-            "request recording on versus off, against the real uvicorn server."
+            "Throughput and server CPU per request of GET /api/v1/users/me (bearer token) "
+            "with request recording on versus off, against two real uvicorn servers."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -106,25 +121,22 @@ def parse_args() -> argparse.Namespace:
         default=DEFAULT_POSTGRES_SERVER,
         help="PostgreSQL server URL (without a database name) to create the benchmark db on",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="runs per mode")
     parser.add_argument(
-        "--duration", type=int, default=8, help="seconds of the throughput phase per run"
+        "--connections",
+        default="1,10,200",
+        help="comma-separated connection counts; each gets its own rounds",
     )
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load first")
+    parser.add_argument("--rounds", type=int, default=6, help="off/on pairs per connection count")
+    parser.add_argument("--duration", type=int, default=3, help="seconds of load per round")
     parser.add_argument(
-        "--connections", type=int, default=16, help="connections in the throughput phase"
-    )
-    parser.add_argument(
-        "--latency-duration",
-        type=int,
-        default=5,
-        help="seconds of the light-load latency phase per run (0 skips it)",
+        "--warmup", type=int, default=2, help="seconds of unmeasured load per server first"
     )
     parser.add_argument(
-        "--latency-connections",
-        type=int,
-        default=1,
-        help="connections in the light-load latency phase",
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds after each round before the server's CPU is read (the writer flushes "
+        "every 0.5 s; its flush of the round's rows belongs to the round)",
     )
     parser.add_argument(
         "--client",
@@ -135,15 +147,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-pin",
         action="store_true",
-        help="do not pin the server and the load generator to separate cores with taskset",
+        help="do not pin the servers and the load generator to separate cores with taskset",
     )
     args = parser.parse_args()
-    for name in ("rounds", "duration", "connections", "latency_connections"):
+    try:
+        args.connection_counts = [int(c) for c in args.connections.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--connections must be comma-separated integers, e.g. 1,10,200")
+    if not args.connection_counts or min(args.connection_counts) < 1:
+        parser.error("--connections must hold counts of at least 1")
+    for name in ("rounds", "duration"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("warmup", "latency_duration"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative")
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0 or args.settle < 0:
+        parser.error("--warmup and --settle must not be negative")
     return args
 
 
@@ -407,40 +424,78 @@ def mode_order(rounds: int) -> list[tuple[int, str]]:
     return order
 
 
-def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
+def load_average() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+LoadFunction = Callable[[str, str, int, int, bool], LoadResult]
+
+
+def measure(
+    server: Server, load: LoadFunction, connections: int, args: argparse.Namespace
+) -> tuple[LoadResult, float, float]:
+    """One round against ``server``: the load, its server CPU per request (us), and the
+    cores used by everything else."""
+    pin = args.pin
+    assert server.process is not None
+    before = (
+        machine_busy_seconds(),
+        process_cpu_seconds(server.process.pid),
+        own_and_children_cpu_seconds(),
+    )
+    started = time.monotonic()
+    assert server.token is not None
+    result = load(f"{server.base_url}{ENDPOINT}", server.token, connections, args.duration, pin)
+    time.sleep(args.settle)
+    elapsed = time.monotonic() - started
+    busy = machine_busy_seconds() - before[0]
+    server_cpu = process_cpu_seconds(server.process.pid) - before[1]
+    load_cpu = own_and_children_cpu_seconds() - before[2]
+    other = max(busy - server_cpu - load_cpu, 0.0) / elapsed
+    return result, server_cpu / max(result.requests, 1) * 1e6, other
+
+
+def run_benchmark(args: argparse.Namespace, urls: dict[str, str], workdir: Path) -> None:
+    """``urls``: each mode's own database, so that each server is the only one on it and
+    runs its background singletons (rollups, insights, ...) over its own rows, as one
+    server does in production: rolling up what recording stored is part of its cost."""
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install -y wrk, or use --client httpx")
-    pin = (
+    args.pin = (
         not args.no_pin and shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) > 1
     )
-    load = run_wrk if use_wrk else run_httpx
+    load: LoadFunction = run_wrk if use_wrk else run_httpx
     password = secrets.token_urlsafe(16)
-    env = server_environment(database_url, workdir, secret=secrets.token_urlsafe(32))
+    secret = secrets.token_urlsafe(32)
+    envs: dict[str, dict[str, str]] = {}
+    for mode in MODES:
+        (workdir / mode).mkdir()
+        envs[mode] = server_environment(urls[mode], workdir / mode, secret=secret)
 
     client_name = "wrk -t1" if use_wrk else "httpx (asyncio; wrk not used, expect lower figures)"
-    latency_phase = (
-        f" + {args.latency_duration}s at {args.latency_connections} connection(s)"
-        if args.latency_duration
-        else ""
-    )
     pinning = "(not pinned)"
-    if pin:
-        pinning = f"(server pinned to cpu {SERVER_CPU}, load generator to cpu {CLIENT_CPU}" + (
-            "; PostgreSQL is not pinned)" if args.database == "postgresql" else ")"
+    if args.pin:
+        pinning = (
+            f"(both servers pinned to cpu {SERVER_CPU}, load generator to cpu {CLIENT_CPU}"
+            + ("; PostgreSQL is not pinned)" if args.database == "postgresql" else ")")
         )
     console.print(
         f"[bold]Request recording benchmark[/]  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
         f"  endpoint      GET {ENDPOINT} (bearer token, admin)\n"
-        f"  database      {describe_database(database_url)}\n"
-        f"  server        uvicorn, 1 worker, loop {event_loop_name()}, --no-access-log; "
-        "off = HOMEPOT_ANALYTICS__RECORD_REQUESTS=false\n"
-        f"  load          {client_name}; per run {args.warmup}s warm-up, "
-        f"{args.duration}s at {args.connections} connections{latency_phase}; "
-        f"{args.rounds} round(s) per mode, ABBA order\n"
+        f"  databases     off {describe_database(urls['off'])}\n"
+        f"                on  {describe_database(urls['on'])}\n"
+        f"  servers       two uvicorn, 1 worker each, loop {event_loop_name()}, --no-access-log;"
+        " off = HOMEPOT_ANALYTICS__RECORD_REQUESTS=false, on = true\n"
+        f"  load          {client_name}; connections {args.connections}; per connection count "
+        f"{args.warmup}s warm-up per server, then {args.rounds} off/on pairs (ABBA) of "
+        f"{args.duration}s + {args.settle:g}s settle\n"
         f"  cpus          {os.cpu_count()} {pinning}\n"
         f"  python        {platform.python_version()} on {platform.machine()}\n"
-        f"  user created  via {create_benchmark_user(database_url, env, password)}"
+        f"  user created  via "
+        + ", ".join({create_benchmark_user(urls[m], envs[m], password) for m in MODES})
+        + "\n"
+        f"  load average  {load_average()} (1/5/15 min) at start"
     )
     idle_check = machine_busy_seconds()
     time.sleep(1.0)
@@ -450,153 +505,132 @@ def run_benchmark(args: argparse.Namespace, database_url: str, workdir: Path) ->
     )
     if busy_before > 0.25:
         console.print(
-            "  [yellow]warning: other processes are using the CPU; the figures will be noisy "
-            "(watch the 'other cores' column)[/]"
+            "  [yellow]warning: other processes are using the CPU; wall-clock figures will be "
+            "noisy (the CPU per request much less; watch the 'other cores' column)[/]"
         )
 
-    token: str | None = None
+    servers = {mode: Server(envs[mode], mode == "on", workdir / mode, args.pin) for mode in MODES}
     results: list[RunResult] = []
-    for number, mode in mode_order(args.rounds):
-        server = Server(env, record=mode == "on", workdir=workdir, pin=pin)
-        try:
+    try:
+        for server in servers.values():
             server.start()
-            assert server.process is not None
-            token = token or obtain_token(server, password)
-            server.token = token
-            url = f"{server.base_url}{ENDPOINT}"
-            if args.warmup:
-                load(url, token, args.connections, args.warmup, pin)
-            before = None
-            if mode == "on":
-                server.wait_until_recorder_idle()
-                before = count_logged_requests(database_url)
-            cpu_before = (
-                machine_busy_seconds(),
-                process_cpu_seconds(server.process.pid),
-                own_and_children_cpu_seconds(),
-            )
-            measured = load(url, token, args.connections, args.duration, pin)
-            busy, server_cpu, load_cpu = (
-                machine_busy_seconds() - cpu_before[0],
-                process_cpu_seconds(server.process.pid) - cpu_before[1],
-                own_and_children_cpu_seconds() - cpu_before[2],
-            )
-            latency = None
-            if args.latency_duration:
-                latency = load(url, token, args.latency_connections, args.latency_duration, pin)
-            dropped = server.recorder_counters()["dropped"] if mode == "on" else None
-        finally:
+        for server in servers.values():
+            server.token = obtain_token(server, password)
+        servers["on"].wait_until_recorder_idle()
+        rows_before = count_logged_requests(urls["on"])
+        answered_on = 0
+        in_flight_on = 0
+        for connections in args.connection_counts:
+            console.print(f"[bold]{connections} connection(s)[/]  load average {load_average()}")
+            for mode in MODES:
+                if args.warmup:
+                    url = f"{servers[mode].base_url}{ENDPOINT}"
+                    warm = load(url, servers[mode].token, connections, args.warmup, args.pin)
+                    if mode == "on":
+                        answered_on += warm.requests
+                        in_flight_on += connections
+            for number, mode in mode_order(args.rounds):
+                measured, cpu_us, other = measure(servers[mode], load, connections, args)
+                if mode == "on":
+                    answered_on += measured.requests
+                    in_flight_on += connections
+                results.append(RunResult(connections, number, mode, measured, cpu_us, other))
+                console.print(
+                    f"  round {number} {mode:>3}  {measured.requests_per_second:8.1f} req/s  "
+                    f"p50 {measured.p50_ms:6.2f}  p99 {measured.p99_ms:7.2f} ms | "
+                    f"cpu {cpu_us:5.0f} us/req, other {other:.2f}, errors {measured.errors}"
+                )
+        servers["on"].wait_until_recorder_idle()
+        counters = servers["on"].recorder_counters()
+    finally:
+        for server in servers.values():
             server.stop()
-        rows = count_logged_requests(database_url) - before if before is not None else None
-        result = RunResult(
-            round=number,
-            mode=mode,
-            load=measured,
-            latency=latency,
-            server_cpu_us=server_cpu / max(measured.requests, 1) * 1e6,
-            other_cores=max(busy - server_cpu - load_cpu, 0.0) / measured.seconds,
-            rows_logged=rows,
-            dropped=dropped,
-        )
-        results.append(result)
-        console.print(
-            f"  round {number} {mode:>3}  {measured.requests_per_second:7.1f} req/s  "
-            f"p50 {measured.p50_ms:5.2f}  p99 {measured.p99_ms:6.2f}"
-            + (
-                f" | @{args.latency_connections} p50 {latency.p50_ms:.2f}  p99 {latency.p99_ms:.2f}"
-                if latency
-                else ""
-            )
-            + f" | cpu {result.server_cpu_us:4.0f} us/req, other {result.other_cores:.2f}"
-            + (f" | {rows} rows" if rows is not None else "")
-        )
+    rows = count_logged_requests(urls["on"]) - rows_before
     report(results, args)
-
-
-# Issue 13: recording nearly free: on/off throughput >= 0.97 (at 1, 10 and 200 connections:
-# run the script once per --connections) and <= 20 us of server CPU added per request.
-RATIO_GOAL = 0.97
-CPU_ADDED_GOAL_US = 20
+    check_rows(rows, answered_on, in_flight_on, counters)
+    console.print(f"load average {load_average()} (1/5/15 min) at the end")
 
 
 def report(results: list[RunResult], args: argparse.Namespace) -> None:
-    heavy, light = f"@{args.connections}", f"@{args.latency_connections}"
-    table = Table(title="Median per mode (latencies in ms; @N = N connections)")
-    columns = ["recording", "runs", f"req/s{heavy}", f"p50{heavy}", f"p99{heavy}"]
-    if args.latency_duration:
-        columns += [f"p50{light}", f"p99{light}"]
-    columns += ["server cpu us/req", "other cores", "errors"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "recording" else "right")
-    medians: dict[str, dict[str, float]] = {}
-    for mode in MODES:
-        runs = [r for r in results if r.mode == mode]
-        lights = [r.latency for r in runs if r.latency is not None]
-        m = medians[mode] = {
-            "rps": median([r.load.requests_per_second for r in runs]),
-            "p50": median([r.load.p50_ms for r in runs]),
-            "p99": median([r.load.p99_ms for r in runs]),
-            "cpu": median([r.server_cpu_us for r in runs]),
-            "other": median([r.other_cores for r in runs]),
+    table = Table(title="Per connection count: medians over the rounds (latencies in ms)")
+    for column in (
+        "conns",
+        "req/s off",
+        "req/s on",
+        "ratio on/off",
+        "p99 off",
+        "p99 on",
+        "cpu us/req off",
+        "cpu us/req on",
+        "cpu added",
+        "other cores",
+        "errors off/on",
+    ):
+        table.add_column(column, justify="right")
+    verdicts: list[str] = []
+    for connections in args.connection_counts:
+        runs = {
+            m: [r for r in results if r.connections == connections and r.mode == m] for m in MODES
         }
-        if lights:
-            m["light_p50"] = median([r.p50_ms for r in lights])
-            m["light_p99"] = median([r.p99_ms for r in lights])
-        errors = sum(r.load.errors + (r.latency.errors if r.latency else 0) for r in runs)
-        cells = [mode, str(len(runs)), f"{m['rps']:.1f}", f"{m['p50']:.2f}", f"{m['p99']:.2f}"]
-        if lights:
-            cells += [f"{m['light_p50']:.2f}", f"{m['light_p99']:.2f}"]
-        cells += [f"{m['cpu']:.0f}", f"{m['other']:.2f}", str(errors)]
-        table.add_row(*cells)
-    console.print(table)
-
-    on, off = medians["on"], medians["off"]
-    ratio = on["rps"] / off["rps"]
-
-    def verdict(met: bool) -> str:
-        return "[green]met[/]" if met else "[red]NOT met[/]"
-
-    console.print(
-        f"throughput ratio on/off {heavy:<5}  [bold]{ratio:.3f}[/]  goal >= {RATIO_GOAL} "
-        f"{verdict(ratio >= RATIO_GOAL)}"
-    )
-    added = on["p99"] - off["p99"]
-    console.print(
-        f"p99 added {heavy:<4} (saturated)   [bold]{added:+.2f} ms[/]  goal <= 1 ms "
-        f"{verdict(added <= 1)}  (p50 {on['p50'] - off['p50']:+.2f} ms)"
-    )
-    if "light_p99" in on:
-        added = on["light_p99"] - off["light_p99"]
-        console.print(
-            f"p99 added {light:<4} (light load)  [bold]{added:+.2f} ms[/]  goal <= 1 ms "
-            f"{verdict(added <= 1)}  (p50 {on['light_p50'] - off['light_p50']:+.2f} ms)"
+        pairs = [(off, on) for off in runs["off"] for on in runs["on"] if off.round == on.round]
+        ratios = [on.load.requests_per_second / off.load.requests_per_second for off, on in pairs]
+        added = [on.server_cpu_us - off.server_cpu_us for off, on in pairs]
+        ratio, cpu_added = median(ratios), median(added)
+        table.add_row(
+            str(connections),
+            f"{median([r.load.requests_per_second for r in runs['off']]):.1f}",
+            f"{median([r.load.requests_per_second for r in runs['on']]):.1f}",
+            f"{ratio:.3f}",
+            f"{median([r.load.p99_ms for r in runs['off']]):.2f}",
+            f"{median([r.load.p99_ms for r in runs['on']]):.2f}",
+            f"{median([r.server_cpu_us for r in runs['off']]):.0f}",
+            f"{median([r.server_cpu_us for r in runs['on']]):.0f}",
+            f"{cpu_added:+.0f}",
+            f"{median([r.other_cores for r in results if r.connections == connections]):.2f}",
+            f"{sum(r.load.errors for r in runs['off'])}/{sum(r.load.errors for r in runs['on'])}",
         )
-    cpu_added = on["cpu"] - off["cpu"]
-    console.print(
-        f"server cpu added               [bold]{cpu_added:+.0f} us[/] per request  goal <= "
-        f"{CPU_ADDED_GOAL_US} us {verdict(cpu_added <= CPU_ADDED_GOAL_US)} "
-        f"(ratio if CPU-bound: {off['cpu'] / on['cpu']:.3f})"
-    )
+        ratio_noise, cpu_noise = noise(ratios), noise(added)
+        verdicts.append(
+            f"{connections:>4} connection(s): ratio on/off [bold]{ratio:.3f}[/] ± {ratio_noise:.3f}"
+            f" (pairs {min(ratios):.3f}..{max(ratios):.3f}), goal >= {RATIO_GOAL}: "
+            f"{verdict(ratio - RATIO_GOAL, ratio_noise, ratio - 1 > ratio_noise)}\n"
+            f"{'':>20}server CPU added [bold]{cpu_added:+.1f}[/] ± {cpu_noise:.1f} us/request "
+            f"(pairs {min(added):+.0f}..{max(added):+.0f}), goal <= {CPU_ADDED_GOAL_US:g}: "
+            f"{verdict(CPU_ADDED_GOAL_US - cpu_added, cpu_noise, -cpu_added > cpu_noise)}"
+        )
+    console.print(table)
+    for line in verdicts:
+        console.print(line)
 
-    # wrk counts answered requests only; the server also logs those in flight when it stops.
-    in_flight = args.connections + (args.latency_connections if args.latency_duration else 0)
-    on_runs = [r for r in results if r.mode == "on"]
-    problems = []
-    answered = 0
-    for run in on_runs:
-        assert run.rows_logged is not None
-        requests = run.load.requests + (run.latency.requests if run.latency else 0)
-        answered += requests
-        if not 0 <= run.rows_logged - requests <= in_flight or run.dropped:
-            problems.append(
-                f"round {run.round}: {run.rows_logged} rows for {requests} requests, "
-                f"{run.dropped} dropped"
-            )
-    logged = sum(r.rows_logged or 0 for r in on_runs)
-    outcome = "[green]OK[/]" if not problems else "[red]MISMATCH[/]: " + "; ".join(problems)
+
+def noise(values: list[float]) -> float:
+    """Twice the standard error of the pairs' mean: how far the middle figure may be off
+    (unbounded with a single pair, which tells nothing about it)."""
+    return 2 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
+
+
+def verdict(margin: float, noise: float, on_beat_off: bool) -> str:
+    """``margin``: how far the figure is on the good side of its goal (negative: the bad
+    side). A margin inside the noise is neither met nor missed: the run could not tell.
+    Neither is it when recording "on" beat "off" beyond the noise (``on_beat_off``): doing
+    more work cannot be faster, so the run measured the machine's drift, not recording."""
+    if on_beat_off:
+        return "[yellow]not resolved[/] (on beat off beyond the noise: the machine drifted)"
+    if abs(margin) <= noise:
+        return "[yellow]not resolved[/] (the goal is within the noise of this run)"
+    return "[green]met[/]" if margin > 0 else "[red]NOT met[/]"
+
+
+def check_rows(rows: int, answered: int, in_flight: int, counters: dict[str, Any]) -> None:
+    """The "on" server stored a row per request it answered (wrk counts answered requests
+    only; the server also logs those in flight when a wrk run stopped), and dropped none."""
+    surplus = rows - answered
+    ok = 0 <= surplus <= in_flight and not counters["dropped"] and not counters["rejected"]
+    outcome = "[green]OK[/]" if ok else "[red]MISMATCH[/]"
     console.print(
-        f"api_request_logs check         {logged} rows for {answered} requests answered in the "
-        f"'on' runs (allowed: up to {in_flight} more per run, in flight at the end) {outcome}"
+        f"api_request_logs check: {rows} rows for {answered} requests the 'on' server "
+        f"answered (allowed: up to {in_flight} more, in flight when a run stopped); "
+        f"dropped {counters['dropped']}, rejected {counters['rejected']}: {outcome}"
     )
 
 
@@ -606,9 +640,10 @@ def main() -> None:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="homepot-bench-") as workdir,
-            benchmark_database(args.database, args.postgres_server, "requests") as url,
+            benchmark_database(args.database, args.postgres_server, "requests_off") as off,
+            benchmark_database(args.database, args.postgres_server, "requests_on") as on,
         ):
-            run_benchmark(args, url, Path(workdir))
+            run_benchmark(args, {"off": off, "on": on}, Path(workdir))
     except KeyboardInterrupt:
         console.print("interrupted; servers stopped and the benchmark database removed")
         sys.exit(130)

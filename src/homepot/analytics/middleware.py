@@ -5,6 +5,10 @@ It measures the bytes actually received and sent by wrapping ``receive`` and ``s
 streaming bodies are counted too, and it never buffers a response: only the first 16 KiB of
 an error response are kept, to read its ``detail``.
 
+Recording a request costs the request a tuple of what it saw, appended to the recorder's
+queue; the row is built (headers read, query string and free text redacted, event id made)
+by the recorder's writer, many rows at a time (:mod:`homepot.analytics.request_log`).
+
 A request from the simulator's HTTP client (User-Agent ``homepot-sim/...``) is simulated: its
 row, and the rows it causes (dashboard activity, client errors), have source ``simulated``. The
 request's source is left in ``request.state.source`` for the handlers.
@@ -19,16 +23,15 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from homepot.analytics.error_logger import record_error
-from homepot.analytics.models import DEVICE, SIMULATED, APIRequestLog, Source
+from homepot.analytics.models import DEVICE, SIMULATED, Source
 from homepot.analytics.recorder import Recorder
+from homepot.analytics.request_log import TABLE as REQUEST_LOG_TABLE
 from homepot.config import Settings
-from homepot.kit.redaction import redact_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +70,6 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def describe_error_detail(body: bytes) -> str | None:
-    """A one-line message from a JSON error body's ``detail`` (FastAPI's convention)."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace").strip()
-        return text[:1000] or None
-    detail = payload.get("detail") if isinstance(payload, dict) else None
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                location = ".".join(str(p) for p in item.get("loc", ()))
-                parts.append(f"{location}: {item.get('msg', '')}".strip(": "))
-        return "; ".join(parts) or None
-    return None if detail is None else json.dumps(detail)[:1000]
 
 
 def source_of_request(scope: Scope) -> Source:
@@ -157,8 +140,9 @@ class RequestLogMiddleware:
         return (
             analytics.enabled
             and analytics.record_requests
-            and any(path.startswith(p) for p in analytics.request_path_prefixes)
-            and not any(path.startswith(p) for p in analytics.skip_paths)
+            # str.startswith with a tuple: one call instead of a generator per prefix.
+            and path.startswith(tuple(analytics.request_path_prefixes))
+            and not path.startswith(tuple(analytics.skip_paths))
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -254,42 +238,33 @@ class RequestLogMiddleware:
         error_body: bytearray,
         exception: BaseException | None,
     ) -> None:
+        """Queue the request as it was seen (see request_log.RequestEntry); the writer
+        builds and redacts its row."""
         recorder = self.recorder()
         if recorder is None:
             return
-        user_agent = None
-        content_length = 0
-        for name, value in scope.get("headers", ()):
-            if name == b"user-agent":
-                user_agent = value.decode("latin-1")[:512]
-            elif name == b"content-length" and value.isdigit():
-                content_length = int(value)
-        error_message = None
-        if exception is not None:
-            error_message = f"{type(exception).__name__}: {exception}"[:2000]
-        elif status >= 400:
-            error_message = describe_error_detail(bytes(error_body))
-        query_string = scope.get("query_string", b"")
-        recorder.record(
-            APIRequestLog,
-            request_id=request_id,
-            endpoint=scope["path"][:2048],
-            route=route_path,
-            method=scope["method"],
-            status_code=status,
-            response_time_ms=round(elapsed * 1000, 3),
-            user_id=scope["state"].get("user_id"),
-            ip_address=scope["state"]["client_ip"],
-            user_agent=user_agent,
-            error_message=error_message,
-            # A body the handler never read still crossed the wire: fall back to its length.
-            request_size_bytes=received or content_length,
-            response_size_bytes=sent,
-            source=scope["state"]["source"],
-            query_params=(
-                redact_pairs(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-                if query_string
-                else None
+        state = scope["state"]
+        recorder.record_unbuilt(
+            REQUEST_LOG_TABLE,
+            (
+                time.time(),
+                request_id,
+                scope["path"],
+                route_path,
+                scope["method"],
+                status,
+                elapsed,
+                state.get("user_id"),
+                state["client_ip"],
+                scope.get("headers", ()),
+                # The exception's text now: the exception itself (its traceback and frames)
+                # is not kept alive in the queue.
+                None if exception is None else f"{type(exception).__name__}: {exception}"[:2000],
+                bytes(error_body) if status >= 400 and exception is None else None,
+                received,
+                sent,
+                state["source"],
+                scope.get("query_string", b""),
             ),
         )
 

@@ -1,15 +1,18 @@
 """The one writer of analytics events.
 
-Producers (the request middleware, the error logger, device events, job outcomes, activity
-ingestion) call :meth:`Recorder.record`, which redacts the row, puts it on a bounded
-in-memory queue and returns at once: it never awaits I/O. A background task writes the queue
-in batches. On PostgreSQL each table's rows go in with COPY: straight into the table, and
-when an event of the batch is stored already, into a temporary staging table and one
-``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on SQLite with multi-row
-``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per batch. ``<key>`` is the
-table's unique key holding ``event_id`` as the table's metadata declares it
-(:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a partitioned
-table needs it in every key).
+Producers (the error logger, device events, job outcomes, activity ingestion) call
+:meth:`Recorder.record`, which redacts the row, puts it on a bounded in-memory queue and
+returns at once: it never awaits I/O. The request middleware, on every request, hands over
+raw values instead (:meth:`Recorder.record_unbuilt`): the writer builds
+and redacts their rows a batch at a time (:mod:`homepot.analytics.request_log`).
+
+A background task writes the queue in batches. On PostgreSQL each table's rows go in with
+COPY: straight into the table, and when an event of the batch is stored already, into a
+temporary staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on
+SQLite with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per
+batch. ``<key>`` is the table's unique key holding ``event_id`` as the table's metadata
+declares it (:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a
+partitioned table needs it in every key).
 
 Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
 value can fail a batch later, in the database or in the spool.
@@ -42,6 +45,7 @@ import enum
 import json
 import logging
 import math
+import operator
 import os
 import sys
 import time as monotonic_time
@@ -81,6 +85,12 @@ logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 QueuedEvent = tuple[str, Row]  # (table name, complete row)
+# An event handed over unbuilt by a producer on a hot path (the request log): the raw values
+# its table's row builder (see register_row_builder) turns into rows when the writer takes
+# them, many at a time, instead of on the request path.
+Unbuilt = tuple[Any, ...]
+RowBuilder = Callable[[list[Unbuilt]], list[Row]]
+_ROW_BUILDERS: dict[str, RowBuilder] = {}
 
 # Rows per INSERT statement: small enough that building one page holds the event loop for
 # about a millisecond, large enough to amortise the round trip.
@@ -352,6 +362,13 @@ class _CopyStatements:
         )
         self._key = _column_list(conflict_columns(shape.table))
         self._inserts: dict[tuple[str, ...], str] = {}
+        # A complete row's values in column order, and where its JSON columns sit.
+        self._values: Callable[[Row], tuple[Any, ...]] = (
+            operator.itemgetter(*self.columns)
+            if len(self.columns) > 1
+            else lambda row: (row[self.columns[0]],)
+        )
+        self._json_indexes = [i for i, c in enumerate(self.columns) if c in self.json_columns]
 
     def insert(self, columns: tuple[str, ...]) -> str:
         """INSERT ... SELECT of ``columns`` from the staging table; the table's defaults
@@ -370,16 +387,26 @@ class _CopyStatements:
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         complete = self.columns
         size = len(complete)
-        json_columns = self.json_columns
+        full: list[tuple[Any, ...]] = []
         for row in rows:
-            columns = complete if len(row) == size else tuple(c for c in complete if c in row)
-            values = []
-            for name in columns:
-                value = row[name]
-                if value is not None and name in json_columns:
-                    value = json.dumps(value)
-                values.append(value)
-            groups.setdefault(columns, []).append(tuple(values))
+            if len(row) == size:
+                if not full:
+                    groups[complete] = full  # groups keep the order they first appear in
+                full.append(self._values(row))  # nearly every row: all columns, in C
+            else:
+                columns = tuple(c for c in complete if c in row)
+                record = [row[name] for name in columns]
+                for index, name in enumerate(columns):
+                    if record[index] is not None and name in self.json_columns:
+                        record[index] = json.dumps(record[index])
+                groups.setdefault(columns, []).append(tuple(record))
+        dumps = json.dumps
+        for index in self._json_indexes:
+            for position, values in enumerate(full):
+                if values[index] is not None:
+                    patched = list(values)
+                    patched[index] = dumps(values[index])
+                    full[position] = tuple(patched)
         return groups
 
 
@@ -572,7 +599,7 @@ class Recorder:
         self.enabled = settings.enabled
         self.stats = RecorderStats()
         self.spool = Spool(settings.spool_dir)
-        self._queue: deque[QueuedEvent] = deque()
+        self._queue: deque[tuple[str, Row | Unbuilt]] = deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -670,6 +697,18 @@ class Recorder:
             self._wake.set()
         return len(queued)
 
+    def record_unbuilt(self, table_name: str, values: Unbuilt) -> bool:
+        """Queue one event as raw ``values`` that the table's row builder (registered with
+        :func:`register_row_builder`) turns into a row when the writer takes it: a request
+        pays for an append, and the building (redaction, event id, ...) is done in batches.
+        False when recording is off or the event was dropped at the memory bound.
+        """
+        if not self.enabled:
+            return False
+        if table_name not in _ROW_BUILDERS:
+            raise ValueError(f"no row builder is registered for {table_name}")
+        return self._enqueue(table_name, values)
+
     def record_after_commit(
         self, session: AsyncSession, model: type[AnalyticsEvent], /, **fields: Any
     ) -> str | None:
@@ -698,7 +737,7 @@ class Recorder:
         for table_name, row in pending:
             self._enqueue(table_name, row)
 
-    def _enqueue(self, table_name: str, row: Row) -> bool:
+    def _enqueue(self, table_name: str, row: Row | Unbuilt) -> bool:
         if len(self._queue) >= self.settings.queue_max_events:
             self.stats.dropped += 1
             now = self._clock()
@@ -769,8 +808,12 @@ class Recorder:
             everything or owed > 0 or len(self._queue) >= self.settings.batch_size
         ):
             # Looked at, not taken: the batch leaves the queue once written or spooled.
-            size = min(self.settings.batch_size, len(self._queue))
-            batch = [self._queue[i] for i in range(size)]
+            taken = min(self.settings.batch_size, len(self._queue))
+            batch = self._built_batch(taken)
+            size = len(batch)
+            owed -= taken - size  # events that could not be built left the queue, rejected
+            if not size:
+                continue
             if (
                 self.spool.has_backlog() or not await self._write_with_retry(batch)
             ) and not await self._spill(batch):
@@ -788,6 +831,44 @@ class Recorder:
                 self._spool_recovered()
         self.stats.flushes += 1
         self.stats.last_flush_at = utcnow()
+
+    def _built_batch(self, size: int) -> list[QueuedEvent]:
+        """The first ``size`` queued events as rows. Unbuilt events are built here, one call
+        of their table's builder for all of them, and replace their raw values in the queue:
+        a batch written again (a retry, the spool) keeps its rows and event ids. An event its
+        builder cannot build is rejected (counted) and leaves the queue; the batch is then
+        shorter than ``size``.
+        """
+        queue = self._queue
+        batch: list[tuple[str, Any]] = [queue[i] for i in range(size)]
+        unbuilt: dict[str, list[int]] = {}
+        for position, (table_name, row) in enumerate(batch):
+            if type(row) is not dict:
+                unbuilt.setdefault(table_name, []).append(position)
+        failed: list[int] = []
+        for table_name, positions in unbuilt.items():
+            build = _ROW_BUILDERS[table_name]
+            try:
+                rows = build([batch[i][1] for i in positions])
+            except Exception:  # one bad event must not stall the queue: build them one by one
+                rows = []
+                for position in positions:
+                    try:
+                        rows.extend(build([batch[position][1]]))
+                    except Exception as exc:
+                        self._reject(table_name, f"{type(exc).__name__}: {exc}"[:300])
+                        failed.append(position)
+                        rows.append({})
+            for position, row in zip(positions, rows, strict=True):
+                batch[position] = queue[position] = (table_name, row)
+        if failed:
+            # Take the whole batch off the queue and put back what was built, in order.
+            for _ in range(size):
+                queue.popleft()
+            skip = set(failed)
+            batch = [queued for position, queued in enumerate(batch) if position not in skip]
+            queue.extendleft(reversed(batch))
+        return batch
 
     async def _write_with_retry(self, batch: list[QueuedEvent]) -> bool:
         def retried(exc: BaseException) -> None:
@@ -1024,6 +1105,14 @@ class Recorder:
 
 
 _current: Recorder | None = None
+
+
+def register_row_builder(table_name: str, builder: RowBuilder) -> None:
+    """Make ``builder`` turn the raw values given to :meth:`Recorder.record_unbuilt` for
+    ``table_name`` into complete, redacted rows (one row per value tuple, in order)."""
+    if table_name not in _SHAPES:
+        raise ValueError(f"{table_name} is not an analytics event table")
+    _ROW_BUILDERS[table_name] = builder
 
 
 def set_recorder(recorder: Recorder | None) -> Recorder | None:
