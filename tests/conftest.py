@@ -121,13 +121,28 @@ async def database_url(backend: str, _migrated_urls: dict[str, str]) -> str:
     engine = create_engine(url)
     names = [m.__tablename__ for m in ALL_MODELS]
     async with engine.begin() as connection:
+        # DELETE, not TRUNCATE, on PostgreSQL too: a test leaves a few rows, and TRUNCATE
+        # gives each of the 22 tables and their indexes new files, which the server must
+        # create and sync. On a busy machine (load 12) that took 2.5-3 s before every one of
+        # some 870 PostgreSQL tests; these DELETEs and the sequence reset take 0.2-0.4 s.
+        for name in reversed(_delete_order(names)):
+            await connection.execute(text(f"DELETE FROM {name}"))
         if backend == "postgresql":
-            await connection.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in reversed(_delete_order(names)):
-                await connection.execute(text(f"DELETE FROM {name}"))
+            # What TRUNCATE's RESTART IDENTITY did: the tables' id sequences start again.
+            await connection.execute(RESTART_SEQUENCES, {"tables": names})
     await engine.dispose()
     return url
+
+
+# Every sequence owned by a column of these tables, back to its start value.
+RESTART_SEQUENCES = text(
+    """
+    SELECT setval(d.objid::regclass, s.seqstart, false)
+    FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(CAST(:tables AS regclass[]))
+    """
+)
 
 
 def _delete_order(names: list[str]) -> list[str]:
