@@ -27,8 +27,11 @@ test: install services lint typecheck pytest
 services:
 	./scripts/ensure-services.sh
 
+## Tests in PYTEST_WORKERS processes (pytest-xdist); `make pytest PYTEST_WORKERS=0` runs them in
+## this one. --dist loadgroup keeps each xdist_group's tests in one worker (see tests/conftest.py).
+PYTEST_WORKERS ?= 2
 pytest: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff format --check src tests benchmarks

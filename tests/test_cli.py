@@ -24,6 +24,7 @@ from homepot.auth.service import authenticate
 from homepot.cli import server as cli_server
 from homepot.db import create_engine, create_session_factory
 from homepot.dbtools import TABLE_NAMES
+from homepot.simulation.demo import DEMO_FLEET_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY_DB = ROOT / "scripts" / "query-db.sh"
@@ -355,6 +356,10 @@ def test_demo_prepares_data_and_an_admin_then_serves(
     monkeypatch.setattr(
         cli_server, "_serve", lambda settings, host, port, reload: served.append((host, port))
     )
+    # `homepot demo` hands its fleet to the server's app factory in this process's
+    # environment; set here, it is removed again after the test instead of outliving it in
+    # the worker process and reaching whatever that runs next.
+    monkeypatch.setenv(DEMO_FLEET_ENV, "")
 
     first = ok(homepot(database_url, "demo", "--port", "8765"))
     assert served == [("127.0.0.1", 8765)]

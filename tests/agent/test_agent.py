@@ -26,8 +26,22 @@ from homepot.agent.client import DeviceClient, retry_after_seconds
 from homepot.agent.outbox import Outbox
 from homepot.analytics.models import APIRequestLog, DeviceMetrics, DeviceStateHistory, JobOutcome
 from homepot.auth.models import Role
+from homepot.config import Settings
 from homepot.device.models import Device, HealthCheck
 from tests.helpers import auth_headers, create_site, db_rows, flush
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No orchestrator pass within a test: the agent takes its jobs from a report's answer.
+
+    With the default 1 s interval a pass could push a new job (to the in-process channel,
+    which nobody reads here) between its creation and the agent's report, and a pushed job
+    is handed out by polling only once its acknowledgement is overdue (10 s): on a busy
+    machine the test then saw no job at all.
+    """
+    fleet = settings.fleet.model_copy(update={"orchestrator_interval_seconds": 3600})
+    return settings.model_copy(update={"fleet": fleet})
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):

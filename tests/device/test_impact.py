@@ -409,7 +409,10 @@ async def test_a_change_that_cannot_be_evaluated_is_logged(
 
 
 async def test_the_server_runs_the_evaluator_in_the_background(settings: Settings) -> None:
-    fleet = FleetSettings(impact_window_seconds=1.0, impact_evaluator_interval_seconds=0.05)
+    # A 3 s window: a rollback must come within three windows of the change (SETTLE_WINDOWS).
+    # With 1 s the test failed twice on a busy machine (load 7 and 17, with and without
+    # xdist): storing the after-sample and a pass could take longer than those 3 s.
+    fleet = FleetSettings(impact_window_seconds=3.0, impact_evaluator_interval_seconds=0.05)
     application = create_app(settings.model_copy(update={"fleet": fleet}))
     transport = ASGITransport(app=application, client=("203.0.113.7", 50000))
     async with (

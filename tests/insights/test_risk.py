@@ -104,6 +104,10 @@ async def _fleet_history(app: FastAPI, *, seed: int = 7) -> tuple[list[str], lis
     return leaky, healthy
 
 
+# Trains a model (scikit-learn) on each backend. In two -n 2 runs each took ~95 s (7-30 s in
+# one process) and the PostgreSQL one's app missed asgi-lifespan's 5 s shutdown timeout; in
+# one xdist group the two never train at the same time.
+@pytest.mark.xdist_group("risk-model-training")
 async def test_the_model_learns_failures_from_history_alone_and_scores_the_fleet(
     app: FastAPI, tmp_path: Path
 ) -> None:

@@ -38,7 +38,11 @@ PHASES = (
     else [Phase.generate]
 )
 
-schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+# With a secret key: otherwise every process that collects this module (each xdist worker)
+# writes var/token-secret into the working directory, the repository.
+schema = schemathesis.openapi.from_dict(
+    create_app(Settings(auth=AuthSettings(secret_key=TEST_SECRET))).openapi()
+)
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,
