@@ -154,6 +154,13 @@ class FleetSettings(BaseModel):
     # Configuration impact: metrics windows before and after a change, and the rollback policy.
     impact_window_seconds: float = Field(default=600, gt=0)
     impact_evaluator_interval_seconds: float = Field(default=30, gt=0)
+    # A pass judges at most this many changes (newest first), so that a backlog (a database
+    # imported or upgraded with history, a server down for days) is worked off over passes
+    # instead of holding the process's CPU for minutes; see homepot.device.impact.
+    impact_max_changes_per_pass: int = Field(default=200, ge=1, le=100_000)
+    # Changes older than this are not judged by the server: each pass marks up to
+    # impact_max_changes_per_pass of them "not evaluated: too old" (was_successful stays None).
+    impact_max_age_seconds: float = Field(default=7 * 86_400, gt=0)
     rollback_enabled: bool = True
     # A change is unsuccessful when the error rate rises by more than this many points
     # (absolute) and this fraction (relative), or latency by more than latency_margin.
@@ -230,6 +237,9 @@ class InsightsSettings(BaseModel):
     interval_seconds: float = Field(default=60, gt=0)
     # Devices whose bins are loaded and scanned together (whole sites per chunk).
     chunk_devices: int = Field(default=250, ge=1, le=10_000)
+    # How far back a server's pass may reach: its first pass scans this window, and after
+    # an outage it does not catch up further (older ranges: `homepot insights scan --since`).
+    server_window_seconds: float = Field(default=6 * 3600, ge=900, le=7 * 86_400)
     # The failure-risk model written by `homepot insights train`; without one, risk comes
     # from the active anomaly episodes alone (device_risk.model = "anomalies").
     model_path: Path | None = None

@@ -438,3 +438,130 @@ async def test_the_server_runs_the_evaluator_in_the_background(settings: Setting
             r for r in await history(application, device_id) if r.event_id == change.event_id
         ]
         assert original.was_rolled_back is True
+
+
+async def add_changes(app: FastAPI, count: int, newest: datetime) -> list[str]:
+    """``count`` device changes a minute apart, the last at ``newest``, without metrics (so
+    each gets a verdict with a note); returns their event ids, oldest first."""
+    device_id = await create_device(app, config={"max_connections": 10})
+    rows = [
+        ConfigurationHistory(
+            timestamp=newest - timedelta(minutes=count - 1 - index),
+            entity_type="device",
+            entity_id=device_id,
+            parameter_name="max_connections",
+            old_value={"value": 10},
+            new_value={"value": 11 + index},
+            changed_by="operator@homepot.example",
+            change_type="manual",
+        )
+        for index in range(count)
+    ]
+    async with app.state.session_factory() as session, session.begin():
+        session.add_all(rows)
+    return [row.event_id for row in rows]
+
+
+async def verdicts(app: FastAPI, event_ids: list[str]) -> list[dict[str, Any] | None]:
+    found = {
+        row.event_id: row.performance_after for row in await db_rows(app, ConfigurationHistory)
+    }
+    return [found[event_id] for event_id in event_ids]
+
+
+async def test_a_pass_judges_at_most_the_cap_newest_first_and_the_next_goes_on(
+    app: FastAPI,
+) -> None:
+    settings = with_fleet(app, impact_max_changes_per_pass=2)
+    newest = utcnow() - timedelta(hours=1)
+    event_ids = await add_changes(app, 5, newest)
+    now = utcnow()
+
+    first = await evaluate(app, now, settings)
+    assert [e.event_id for e in first] == [event_ids[4], event_ids[3]]
+    assert [after is None for after in await verdicts(app, event_ids)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    second = await evaluate(app, now, settings)
+    assert [e.event_id for e in second] == [event_ids[2], event_ids[1]]
+    third = await evaluate(app, now, settings)
+    assert [e.event_id for e in third] == [event_ids[0]]
+    assert await evaluate(app, now, settings) == []
+    assert all(after is not None for after in await verdicts(app, event_ids))
+
+
+async def test_changes_older_than_the_horizon_are_marked_not_judged(app: FastAPI) -> None:
+    settings = with_fleet(app, impact_max_age_seconds=86_400)
+    old_ids = await add_changes(app, 3, utcnow() - timedelta(days=2))
+    recent_ids = await add_changes(app, 1, utcnow() - timedelta(hours=1))
+
+    decided = await evaluate(app, utcnow(), settings)
+
+    assert [e.event_id for e in decided] == recent_ids
+    rows = {row.event_id: row for row in await db_rows(app, ConfigurationHistory)}
+    for event_id in old_ids:
+        assert rows[event_id].performance_after == {
+            "note": "not evaluated: too old (older than 1 days)"
+        }
+        assert rows[event_id].was_successful is None
+        assert rows[event_id].was_rolled_back is False
+    assert rows[recent_ids[0]].performance_after["samples"] == 0
+    assert await evaluate(app, utcnow(), settings) == []
+
+
+async def test_a_stopping_pass_ends_between_two_changes(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event_ids = await add_changes(app, 4, utcnow() - timedelta(hours=1))
+    stop = asyncio.Event()
+    judged = impact._evaluate_change
+
+    async def judge_then_stop(*args: Any) -> Any:
+        evaluation = await judged(*args)
+        stop.set()  # the server is stopping while this change is judged
+        return evaluation
+
+    monkeypatch.setattr(impact, "_evaluate_change", judge_then_stop)
+    decided = await evaluate_due_changes(
+        app.state.session_factory, app.state.recorder, app.state.settings, utcnow(), stop=stop
+    )
+
+    assert [e.event_id for e in decided] == [event_ids[-1]]
+    # The judged change is whole (verdict stored), the others untouched for the next pass.
+    assert [after is None for after in await verdicts(app, event_ids)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+async def test_a_server_stops_promptly_in_the_middle_of_a_long_pass(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = FleetSettings(impact_evaluator_interval_seconds=0.05)
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
+    started = asyncio.Event()
+    judged: list[str] = []
+
+    async def slow_change(session: Any, recorder: Any, settings: Any, row: Any, now: Any) -> None:
+        started.set()
+        await asyncio.sleep(0.3)  # 100 changes: a 30 s pass
+        judged.append(row.event_id)
+
+    monkeypatch.setattr(impact, "_evaluate_change", slow_change)
+    manager = LifespanManager(application, shutdown_timeout=20)
+    await manager.__aenter__()
+    try:
+        await add_changes(application, 100, utcnow() - timedelta(hours=1))
+        await asyncio.wait_for(started.wait(), 20)
+    finally:
+        stopping = asyncio.get_running_loop().time()
+        await manager.__aexit__(None, None, None)
+        took = asyncio.get_running_loop().time() - stopping
+    assert 1 <= len(judged) < 100
+    assert took < 5, f"shutdown waited {took:.1f} s for the pass"

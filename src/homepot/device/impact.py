@@ -28,6 +28,15 @@ changed again since, when the old value was withheld from history as a secret, a
 verdict comes more than three windows after the change (the server was down, or the history
 was imported): a late verdict is recorded, acting on it is left to an operator.
 
+A pass does a bounded amount of work: at most ``HOMEPOT_FLEET__IMPACT_MAX_CHANGES_PER_PASS``
+changes (200), newest first, so that a backlog (a database imported or upgraded with months
+of history, a server down for days) is worked off over the following passes while fresh
+changes, the only ones a rollback can still act on, are judged first. A change older than
+``HOMEPOT_FLEET__IMPACT_MAX_AGE_SECONDS`` (7 days) that never got a verdict is not judged:
+its metrics may be gone to retention and nobody would act on the answer. It is marked instead
+(``performance_after`` holds only the note ``not evaluated: too old``, ``was_successful``
+stays None), up to 2,000 per pass. A server that stops ends its pass between two changes.
+
 This is the one place where analytics rows are updated after they were written: the
 verdict and the rollback commit in one transaction, by ``event_id``, and only while
 ``performance_after`` is still empty, so two server processes never judge (or roll back) the
@@ -38,6 +47,7 @@ same change twice. A change that cannot be evaluated is logged to ``error_logs``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,7 +56,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import JSON, ColumnElement, CursorResult, or_, select, tuple_, update
+from sqlalchemy import JSON, ColumnElement, CursorResult, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from homepot.analytics.config_history import (
@@ -71,7 +81,9 @@ ROLLBACK_REASON_PREFIX = "automatic rollback: "
 # A change with no samples after it waits this many windows for late telemetry; a verdict
 # reached later than this many windows after the change is not acted on.
 SETTLE_WINDOWS = 3
-_PAGE_ROWS = 200
+# Changes older than fleet.impact_max_age_seconds marked per pass (one UPDATE by id).
+_TOO_OLD_BATCH = 2_000
+TOO_OLD_NOTE = "not evaluated: too old"
 
 
 @dataclass(frozen=True)
@@ -335,50 +347,91 @@ def _log_failure(
     )
 
 
+def _awaiting_verdict() -> ColumnElement[bool]:
+    return and_(
+        _unset(ConfigurationHistory.performance_after),
+        ConfigurationHistory.entity_type.in_(ENTITY_TYPES),
+    )
+
+
+async def _mark_too_old(
+    session_factory: async_sessionmaker[AsyncSession], oldest: datetime, fleet: FleetSettings
+) -> int:
+    """Mark up to ``_TOO_OLD_BATCH`` changes older than ``oldest`` that have no verdict as not
+    evaluated (one bounded statement); returns how many."""
+    days = _number(fleet.impact_max_age_seconds / 86_400)
+    ids = (
+        select(ConfigurationHistory.id)
+        .where(_awaiting_verdict(), ConfigurationHistory.timestamp < oldest)
+        .limit(_TOO_OLD_BATCH)
+        .scalar_subquery()
+    )
+    async with session_factory() as session, session.begin():
+        marked = await session.execute(
+            update(ConfigurationHistory)
+            .where(ConfigurationHistory.id.in_(ids), _awaiting_verdict())
+            .values(
+                performance_after={"note": f"{TOO_OLD_NOTE} (older than {days} days)"},
+                was_successful=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    assert isinstance(marked, CursorResult)
+    return int(marked.rowcount)
+
+
 async def evaluate_due_changes(
     session_factory: async_sessionmaker[AsyncSession],
     recorder: Recorder,
     settings: Settings,
     now: datetime | None = None,
+    *,
+    stop: asyncio.Event | None = None,
 ) -> list[ImpactEvaluation]:
-    """One pass: judge every change older than the window that has no verdict yet.
+    """One pass: judge the newest ``fleet.impact_max_changes_per_pass`` changes older than
+    the window that have no verdict yet; the next pass goes on with the rest.
 
-    Each change is judged (and rolled back) in its own transaction; one that fails is
-    logged to error_logs and left for the next pass. Returns what was decided.
+    Newest first: a change can only be rolled back within ``SETTLE_WINDOWS`` windows of it,
+    so a fresh change must not wait behind a backlog of old ones (history imported, a server
+    down for days). Changes older than ``fleet.impact_max_age_seconds`` are not judged: each
+    pass marks up to ``_TOO_OLD_BATCH`` of them with the note ``not evaluated: too old``.
+    Each change is judged (and rolled back) in its own transaction; one that fails is logged
+    to error_logs and left for the next pass. ``stop`` (set when the server stops) ends the
+    pass between two changes. Returns what was decided.
     """
+    fleet = settings.fleet
     now = now or utcnow()
-    due_before = now - timedelta(seconds=settings.fleet.impact_window_seconds)
-    decided: list[ImpactEvaluation] = []
-    after: tuple[datetime, int] | None = None
-    while True:
-        statement = (
-            select(ConfigurationHistory)
-            .where(
-                _unset(ConfigurationHistory.performance_after),
-                ConfigurationHistory.timestamp <= due_before,
-                ConfigurationHistory.entity_type.in_(ENTITY_TYPES),
-            )
-            .order_by(ConfigurationHistory.timestamp, ConfigurationHistory.id)
-            .limit(_PAGE_ROWS)
+    due_before = now - timedelta(seconds=fleet.impact_window_seconds)
+    oldest = now - timedelta(seconds=fleet.impact_max_age_seconds)
+    marked = await _mark_too_old(session_factory, oldest, fleet)
+    if marked:
+        logger.info("impact: %d configuration changes too old to judge, marked", marked)
+    statement = (
+        select(ConfigurationHistory)
+        .where(
+            _awaiting_verdict(),
+            ConfigurationHistory.timestamp <= due_before,
+            ConfigurationHistory.timestamp >= oldest,
         )
-        if after is not None:
-            statement = statement.where(
-                tuple_(ConfigurationHistory.timestamp, ConfigurationHistory.id) > after
-            )
-        async with session_factory() as session:
-            page = list(await session.scalars(statement))
-        for row in page:
-            try:
-                async with session_factory() as session, session.begin():
-                    evaluation = await _evaluate_change(session, recorder, settings, row, now)
-            except Exception as exc:
-                _log_failure(recorder, exc, row)
-                continue
-            if evaluation is not None:
-                decided.append(evaluation)
-        if len(page) < _PAGE_ROWS:
-            return decided
-        after = (page[-1].timestamp, page[-1].id)
+        .order_by(ConfigurationHistory.timestamp.desc(), ConfigurationHistory.id.desc())
+        .limit(fleet.impact_max_changes_per_pass)
+    )
+    async with session_factory() as session:
+        due = list(await session.scalars(statement))
+    decided: list[ImpactEvaluation] = []
+    for row in due:
+        if stop is not None and stop.is_set():
+            break
+        try:
+            async with session_factory() as session, session.begin():
+                evaluation = await _evaluate_change(session, recorder, settings, row, now)
+        except Exception as exc:
+            _log_failure(recorder, exc, row)
+            continue
+        if evaluation is not None:
+            decided.append(evaluation)
+        await asyncio.sleep(0)  # the request handlers of this process come first
+    return decided
 
 
 @asynccontextmanager
@@ -386,8 +439,12 @@ async def run_impact_evaluator(app: FastAPI) -> AsyncIterator[None]:
     """Background service: a pass every ``fleet.impact_evaluator_interval_seconds``."""
     settings: Settings = app.state.settings
 
+    stop = asyncio.Event()
+
     async def evaluation_pass() -> None:
-        await evaluate_due_changes(app.state.session_factory, app.state.recorder, settings)
+        await evaluate_due_changes(
+            app.state.session_factory, app.state.recorder, settings, stop=stop
+        )
 
     async with run_periodically(
         "impact-evaluator",
@@ -395,5 +452,6 @@ async def run_impact_evaluator(app: FastAPI) -> AsyncIterator[None]:
         evaluation_pass,
         lambda exc: _log_failure(app.state.recorder, exc),  # the database is away: next pass
         leadership=app.state.leadership,
+        stop=stop,
     ):
         yield

@@ -2,7 +2,9 @@
 
 Cancelling a pass in the middle of a query strands its database connection (aiosqlite then
 complains from its thread after the loop is gone), so stopping sets an event and waits for
-the pass under way to finish.
+the pass under way to finish. A pass that does many small units of work (one transaction
+each) can stop sooner: given the ``stop`` event it checks between units, and returns when
+the event is set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ async def run_periodically(
     on_failure: Callable[[Exception], None],
     *,
     leadership: Leadership | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[None]:
     """Run ``run_pass`` every ``interval_seconds`` (the first one interval after start).
 
@@ -35,8 +38,11 @@ async def run_periodically(
     A failing pass is logged with its traceback and the next one runs as usual;
     ``on_failure`` is called once per streak of failures (not every interval while, say,
     the database is down), so that error_logs get one row per incident.
+
+    ``stop``: set when the service stops (before waiting for the pass under way), for a pass
+    that checks it between its units of work; by default a fresh event only this loop sees.
     """
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
 
     async def loop() -> None:
         failing = False
