@@ -241,3 +241,31 @@ def test_a_server_keeps_the_baselines_of_every_day_a_pass_reaches_into() -> None
     assert all(cache.get(ids, day) is not None for day in days)
     cache.put(ids, today + det.BINS_PER_DAY, {})
     assert cache.get(ids, days[0]) is None  # older than any pass needs
+
+
+async def test_a_chunks_history_is_read_a_day_per_statement(engine: AsyncEngine) -> None:
+    from sqlalchemy import event
+
+    from homepot.insights import detectors as det
+    from homepot.insights.service import _load
+
+    start = SCAN_DAY - timedelta(days=3)
+    await add_history(engine, "pos-days", start, SCAN_DAY)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "device_metrics" in statement:
+            statements.append(statement)
+
+    first_bin, end_bin = det.bin_of(start), det.bin_of(SCAN_DAY)
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with AsyncSession(engine) as session:
+            values, counts = await _load(session, ["pos-days"], first_bin, end_bin)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert len(statements) == 3  # three days, three statements: none reads two weeks
+    assert counts.shape == (1, 3 * det.BINS_PER_DAY)
+    # Every bin of the three days is there, the day boundaries included.
+    assert int((counts[0] > 0).sum()) == int(counts[0].sum()) >= 3 * det.BINS_PER_DAY - 10

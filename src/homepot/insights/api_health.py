@@ -90,10 +90,11 @@ async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -
     if covered is not None:
         split = min(end_bin, max(first_bin, int(covered.timestamp()) // det.BIN_SECONDS))
     rows: list[_BinRow] = []
-    if split > first_bin:
-        rows += await _rolled_up_bins(session, first_bin, split)
-    if split < end_bin:
-        rows += await raw_bins(session, split, end_bin)
+    # A day per statement: two weeks of history in one read could meet the statement timeout.
+    for start in range(first_bin, split, det.BINS_PER_DAY):
+        rows += await _rolled_up_bins(session, start, min(start + det.BINS_PER_DAY, split))
+    for start in range(split, end_bin, det.BINS_PER_DAY):
+        rows += await raw_bins(session, start, min(start + det.BINS_PER_DAY, end_bin))
     return _route_bins(rows, first_bin, end_bin)
 
 

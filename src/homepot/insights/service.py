@@ -52,6 +52,10 @@ ADVISORY_LOCK_KEY: Final = int.from_bytes(b"HOMEPOTI", "big")
 SKIPPED_LOCKED: Final = "another insights scan is under way (it holds the lock); nothing was done"
 DEFAULT_CHUNK_DEVICES: Final = 250
 HISTORY_BINS: Final = det.BASELINE_WEEKS * det.BINS_PER_WEEK
+# A scan over a long range goes in spans of this many days, to bound the memory it needs.
+SPAN_BINS: Final = 7 * det.BINS_PER_DAY
+# Bins one statement of _load reads: a chunk's history is read a day at a time.
+LOAD_SPAN_BINS: Final = det.BINS_PER_DAY
 # Days before the newest whose baselines a server keeps: as many as a pass's context spans.
 BASELINE_DAYS_KEPT: Final = -(-det.CONTEXT_BINS // det.BINS_PER_DAY)
 # The column each metric is read from, averaged per bin (transactions: a rate, see _load).
@@ -112,29 +116,35 @@ def single_scanner(engine: AsyncEngine) -> AbstractAsyncContextManager[bool]:
 async def _load(
     session: AsyncSession, device_ids: Sequence[str], first_bin: int, end_bin: int
 ) -> tuple[dict[str, Any], IntArray]:
-    """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``."""
+    """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``,
+    read a day (``LOAD_SPAN_BINS``) per statement: a chunk's two weeks of history in one
+    statement hit the server's statement timeout on 10 M rows."""
     np = det.numpy()
     bucket = epoch_bin(DeviceMetrics.timestamp, det.BIN_SECONDS).label("bucket")
     interval = func.coalesce(DeviceMetrics.collection_interval_seconds, det.BIN_SECONDS)
     with_count = DeviceMetrics.transaction_count.is_not(None)
-    statement = (
-        select(
-            DeviceMetrics.device_id,
-            bucket,
-            func.count(),
-            *(func.avg(column) for column in METRIC_COLUMNS.values()),
-            func.sum(DeviceMetrics.transaction_count),
-            func.sum(func.coalesce(interval * cast(with_count, Integer), 0)),
+    connection = await session.connection()
+    rows: list[Any] = []
+    for span_start in range(first_bin, end_bin, LOAD_SPAN_BINS):
+        span_end = min(span_start + LOAD_SPAN_BINS, end_bin)
+        statement = (
+            select(
+                DeviceMetrics.device_id,
+                bucket,
+                func.count(),
+                *(func.avg(column) for column in METRIC_COLUMNS.values()),
+                func.sum(DeviceMetrics.transaction_count),
+                func.sum(func.coalesce(interval * cast(with_count, Integer), 0)),
+            )
+            .where(
+                DeviceMetrics.device_id.in_(device_ids),
+                DeviceMetrics.timestamp >= det.bin_start(span_start),
+                DeviceMetrics.timestamp < det.bin_start(span_end),
+            )
+            .group_by(DeviceMetrics.device_id, bucket)
         )
-        .where(
-            DeviceMetrics.device_id.in_(device_ids),
-            DeviceMetrics.timestamp >= det.bin_start(first_bin),
-            DeviceMetrics.timestamp < det.bin_start(end_bin),
-        )
-        .group_by(DeviceMetrics.device_id, bucket)
-    )
-    # Core rows, not the ORM's: this is the bulk of a scan's reading.
-    rows = (await (await session.connection()).execute(statement)).all()
+        # Core rows, not the ORM's: this is the bulk of a scan's reading.
+        rows += (await connection.execute(statement)).all()
     width = end_bin - first_bin
     row_of = {device_id: index for index, device_id in enumerate(device_ids)}
     values = {spec.name: np.full((len(device_ids), width), np.nan) for spec in det.METRICS}
@@ -289,8 +299,6 @@ class ScanState:
 FLEET_REREAD_SECONDS: Final = 600
 # Bins a pass re-reads before the newest it already has: late samples within this are counted.
 REFRESH_BINS: Final = 3
-# A scan over a long range goes in spans of this many days, to bound the memory it needs.
-SPAN_BINS: Final = 7 * det.BINS_PER_DAY
 
 
 # -- the scan ---------------------------------------------------------------------------------

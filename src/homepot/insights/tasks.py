@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastapi import FastAPI
 
@@ -13,15 +14,34 @@ from homepot.config import Settings
 from homepot.db import utcnow
 from homepot.kit.periodic import run_periodically
 
+logger = logging.getLogger(__name__)
+
 # Each pass re-evaluates this far back, so that samples that arrived late (a terminal's
 # outbox replayed after a network cut) still count, and open episodes are extended.
 RESCAN_SECONDS = 15 * 60
 
 
+def pass_since(now: datetime, last_until: datetime | None, window_seconds: float) -> datetime:
+    """Where a server's pass starts: from ``RESCAN_SECONDS`` before the end of the previous
+    pass, never further back than ``window_seconds`` (``insights.server_window_seconds``); a
+    fresh server (nothing scanned by this process) starts ``window_seconds`` back.
+
+    The server never reads a month of never-scanned history in one pass: older ranges (a
+    database imported or upgraded with history, an outage longer than the window) are for
+    ``homepot insights scan --since``.
+    """
+    earliest = now - timedelta(seconds=window_seconds)
+    if last_until is None:
+        return earliest
+    return max(earliest, min(now, last_until) - timedelta(seconds=RESCAN_SECONDS))
+
+
 @asynccontextmanager
 async def run_insights(app: FastAPI) -> AsyncIterator[None]:
     """Background service: scan the newest complete bins every interval, unless
-    ``HOMEPOT_INSIGHTS__ENABLED`` is false (then numpy is never imported).
+    ``HOMEPOT_INSIGHTS__ENABLED`` is false (then numpy is never imported). The first pass
+    scans the last ``HOMEPOT_INSIGHTS__SERVER_WINDOW_SECONDS`` (6 h), whatever the database
+    holds before; see :func:`pass_since`.
 
     With several server processes on PostgreSQL, the one that holds the scan's leadership
     (see homepot.kit.singleton) scans and the others skip the pass; a scan started from the
@@ -32,8 +52,6 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
     if not settings.insights.enabled:
         yield
         return
-    from datetime import timedelta
-
     from homepot.insights.service import ScanState, scan
 
     # One chunk's baselines refreshed per pass, so that no pass reads 14 days of everything.
@@ -43,9 +61,18 @@ async def run_insights(app: FastAPI) -> AsyncIterator[None]:
     async def insights_pass() -> None:
         nonlocal last_until
         now = utcnow()
-        since = now - timedelta(seconds=RESCAN_SECONDS)
-        if last_until is not None:
-            since = min(since, last_until - timedelta(seconds=RESCAN_SECONDS))
+        window = settings.insights.server_window_seconds
+        since = pass_since(now, last_until, window)
+        if last_until is not None and since > last_until:
+            logger.warning(
+                "insights: nothing scanned between %s and %s (longer ago than %d s):"
+                " run `homepot insights scan --since %s --until %s` to scan it",
+                last_until.isoformat(),
+                since.isoformat(),
+                window,
+                last_until.isoformat(),
+                since.isoformat(),
+            )
         report = await scan(
             app.state.engine,
             since,
