@@ -40,6 +40,11 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
 # The xdist group of the tests that start servers of their own (see below).
 OWN_SERVERS = "own-servers"
+# The xdist group of the test modules whose servers bridge the shared Mosquitto (see below).
+SHARED_BROKER = "shared-mosquitto"
+SHARED_BROKER_MODULES = frozenset(
+    {"test_mqtt.py", "test_mqtt_batching.py", "test_end_to_end.py", "test_registration_security.py"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
@@ -51,10 +56,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     servers they kill and restart) and waits for them on deadlines; two of them at once on a
     two-core machine would compete for it. In one group they also start a module's server
     (tests/faults/conftest.py, the read replica) once, not once per worker.
+
+    The modules whose app bridges the shared Mosquitto at 127.0.0.1:1883 run in one worker too:
+    each worker's bridge subscribes with a group of its own, so it also receives (and drops as
+    unknown devices) every message of the other worker's devices; during the 3,000-message
+    burst of test_mqtt_batching that doubled the work of both bridges and the burst missed its
+    90 s (CI, 2026-12-01).
     """
     for item in items:
         if item.get_closest_marker("servers") or item.get_closest_marker("faults"):
             item.add_marker(pytest.mark.xdist_group(OWN_SERVERS))
+        elif item.path.parent.name == "fleet" and item.path.name in SHARED_BROKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(SHARED_BROKER))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,6 +8,7 @@ notices at its next check and the other takes over.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -71,6 +72,13 @@ async def test_a_holder_whose_connection_dies_stops_running_the_singleton(
             )
             assert name == APPLICATION_NAME
             await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            # pg_terminate_backend only signals: the backend, and its locks, go a moment later.
+            deadline = asyncio.get_running_loop().time() + 10
+            while await admin.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "the backend did not end"
+                await asyncio.sleep(0.05)
         # The lock went with the session: the other process takes over at its next check,
         # and the former holder, whose check fails, no longer runs the singleton.
         assert await other.holds("retention")
