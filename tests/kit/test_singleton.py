@@ -73,10 +73,14 @@ async def test_a_holder_whose_connection_dies_stops_running_the_singleton(
             assert name == APPLICATION_NAME
             await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             # pg_terminate_backend only signals: the backend, and its locks, go a moment later.
+            # (Each look in a new transaction: pg_stat_activity is a snapshot per transaction.)
             deadline = asyncio.get_running_loop().time() + 10
-            while await admin.scalar(
-                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
-            ):
+            while True:
+                await admin.rollback()
+                if not await admin.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                ):
+                    break
                 assert asyncio.get_running_loop().time() < deadline, "the backend did not end"
                 await asyncio.sleep(0.05)
         # The lock went with the session: the other process takes over at its next check,
