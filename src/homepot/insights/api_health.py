@@ -37,8 +37,8 @@ from homepot.analytics import rollups
 from homepot.analytics.models import APIRequestLog, APIRequestMinute
 from homepot.analytics.rollups import LATENCY_BOUNDS_MS
 from homepot.insights import detectors as det
-from homepot.insights.models import Anomaly, AnomalyStatus
-from homepot.insights.reconcile import reconcile
+from homepot.insights.models import Anomaly
+from homepot.insights.reconcile import extend_anomaly, new_anomaly, reconcile
 from homepot.kit.timebuckets import epoch_bin
 
 if TYPE_CHECKING:
@@ -426,44 +426,4 @@ async def _reconcile(
             .order_by(Anomaly.started_at, Anomaly.id)
         )
     )
-    reconcile(session, stored, episodes, span, report, new_row=_new_row, extend=_extend)
-
-
-def _new_row(episode: RouteEpisode) -> Anomaly:
-    return Anomaly(
-        subject=episode.subject,
-        device_id=None,
-        site_id=None,
-        metric=episode.metric,
-        detector=episode.detector,
-        started_at=episode.started_at,
-        ended_at=None if episode.open else episode.last_seen_at,
-        last_seen_at=episode.last_seen_at,
-        score=episode.score,
-        severity=det.severity_of(episode.score),
-        observed=episode.observed,
-        expected=episode.expected,
-        explanation=episode.explanation,
-        status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
-        expected_maintenance=False,
-    )
-
-
-def _extend(row: Anomaly, episode: RouteEpisode) -> bool:
-    before = (row.started_at, row.ended_at, row.last_seen_at, row.score, row.explanation)
-    row.started_at = min(row.started_at, episode.started_at)
-    if episode.last_seen_at >= row.last_seen_at:
-        row.last_seen_at = episode.last_seen_at
-        row.observed, row.expected = episode.observed, episode.expected
-        row.explanation = episode.explanation
-        if episode.open:
-            if row.ended_at is not None and row.status == AnomalyStatus.resolved:
-                row.status = AnomalyStatus.active.value
-            row.ended_at = None
-        else:
-            if row.ended_at is None and row.status == AnomalyStatus.active:
-                row.status = AnomalyStatus.resolved.value
-            row.ended_at = row.last_seen_at
-    row.score = max(row.score, episode.score)
-    row.severity = det.severity_of(row.score)
-    return before != (row.started_at, row.ended_at, row.last_seen_at, row.score, row.explanation)
+    reconcile(session, stored, episodes, span, report, new_row=new_anomaly, extend=extend_anomaly)

@@ -32,9 +32,87 @@ class DetectedEpisode(Protocol):
     def started_at(self) -> datetime: ...
     @property
     def last_seen_at(self) -> datetime: ...
+    @property
+    def open(self) -> bool: ...
+    @property
+    def score(self) -> int: ...
+    @property
+    def observed(self) -> float | None: ...
+    @property
+    def expected(self) -> float | None: ...
+    @property
+    def explanation(self) -> str: ...
 
 
 E = TypeVar("E", bound=DetectedEpisode)
+
+
+def new_anomaly(
+    episode: DetectedEpisode,
+    *,
+    device_id: str | None = None,
+    site_id: str | None = None,
+    expected_maintenance: bool = False,
+) -> Anomaly:
+    """The stored row of an episode seen for the first time."""
+    return Anomaly(
+        subject=episode.subject,
+        device_id=device_id,
+        site_id=site_id,
+        metric=episode.metric,
+        detector=episode.detector,
+        started_at=episode.started_at,
+        ended_at=None if episode.open else episode.last_seen_at,
+        last_seen_at=episode.last_seen_at,
+        score=episode.score,
+        severity=det.severity_of(episode.score),
+        observed=episode.observed,
+        expected=episode.expected,
+        explanation=episode.explanation,
+        status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
+        expected_maintenance=expected_maintenance,
+    )
+
+
+def extend_anomaly(
+    row: Anomaly, episode: DetectedEpisode, *, expected_maintenance: bool = False
+) -> bool:
+    """Fold ``episode`` into the stored ``row``; True when anything changed.
+
+    A row stays ``expected_maintenance`` only while every episode folded into it is.
+    """
+    before = (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
+    row.started_at = min(row.started_at, episode.started_at)
+    row.expected_maintenance = row.expected_maintenance and expected_maintenance
+    if episode.last_seen_at >= row.last_seen_at:
+        row.last_seen_at = episode.last_seen_at
+        row.observed, row.expected = episode.observed, episode.expected
+        row.explanation = episode.explanation
+        if episode.open:
+            if row.ended_at is not None and row.status == AnomalyStatus.resolved:
+                row.status = AnomalyStatus.active.value
+            row.ended_at = None
+        else:
+            if row.ended_at is None and row.status == AnomalyStatus.active:
+                row.status = AnomalyStatus.resolved.value
+            row.ended_at = row.last_seen_at
+    row.score = max(row.score, episode.score)
+    row.severity = det.severity_of(row.score)
+    return before != (
+        row.started_at,
+        row.ended_at,
+        row.last_seen_at,
+        row.score,
+        row.explanation,
+        row.expected_maintenance,
+    )
 
 
 def reconcile(

@@ -35,15 +35,15 @@ from homepot.analytics.models import DeviceMetrics, SiteOperatingSchedule
 from homepot.device.models import Device
 from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
-from homepot.insights.models import Anomaly, AnomalyStatus
-from homepot.insights.reconcile import reconcile
+from homepot.insights.models import Anomaly
+from homepot.insights.reconcile import extend_anomaly, new_anomaly, reconcile
 from homepot.kit.singleton import single_run
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
 from homepot.site.windows import maintenance_intervals, opening_intervals
 
 if TYPE_CHECKING:
-    from homepot.insights.detectors import BucketBaseline, Chunk, Episode, IntArray
+    from homepot.insights.detectors import BucketBaseline, Chunk, IntArray
 
 logger = logging.getLogger(__name__)
 
@@ -521,63 +521,19 @@ async def _scan_chunk(
     )
     episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
     reconcile(
-        session, stored, episodes, (first_bin, end_bin), report, new_row=_new_row, extend=_extend
+        session,
+        stored,
+        episodes,
+        (first_bin, end_bin),
+        report,
+        new_row=lambda episode: new_anomaly(
+            episode,
+            device_id=episode.device_id,
+            site_id=episode.site_id,
+            expected_maintenance=episode.expected_maintenance,
+        ),
+        extend=lambda row, episode: extend_anomaly(
+            row, episode, expected_maintenance=episode.expected_maintenance
+        ),
     )
     await session.flush()
-
-
-def _new_row(episode: Episode) -> Anomaly:
-    return Anomaly(
-        subject=episode.subject,
-        device_id=episode.device_id,
-        site_id=episode.site_id,
-        metric=episode.metric,
-        detector=episode.detector,
-        started_at=episode.started_at,
-        ended_at=None if episode.open else episode.last_seen_at,
-        last_seen_at=episode.last_seen_at,
-        score=episode.score,
-        severity=det.severity_of(episode.score),
-        observed=episode.observed,
-        expected=episode.expected,
-        explanation=episode.explanation,
-        status=(AnomalyStatus.active if episode.open else AnomalyStatus.resolved).value,
-        expected_maintenance=episode.expected_maintenance,
-    )
-
-
-def _extend(row: Anomaly, episode: Episode) -> bool:
-    """Fold ``episode`` into the stored ``row``; True when anything changed."""
-    before = (
-        row.started_at,
-        row.ended_at,
-        row.last_seen_at,
-        row.score,
-        row.explanation,
-        row.expected_maintenance,
-    )
-    if episode.started_at < row.started_at:
-        row.started_at = episode.started_at
-    row.expected_maintenance = row.expected_maintenance and episode.expected_maintenance
-    if episode.last_seen_at >= row.last_seen_at:
-        row.last_seen_at = episode.last_seen_at
-        row.observed, row.expected = episode.observed, episode.expected
-        row.explanation = episode.explanation
-        if episode.open:
-            if row.ended_at is not None and row.status == AnomalyStatus.resolved:
-                row.status = AnomalyStatus.active.value
-            row.ended_at = None
-        else:
-            if row.ended_at is None and row.status == AnomalyStatus.active:
-                row.status = AnomalyStatus.resolved.value
-            row.ended_at = row.last_seen_at
-    row.score = max(row.score, episode.score)
-    row.severity = det.severity_of(row.score)
-    return before != (
-        row.started_at,
-        row.ended_at,
-        row.last_seen_at,
-        row.score,
-        row.explanation,
-        row.expected_maintenance,
-    )
