@@ -11,17 +11,21 @@ COPY: straight into the table, and when an event of the batch is stored already,
 temporary staging table and one ``INSERT ... SELECT ... ON CONFLICT (<key>) DO NOTHING``; on
 SQLite with multi-row ``INSERT ... ON CONFLICT (<key>) DO NOTHING``, one transaction per
 batch. ``<key>`` is the table's unique key holding ``event_id`` as the table's metadata
-declares it (:func:`conflict_columns`: ``event_id`` alone, or with ``timestamp`` where a
-partitioned table needs it in every key).
+declares it (:func:`~homepot.analytics.copy_writer.conflict_columns`: ``event_id`` alone,
+or with ``timestamp`` where a partitioned table needs it in every key). The COPY statements
+are in :mod:`homepot.analytics.copy_writer`.
 
-Values are made JSON-safe when an event is recorded (see :func:`json_safe`), so that no
-value can fail a batch later, in the database or in the spool.
+Values are made JSON-safe when an event is recorded (see
+:func:`~homepot.analytics.row_shapes.json_safe`; each table's shape is in
+:mod:`homepot.analytics.row_shapes`), so that no value can fail a batch later, in the
+database or in the spool.
 
 When the database cannot be reached (an outage as :func:`homepot.db.classify_failure` tells
 it: refused, timed out, starting up, shutting down), a batch is retried with the one retry
-policy (:mod:`homepot.kit.retry`) and then spilled to an on-disk spool (one JSON-lines file
-per batch, fsync'd before it counts). While a spool backlog exists, newer batches join the
-end of it, so that replay keeps the original order. The backlog is replayed oldest first as
+policy (:mod:`homepot.kit.retry`) and then spilled to an on-disk spool
+(:mod:`homepot.analytics.spool`: one JSON-lines file per batch, fsync'd before it counts).
+While a spool backlog exists, newer batches join the end of it, so that replay keeps the
+original order. The backlog is replayed oldest first as
 soon as the database answers again. Every event carries a unique ``event_id``, so a batch
 that reached the database before its acknowledgement was lost is not stored twice when
 replayed. A batch leaves the queue only once it is written or spooled.
@@ -39,52 +43,36 @@ up, and dropping the newest event there keeps the process alive and its memory b
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import enum
-import json
 import logging
-import math
-import operator
-import os
-import sys
 import time as monotonic_time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
-from pathlib import Path
-from time import time_ns
+from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import (
-    JSON,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    UniqueConstraint,
-    event,
-)
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.sql.schema import ColumnDefault
 
-from homepot.analytics.models import EVENT_MODELS, AnalyticsEvent, ErrorLog
+# ``X as X``: names other modules, tests and benchmarks import from here, re-exported.
+from homepot.analytics.copy_writer import _STAGES_KEY, _copy_records, _CopyStatements
+from homepot.analytics.copy_writer import conflict_columns as conflict_columns
+from homepot.analytics.models import AnalyticsEvent, ErrorLog
+from homepot.analytics.row_shapes import _SHAPES as _SHAPES
+from homepot.analytics.row_shapes import QueuedEvent
+from homepot.analytics.row_shapes import Row as Row
+from homepot.analytics.spool import Spool
 from homepot.config import AnalyticsSettings
-from homepot.db import Failure, UTCDateTime, classify_failure, new_event_id, utcnow
-from homepot.kit.jsonlimits import MAX_DEPTH
-from homepot.kit.redaction import REDACTED, TOO_DEEP, is_sensitive_key, mask_text
+from homepot.db import Failure, classify_failure, utcnow
 from homepot.kit.retry import database_write_backoff, retry_async
 
 logger = logging.getLogger(__name__)
 
-Row = dict[str, Any]
-QueuedEvent = tuple[str, Row]  # (table name, complete row)
 # An event handed over unbuilt by a producer on a hot path (the request log): the raw values
 # its table's row builder (see register_row_builder) turns into rows when the writer takes
 # them, many at a time, instead of on the request path.
@@ -96,221 +84,6 @@ _ROW_BUILDERS: dict[str, RowBuilder] = {}
 # about a millisecond, large enough to amortise the round trip.
 _PAGE_ROWS = 25
 
-
-@dataclass(frozen=True)
-class _TableShape:
-    """What the recorder needs to know about one event table, computed once."""
-
-    model: type[AnalyticsEvent]
-    table: Table
-    columns: tuple[str, ...]
-    static_defaults: dict[str, Any]
-    json_columns: frozenset[str]
-    text_columns: frozenset[str]
-    datetime_columns: frozenset[str]
-    max_lengths: dict[str, int]
-    column_set: frozenset[str] = frozenset()
-    # Text columns that are not free text: their length limit (unbounded: a huge number).
-    plain_text_limits: dict[str, int] = field(default_factory=dict)
-    # Every column with its static default (None where there is none), already storable.
-    template: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, model: type[AnalyticsEvent]) -> _TableShape:
-        table = model.__table__
-        assert isinstance(table, Table)
-        columns = tuple(c.name for c in table.columns if c.name != "id")
-        static_defaults: dict[str, Any] = {}
-        for column in table.columns:
-            default = column.default
-            if isinstance(default, ColumnDefault) and not default.is_callable:
-                static_defaults[column.name] = default.arg
-        shape = cls(
-            model=model,
-            table=table,
-            columns=columns,
-            column_set=frozenset(columns),
-            static_defaults=static_defaults,
-            json_columns=frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
-            text_columns=frozenset(model.free_text_columns),
-            datetime_columns=frozenset(
-                c.name for c in table.columns if isinstance(c.type, UTCDateTime)
-            ),
-            max_lengths={
-                c.name: c.type.length
-                for c in table.columns
-                if isinstance(c.type, String) and c.type.length and c.name != "event_id"
-            },
-        )
-        for column in table.columns:
-            if isinstance(column.type, String) and column.name not in shape.text_columns:
-                limit = column.type.length if column.name != "event_id" else None
-                shape.plain_text_limits[column.name] = limit or sys.maxsize
-        for name in columns:
-            default = static_defaults.get(name)
-            shape.template[name] = None if default is None else shape.storable_value(name, default)
-        return shape
-
-    def complete(self, fields: Row) -> Row:
-        """A full, redacted row: every column present, defaults applied, secrets removed."""
-        if not fields.keys() <= self.column_set:
-            unknown = fields.keys() - self.column_set
-            raise ValueError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
-        row = self.template.copy()
-        isfinite = math.isfinite
-        plain_text_limits = self.plain_text_limits
-        for name, value in fields.items():
-            # The common plain values inline; the rest (text, JSON, others) in storable_value.
-            kind = type(value)
-            if kind is float:
-                row[name] = value if isfinite(value) else None
-            elif value is None or kind is int or kind is datetime or kind is bool:
-                row[name] = value
-            elif (
-                kind is str
-                and name in plain_text_limits
-                and len(value) <= plain_text_limits[name]
-                and "\x00" not in value
-            ):
-                row[name] = value  # an identifier or a code: nothing to mask, cut or strip
-            else:
-                row[name] = self.storable_value(name, value)
-        secret_parameter = self.model.secret_parameter_column
-        if secret_parameter and is_sensitive_key(str(row.get(secret_parameter) or "")):
-            # The parameter itself is a secret (e.g. a config key "api_key"): keep that it
-            # changed, never what it changed from or to.
-            for name in self.json_columns:
-                if row[name] is not None and name.endswith("_value"):
-                    row[name] = {"value": REDACTED}
-        if row["event_id"] is None:
-            row["event_id"] = new_event_id()
-        if row["timestamp"] is None:
-            row["timestamp"] = utcnow()
-        elif row["timestamp"].tzinfo is None:
-            raise ValueError("timestamp must be timezone-aware (UTC)")
-        return row
-
-    def complete_value(self, name: str, value: Any) -> Any:
-        """One column's value as :meth:`complete` stores it (the plain cases inline)."""
-        kind = type(value)
-        if kind is float:
-            return value if math.isfinite(value) else None
-        if value is None or kind is int or kind is datetime or kind is bool:
-            return value
-        if (
-            kind is str
-            and name in self.plain_text_limits
-            and len(value) <= self.plain_text_limits[name]
-            and "\x00" not in value
-        ):
-            return value
-        return self.storable_value(name, value)
-
-    def storable_value(self, name: str, value: Any) -> Any:
-        """One column's value made JSON-safe, redacted, NUL-free and cut to the column."""
-        kind = type(value)
-        if kind is float:
-            return value if math.isfinite(value) else None  # neither backend stores NaN/inf
-        if kind is int or kind is bool or kind is datetime:
-            return value
-        if name in self.json_columns:
-            return clean_json(value)
-        if not isinstance(value, str | int | float | datetime):
-            value = _scalar(value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, str):
-            if name in self.text_columns:
-                value = mask_text(value)
-            if "\x00" in value:
-                value = value.replace("\x00", "")
-            limit = self.max_lengths.get(name)
-            if limit is not None and len(value) > limit:
-                value = value[:limit]
-        return value
-
-
-def clean_json(value: Any, depth: int = 0) -> Any:
-    """``redact(json_safe(value))`` without NUL characters, in one pass (see both)."""
-    if isinstance(value, str):
-        value = mask_text(value)
-        return value.replace("\x00", "") if "\x00" in value else value
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if depth >= MAX_DEPTH:
-        return TOO_DEEP
-    if isinstance(value, Mapping):
-        cleaned: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                key = _key(key)
-            name = key.replace("\x00", "") if "\x00" in key else key
-            cleaned[name] = REDACTED if is_sensitive_key(key) else clean_json(item, depth + 1)
-        return cleaned
-    if isinstance(value, list | tuple):
-        return [clean_json(item, depth + 1) for item in value]
-    if isinstance(value, set | frozenset):
-        return [clean_json(item, depth + 1) for item in json_safe(value, depth)]
-    return clean_json(_scalar(value), depth)
-
-
-def json_safe(value: Any, depth: int = 0) -> Any:
-    """``value`` as plain JSON (dict, list, str, int, float, bool, None), decided at record
-    time so that no value can fail its batch later:
-
-    - ``uuid.UUID`` -> its text (``"0f1e..."`` with dashes); enums -> their value;
-    - ``Decimal`` -> float (a non-finite one -> null); float NaN / Infinity -> null;
-    - ``datetime``, ``date``, ``time`` -> ISO 8601 text; ``timedelta`` -> seconds (float);
-    - ``bytes`` -> UTF-8 text, or ``"base64:..."`` when it is not UTF-8;
-    - sets and tuples -> lists (a set sorted when its items can be); other keys -> text;
-    - anything else -> ``str(value)``; nesting deeper than ``MAX_DEPTH`` -> ``TOO_DEEP``.
-    """
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if depth >= MAX_DEPTH:
-        return TOO_DEEP
-    if isinstance(value, Mapping):
-        return {_key(k): json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v, depth + 1) for v in value]
-    if isinstance(value, set | frozenset):
-        try:
-            items = sorted(value)
-        except TypeError:
-            items = list(value)
-        return [json_safe(v, depth + 1) for v in items]
-    return _scalar(value)
-
-
-def _key(key: Any) -> str:
-    return key if isinstance(key, str) else str(json_safe(key, MAX_DEPTH - 1))
-
-
-def _scalar(value: Any) -> Any:
-    """One value that is not plain JSON (see :func:`json_safe`)."""
-    if isinstance(value, enum.Enum):
-        return json_safe(value.value)
-    if isinstance(value, Decimal):
-        return float(value) if value.is_finite() else None
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "base64:" + base64.b64encode(raw).decode("ascii")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return str(value)
-
-
 _PENDING_KEY = "homepot.analytics.pending_events"
 
 
@@ -318,127 +91,6 @@ def _forget_uncommitted(session: Session, transaction: SessionTransaction) -> No
     # Runs after after_commit, so whatever is still pending here was rolled back or closed.
     if transaction.parent is None:
         session.info[_PENDING_KEY] = []
-
-
-_SHAPES: dict[str, _TableShape] = {m.__tablename__: _TableShape.of(m) for m in EVENT_MODELS}
-
-
-def conflict_columns(table: Table) -> tuple[str, ...]:
-    """The columns of ``table``'s unique key that holds ``event_id``, as its metadata says.
-
-    ``event_id`` alone for a plain table; a table partitioned by time has to carry the
-    partition column in every unique key, e.g. ``(event_id, timestamp)``. The smallest such
-    key is the one ``ON CONFLICT`` names.
-    """
-    keys: list[tuple[str, ...]] = []
-    for constraint in table.constraints:
-        if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint):
-            keys.append(tuple(column.name for column in constraint.columns))
-    keys.extend(tuple(c.name for c in index.columns) for index in table.indexes if index.unique)
-    with_event_id = [key for key in keys if "event_id" in key]
-    if not with_event_id:
-        raise RuntimeError(f"{table.name} has no unique key holding event_id: events could repeat")
-    return min(with_event_id, key=len)
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-class _CopyStatements:
-    """What the COPY path sends for one table (PostgreSQL only), built once."""
-
-    def __init__(self, shape: _TableShape) -> None:
-        self.table = shape.table.name
-        self.stage = f"homepot_stage_{self.table}"
-        self.columns = shape.columns
-        self.json_columns = shape.json_columns
-        # No constraints and no defaults in the staging table: NOT NULL and the unique key
-        # are checked where the rows land, in the INSERT, and nothing draws on the id
-        # sequence twice. ON COMMIT DELETE ROWS leaves it empty for the next batch.
-        self.create_stage = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_quoted(self.stage)} ON COMMIT DELETE ROWS"
-            f" AS SELECT {_column_list(self.columns)} FROM {_quoted(self.table)} WITH NO DATA"
-        )
-        self._key = _column_list(conflict_columns(shape.table))
-        self._inserts: dict[tuple[str, ...], str] = {}
-        # A complete row's values in column order, and where its JSON columns sit.
-        self._values: Callable[[Row], tuple[Any, ...]] = (
-            operator.itemgetter(*self.columns)
-            if len(self.columns) > 1
-            else lambda row: (row[self.columns[0]],)
-        )
-        self._json_indexes = [i for i, c in enumerate(self.columns) if c in self.json_columns]
-
-    def insert(self, columns: tuple[str, ...]) -> str:
-        """INSERT ... SELECT of ``columns`` from the staging table; the table's defaults
-        fill the others (a spooled row written before a column existed lacks it)."""
-        statement = self._inserts.get(columns)
-        if statement is None:
-            listed = _column_list(columns)
-            statement = self._inserts[columns] = (
-                f"INSERT INTO {_quoted(self.table)} ({listed}) SELECT {listed}"
-                f" FROM {_quoted(self.stage)} ON CONFLICT ({self._key}) DO NOTHING"
-            )
-        return statement
-
-    def records_by_columns(self, rows: list[Row]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
-        """The rows as COPY records, grouped by the columns they have (in order)."""
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        complete = self.columns
-        size = len(complete)
-        full: list[tuple[Any, ...]] = []
-        for row in rows:
-            if len(row) == size:
-                if not full:
-                    groups[complete] = full  # groups keep the order they first appear in
-                full.append(self._values(row))  # nearly every row: all columns, in C
-            else:
-                columns = tuple(c for c in complete if c in row)
-                record = [row[name] for name in columns]
-                for index, name in enumerate(columns):
-                    if record[index] is not None and name in self.json_columns:
-                        record[index] = json.dumps(record[index])
-                groups.setdefault(columns, []).append(tuple(record))
-        dumps = json.dumps
-        for index in self._json_indexes:
-            for position, values in enumerate(full):
-                if values[index] is not None:
-                    patched = list(values)
-                    patched[index] = dumps(values[index])
-                    full[position] = tuple(patched)
-        return groups
-
-
-def _column_list(columns: Iterable[str]) -> str:
-    return ", ".join(_quoted(c) for c in columns)
-
-
-_STAGES_KEY = "homepot.analytics.staging_tables"
-
-
-async def _copy_records(
-    raw: Any, table: str, columns: tuple[str, ...], records: list[tuple[Any, ...]]
-) -> None:
-    try:
-        await raw.copy_records_to_table(table, records=records, columns=columns)
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        # A value asyncpg cannot encode (e.g. 2**40 for an int4): the data's fault, found by
-        # the driver before the server saw it, so it carries no SQLSTATE.
-        raise SQLDataError("COPY", None, exc) from exc
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    raise TypeError(f"cannot spool a value of type {type(value).__name__}")
-
-
-def _decode_row(shape: _TableShape, row: Row) -> Row:
-    for name in shape.datetime_columns:
-        if isinstance(row.get(name), str):
-            row[name] = datetime.fromisoformat(row[name]).astimezone(UTC)
-    return row
 
 
 @dataclass
@@ -460,130 +112,6 @@ class RecorderStats:
     last_error: str | None = None
     last_error_at: datetime | None = None
     written_by_table: dict[str, int] = field(default_factory=dict)
-
-
-class Spool:
-    """Batches that could not be written, one JSON-lines file each, replayed in order.
-
-    Several server processes may share one spool directory. File names start with a
-    nanosecond timestamp, so that they sort in the order they were written, and end with
-    the writer's pid. A process claims a file for replay by renaming it (atomic), so no two
-    processes replay the same batch; a claim left by a process that died is released at
-    start-up.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._release_stale_claims()
-        # Counted in memory so that the flush loop does not list a directory every tick.
-        self._pending = len(self._files())
-        self._last_name = 0
-
-    def _files(self) -> list[Path]:
-        if not self.directory.exists():
-            return []
-        return sorted(self.directory.glob("*.jsonl"))
-
-    def _release_stale_claims(self) -> None:
-        if not self.directory.exists():
-            return
-        for claimed in self.directory.glob("*.replaying"):
-            owner = int(claimed.suffixes[-2].lstrip("."))
-            if owner == os.getpid() or not _process_alive(owner):
-                claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
-
-    def pending_files(self) -> int:
-        return self._pending
-
-    def has_backlog(self) -> bool:
-        return self._pending > 0
-
-    def write(self, batch: list[QueuedEvent]) -> list[QueuedEvent]:
-        """Store ``batch`` durably (fsync'd file, then an atomic rename); returns the events
-        that could not be encoded, which are left out. Raises OSError when the spool cannot
-        be written (disk full, read-only): then nothing of the batch is in it."""
-        lines: list[str] = []
-        unencodable: list[QueuedEvent] = []
-        for table_name, row in batch:
-            try:
-                lines.append(json.dumps({"t": table_name, "r": row}, default=_encode) + "\n")
-            except (TypeError, ValueError):
-                unencodable.append((table_name, row))
-        if not lines:
-            return unencodable
-        self.directory.mkdir(parents=True, exist_ok=True)
-        stamp = max(time_ns(), self._last_name + 1)  # strictly increasing within a process
-        self._last_name = stamp
-        path = self.directory / f"{stamp:020d}-{os.getpid()}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as handle:
-                handle.writelines(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            _fsync_directory(self.directory)  # the rename itself survives a power loss
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        self._pending += 1
-        return unencodable
-
-    def check_writable(self) -> None:
-        """Raise OSError unless a batch could be spooled now (a probe file, fsync'd)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        probe = self.directory / f".probe-{os.getpid()}.tmp"
-        with probe.open("w", encoding="utf-8") as handle:
-            handle.write("ok")
-            handle.flush()
-            os.fsync(handle.fileno())
-        probe.unlink()
-
-    def claim_oldest(self) -> tuple[Path, list[QueuedEvent]] | None:
-        """Take the oldest batch for replay; None when the spool is empty."""
-        for path in self._files():
-            claimed = path.with_name(f"{path.stem}.{os.getpid()}.replaying")
-            try:
-                path.rename(claimed)
-            except FileNotFoundError:  # another process claimed it first
-                self._pending = max(0, self._pending - 1)
-                continue
-            batch: list[QueuedEvent] = []
-            with claimed.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        item = json.loads(line)
-                        batch.append((item["t"], _decode_row(_SHAPES[item["t"]], item["r"])))
-            return claimed, batch
-        self._pending = 0
-        return None
-
-    def done(self, claimed: Path) -> None:
-        claimed.unlink()
-        self._pending = max(0, self._pending - 1)
-
-    def release(self, claimed: Path) -> None:
-        """Put a claimed batch back, unchanged, for a later replay."""
-        claimed.rename(claimed.with_name(claimed.name.split(".")[0] + ".jsonl"))
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Recorder:
