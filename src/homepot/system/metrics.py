@@ -50,64 +50,67 @@ class LeadershipCollector(Collector):
         yield skipped
 
 
-class MqttBridgeCollector(Collector):
+class _UplinkCollector(Collector):
+    """An uplink reader's counters and gauges, read from its ``snapshot()`` (None: no reader).
+
+    Subclasses name the metrics: ``COUNTERS`` (snapshot key → help; published as
+    ``<PREFIX>_<key>_total``) and ``GAUGES`` (metric name → (help, snapshot key); a boolean
+    is published as 1 or 0).
+    """
+
+    PREFIX: str
+    COUNTERS: dict[str, str]
+    GAUGES: dict[str, tuple[str, str]]
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        for name, help_text in self.COUNTERS.items():
+            yield CounterMetricFamily(
+                f"{self.PREFIX}_{name}", help_text, value=snapshot.get(name, 0)
+            )
+        for metric, (help_text, key) in self.GAUGES.items():
+            yield GaugeMetricFamily(metric, help_text, value=float(snapshot.get(key) or 0))
+
+
+class MqttBridgeCollector(_UplinkCollector):
     """The MQTT bridge's counters (``homepot_mqtt_uplink_{received,acknowledged,spooled,
     replayed}_total``), from its snapshot; nothing without a broker."""
 
+    PREFIX = "homepot_mqtt_uplink"
     COUNTERS = {
         "received": "Device messages received from the broker by this process",
         "acknowledged": "Device messages acknowledged to the broker once stored or spooled",
         "spooled": "Device messages written to the bridge's spool (database unavailable)",
         "replayed": "Spooled device messages stored after the database came back",
     }
-
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()
-        if snapshot is None:
-            return
-        for name, help_text in self.COUNTERS.items():
-            yield CounterMetricFamily(
-                f"homepot_mqtt_uplink_{name}", help_text, value=snapshot.get(name, 0)
-            )
-        yield GaugeMetricFamily(
-            "homepot_mqtt_connected",
+    GAUGES = {
+        "homepot_mqtt_connected": (
             "1 while this process is connected to the broker",
-            value=1 if snapshot.get("connected") else 0,
-        )
+            "connected",
+        ),
+    }
 
 
-class JetStreamUplinkCollector(Collector):
+class JetStreamUplinkCollector(_UplinkCollector):
     """The JetStream uplink reader's counters (``homepot_jetstream_uplink_{received,
     acknowledged,redelivered,skipped}_total``); nothing unless ``fleet.uplink`` is jetstream."""
 
+    PREFIX = "homepot_jetstream_uplink"
     COUNTERS = {
         "received": "Device messages this process fetched from the shared JetStream consumer",
         "acknowledged": "Fetched device messages acknowledged to JetStream once stored",
         "redelivered": "Fetched device messages NATS had delivered before (to any process)",
         "skipped": "Fetched messages that are not device messages (pushed jobs), acknowledged",
     }
-
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()
-        if snapshot is None:
-            return
-        for name, help_text in self.COUNTERS.items():
-            yield CounterMetricFamily(
-                f"homepot_jetstream_uplink_{name}", help_text, value=snapshot.get(name, 0)
-            )
-        yield GaugeMetricFamily(
-            "homepot_jetstream_uplink_held",
+    GAUGES = {
+        "homepot_jetstream_uplink_held": (
             "Device messages fetched by this process and not yet stored",
-            value=snapshot.get("held", 0),
-        )
-        yield GaugeMetricFamily(
-            "homepot_jetstream_connected",
-            "1 while this process is connected to NATS",
-            value=1 if snapshot.get("connected") else 0,
-        )
+            "held",
+        ),
+        "homepot_jetstream_connected": ("1 while this process is connected to NATS", "connected"),
+    }
