@@ -82,60 +82,49 @@ def _floor_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+# Each chart metric is rolled up as four columns: <metric>_sum, _count, _min and _max.
+_PART_COLUMNS = ", ".join(f"{m}_sum, {m}_count, {m}_min, {m}_max" for m in CHART_METRICS)
+_PART_UPDATES = ", ".join(
+    f"{m}_{part} = excluded.{m}_{part}"
+    for m in CHART_METRICS
+    for part in ("sum", "count", "min", "max")
+)
+# The four columns of a coarser rollup from those of a finer one.
+_ROLLED_UP_AGAIN = ", ".join(
+    f"sum({m}_sum), sum({m}_count), min({m}_min), max({m}_max)" for m in CHART_METRICS
+)
+
+
 def _device_minute_sql(dialect: str) -> str:
     aggregates = ", ".join(f"sum({m}), count({m}), min({m}), max({m})" for m in CHART_METRICS)
-    names = ", ".join(f"{m}_sum, {m}_count, {m}_min, {m}_max" for m in CHART_METRICS)
-    updates = ", ".join(
-        f"{m}_{part} = excluded.{m}_{part}"
-        for m in CHART_METRICS
-        for part in ("sum", "count", "min", "max")
-    )
     return (
-        f"INSERT INTO device_metrics_minute (device_id, bucket, source, samples, {names}) "
+        f"INSERT INTO device_metrics_minute (device_id, bucket, source, samples, {_PART_COLUMNS}) "
         f"SELECT device_id, {_floor('timestamp', 'minute', dialect)}, source, count(*), "
         f"{aggregates} FROM device_metrics "
         'WHERE "timestamp" >= :lo AND "timestamp" < :hi GROUP BY 1, 2, 3 '
         "ON CONFLICT (device_id, bucket, source) DO UPDATE SET samples = excluded.samples, "
-        f"{updates}"
+        f"{_PART_UPDATES}"
     )
 
 
 def _device_hour_sql(dialect: str) -> str:
-    aggregates = ", ".join(
-        f"sum({m}_sum), sum({m}_count), min({m}_min), max({m}_max)" for m in CHART_METRICS
-    )
-    names = ", ".join(f"{m}_sum, {m}_count, {m}_min, {m}_max" for m in CHART_METRICS)
-    updates = ", ".join(
-        f"{m}_{part} = excluded.{m}_{part}"
-        for m in CHART_METRICS
-        for part in ("sum", "count", "min", "max")
-    )
     return (
-        f"INSERT INTO device_metrics_hour (device_id, bucket, source, samples, {names}) "
+        f"INSERT INTO device_metrics_hour (device_id, bucket, source, samples, {_PART_COLUMNS}) "
         f"SELECT device_id, {_floor('bucket', 'hour', dialect)}, source, sum(samples), "
-        f"{aggregates} FROM device_metrics_minute "
+        f"{_ROLLED_UP_AGAIN} FROM device_metrics_minute "
         "WHERE bucket >= :lo AND bucket < :hi GROUP BY 1, 2, 3 "
         "ON CONFLICT (device_id, bucket, source) DO UPDATE SET samples = excluded.samples, "
-        f"{updates}"
+        f"{_PART_UPDATES}"
     )
 
 
 def _fleet_hour_sql() -> str:
-    aggregates = ", ".join(
-        f"sum({m}_sum), sum({m}_count), min({m}_min), max({m}_max)" for m in CHART_METRICS
-    )
-    names = ", ".join(f"{m}_sum, {m}_count, {m}_min, {m}_max" for m in CHART_METRICS)
-    updates = ", ".join(
-        f"{m}_{part} = excluded.{m}_{part}"
-        for m in CHART_METRICS
-        for part in ("sum", "count", "min", "max")
-    )
     return (
-        f"INSERT INTO fleet_metrics_hour (bucket, source, devices, samples, {names}) "
-        f"SELECT bucket, source, count(*), sum(samples), {aggregates} "
+        f"INSERT INTO fleet_metrics_hour (bucket, source, devices, samples, {_PART_COLUMNS}) "
+        f"SELECT bucket, source, count(*), sum(samples), {_ROLLED_UP_AGAIN} "
         "FROM device_metrics_hour WHERE bucket >= :lo AND bucket < :hi GROUP BY 1, 2 "
         "ON CONFLICT (bucket, source) DO UPDATE SET devices = excluded.devices, "
-        f"samples = excluded.samples, {updates}"
+        f"samples = excluded.samples, {_PART_UPDATES}"
     )
 
 
