@@ -84,6 +84,43 @@ async def test_batches_are_written_in_order_without_waiting(
     assert snapshot["queued"] == 0
 
 
+async def test_postgresql_builds_each_batch_while_the_one_before_is_copied(
+    engine: AsyncEngine, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python (building rows) and the database (taking a COPY) work at the same time, while
+    the batches still reach the table one after the other, in order."""
+    if backend != "postgresql":
+        pytest.skip("COPY is PostgreSQL's; SQLite takes one batch at a time")
+    recorder = Recorder(engine, _settings(tmp_path, batch_size=100))
+    happened: list[str] = []
+    copy_rows, built_batch = recorder._copy_rows, recorder._built_batch
+
+    async def copy(by_table: dict[str, list[dict[str, object]]]) -> None:
+        happened.append("copy")
+        await copy_rows(by_table)
+        happened.append("copied")
+
+    def build(size: int, *, start: int = 0) -> list[tuple[str, dict[str, object]]]:
+        happened.append("build")
+        return built_batch(size, start=start)
+
+    monkeypatch.setattr(recorder, "_copy_rows", copy)
+    monkeypatch.setattr(recorder, "_built_batch", build)
+    ids = _record_metrics(recorder, 500)
+    await recorder.flush()
+    assert await _metric_ids(engine) == ids
+    # Never two COPYs at once; each batch from the third on is built during a COPY.
+    assert "".join("(" if step == "copy" else ")" for step in happened if step != "build") == (
+        "()" * 5
+    )
+    during = [
+        happened[:n].count("copy") > happened[:n].count("copied")
+        for n, step in enumerate(happened)
+        if step == "build"
+    ]
+    assert during == [False, False, True, True, True]
+
+
 async def test_outage_spills_to_disk_and_replays_in_order_without_loss_or_duplicates(
     engine: AsyncEngine, backend: str, tmp_path: Path
 ) -> None:

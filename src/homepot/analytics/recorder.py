@@ -83,6 +83,9 @@ _ROW_BUILDERS: dict[str, RowBuilder] = {}
 # Rows per INSERT statement: small enough that building one page holds the event loop for
 # about a millisecond, large enough to amortise the round trip.
 _PAGE_ROWS = 25
+# PostgreSQL: batches in flight at once (one being copied, the next built and waiting for
+# it), so that Python builds a batch while the database copies the one before it.
+_WRITES_IN_FLIGHT = 2
 
 _PENDING_KEY = "homepot.analytics.pending_events"
 
@@ -112,6 +115,26 @@ class RecorderStats:
     last_error: str | None = None
     last_error_at: datetime | None = None
     written_by_table: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Write:
+    """A batch on its way out of the queue: ``written`` resolves to whether the database
+    took it (False, without trying, when a spool backlog exists or the batch before it was
+    not written: it then joins the spool's end, to keep the order)."""
+
+    batch: list[QueuedEvent]
+    written: asyncio.Future[bool]
+
+    @property
+    def size(self) -> int:
+        return len(self.batch)
+
+    async def settle(self, recorder: Recorder) -> bool:
+        """Whether the batch left the queue's care: written, or else spooled."""
+        if await self.written:
+            return True
+        return await recorder._spill(self.batch)
 
 
 class Recorder:
@@ -328,27 +351,26 @@ class Recorder:
         """Write (or spool) the queue. A tick of the background writer (``everything``
         False) writes what is queued when it starts and then only full batches: events
         that trickle in while it writes wait for the next tick, instead of each paying for
-        a transaction of its own."""
+        a transaction of its own.
+
+        On PostgreSQL the next batch is built (Python) while the one before it is being
+        copied (the database): up to ``_WRITES_IN_FLIGHT`` batches are in flight, written
+        one after the other. Batches leave the queue in order, once written or spooled.
+        """
         if self._clock() >= self._next_replay_at and self.spool.has_backlog():
             await self._replay_spool()
         owed = len(self._queue)  # queued when this drain started
-        while self._queue and (
-            everything or owed > 0 or len(self._queue) >= self.settings.batch_size
-        ):
-            # Looked at, not taken: the batch leaves the queue once written or spooled.
-            taken = min(self.settings.batch_size, len(self._queue))
-            batch = self._built_batch(taken)
-            size = len(batch)
-            owed -= taken - size  # events that could not be built left the queue, rejected
-            if not size:
-                continue
-            if (
-                self.spool.has_backlog() or not await self._write_with_retry(batch)
-            ) and not await self._spill(batch):
-                break  # neither database nor spool: the events wait in memory
-            for _ in range(size):
-                self._queue.popleft()
-            owed -= size
+        in_flight: deque[_Write] = deque()
+        writes: asyncio.Queue[_Write | None] = asyncio.Queue()
+        writer = asyncio.create_task(self._write_in_order(writes))
+        try:
+            await self._drain_batches(in_flight, writes, owed, everything=everything)
+            writes.put_nowait(None)
+            await writer
+        finally:
+            # Cancelled (or a surprise): the writes not done are abandoned; their events stay
+            # queued and are written again later (their event ids keep them once).
+            writer.cancel()
         if self.stats.spool_failures_pending and not self._queue:
             # The database took everything; is the spool back for the next outage?
             try:
@@ -360,15 +382,94 @@ class Recorder:
         self.stats.flushes += 1
         self.stats.last_flush_at = utcnow()
 
-    def _built_batch(self, size: int) -> list[QueuedEvent]:
-        """The first ``size`` queued events as rows. Unbuilt events are built here, one call
-        of their table's builder for all of them, and replace their raw values in the queue:
-        a batch written again (a retry, the spool) keeps its rows and event ids. An event its
-        builder cannot build is rejected (counted) and leaves the queue; the batch is then
-        shorter than ``size``.
+    async def _drain_batches(
+        self,
+        in_flight: deque[_Write],
+        writes: asyncio.Queue[_Write | None],
+        owed: int,
+        *,
+        everything: bool,
+    ) -> None:
+        depth = _WRITES_IN_FLIGHT if self._copy else 1
+        stopped = False
+        while True:
+            ahead = sum(write.size for write in in_flight)
+            waiting = len(self._queue) - ahead
+            wanted = (
+                not stopped
+                and waiting > 0
+                and (everything or owed > 0 or waiting >= self.settings.batch_size)
+            )
+            if wanted and len(in_flight) < depth:
+                # Looked at, not taken: the batch leaves the queue once written or spooled.
+                taken = min(self.settings.batch_size, waiting)
+                batch = self._built_batch(taken, start=ahead)
+                owed -= taken  # built or rejected; rejected events left the queue
+                if batch:
+                    in_flight.append(self._start_write(batch, writes))
+                continue
+            if not in_flight:
+                break
+            head = in_flight[0]
+            settled = await head.settle(self)
+            in_flight.popleft()
+            if settled:
+                for _ in range(head.size):
+                    self._queue.popleft()
+                continue
+            # Neither database nor spool: the head's events wait in memory, and so does every
+            # batch behind it that was not written either.
+            stopped = True
+            kept = head.size
+            while in_flight:
+                write = in_flight.popleft()
+                if await write.written:
+                    self._remove(kept, write.size)  # written after all: not kept twice
+                else:
+                    kept += write.size
+
+    def _start_write(
+        self, batch: list[QueuedEvent], writes: asyncio.Queue[_Write | None]
+    ) -> _Write:
+        """Hand ``batch`` to the drain's writer (:meth:`_write_in_order`), or, with a spool
+        backlog, mark it for the spool's end (the order is kept). Settled by
+        :meth:`_Write.settle`."""
+        write = _Write(batch, asyncio.get_running_loop().create_future())
+        if self.spool.has_backlog():
+            write.written.set_result(False)
+        else:
+            writes.put_nowait(write)
+        return write
+
+    async def _write_in_order(self, writes: asyncio.Queue[_Write | None]) -> None:
+        """Write the batches one after the other, in the queue's order (raw ids follow the
+        order of commits, homepot.analytics.rollups). The next batch is waiting when one is
+        written, so its COPY starts at once, and the drain builds the one after it while the
+        database takes this one. After a batch that was not written, the rest are not tried
+        (they join the spool behind it)."""
+        failed = False
+        while (write := await writes.get()) is not None:
+            written = not failed and await self._write_with_retry(write.batch)
+            failed = not written
+            write.written.set_result(written)
+
+    def _remove(self, start: int, count: int) -> None:
+        """Take ``count`` queued events off the queue from position ``start``."""
+        queue = self._queue
+        queue.rotate(-start)
+        for _ in range(count):
+            queue.popleft()
+        queue.rotate(start)
+
+    def _built_batch(self, size: int, *, start: int = 0) -> list[QueuedEvent]:
+        """The ``size`` queued events from position ``start`` as rows. Unbuilt events are
+        built here, one call of their table's builder for all of them, and replace their raw
+        values in the queue: a batch written again (a retry, the spool) keeps its rows and
+        event ids. An event its builder cannot build is rejected (counted) and leaves the
+        queue; the batch is then shorter than ``size``.
         """
         queue = self._queue
-        batch: list[tuple[str, Any]] = [queue[i] for i in range(size)]
+        batch: list[tuple[str, Any]] = [queue[start + i] for i in range(size)]
         unbuilt: dict[str, list[int]] = {}
         for position, (table_name, row) in enumerate(batch):
             if type(row) is not dict:
@@ -388,14 +489,13 @@ class Recorder:
                         failed.append(position)
                         rows.append({})
             for position, row in zip(positions, rows, strict=True):
-                batch[position] = queue[position] = (table_name, row)
+                batch[position] = queue[start + position] = (table_name, row)
         if failed:
-            # Take the whole batch off the queue and put back what was built, in order.
-            for _ in range(size):
-                queue.popleft()
+            # Highest first, so that the positions of the others stay where they are.
+            for position in sorted(failed, reverse=True):
+                del queue[start + position]
             skip = set(failed)
             batch = [queued for position, queued in enumerate(batch) if position not in skip]
-            queue.extendleft(reversed(batch))
         return batch
 
     async def _write_with_retry(self, batch: list[QueuedEvent]) -> bool:
