@@ -168,6 +168,8 @@ class _TableShape:
 
 def clean_json(value: Any, depth: int = 0) -> Any:
     """``redact(json_safe(value))`` without NUL characters, in one pass (see both)."""
+    if type(value) is dict and depth < MAX_DEPTH:
+        return _clean_mapping(value, depth)
     if isinstance(value, str):
         value = mask_text(value)
         return value.replace("\x00", "") if "\x00" in value else value
@@ -178,18 +180,34 @@ def clean_json(value: Any, depth: int = 0) -> Any:
     if depth >= MAX_DEPTH:
         return TOO_DEEP
     if isinstance(value, Mapping):
-        cleaned: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                key = _key(key)
-            name = key.replace("\x00", "") if "\x00" in key else key
-            cleaned[name] = REDACTED if is_sensitive_key(key) else clean_json(item, depth + 1)
-        return cleaned
+        return _clean_mapping(value, depth)
     if isinstance(value, list | tuple):
         return [clean_json(item, depth + 1) for item in value]
     if isinstance(value, set | frozenset):
         return [clean_json(item, depth + 1) for item in json_safe(value, depth)]
     return clean_json(_scalar(value), depth)
+
+
+def _clean_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            key = _key(key)
+        name = key.replace("\x00", "") if "\x00" in key else key
+        if is_sensitive_key(key):
+            cleaned[name] = REDACTED
+            continue
+        # The common leaves inline (a call each is most of a small object's cost).
+        kind = type(item)
+        if kind is float:
+            cleaned[name] = item if math.isfinite(item) else None
+        elif item is None or kind is int or kind is bool:
+            cleaned[name] = item
+        elif kind is str and "\x00" not in item:
+            cleaned[name] = mask_text(item)
+        else:
+            cleaned[name] = clean_json(item, depth + 1)
+    return cleaned
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
