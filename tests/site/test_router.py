@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
@@ -365,6 +366,33 @@ async def test_admin_puts_reads_and_deletes_a_day(app: FastAPI, client: AsyncCli
     again = await client.delete(url, headers=admin)
     assert again.status_code == 404
     assert again.json()["detail"] == f"site '{site_id}' has no schedule for day 0 (Monday)"
+
+
+async def test_schedule_times_conform_to_the_published_schema(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    """A site's hours are wall-clock times without an offset; the OpenAPI document must not
+    call them RFC 3339 times (format "time" requires an offset: schema checkers refuse
+    "08:00:00" against it)."""
+    site_id = await create_site(app)
+    admin = await auth_headers(app, client, Role.admin)
+    assert (
+        await client.put(f"{SITES}/{site_id}/schedules/0", json=MONDAY, headers=admin)
+    ).status_code == 201
+    schemas = app.openapi()["components"]["schemas"]
+    read = {
+        "ScheduleRead": (await client.get(f"{SITES}/{site_id}/schedules/0", headers=admin)).json(),
+        "SiteOperatingScheduleRead": (
+            await client.get("/api/v1/analytics/site-schedules", headers=admin)
+        ).json()["items"][0],
+    }
+    for name, body in read.items():
+        for field in ("open_time", "close_time", "peak_hours_start", "peak_hours_end"):
+            schema = schemas[name]["properties"][field]
+            validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+            assert validator.is_valid(body[field]), (name, field, body[field], schema)
+            assert validator.is_valid(None)
+            assert not validator.is_valid("8 o'clock")
 
 
 async def test_schedules_are_admin_only(app: FastAPI, client: AsyncClient) -> None:

@@ -6,7 +6,7 @@ would otherwise be ignored and the answer would look like data for that device.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -29,6 +29,7 @@ from homepot.kit.jsonlimits import JsonLimits, StoredJson
 from homepot.kit.query import StrictQuery
 from homepot.kit.streams import StreamQuery
 from homepot.kit.timeranges import UtcDatetime, representable_utc
+from homepot.site.schemas import LocalTime
 
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096
@@ -341,13 +342,13 @@ class SiteOperatingScheduleRead(BaseModel):
     id: int
     site_id: str
     day_of_week: int
-    open_time: time | None
-    close_time: time | None
+    open_time: LocalTime | None
+    close_time: LocalTime | None
     is_closed: bool
     is_maintenance_window: bool
     expected_transaction_volume: int | None
-    peak_hours_start: time | None
-    peak_hours_end: time | None
+    peak_hours_start: LocalTime | None
+    peak_hours_end: LocalTime | None
     notes: str | None
     special_considerations: StoredJson
     source: Source = Field(description="device (a real site's) or simulated")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from homepot.analytics.schemas import Id64
 from homepot.job.schemas import JobType
 from homepot.kit.streams import StreamQuery
-from homepot.site.schemas import DAY_NAMES
+from homepot.site.schemas import DAY_NAMES, LocalTime
 
 MetricName = Literal[
     "cpu", "memory", "disk", "network_latency", "error_rate", "transactions", "reporting"
@@ -130,8 +130,8 @@ class DeviceInsights(BaseModel):
 
 
 class WindowRead(BaseModel):
-    start: time = Field(description="Local start time (the site's time zone)")
-    end: time = Field(description="Local end time; 00:00 is midnight at the end of the day")
+    start: LocalTime = Field(description="Local start time (the site's time zone)")
+    end: LocalTime = Field(description="Local end time; 00:00 is midnight at the end of the day")
     expected_transactions: float = Field(
         description="Transactions that fell in this window on an average observed day"
     )

@@ -12,6 +12,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    WithJsonSchema,
     computed_field,
     field_validator,
     model_validator,
@@ -151,10 +153,20 @@ def _parse_local_time(value: Any) -> Any:
     return time.fromisoformat(value)
 
 
+# A wall-clock time of the site, without an offset: JSON Schema's "format: time" (RFC 3339)
+# requires one, so the schema states the pattern instead. Written as HH:MM:SS.
 LocalTime = Annotated[
     time,
     BeforeValidator(_parse_local_time),
-    Field(description="Local to the site's time zone, HH:MM or HH:MM:SS", examples=["08:00"]),
+    PlainSerializer(lambda moment: moment.strftime("%H:%M:%S"), return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _LOCAL_TIME.pattern,
+            "description": "Local to the site's time zone, HH:MM or HH:MM:SS (no offset)",
+            "examples": ["08:00"],
+        }
+    ),
 ]
 
 
@@ -227,13 +239,13 @@ class ScheduleRead(BaseModel):
     site_id: str
     day_of_week: int
     timezone: str = Field(description="The site's IANA time zone; the times are local to it")
-    open_time: time | None
-    close_time: time | None
+    open_time: LocalTime | None
+    close_time: LocalTime | None
     is_closed: bool
     is_maintenance_window: bool
     expected_transaction_volume: int | None
-    peak_hours_start: time | None
-    peak_hours_end: time | None
+    peak_hours_start: LocalTime | None
+    peak_hours_end: LocalTime | None
     notes: str | None
     special_considerations: StoredJsonObject | None
     created_at: datetime
