@@ -155,7 +155,8 @@ async def test_nats_cluster_node_killed_during_ingest_loses_no_acknowledged_mess
         async def standby_reads() -> bool:
             return _leads_uplink(await servers[standby].metrics())
 
-        await _eventually(standby_reads, within=30)
+        # A liveness bound, not a speed: generous, for a loaded 2-core machine.
+        await _eventually(standby_reads, within=90)
         total = len(devices) * BATCHES * SAMPLES
 
         async def all_stored() -> bool:
