@@ -365,7 +365,7 @@ class UplinkBridge:
         else:
             # 3.1.1 has no Receive Maximum: the broker's own in-flight limit bounds what it
             # sends unacknowledged (NATS: mqtt.max_ack_pending; Mosquitto: max_inflight).
-            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": ending}
         if identifier is None:
             identifier = self.client_id
             if not self._shared and self.reads_uplink:
@@ -414,9 +414,10 @@ class UplinkBridge:
         while not await leadership.holds(lock):
             if not waiting_logged:
                 waiting_logged = True
-                logger.info(
+                logger.warning(
                     "MQTT bridge: waiting for the lock of session %s (another process is"
-                    " draining it, or the database does not answer)",
+                    " draining it, or uses the same client id, or the database does not"
+                    " answer)",
                     self.client_id,
                 )
             await asyncio.sleep(SESSION_LOCK_RETRY_SECONDS)
