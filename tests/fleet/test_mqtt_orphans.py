@@ -30,10 +30,12 @@ from homepot.db import create_engine
 from homepot.device.models import Device
 from homepot.fleet.models import MqttSession
 from homepot.fleet.mqtt_orphans import session_lock
+from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.kit.singleton import HOMEPOT_NAMESPACE, lock_key
 from homepot.main import create_app
-from homepot.protocol.messages import MetricSample, TelemetryBatch
+from homepot.protocol.messages import MetricSample, TelemetryBatch, topics
+from homepot.protocol.mqtt import SignedMessage, device_secret
 from tests.fleet.brokers import HOST, Broker, open_broker
 from tests.helpers import create_device, flush
 
@@ -165,6 +167,61 @@ async def test_a_stopped_workers_session_is_drained_and_ended_by_the_one_that_ru
         # The group is the live worker alone now: the next messages are stored at once.
         await _publish(open_broker, devices, per_device=10)
         await _all_stored_once(first, devices, expected=240)
+
+
+async def test_two_survivors_end_one_orphan_once_and_store_each_message_once(
+    backend: str, settings: Settings, open_broker: Broker, tmp_path: Path
+) -> None:
+    """Both live workers find the stopped one's session; its lock lets one of them drain it."""
+    _postgresql_only(backend)
+    async with (
+        _running(_server(settings, open_broker, tmp_path, "first")) as first,
+        _running(_server(settings, open_broker, tmp_path, "second")) as second,
+    ):
+        async with _running(_server(settings, open_broker, tmp_path, "third")) as third:
+            stopped = third.state.mqtt_bridge.client_id
+            assert stopped.endswith("-2")
+        devices = await _devices(first, 4)
+        await _publish(open_broker, devices, per_device=60)
+        await _all_stored_once(first, devices, expected=240)
+        await _wait_ended(first, stopped)
+        ended = [app.state.mqtt_bridge.stats["orphaned_sessions_ended"] for app in (first, second)]
+        assert sorted(ended) == [0, 1]
+
+
+async def test_what_a_stopped_worker_spooled_on_this_host_is_stored_by_its_drainer(
+    backend: str, settings: Settings, open_broker: Broker, tmp_path: Path
+) -> None:
+    """Workers of one host share the spool directory: the stopped worker's spool (batches it
+    acknowledged while the database was down) is replayed when its session is drained."""
+    _postgresql_only(backend)
+    async with _running(_server(settings, open_broker, tmp_path, "host")) as first:
+        async with _running(_server(settings, open_broker, tmp_path, "host")) as second:
+            stopped = second.state.mqtt_bridge
+            devices = await _devices(first, 2)
+            spooled = [
+                SpooledMessage(topic, payload, verified=False)
+                for device_id, api_key in devices
+                for topic, payload in [_signed_telemetry(device_id, api_key) for _ in range(5)]
+            ]
+            spool_directory = stopped.spool_directory(stopped.client_id)
+        # Written as the stopped worker left it (after its bridge stopped: nothing replays it).
+        UplinkSpool(spool_directory).write(spooled)
+        await _all_stored_once(first, devices, expected=10)
+        await _wait_ended(first, stopped.client_id)
+        assert not UplinkSpool(spool_directory).has_backlog()
+
+
+def _signed_telemetry(device_id: str, api_key: str) -> tuple[str, bytes]:
+    topic = topics.telemetry(device_id)
+    sample = MetricSample(
+        event_id=uuid.uuid4(),
+        timestamp=datetime.now(UTC),
+        collection_interval_seconds=30,
+        cpu_percent=12.5,
+    )
+    signed = SignedMessage.of(device_secret(api_key), topic, TelemetryBatch(samples=[sample]))
+    return topic, signed.model_dump_json().encode()
 
 
 async def test_a_restart_that_raced_its_predecessors_lock_loses_nothing(
