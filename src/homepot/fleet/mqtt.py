@@ -404,6 +404,8 @@ class UplinkBridge:
             await self._take_numbered_client_id(leadership)
         if self._shared:
             await self._hold_session_lock(leadership)
+            # Read now: a process that drained this session meanwhile replayed its spool.
+            self.spool = UplinkSpool(self.spool_directory(self.client_id))
 
     async def _hold_session_lock(self, leadership: Leadership) -> None:
         """Hold the lock of this process's session for its life: no other process adopts it
