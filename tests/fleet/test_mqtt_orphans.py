@@ -29,7 +29,7 @@ from homepot.config import FleetSettings, Settings
 from homepot.db import create_engine
 from homepot.device.models import Device
 from homepot.fleet.models import MqttSession
-from homepot.fleet.mqtt_orphans import session_lock
+from homepot.fleet.mqtt_orphans import OrphanSessions, session_lock
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.kit.singleton import HOMEPOT_NAMESPACE, lock_key
@@ -299,3 +299,68 @@ async def test_a_restarted_worker_waits_while_its_predecessors_session_is_draine
                 await _all_stored_once(restarted, devices, expected=200)
     finally:
         await engine.dispose()
+
+
+async def test_an_owner_whose_lock_connection_died_keeps_its_session_and_loses_nothing(
+    backend: str, settings: Settings, open_broker: Broker, tmp_path: Path
+) -> None:
+    """The database ends a live worker's lock connection (a restart of PostgreSQL, an admin):
+    its session's lock is free while the worker still reads the session. The other worker may
+    adopt it and take the client id over; the owner takes it back (and its lock), and every
+    message is stored once."""
+    _postgresql_only(backend)
+    async with (
+        _running(_server(settings, open_broker, tmp_path, "owner")) as owner,
+        _running(_server(settings, open_broker, tmp_path, "other")) as other,
+    ):
+        bridge = owner.state.mqtt_bridge
+        devices = await _devices(owner, 4)
+        leadership = owner.state.leadership
+        pid = await leadership._connection.scalar(text("SELECT pg_backend_pid()"))
+        engine = create_engine(settings.database_url)
+        try:
+            async with engine.connect() as admin:
+                await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                # pg_terminate_backend only signals: wait for the backend (and its locks).
+                while await admin.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                ):
+                    await admin.rollback()
+                    await asyncio.sleep(0.02)
+            # The other worker's scan comes first (the owner has not noticed yet): it adopts
+            # the owner's session while devices send.
+            scan = asyncio.create_task(OrphanSessions(other.state.mqtt_bridge).scan())
+            await _publish(open_broker, devices, per_device=50)
+            await scan
+            await _all_stored_once(owner, devices, expected=200)
+
+            # The owner holds its session's lock again, and its session is recorded.
+            async def owner_holds_its_lock() -> bool:
+                async with engine.connect() as probe:
+                    taken = await probe.scalar(
+                        text("SELECT pg_try_advisory_lock(:namespace, :key)"),
+                        {
+                            "namespace": HOMEPOT_NAMESPACE,
+                            "key": lock_key(session_lock(bridge.client_id)),
+                        },
+                    )
+                    if taken:
+                        await probe.execute(
+                            text("SELECT pg_advisory_unlock(:namespace, :key)"),
+                            {
+                                "namespace": HOMEPOT_NAMESPACE,
+                                "key": lock_key(session_lock(bridge.client_id)),
+                            },
+                        )
+                    return not taken
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STORED_WITHIN_SECONDS
+            while not (await owner_holds_its_lock() and bridge.client_id in await _recorded(owner)):
+                assert loop.time() < deadline, "the owner did not take its session's lock back"
+                await asyncio.sleep(0.5)
+            assert bridge.connected.is_set()
+            await _publish(open_broker, devices, per_device=10)
+            await _all_stored_once(owner, devices, expected=240)
+        finally:
+            await engine.dispose()
