@@ -60,7 +60,9 @@ logger = logging.getLogger(__name__)
 # How often each process looks for sessions nobody reads (one upsert and one select).
 SCAN_SECONDS = 5.0
 # A session is drained once nothing came from it for this long and all it sent is stored.
-QUIET_SECONDS = 1.0
+# The broker sends what is queued as soon as acknowledgements free its in-flight window
+# (milliseconds); a message it held back for longer would go with the session's end.
+QUIET_SECONDS = 2.0
 # How often a drain looks at what came and what is stored.
 DRAIN_POLL_SECONDS = 0.05
 # After its owner took a session back (or the broker went away mid-drain), it is left alone
