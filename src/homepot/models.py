@@ -1,4 +1,8 @@
-"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 23 tables."""
+"""Every ORM model, imported once so that the metadata (Alembic, the CLI) sees all 23 tables.
+
+Besides them, the metadata holds ``mqtt_sessions`` (homepot.fleet.models.MqttSession): the
+bridge's bookkeeping of its broker sessions, not data an operator inspects or exports.
+"""
 
 from homepot.analytics.models import (
     EVENT_MODELS,
@@ -17,6 +21,7 @@ from homepot.audit.models import AuditLog
 from homepot.auth.models import User
 from homepot.db import Base
 from homepot.device.models import Device, HealthCheck, MessageReceipt
+from homepot.fleet.models import MqttSession
 from homepot.insights.models import Anomaly, DeviceRisk
 from homepot.job.models import Job, JobExecution
 from homepot.site.models import Site
@@ -58,6 +63,7 @@ __all__ = [
     "JobExecution",
     "JobOutcome",
     "MessageReceipt",
+    "MqttSession",
     "Site",
     "SiteOperatingSchedule",
     "User",

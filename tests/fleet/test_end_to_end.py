@@ -75,7 +75,14 @@ async def fleet_app(backend: str, settings: Settings) -> AsyncIterator[FastAPI]:
             pytest.skip(
                 "no MQTT broker at 127.0.0.1:1883; start it with scripts/ensure-services.sh"
             )
-        fleet = fleet.model_copy(update={"mqtt_url": f"mqtt://{BROKER[0]}:{BROKER[1]}"})
+        # The shortest session expiry: a session this test leaves on the shared broker is
+        # gone a minute later instead of queueing (and dropping) device messages for a day.
+        fleet = fleet.model_copy(
+            update={
+                "mqtt_url": f"mqtt://{BROKER[0]}:{BROKER[1]}",
+                "mqtt_session_expiry_seconds": 60,
+            }
+        )
     application = create_app(settings.model_copy(update={"fleet": fleet}))
     async with LifespanManager(application):
         yield application

@@ -103,6 +103,37 @@ async def _errors(app: FastAPI, device_id: str, code: str) -> list[Any]:
     return await db_rows(app, ErrorLog, device_id=device_id, error_code=code)
 
 
+# The burst fails when nothing more is stored for this long (each 0.25 s poll flushes the
+# recorder, and the bridge stores batches of up to 200 messages).
+STALL_SECONDS = 30.0
+
+
+async def _why_not_stored(
+    app: FastAPI, device_ids: list[str], stored: tuple[int, int], expected: int
+) -> str:
+    """What tells the causes apart: a bridge still storing (it received everything: slow), a
+    bridge that was disconnected (the broker queues 1,000 for an absent session, then drops),
+    or another member of the share group (it takes an equal share of samples and heartbeats:
+    (750, 750) with one, measured)."""
+    bridge = app.state.mqtt_bridge
+    outages = await db_rows(app, ErrorLog, error_code="MQTT_DISCONNECTED")
+    async with app.state.session_factory() as session:
+        # A message dropped and logged (a handler that failed) is acknowledged too.
+        rows = await session.execute(
+            select(ErrorLog.error_code, func.count())
+            .where(ErrorLog.device_id.in_(device_ids))
+            .group_by(ErrorLog.error_code)
+        )
+        dropped = {code: count for code, count in rows}
+    return (
+        f"stored (samples, heartbeats) {stored} of {expected}, nothing more for"
+        f" {STALL_SECONDS:.0f} s; the bridge received"
+        f" {bridge.stats['received']} messages, acknowledged {bridge.stats['acknowledged']},"
+        f" holds {bridge.snapshot()['waiting']} unstored; {len(outages)} broker outages;"
+        f" errors logged for the devices: {dropped or 'none'}"
+    )
+
+
 async def test_a_burst_of_3000_messages_is_stored_exactly_once(mqtt_app: FastAPI) -> None:
     """More than Mosquitto queues for a slow subscriber (1,000 beyond the in-flight window),
     published as fast as the devices can: every sample and every heartbeat lands once."""
@@ -121,10 +152,15 @@ async def test_a_burst_of_3000_messages_is_stored_exactly_once(mqtt_app: FastAPI
     await asyncio.gather(*(send(device_id, key) for device_id, key in devices))
     device_ids = [device_id for device_id, _ in devices]
     expected = len(devices) * per_device
+    # A loss shows as a count that stops growing; a slow bridge (a loaded machine) as one
+    # that grows late. Only the first fails: the test is about exactly once, not speed.
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 90
+    last_growth, seen = loop.time(), (0, 0)
     while (stored := await _stored(mqtt_app, device_ids)) != (expected, expected):
-        assert loop.time() < deadline, f"stored (samples, heartbeats) {stored} of {expected}"
+        if stored != seen:
+            last_growth, seen = loop.time(), stored
+        elif loop.time() - last_growth >= STALL_SECONDS:
+            pytest.fail(await _why_not_stored(mqtt_app, device_ids, stored, expected))
         await asyncio.sleep(0.25)
     # Nothing arrives late, twice.
     await asyncio.sleep(1)

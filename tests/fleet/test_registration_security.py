@@ -247,9 +247,9 @@ async def test_key_caches_are_invalidated_whenever_a_device_key_changes(
 
 @pytest.fixture
 async def mqtt_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(
-        settings.model_copy(update={"fleet": FleetSettings(mqtt_url=BROKER_URL)})
-    )
+    # A minute's session expiry (the shortest): the shared broker forgets the session soon.
+    fleet = FleetSettings(mqtt_url=BROKER_URL, mqtt_session_expiry_seconds=60)
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
     async with LifespanManager(application):
         yield application
 

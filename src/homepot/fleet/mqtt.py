@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import socket
@@ -75,6 +76,7 @@ from homepot.fleet.broker_accounts import (
     sync_device_accounts,
 )
 from homepot.fleet.device_keys import DeviceKeyCache
+from homepot.fleet.mqtt_orphans import OrphanSessions, session_lock
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.fleet.uplink_store import (
     DATABASE_PROBE_SECONDS,
@@ -127,6 +129,9 @@ STARTUP_WAIT_SECONDS = 3.0
 # often the others check whether it is free (the holder's own check proves it still holds it).
 UPLINK_LEADERSHIP = "homepot-mqtt-uplink"
 UPLINK_LEADERSHIP_CHECK_SECONDS = 2.0
+# While another process drains this process's session (its predecessor's), the bridge asks
+# for the session's lock this often.
+SESSION_LOCK_RETRY_SECONDS = 1.0
 
 
 class PushUnavailableError(RuntimeError):
@@ -247,12 +252,16 @@ class UplinkBridge:
         ]
         self.keys = DeviceKeyCache()
         self._uplinks = UplinkStore(app, self.keys)
-        self.spool = UplinkSpool(self._settings.analytics.spool_dir / "mqtt" / self.client_id)
+        self.spool = UplinkSpool(self.spool_directory(self.client_id))
         self._spool_wake = asyncio.Event()
         self._accounts = password_file(self._settings.fleet)
         # Which connection is current: acknowledgements are for that connection's messages.
         self._generation = 0
         self._client_now: aiomqtt.Client | None = None
+        # Connections to sessions nobody else reads (homepot.fleet.mqtt_orphans), by the
+        # generation their messages carry: negative, apart from this bridge's own.
+        self._adopted: dict[int, _Adoption] = {}
+        self._adoptions = itertools.count(-2, -1)
         # Set once the first connection attempt has finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
         self.connected = asyncio.Event()
@@ -262,6 +271,8 @@ class UplinkBridge:
             "spooled": 0,
             "replayed": 0,
             "spool_failures": 0,
+            "orphaned_sessions_ended": 0,
+            "orphaned_messages": 0,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -281,7 +292,56 @@ class UplinkBridge:
     def _set_channel(self, channel: PushChannel) -> None:
         self._app.state.push_channel = channel
 
-    def _client(self) -> aiomqtt.Client:
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def broker(self) -> str:
+        """The broker as the server names it (its sessions live there)."""
+        return f"{self._host}:{self._port}"
+
+    @property
+    def session_factory(self) -> async_sessionmaker[AsyncSession]:
+        return self._session_factory
+
+    @property
+    def leadership(self) -> Leadership | None:
+        return self._leadership()
+
+    def spool_directory(self, client_id: str) -> Path:
+        return self._settings.analytics.spool_dir / "mqtt" / client_id
+
+    def session_client(self, client_id: str, *, ending: bool = False) -> aiomqtt.Client:
+        """A connection to another session of the group, to drain it (or, ``ending``, a
+        clean start with session expiry 0 that ends it)."""
+        return self._client(client_id, ending=ending)
+
+    def open_adoption(self, client: aiomqtt.Client) -> int:
+        """Messages from ``client`` go through the bridge's workers, acknowledged on it."""
+        generation = next(self._adoptions)
+        self._adopted[generation] = _Adoption(client)
+        return generation
+
+    def receive_adopted(self, message: aiomqtt.Message, generation: int) -> None:
+        self._adopted[generation].unsettled += 1
+        self._enqueue(IncomingMessage.of(message, generation))
+
+    def unsettled(self, generation: int) -> int:
+        """How many of the adopted connection's messages are not yet stored (or spooled)."""
+        return self._adopted[generation].unsettled
+
+    def close_adoption(self, generation: int) -> None:
+        self._adopted.pop(generation, None)
+
+    async def replay_spool_of(self, client_id: str) -> bool:
+        """Store what an adopted session's process spooled on this host and left; True once
+        nothing of it is left (the database may not answer)."""
+        spool = UplinkSpool(self.spool_directory(client_id))
+        await self._replay_backlog(spool)
+        return not spool.has_backlog()
+
+    def _client(self, identifier: str | None = None, *, ending: bool = False) -> aiomqtt.Client:
         fleet = self._settings.fleet
         tls = None
         if self._address.tls:
@@ -294,19 +354,22 @@ class UplinkBridge:
         if fleet.mqtt_protocol == "5":
             connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             connect.ReceiveMaximum = fleet.mqtt_max_unacknowledged
-            connect.SessionExpiryInterval = fleet.mqtt_session_expiry_seconds
+            # Ending a session: a clean start, and no expiry (0) once this connection closes.
+            if not ending:
+                connect.SessionExpiryInterval = fleet.mqtt_session_expiry_seconds
             session = {
                 "protocol": aiomqtt.ProtocolVersion.V5,
-                "clean_start": False,
+                "clean_start": ending,
                 "properties": connect,
             }
         else:
             # 3.1.1 has no Receive Maximum: the broker's own in-flight limit bounds what it
             # sends unacknowledged (NATS: mqtt.max_ack_pending; Mosquitto: max_inflight).
-            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        identifier = self.client_id
-        if not self._shared and self.reads_uplink:
-            identifier = f"{self._base_client_id[:120]}-uplink"
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": ending}
+        if identifier is None:
+            identifier = self.client_id
+            if not self._shared and self.reads_uplink:
+                identifier = f"{self._base_client_id[:120]}-uplink"
         client = aiomqtt.Client(
             self._host,
             self._port,
@@ -332,12 +395,36 @@ class UplinkBridge:
         return secret_from_key_hash(key_hash) if key_hash is not None else None
 
     async def _take_slot(self) -> None:
-        """On PostgreSQL without a configured client id: this process's own, ``-<slot>``."""
-        leadership: Leadership | None = getattr(self._app.state, "leadership", None)
-        if self._settings.fleet.mqtt_client_id or leadership is None:
+        """On PostgreSQL without a configured client id: this process's own, ``-<slot>``;
+        with shared subscriptions, then the lock of the session named after it."""
+        leadership = self._leadership()
+        if leadership is None or not leadership.distributed:
             return
-        if not leadership.distributed:
-            return
+        if not self._settings.fleet.mqtt_client_id:
+            await self._take_numbered_client_id(leadership)
+        if self._shared:
+            await self._hold_session_lock(leadership)
+            # Read now: a process that drained this session meanwhile replayed its spool.
+            self.spool = UplinkSpool(self.spool_directory(self.client_id))
+
+    async def _hold_session_lock(self, leadership: Leadership) -> None:
+        """Hold the lock of this process's session for its life: no other process adopts it
+        (homepot.fleet.mqtt_orphans). While another process drains it (this process's
+        predecessor's session, found orphaned), wait: it ends the session, then lets go."""
+        lock = session_lock(self.client_id)
+        waiting_logged = False
+        while not await leadership.holds(lock):
+            if not waiting_logged:
+                waiting_logged = True
+                logger.warning(
+                    "MQTT bridge: waiting for the lock of session %s (another process is"
+                    " draining it, or uses the same client id, or the database does not"
+                    " answer)",
+                    self.client_id,
+                )
+            await asyncio.sleep(SESSION_LOCK_RETRY_SECONDS)
+
+    async def _take_numbered_client_id(self, leadership: Leadership) -> None:
         delays = BROKER_RECONNECT.delays()
         while True:
             try:
@@ -350,7 +437,7 @@ class UplinkBridge:
                 )
                 await asyncio.sleep(delay)
         self.client_id = f"{self._base_client_id[:120]}-{slot}"
-        self.spool = UplinkSpool(self._settings.analytics.spool_dir / "mqtt" / self.client_id)
+        self.spool = UplinkSpool(self.spool_directory(self.client_id))
 
     def _leadership(self) -> Leadership | None:
         leadership: Leadership | None = getattr(self._app.state, "leadership", None)
@@ -382,6 +469,11 @@ class UplinkBridge:
         await self._prepare()
         workers = [asyncio.create_task(self._work(queue)) for queue in self._queues]
         workers.append(asyncio.create_task(self._replay_spool()))
+        if self._shared:
+            orphans = OrphanSessions(self)
+            # Recorded before the broker ever holds it, so that it cannot be left unknown.
+            await orphans.record_own_session()
+            workers.append(asyncio.create_task(orphans.run()))
         stop_keeping_accounts: Callable[[], None] | None = None
         if self._accounts is not None:
             # A device deleted or given a new key anywhere in this process loses or changes
@@ -561,6 +653,12 @@ class UplinkBridge:
             self._acknowledge(incoming)
 
     def _acknowledge(self, incoming: IncomingMessage) -> None:
+        adoption = self._adopted.get(incoming.generation)
+        if adoption is not None:
+            adoption.unsettled -= 1
+            if incoming.qos > 0 and adoption.client._client.is_connected():
+                adoption.client._client.ack(incoming.mid, incoming.qos)
+            return
         client = self._client_now
         if client is None or incoming.generation != self._generation or incoming.qos == 0:
             # Its connection is gone: the broker sends it again, and it is recognised then
@@ -620,9 +718,10 @@ class UplinkBridge:
             except Exception:  # the replayer must outlive any single failure
                 logger.exception("MQTT spool replay failed unexpectedly")
 
-    async def _replay_backlog(self) -> None:
-        while self.spool.has_backlog():
-            oldest = await asyncio.to_thread(self.spool.oldest)
+    async def _replay_backlog(self, spool: UplinkSpool | None = None) -> None:
+        spool = spool or self.spool
+        while spool.has_backlog():
+            oldest = await asyncio.to_thread(spool.oldest)
             if oldest is None:
                 return
             path, messages = oldest
@@ -633,7 +732,7 @@ class UplinkBridge:
                 if len(outage.unsettled) < len(batch):
                     # Keep only what is left, so that nothing stored is stored again.
                     await asyncio.to_thread(
-                        self.spool.rewrite,
+                        spool.rewrite,
                         path,
                         [
                             SpooledMessage(item.topic, item.payload, item.verified)
@@ -641,7 +740,7 @@ class UplinkBridge:
                         ],
                     )
                 return
-            await asyncio.to_thread(self.spool.done, path)
+            await asyncio.to_thread(spool.done, path)
             self.stats["replayed"] += len(batch)
             logger.info("replayed %d spooled device messages from %s", len(batch), path.name)
 
@@ -654,6 +753,14 @@ class UplinkBridge:
             await self._uplinks.store_incoming(batch)
         except DatabaseUnavailable as outage:
             await self._spool_batch(outage.unsettled)
+
+
+class _Adoption:
+    """A connection to an adopted session, and how many of its messages are not settled."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.unsettled = 0
 
 
 async def next_batch(queue: asyncio.Queue[T]) -> list[T]:
