@@ -20,9 +20,17 @@ from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics, ErrorLog, JobOutcome
 from homepot.config import FleetSettings, Settings
 from homepot.device.models import Device, HealthCheck
-from homepot.fleet.mqtt import MqttChannel, PushUnavailableError, UnavailableChannel
+from homepot.fleet.mqtt import (
+    UPLINK_LEADERSHIP,
+    UPLINK_LEADERSHIP_CHECK_SECONDS,
+    MqttChannel,
+    PushUnavailableError,
+    UnavailableChannel,
+)
 from homepot.job.models import ExecutionStatus, Job, JobExecution, JobStatus, JobTargetType
 from homepot.kit.keys import hash_key, new_device_key
+from homepot.kit.retry import Backoff
+from homepot.kit.singleton import Leadership
 from homepot.main import create_app
 from homepot.protocol.channels import InProcessChannel
 from homepot.protocol.messages import (
@@ -466,6 +474,51 @@ async def test_the_bridge_reconnects_after_the_broker_restarts(
         await flush(application)
         [outage] = await db_rows(application, ErrorLog, error_code="MQTT_DISCONNECTED")
         assert outage.severity == "error"
+
+
+async def test_a_reader_cut_off_from_its_broker_lets_the_uplink_go_for_good(
+    backend: str, settings: Settings, open_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without shared subscriptions one process reads the uplink (an advisory lock). When its
+    broker goes away it resigns, so that a process that reaches a broker reads; it must not
+    take the lock back while it waits to reconnect (its role watcher did, two seconds
+    later, and no other process ever read the uplink again)."""
+    if backend != "postgresql":
+        pytest.skip("the uplink's lock is a PostgreSQL advisory lock; SQLite runs one process")
+    fleet = mqtt_fleet(
+        f"mqtt://{BROKER_HOST}:{open_broker.port}",
+        mqtt_protocol="3.1.1",
+        mqtt_shared_subscription=False,
+    )
+    # Waits between reconnections longer than a role check: the bridge's first wait is where
+    # the watcher took the lock back (at the default backoff, now and then).
+    monkeypatch.setattr("homepot.fleet.mqtt.BROKER_RECONNECT", Backoff(initial=8, maximum=8))
+    application = create_app(settings.model_copy(update={"fleet": fleet}))
+    async with LifespanManager(application):
+        bridge = application.state.mqtt_bridge
+        leadership = application.state.leadership
+
+        async def reads() -> bool:
+            return bool(bridge.reads_uplink and bridge.connected.is_set())
+
+        await _eventually(reads, within=15)
+        assert leadership.leads(UPLINK_LEADERSHIP)
+
+        open_broker.stop()
+
+        async def resigned() -> bool:
+            return not leadership.leads(UPLINK_LEADERSHIP)
+
+        await _eventually(resigned, within=15)
+        # Several role checks later (every UPLINK_LEADERSHIP_CHECK_SECONDS), still let go,
+        # and another process can take the lock.
+        await asyncio.sleep(3 * UPLINK_LEADERSHIP_CHECK_SECONDS)
+        assert not leadership.leads(UPLINK_LEADERSHIP)
+        other = Leadership(application.state.engine)
+        try:
+            assert await other.holds(UPLINK_LEADERSHIP)
+        finally:
+            await other.release()
 
 
 @requires_broker

@@ -524,6 +524,14 @@ class UplinkBridge:
                 except Exception as exc:  # the broker's failures, and anything unforeseen
                     self.connected.clear()
                     self._client_now = None
+                    if watcher is not None:
+                        # Before anything else: left running through the resignation and the
+                        # backoff below, it would take the uplink's lock straight back, and
+                        # no other process would ever read the uplink.
+                        watcher.cancel()
+                        with contextlib.suppress(BaseException):
+                            await watcher
+                        watcher = None
                     if self._switching_role:
                         self._switching_role = False
                         continue
