@@ -26,10 +26,10 @@ from pydantic_core import PydanticCustomError, to_json
 from homepot.analytics.models import Source
 from homepot.db import utcnow
 from homepot.kit.jsonlimits import JsonLimits, StoredJson
+from homepot.kit.localtime import LocalTime
 from homepot.kit.query import StrictQuery
 from homepot.kit.streams import StreamQuery
 from homepot.kit.timeranges import UtcDatetime, representable_utc
-from homepot.site.schemas import LocalTime
 
 MAX_ACTIVITY_BATCH = 100
 MAX_JSON_BYTES = 4096

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from homepot.analytics.schemas import Id64
 from homepot.job.schemas import JobType
+from homepot.kit.localtime import LocalTime
 from homepot.kit.streams import StreamQuery
-from homepot.site.schemas import DAY_NAMES, LocalTime
+from homepot.site.schemas import DAY_NAMES
 
 MetricName = Literal[
     "cpu", "memory", "disk", "network_latency", "error_rate", "transactions", "reporting"

@@ -2,24 +2,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, time
+from datetime import datetime
 from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
-    WithJsonSchema,
     computed_field,
     field_validator,
     model_validator,
 )
 
 from homepot.kit.jsonlimits import JsonObject, StoredJsonObject
+from homepot.kit.localtime import LocalTime
 from homepot.kit.pagination import ListQuery
 
 PUBLIC_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,62}$"
@@ -140,34 +138,6 @@ class SiteRead(BaseModel):
     simulated: bool = Field(description="A store of the simulation, not a real one")
     created_at: datetime
     updated_at: datetime
-
-
-_LOCAL_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")
-
-
-def _parse_local_time(value: Any) -> Any:
-    if isinstance(value, time) or value is None:
-        return value
-    if not isinstance(value, str) or not _LOCAL_TIME.match(value):
-        raise ValueError(f"expected a local time as HH:MM or HH:MM:SS (e.g. 08:30); got {value!r}")
-    return time.fromisoformat(value)
-
-
-# A wall-clock time of the site, without an offset: JSON Schema's "format: time" (RFC 3339)
-# requires one, so the schema states the pattern instead. Written as HH:MM:SS.
-LocalTime = Annotated[
-    time,
-    BeforeValidator(_parse_local_time),
-    PlainSerializer(lambda moment: moment.strftime("%H:%M:%S"), return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": _LOCAL_TIME.pattern,
-            "description": "Local to the site's time zone, HH:MM or HH:MM:SS (no offset)",
-            "examples": ["08:00"],
-        }
-    ),
-]
 
 
 class ScheduleWrite(BaseModel):
