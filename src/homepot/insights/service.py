@@ -37,6 +37,7 @@ from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
 from homepot.insights.models import Anomaly
 from homepot.insights.reconcile import extend_anomaly, new_anomaly, reconcile
+from homepot.kit.offload import compute, fetch_in_slices
 from homepot.kit.singleton import single_run
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
@@ -119,7 +120,6 @@ async def _load(
     """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``,
     read a day (``LOAD_SPAN_BINS``) per statement: a chunk's two weeks of history in one
     statement hit the server's statement timeout on 10 M rows."""
-    np = det.numpy()
     bucket = epoch_bin(DeviceMetrics.timestamp, det.BIN_SECONDS).label("bucket")
     interval = func.coalesce(DeviceMetrics.collection_interval_seconds, det.BIN_SECONDS)
     with_count = DeviceMetrics.transaction_count.is_not(None)
@@ -144,7 +144,17 @@ async def _load(
             .group_by(DeviceMetrics.device_id, bucket)
         )
         # Core rows, not the ORM's: this is the bulk of a scan's reading.
-        rows += (await connection.execute(statement)).all()
+        rows += await fetch_in_slices(connection, statement)
+    # A chunk's history is up to a million rows: turned into arrays off the event loop.
+    return await compute(_bins_from_rows, rows, device_ids, first_bin, end_bin)
+
+
+def _bins_from_rows(
+    rows: Sequence[Any], device_ids: Sequence[str], first_bin: int, end_bin: int
+) -> tuple[dict[str, Any], IntArray]:
+    """The rows of :func:`_load` as one array per metric (a row per device, a column per bin)
+    and the sample counts."""
+    np = det.numpy()
     width = end_bin - first_bin
     row_of = {device_id: index for index, device_id in enumerate(device_ids)}
     values = {spec.name: np.full((len(device_ids), width), np.nan) for spec in det.METRICS}
@@ -437,20 +447,15 @@ async def prepare_chunk(
         session, state, ids, context_bin, end_bin, first_day - HISTORY_BINS if refresh else None
     )
     day_baselines: dict[str, list[tuple[int, int, BucketBaseline]]] = {}
-    shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
+    fresh: dict[int, dict[str, BucketBaseline]] = {}
+    if history is not None:
+        shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
+        missing = [day for day in days if cached[day] is None]
+        fresh = await compute(_history_baselines, history, missing, shifts)
     for day in days:
         baselines = cached[day]
-        if baselines is None and history is not None:
-            past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
-            baselines = {
-                spec.name: det.bucket_baseline(
-                    history.values[spec.name][:, past],
-                    day - HISTORY_BINS,
-                    shifts,
-                    spec.scale_floor,
-                )
-                for spec in det.METRICS
-            }
+        if baselines is None and day in fresh:
+            baselines = fresh[day]
             state.baselines.put(ids, day, baselines)
         if baselines is None:  # the server, before this chunk's turn: yesterday's will do
             baselines = state.baselines.get(ids, day - det.BINS_PER_DAY)
@@ -487,6 +492,23 @@ async def prepare_chunk(
     return chunk, day_baselines
 
 
+def _history_baselines(
+    history: _Bins, days: Sequence[int], shifts: IntArray
+) -> dict[int, dict[str, BucketBaseline]]:
+    """Each day's hour-of-week baselines of every metric, from the ``HISTORY_BINS`` before
+    it in ``history``: the bulk of a chunk's first pass, computed off the event loop."""
+    baselines = {}
+    for day in days:
+        past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
+        baselines[day] = {
+            spec.name: det.bucket_baseline(
+                history.values[spec.name][:, past], day - HISTORY_BINS, shifts, spec.scale_floor
+            )
+            for spec in det.METRICS
+        }
+    return baselines
+
+
 async def _scan_chunk(
     session: AsyncSession,
     fleet: _Fleet,
@@ -519,7 +541,8 @@ async def _scan_chunk(
     chunk, day_baselines = await prepare_chunk(
         session, fleet, devices, span, state, budget, known_silent
     )
-    episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
+    # The chunk is plain arrays and dataclasses; its memo is this pass's alone until it ends.
+    episodes, _ = await compute(det.detect, chunk, det.CONTEXT_BINS, day_baselines)
     reconcile(
         session,
         stored,
