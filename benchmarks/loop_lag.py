@@ -9,11 +9,14 @@ verdict, and the rollups of it all. The real application runs in this process (h
 ASGI, lifespan on, its own background services idle: their intervals are set far away) so
 that each pass can be run on demand, exactly the function the service calls:
 
+- ``no pass (5 s idle)``: the reference, the same requests with no pass running;
 - ``insights scan (first pass)``: a fresh server's first pass (the 6 h window; every chunk's
   bins loaded, one chunk's 14-day baselines computed);
 - ``insights scan (next pass)``: a minute of new samples, then the next pass, as every minute;
 - ``risk scoring (model)``: every device scored with a trained model (features per device);
-- ``risk scoring (anomalies)``, ``impact evaluator``, ``rollups``, ``device watchdog``.
+- ``risk scoring (anomalies)``, ``impact evaluator``, ``rollups``, ``device watchdog``;
+- ``config impact report (request)``: not a pass but a request whose computation is as long
+  (``GET /api/v1/insights/config-impact`` over the changes above).
 
 While a pass runs, two things are measured: a lag probe (a task that sleeps 10 ms, over and
 over, and records how late it wakes: the longest lateness is the longest the loop was held)
@@ -332,13 +335,17 @@ async def run(url: str, args: argparse.Namespace) -> list[tuple[str, str, Measur
             server_state = ScanState(baseline_refresh_devices=settings.insights.chunk_devices)
             await scan(engine, now - timedelta(hours=6), now, state=server_state)
 
+            # The minutes of samples the next passes will find, written now: generating them
+            # in this process would hold the loop inside the measured pass.
+            for ahead in range(1, 2 * args.rounds + 1):
+                until = now + timedelta(minutes=ahead)
+                await write(
+                    engine, samples(ids, until - timedelta(minutes=1), until, 30, seed=10 + ahead)
+                )
+
             async def next_scan() -> None:
                 minute[0] += 1
                 until = now + timedelta(minutes=minute[0])
-                await write(
-                    engine,
-                    samples(ids, until - timedelta(minutes=1), until, 30, seed=10 + minute[0]),
-                )
                 await scan(engine, until - timedelta(minutes=15), until, state=server_state)
 
             async def with_session(step: Callable[[Any], Awaitable[Any]]) -> None:
@@ -358,7 +365,23 @@ async def run(url: str, args: argparse.Namespace) -> list[tuple[str, str, Measur
                     app.state.session_factory, app.state.recorder, settings, now
                 )
 
+            async def config_impact_report() -> None:
+                # A request, not a pass: its computation holds the loop all the same.
+                response = await client.get(
+                    "/api/v1/insights/config-impact",
+                    params={
+                        "since": (now - timedelta(hours=2)).isoformat(),
+                        "until": now.isoformat(),
+                        "window_minutes": "10",
+                    },
+                    headers=headers,
+                )
+                if response.status_code != 200:
+                    raise RuntimeError(f"config impact: {response.status_code} {response.text}")
+
             passes: dict[str, Callable[[], Awaitable[Any]]] = {
+                # The reference: the same requests with no pass running (the passes off).
+                "no pass (5 s idle)": lambda: asyncio.sleep(5),
                 "insights scan (first pass)": first_scan,
                 "insights scan (next pass)": next_scan,
                 "risk scoring (model)": lambda: with_session(
@@ -368,6 +391,7 @@ async def run(url: str, args: argparse.Namespace) -> list[tuple[str, str, Measur
                     lambda s: score_from_anomalies(s, now)
                 ),
                 "impact evaluator": impact,
+                "config impact report (request)": config_impact_report,
                 "rollups": lambda: roll_up_new_rows(engine),
                 "device watchdog": lambda: mark_silent_devices_offline(
                     app.state.session_factory, app.state.recorder, settings

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time as clock
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -161,9 +161,9 @@ def _bins_from_rows(
     counts = np.zeros((len(device_ids), width), dtype=np.int64)
     if not rows:
         return values, counts
-    table = np.array([row[2:] for row in rows], dtype=np.float64)
-    device_rows = np.array([row_of[row[0]] for row in rows])
-    columns = np.array([int(row[1]) for row in rows]) - first_bin
+    table = _sliced_array(rows, lambda row: row[2:], np.float64)
+    device_rows = _sliced_array(rows, lambda row: row_of[row[0]], np.int64)
+    columns = _sliced_array(rows, lambda row: int(row[1]), np.int64) - first_bin
     inside = (columns >= 0) & (columns < width)
     device_rows, columns, table = device_rows[inside], columns[inside], table[inside]
     counts[device_rows, columns] = table[:, 0]
@@ -173,6 +173,22 @@ def _bins_from_rows(
         rate = table[:, -2] * 60 / table[:, -1]
     values["transactions"][device_rows, columns] = np.where(table[:, -1] > 0, rate, np.nan)
     return values, counts
+
+
+# Rows per numpy conversion: one np.array() call over a list holds the GIL throughout (a
+# chunk's million rows: ~0.3 s), and with it the event loop; between two calls it can run.
+CONVERT_ROWS: Final = 10_000
+
+
+def _sliced_array(rows: Sequence[Any], convert: Callable[[Any], Any], dtype: Any) -> Any:
+    """``np.array([convert(row) for row in rows], dtype)``, ``CONVERT_ROWS`` at a time."""
+    np = det.numpy()
+    return np.concatenate(
+        [
+            np.array([convert(row) for row in rows[start : start + CONVERT_ROWS]], dtype=dtype)
+            for start in range(0, len(rows), CONVERT_ROWS)
+        ]
+    )
 
 
 def _bin_mask(intervals: Sequence[tuple[datetime, datetime]], first_bin: int, width: int) -> Any:
