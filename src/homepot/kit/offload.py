@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
@@ -72,20 +72,36 @@ def inline_computation() -> Iterator[None]:
 FETCH_SLICE_ROWS = 2000
 
 
+async def stream_in_slices(
+    executor: AsyncSession | AsyncConnection,
+    statement: Executable,
+    *,
+    slice_rows: int = FETCH_SLICE_ROWS,
+) -> AsyncIterator[list[Row[Any]]]:
+    """The rows of ``statement``, fetched and converted ``slice_rows`` at a time (a cursor on
+    the server), the event loop getting its turn between two slices: ``.all()`` on a pass's
+    million rows held the loop for as long as converting all of them took. Under
+    :func:`inline_computation`, that ``.all()`` again, as one slice.
+
+    A caller that turns each slice into arrays before the next keeps few Row objects alive:
+    a million of them made each of Python's full garbage collections, which hold the GIL
+    and so the loop, take 0.1-0.3 s (measured: benchmarks/loop_lag.py)."""
+    if _inline.get():
+        yield list((await executor.execute(statement)).all())
+        return
+    result = await executor.stream(statement)
+    async for part in result.partitions(slice_rows):
+        yield list(part)
+
+
 async def fetch_in_slices(
     executor: AsyncSession | AsyncConnection,
     statement: Executable,
     *,
     slice_rows: int = FETCH_SLICE_ROWS,
 ) -> list[Row[Any]]:
-    """Every row of ``statement``, fetched and converted ``slice_rows`` at a time (a cursor
-    on the server), the event loop getting its turn between two slices: ``.all()`` on a
-    pass's million rows held the loop for as long as converting all of them took. Under
-    :func:`inline_computation` it is that ``.all()`` again."""
-    if _inline.get():
-        return list((await executor.execute(statement)).all())
-    result = await executor.stream(statement)
+    """Every row of ``statement``, fetched as :func:`stream_in_slices` does."""
     rows: list[Row[Any]] = []
-    async for part in result.partitions(slice_rows):
+    async for part in stream_in_slices(executor, statement, slice_rows=slice_rows):
         rows.extend(part)
     return rows
