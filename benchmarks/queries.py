@@ -514,6 +514,8 @@ async def measure(
     # The background tasks start inside the lifespan and inherit this context.
     with inline_computation() if background == "inline" else nullcontext():
         async with LifespanManager(app, startup_timeout=120, shutdown_timeout=300):
+            lags: list[float] = []
+            probe = asyncio.create_task(loop_lag_probe(lags))
             async with app.state.session_factory() as session, session.begin():
                 with suppress(EmailTaken):  # a kept database was measured before
                     await create_user(
@@ -616,7 +618,23 @@ async def measure(
                         results.append(
                             (f"{scope} chart query ({label})", "7 days", "-", *stats(samples), None)
                         )
+            probe.cancel()
+            console.print(
+                f"event loop during the reads: longest block {max(lags):.0f} ms, p99 "
+                f"{percentile(lags, 0.99):.0f} ms, {sum(lag > 100 for lag in lags)} of "
+                f"{len(lags)} wake-ups more than 100 ms late (a 10 ms sleep, over and over); "
+                f"passes run: {app.state.leadership.passes}"
+            )
     return results
+
+
+async def loop_lag_probe(lags: list[float]) -> None:
+    """Sleeps 10 ms over and over and records how late it woke (ms): how long the event loop
+    was held by something else (a background pass's computation, a request)."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.010)
+        lags.append((time.perf_counter() - started - 0.010) * 1000)
 
 
 async def retention_and_explain(url: str, now: datetime) -> None:
