@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,7 +12,7 @@ from sqlalchemy import Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.insights.models import Anomaly, AnomalyStatus, DeviceRisk
-from homepot.kit.offload import compute
+from homepot.kit.offload import compute, fetch_in_slices
 
 if TYPE_CHECKING:
     from homepot.insights.features import History
@@ -145,22 +145,31 @@ async def score_from_anomalies(session: AsyncSession, now: datetime) -> int:
     maintenance window counts for nothing. A device whose episodes ended drops to 0. Returns
     how many rows were stored. The rows say ``model = "anomalies"``.
     """
-    from sqlalchemy import select
-
     from homepot.device.models import Device
 
     devices = dict((await session.execute(select(Device.device_id, Device.site_id))).all())
-    active = await session.scalars(
-        select(Anomaly).where(
+    # Plain columns, not ORM objects, handed to the compute thread.
+    active = await fetch_in_slices(
+        session,
+        select(Anomaly.device_id, Anomaly.score, Anomaly.metric, Anomaly.explanation)
+        .where(
             Anomaly.device_id.is_not(None),
             Anomaly.ended_at.is_(None),
             Anomaly.status != AnomalyStatus.resolved.value,
             Anomaly.expected_maintenance.is_(False),
         )
+        .order_by(Anomaly.id),
     )
-    episodes: dict[str, list[Anomaly]] = {}
+    scores = await compute(_anomaly_scores, devices, active)
+    return await _store_changed(
+        session, scores, now=now, horizon=ANOMALY_HORIZON_MINUTES, model="anomalies"
+    )
+
+
+def _anomaly_scores(devices: Mapping[str, str | None], active: Sequence[Any]) -> list[Score]:
+    """Each device's risk from its active episodes (device_id, score, metric, explanation)."""
+    episodes: dict[str, list[Any]] = {}
     for episode in active:
-        assert episode.device_id is not None
         episodes.setdefault(episode.device_id, []).append(episode)
     scores = []
     for device_id, site_id in sorted(devices.items()):
@@ -179,9 +188,7 @@ async def score_from_anomalies(session: AsyncSession, now: datetime) -> int:
                 ],
             )
         )
-    return await _store_changed(
-        session, scores, now=now, horizon=ANOMALY_HORIZON_MINUTES, model="anomalies"
-    )
+    return scores
 
 
 async def score_devices(session: AsyncSession, model: RiskModel, now: datetime) -> int:
