@@ -35,10 +35,12 @@ from homepot.kit.offload import compute, inline_computation
 from homepot.site.models import Site
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-DEVICES = 2500
-# Generous for a loaded 2-core machine: off the loop, the probe wakes within a few switch
-# intervals of the GIL (5 ms each); inline, this fleet holds the loop for over a second.
-BOUND_MS = 250.0
+DEVICES = 4000
+# Generous for a loaded 2-core machine: off the loop the probe wakes within a few switch
+# intervals of the GIL (5 ms each) on a quiet machine (measured 10-60 ms), 285-414 ms with
+# two busy processes more than the two cores (load average 8, SQLite: its driver's thread
+# wants the GIL too); inline, this fleet holds the loop for 1.5 s on a quiet machine.
+BOUND_MS = 500.0
 PROBE_SECONDS = 0.010
 T = TypeVar("T")
 
