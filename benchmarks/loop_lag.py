@@ -28,7 +28,7 @@ alternating (inline, off the loop, inline, ...), so that both see the same machi
 has been held for more than 20 ms, and prints the functions it was found in per pass: what
 to move off the loop next.
 
-Run: ``.venv/bin/python benchmarks/loop_lag.py`` (about 5 minutes; ``--help`` for every knob).
+Run: ``.venv/bin/python benchmarks/loop_lag.py`` (about 8 minutes; ``--help`` for every knob).
 """
 
 from __future__ import annotations
