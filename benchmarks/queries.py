@@ -48,7 +48,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,6 +81,7 @@ from homepot.config import (
 )
 from homepot.db import DatabaseUnreachable, create_engine, run_migrations
 from homepot.device.history import _raw_metrics, bucketed_metrics, chart_buckets
+from homepot.kit.offload import inline_computation
 from homepot.main import create_app
 from homepot.retention.partitions import (
     PARTITIONED_BY_NAME,
@@ -487,120 +488,153 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
 RANGES = {"1 hour": timedelta(hours=1), "1 day": timedelta(days=1), "7 days": timedelta(days=7)}
 
 
+BACKGROUND_MODES = ("off", "on", "inline")
+
+
 async def measure(
-    url: str, args: argparse.Namespace, now: datetime
+    url: str, args: argparse.Namespace, now: datetime, background: str = "off"
 ) -> list[tuple[str, str, str, float, float, float | None]]:
+    """The reads. ``background``: "off" (the insights scanner and the configuration impact
+    evaluator do not run: their first passes on a freshly generated history used to be
+    measured instead of the reads), "on" (both run, the scanner every ``--pass-interval``
+    seconds, as a server does) or "inline" (as "on", their computation on the event loop:
+    the code before homepot.kit.offload, the baseline of "on")."""
+    passes = background != "off"
     settings = Settings(
         database_url=url,
         auth=AuthSettings(secret_key="benchmark-secret-key-long-enough-for-hs256"),
         analytics=AnalyticsSettings(spool_dir=args.spool_dir),
         retention=RetentionSettings(enabled=False),
-        # The configuration impact evaluator and the insights scanner stay off: on this
-        # generated history their first passes (100,000 configuration changes due at once,
-        # 30 days of metrics never scanned) keep the process's CPU busy for many minutes and
-        # would be measured instead of the reads. Their costs are measured where they belong
-        # (insights_scan.py, config_impact.py). The rollup maintenance stays on.
-        insights=InsightsSettings(enabled=False),
-        fleet=FleetSettings(impact_evaluator_interval_seconds=10**9),
+        # The rollup maintenance stays on in every mode.
+        insights=InsightsSettings(enabled=passes, interval_seconds=args.pass_interval),
+        fleet=FleetSettings(impact_evaluator_interval_seconds=30 if passes else 10**9),
     )
     app = create_app(settings)
     results: list[tuple[str, str, str, float, float, float | None]] = []
-    async with LifespanManager(app):
-        async with app.state.session_factory() as session, session.begin():
-            with suppress(EmailTaken):  # a kept database was measured before
-                await create_user(
-                    session,
-                    email="bench@homepot.example",
-                    password="bench-password-1",
-                    role=Role.admin,
-                )
-        transport = ASGITransport(app=app)
-        async with AsyncClient(transport=transport, base_url="http://bench") as client:
-            token = (
-                await client.post(
-                    "/api/v1/auth/token",
-                    data={"username": "bench@homepot.example", "password": "bench-password-1"},
-                )
-            ).json()["access_token"]
-            headers = {"Authorization": f"Bearer {token}"}
-
-            async def get(path: str, params: dict[str, str]) -> None:
-                response = await client.get(path, params=params, headers=headers)
-                if response.status_code != 200:
-                    raise RuntimeError(
-                        f"{path} {params}: {response.status_code} {response.text[:300]}"
+    # The background tasks start inside the lifespan and inherit this context.
+    with inline_computation() if background == "inline" else nullcontext():
+        async with LifespanManager(app, startup_timeout=120, shutdown_timeout=300):
+            lags: list[float] = []
+            probe = asyncio.create_task(loop_lag_probe(lags))
+            async with app.state.session_factory() as session, session.begin():
+                with suppress(EmailTaken):  # a kept database was measured before
+                    await create_user(
+                        session,
+                        email="bench@homepot.example",
+                        password="bench-password-1",
+                        role=Role.admin,
                     )
+            transport = ASGITransport(app=app)
+            async with AsyncClient(transport=transport, base_url="http://bench") as client:
+                token = (
+                    await client.post(
+                        "/api/v1/auth/token",
+                        data={"username": "bench@homepot.example", "password": "bench-password-1"},
+                    )
+                ).json()["access_token"]
+                headers = {"Authorization": f"Bearer {token}"}
 
-            for name, (path, filters) in ENDPOINTS.items():
-                for label, span in RANGES.items():
-                    window = {
-                        "start_date": (now - span).isoformat(),
-                        "end_date": now.isoformat(),
-                        "limit": "100",
-                    }
-                    for filtered in (False, True):
-                        params = {**window, **(filters if filtered else {})}
-                        samples = await timed(args.reps, lambda p=path, q=params: get(p, q))
-                        target = PAGE_TARGET_MS if label == "1 day" else None
-                        results.append(
-                            (name, label, "filtered" if filtered else "-", *stats(samples), target)
+                async def get(path: str, params: dict[str, str]) -> None:
+                    response = await client.get(path, params=params, headers=headers)
+                    if response.status_code != 200:
+                        raise RuntimeError(
+                            f"{path} {params}: {response.status_code} {response.text[:300]}"
                         )
-            for hours in (24, 168):
-                samples = await timed(
-                    args.reps, lambda h=hours: get("/api/v1/overview", {"hours": str(h)})
-                )
-                results.append(
-                    (
-                        "overview (cache warm)",
-                        f"{hours} h",
-                        "-",
-                        *stats(samples),
-                        CHART_TARGET_MS if hours == 168 else None,
+
+                for name, (path, filters) in ENDPOINTS.items():
+                    for label, span in RANGES.items():
+                        window = {
+                            "start_date": (now - span).isoformat(),
+                            "end_date": now.isoformat(),
+                            "limit": "100",
+                        }
+                        for filtered in (False, True):
+                            params = {**window, **(filters if filtered else {})}
+                            samples = await timed(args.reps, lambda p=path, q=params: get(p, q))
+                            target = PAGE_TARGET_MS if label == "1 day" else None
+                            results.append(
+                                (
+                                    name,
+                                    label,
+                                    "filtered" if filtered else "-",
+                                    *stats(samples),
+                                    target,
+                                )
+                            )
+                for hours in (24, 168):
+                    samples = await timed(
+                        args.reps, lambda h=hours: get("/api/v1/overview", {"hours": str(h)})
                     )
-                )
-            cold: list[float] = []
-            for _ in range(max(3, args.reps // 4)):
-                if hasattr(app.state, "fleet_metrics_cache"):
-                    del app.state.fleet_metrics_cache
-                started = time.perf_counter()
-                await get("/api/v1/overview", {"hours": "168"})
-                cold.append((time.perf_counter() - started) * 1000)
-            results.append(("overview (cold cache)", "168 h", "-", *stats(cold), CHART_TARGET_MS))
-            chart = {"since": (now - timedelta(days=7)).isoformat(), "until": now.isoformat()}
-            devices = [
-                f"pos-{i:05d}"
-                for i in range(0, args.terminals, max(1, args.terminals // args.reps))
-            ]
-            samples = []
-            for device in devices[: args.reps]:
-                started = time.perf_counter()
-                await get(f"/api/v1/devices/{device}/metrics", chart)
-                samples.append((time.perf_counter() - started) * 1000)
-            results.append(
-                ("device chart (rollups)", "7 days", "-", *stats(samples), CHART_TARGET_MS)
-            )
-            # The chart's query alone, from the rollups and (baseline) from raw rows.
-            buckets = chart_buckets(now - timedelta(days=7), now, 120)
-            for label, read in (
-                ("rollups", bucketed_metrics),
-                ("baseline: raw rows", _raw_metrics),
-            ):
-                for scope, targets in (("device", devices[: args.reps]), ("fleet", [None] * 3)):
-                    samples = []
-                    for device_id in targets:
-                        async with app.state.session_factory() as session:
-                            started = time.perf_counter()
-                            try:
-                                await read(session, buckets, device_id)
-                            except DatabaseUnreachable:
-                                # Over the server's statement timeout (10 s): counted as
-                                # such, not as an answer (the full run's raw fleet scan).
-                                console.print(f"{scope} chart ({label}): statement timeout")
-                            samples.append((time.perf_counter() - started) * 1000)
                     results.append(
-                        (f"{scope} chart query ({label})", "7 days", "-", *stats(samples), None)
+                        (
+                            "overview (cache warm)",
+                            f"{hours} h",
+                            "-",
+                            *stats(samples),
+                            CHART_TARGET_MS if hours == 168 else None,
+                        )
                     )
+                cold: list[float] = []
+                for _ in range(max(3, args.reps // 4)):
+                    if hasattr(app.state, "fleet_metrics_cache"):
+                        del app.state.fleet_metrics_cache
+                    started = time.perf_counter()
+                    await get("/api/v1/overview", {"hours": "168"})
+                    cold.append((time.perf_counter() - started) * 1000)
+                results.append(
+                    ("overview (cold cache)", "168 h", "-", *stats(cold), CHART_TARGET_MS)
+                )
+                chart = {"since": (now - timedelta(days=7)).isoformat(), "until": now.isoformat()}
+                devices = [
+                    f"pos-{i:05d}"
+                    for i in range(0, args.terminals, max(1, args.terminals // args.reps))
+                ]
+                samples = []
+                for device in devices[: args.reps]:
+                    started = time.perf_counter()
+                    await get(f"/api/v1/devices/{device}/metrics", chart)
+                    samples.append((time.perf_counter() - started) * 1000)
+                results.append(
+                    ("device chart (rollups)", "7 days", "-", *stats(samples), CHART_TARGET_MS)
+                )
+                # The chart's query alone, from the rollups and (baseline) from raw rows.
+                buckets = chart_buckets(now - timedelta(days=7), now, 120)
+                for label, read in (
+                    ("rollups", bucketed_metrics),
+                    ("baseline: raw rows", _raw_metrics),
+                ):
+                    for scope, targets in (("device", devices[: args.reps]), ("fleet", [None] * 3)):
+                        samples = []
+                        for device_id in targets:
+                            async with app.state.session_factory() as session:
+                                started = time.perf_counter()
+                                try:
+                                    await read(session, buckets, device_id)
+                                except DatabaseUnreachable:
+                                    # Over the server's statement timeout (10 s): counted as
+                                    # such, not as an answer (the full run's raw fleet scan).
+                                    console.print(f"{scope} chart ({label}): statement timeout")
+                                samples.append((time.perf_counter() - started) * 1000)
+                        results.append(
+                            (f"{scope} chart query ({label})", "7 days", "-", *stats(samples), None)
+                        )
+            probe.cancel()
+            console.print(
+                f"event loop during the reads: longest block {max(lags):.0f} ms, p99 "
+                f"{percentile(lags, 0.99):.0f} ms, {sum(lag > 100 for lag in lags)} of "
+                f"{len(lags)} wake-ups more than 100 ms late (a 10 ms sleep, over and over); "
+                f"passes run: {app.state.leadership.passes}"
+            )
     return results
+
+
+async def loop_lag_probe(lags: list[float]) -> None:
+    """Sleeps 10 ms over and over and records how late it woke (ms): how long the event loop
+    was held by something else (a background pass's computation, a request)."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.010)
+        lags.append((time.perf_counter() - started - 0.010) * 1000)
 
 
 async def retention_and_explain(url: str, now: datetime) -> None:
@@ -788,6 +822,19 @@ def main() -> None:
         metavar="NAME",
         help="keep the loaded database under this name; reuse it if a previous run loaded it",
     )
+    parser.add_argument(
+        "--background",
+        default="off",
+        help="the server's background passes during the reads, one run of the reads each: "
+        "off, on, inline (on, their computation on the event loop as before), e.g. off,on,inline",
+    )
+    parser.add_argument(
+        "--pass-interval",
+        type=float,
+        default=60,
+        help="seconds between two insights scans with --background on/inline (the server's "
+        "default: 60)",
+    )
     args = parser.parse_args()
     raise_keyboard_interrupt_on_sigterm()
     import tempfile
@@ -820,8 +867,13 @@ def main() -> None:
             console.print(f"rollup backfill of {args.days} days: {elapsed:.0f} s")
             if args.keep:
                 asyncio.run(remember_load(url, now, args))
-        results = asyncio.run(measure(url, args, now))
-        report(results)
+        for background in args.background.split(","):
+            if background not in BACKGROUND_MODES:
+                raise SystemExit(f"--background: {background!r} is not one of {BACKGROUND_MODES}")
+            console.print(f"[bold]reads with the background passes {background}[/]")
+            results = asyncio.run(measure(url, args, now, background))
+            console.print(f"background passes: {background}")
+            report(results)
         asyncio.run(retention_and_explain(url, now))
 
 

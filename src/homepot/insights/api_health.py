@@ -39,6 +39,7 @@ from homepot.analytics.rollups import LATENCY_BOUNDS_MS
 from homepot.insights import detectors as det
 from homepot.insights.models import Anomaly
 from homepot.insights.reconcile import extend_anomaly, new_anomaly, reconcile
+from homepot.kit.offload import compute
 from homepot.kit.timebuckets import epoch_bin
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ async def load_route_bins(session: AsyncSession, first_bin: int, end_bin: int) -
         rows += await _rolled_up_bins(session, start, min(start + det.BINS_PER_DAY, split))
     for start in range(split, end_bin, det.BINS_PER_DAY):
         rows += await raw_bins(session, start, min(start + det.BINS_PER_DAY, end_bin))
-    return _route_bins(rows, first_bin, end_bin)
+    return await compute(_route_bins, rows, first_bin, end_bin)
 
 
 async def raw_bins(session: AsyncSession, first_bin: int, end_bin: int) -> list[_BinRow]:
@@ -376,7 +377,7 @@ async def _recent(
     else:
         refresh_from = max(first_bin, held_end - REFRESH_BINS)
         fresh = await load_route_bins(session, refresh_from, end_bin)
-        bins = _splice(cached, fresh, first_bin, end_bin)
+        bins = await compute(_splice, cached, fresh, first_bin, end_bin)
     if cache is not None:
         cache.recent = bins
     return bins
@@ -401,7 +402,7 @@ async def scan_routes(
         if not bins.routes:
             continue
         history = await _history(session, day, cache)
-        episodes = detect_routes(bins, span[0] - context_bin, history)
+        episodes = await compute(detect_routes, bins, span[0] - context_bin, history)
         await _reconcile(session, episodes, context_bin, span, report)
     await session.flush()
 

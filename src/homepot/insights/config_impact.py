@@ -57,6 +57,7 @@ from homepot.analytics.models import ConfigurationHistory, DeviceMetrics, SiteOp
 from homepot.audit.service import Actor, same_value
 from homepot.device.models import Device
 from homepot.job.models import Job, JobStatus, JobTargetType
+from homepot.kit.offload import compute, fetch_in_slices
 from homepot.kit.redaction import REDACTED
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
@@ -232,9 +233,6 @@ async def _deltas(
     session: AsyncSession, moments: set[int], window: int, devices: list[str]
 ) -> _Deltas:
     """``after - before`` of every device at each of ``moments`` (bins)."""
-    from homepot.insights.detectors import _quiet, numpy
-
-    np = numpy()
     row_of = {device_id: index for index, device_id in enumerate(devices)}
     names = list(METRICS)
     spans = _merge((moment - window, moment + 1 + window) for moment in moments)
@@ -262,35 +260,53 @@ async def _deltas(
             )
             .group_by(DeviceMetrics.device_id, bucket)
         )
-        rows = (await (await session.connection()).execute(statement)).all()
-        starts = [first for first, _ in group]
-        arrays = [np.full((len(devices), end - first, len(names)), np.nan) for first, end in group]
-        for row in rows:
-            index = row_of.get(row[0])
-            if index is None:
-                continue
-            bin_index = int(row[1])
-            where = bisect.bisect_right(starts, bin_index) - 1
-            if where < 0 or bin_index >= group[where][1]:
-                continue
-            arrays[where][index, bin_index - starts[where]] = [
-                np.nan if v is None else float(v) for v in row[2:]
-            ]
-        needed = math.ceil(window * MIN_COVERAGE)
-        for (first, end), values in zip(group, arrays, strict=True):
-            low = bisect.bisect_left(ordered, first + window)
-            high = bisect.bisect_left(ordered, end - window)
-            for moment in ordered[low:high]:
-                column = moment - first
-                before = values[:, column - window : column]
-                after = values[:, column + 1 : column + 1 + window]
-                with _quiet():
-                    delta = np.nanmean(after, axis=1) - np.nanmean(before, axis=1)
-                enough = ((~np.isnan(before)).sum(axis=1) >= needed) & (
-                    (~np.isnan(after)).sum(axis=1) >= needed
-                )
-                by_bin[moment] = np.where(enough, delta, np.nan)
+        rows = await fetch_in_slices(await session.connection(), statement)
+        # Up to devices x bins rows, placed and differenced off the event loop.
+        by_bin.update(await compute(_group_deltas, rows, group, row_of, window, ordered))
     return _Deltas(devices, row_of, by_bin)
+
+
+def _group_deltas(
+    rows: Sequence[Any],
+    group: Sequence[tuple[int, int]],
+    row_of: dict[str, int],
+    window: int,
+    ordered: Sequence[int],
+) -> dict[int, Any]:
+    """``after - before`` per device at each moment of ``ordered`` inside ``group``'s spans,
+    from the per-bin means in ``rows`` (device, bin, a mean per metric)."""
+    from homepot.insights.detectors import _quiet, numpy
+
+    np = numpy()
+    starts = [first for first, _ in group]
+    arrays = [np.full((len(row_of), end - first, len(METRICS)), np.nan) for first, end in group]
+    for row in rows:
+        index = row_of.get(row[0])
+        if index is None:
+            continue
+        bin_index = int(row[1])
+        where = bisect.bisect_right(starts, bin_index) - 1
+        if where < 0 or bin_index >= group[where][1]:
+            continue
+        arrays[where][index, bin_index - starts[where]] = [
+            np.nan if v is None else float(v) for v in row[2:]
+        ]
+    needed = math.ceil(window * MIN_COVERAGE)
+    by_bin: dict[int, Any] = {}
+    for (first, end), values in zip(group, arrays, strict=True):
+        low = bisect.bisect_left(ordered, first + window)
+        high = bisect.bisect_left(ordered, end - window)
+        for moment in ordered[low:high]:
+            column = moment - first
+            before = values[:, column - window : column]
+            after = values[:, column + 1 : column + 1 + window]
+            with _quiet():
+                delta = np.nanmean(after, axis=1) - np.nanmean(before, axis=1)
+            enough = ((~np.isnan(before)).sum(axis=1) >= needed) & (
+                (~np.isnan(after)).sum(axis=1) >= needed
+            )
+            by_bin[moment] = np.where(enough, delta, np.nan)
+    return by_bin
 
 
 # -- the estimate -----------------------------------------------------------------------------
@@ -397,6 +413,21 @@ def _effects(
         per_device.setdefault(change.device_id, []).append(did)
     with _quiet():
         return {d: np.nanmean(np.stack(v), axis=0) for d, v in per_device.items()}
+
+
+def _judge_groups(
+    groups: dict[tuple[str, str], list[Change]],
+    deltas: _Deltas,
+    calendar: _Calendar,
+    changed_near: dict[str, list[int]],
+    window: int,
+) -> list[tuple[list[MetricEffect], tuple[Verdict, float, str]]]:
+    """Each group's effects on the metrics and its verdict, in the order of ``groups``."""
+    judged = []
+    for changes in groups.values():
+        metrics = _summarise(_effects(changes, deltas, calendar, changed_near, window))
+        judged.append((metrics, judge(metrics)))
+    return judged
 
 
 def _quiet_around(bins: list[int], moment: int, window: int) -> bool:
@@ -508,11 +539,12 @@ async def config_impact(
     current: dict[str, Any] = dict(
         (await session.execute(select(Device.device_id, Device.config))).all()
     )
+    # Each group's difference in differences over the fleet: off the event loop.
+    judged = await compute(_judge_groups, groups, deltas, calendar, changed_near, window)
     rows = []
-    for (name, key), changes in groups.items():
-        per_device = _effects(changes, deltas, calendar, changed_near, window)
-        metrics = _summarise(per_device)
-        verdict, harm, explanation = judge(metrics)
+    for ((name, key), changes), (metrics, (verdict, harm, explanation)) in zip(
+        groups.items(), judged, strict=True
+    ):
         row = ImpactRow(
             id=impact_id(name, key),
             parameter=name,

@@ -35,6 +35,7 @@ from homepot.insights.job_success import (
 from homepot.insights.models import Anomaly
 from homepot.insights.schemas import JobSuccessAdvice, JobSuccessQuery, JobSuccessTarget
 from homepot.job.models import Job
+from homepot.kit.offload import compute
 from homepot.site.models import Site
 from homepot.site.service import SiteNotFound
 
@@ -276,11 +277,12 @@ async def job_success(
     model = cached_model(history, key)
     if model is None:
         await add_health(session, history, since, now, source)
-        model = fit_model(history, key)
+        # Replaying every outcome of the lookback is seconds of Python: off the event loop.
+        model = await compute(fit_model, history, key)
     else:
         # The fit is reused: only the targets' own health is needed now.
         await add_health(session, history, since, now, source, [d.device_id for d in devices])
-    counts = counts_until(history, now.timestamp())
+    counts = await compute(counts_until, history, now.timestamp())
     items = []
     for device in devices:
         history.device_sites[device.device_id] = device.site_id

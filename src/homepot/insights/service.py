@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time as clock
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +37,7 @@ from homepot.insights import detectors as det
 from homepot.insights.api_health import RouteCache, scan_routes
 from homepot.insights.models import Anomaly
 from homepot.insights.reconcile import extend_anomaly, new_anomaly, reconcile
+from homepot.kit.offload import compute, fetch_in_slices
 from homepot.kit.singleton import single_run
 from homepot.kit.timebuckets import epoch_bin
 from homepot.site.models import Site
@@ -119,12 +120,12 @@ async def _load(
     """Per-bin means of every metric for ``device_ids`` over bins ``[first_bin, end_bin)``,
     read a day (``LOAD_SPAN_BINS``) per statement: a chunk's two weeks of history in one
     statement hit the server's statement timeout on 10 M rows."""
-    np = det.numpy()
     bucket = epoch_bin(DeviceMetrics.timestamp, det.BIN_SECONDS).label("bucket")
     interval = func.coalesce(DeviceMetrics.collection_interval_seconds, det.BIN_SECONDS)
     with_count = DeviceMetrics.transaction_count.is_not(None)
     connection = await session.connection()
-    rows: list[Any] = []
+    row_of = {device_id: index for index, device_id in enumerate(device_ids)}
+    tables = []
     for span_start in range(first_bin, end_bin, LOAD_SPAN_BINS):
         span_end = min(span_start + LOAD_SPAN_BINS, end_bin)
         statement = (
@@ -143,17 +144,41 @@ async def _load(
             )
             .group_by(DeviceMetrics.device_id, bucket)
         )
-        # Core rows, not the ORM's: this is the bulk of a scan's reading.
-        rows += (await connection.execute(statement)).all()
+        # Core rows, not the ORM's: this is the bulk of a scan's reading. Each day's rows
+        # become arrays (off the event loop) before the next day is read: a chunk's history
+        # is a million rows, and that many Row objects alive at once made every full garbage
+        # collection (it holds the GIL, so the loop) take 0.1-0.3 s.
+        rows = await fetch_in_slices(connection, statement)
+        if rows:
+            tables.append(await compute(_row_table, rows, row_of))
+    return await compute(_bins_from_tables, tables, len(device_ids), first_bin, end_bin)
+
+
+def _row_table(rows: Sequence[Any], row_of: dict[str, int]) -> tuple[Any, Any, Any]:
+    """The rows of one statement of :func:`_load` as arrays: each row's device (its index),
+    its bin, and its values (count, the metrics' means, the transaction sums)."""
+    np = det.numpy()
+    return (
+        _sliced_array(rows, lambda row: row_of[row[0]], np.int64),
+        _sliced_array(rows, lambda row: int(row[1]), np.int64),
+        _sliced_array(rows, lambda row: row[2:], np.float64),
+    )
+
+
+def _bins_from_tables(
+    tables: Sequence[tuple[Any, Any, Any]], devices: int, first_bin: int, end_bin: int
+) -> tuple[dict[str, Any], IntArray]:
+    """The tables of :func:`_row_table` as one array per metric (a row per device, a column
+    per bin) and the sample counts."""
+    np = det.numpy()
     width = end_bin - first_bin
-    row_of = {device_id: index for index, device_id in enumerate(device_ids)}
-    values = {spec.name: np.full((len(device_ids), width), np.nan) for spec in det.METRICS}
-    counts = np.zeros((len(device_ids), width), dtype=np.int64)
-    if not rows:
+    values = {spec.name: np.full((devices, width), np.nan) for spec in det.METRICS}
+    counts = np.zeros((devices, width), dtype=np.int64)
+    if not tables:
         return values, counts
-    table = np.array([row[2:] for row in rows], dtype=np.float64)
-    device_rows = np.array([row_of[row[0]] for row in rows])
-    columns = np.array([int(row[1]) for row in rows]) - first_bin
+    device_rows = np.concatenate([table[0] for table in tables])
+    columns = np.concatenate([table[1] for table in tables]) - first_bin
+    table = np.concatenate([table[2] for table in tables])
     inside = (columns >= 0) & (columns < width)
     device_rows, columns, table = device_rows[inside], columns[inside], table[inside]
     counts[device_rows, columns] = table[:, 0]
@@ -163,6 +188,22 @@ async def _load(
         rate = table[:, -2] * 60 / table[:, -1]
     values["transactions"][device_rows, columns] = np.where(table[:, -1] > 0, rate, np.nan)
     return values, counts
+
+
+# Rows per numpy conversion: one np.array() call over a list holds the GIL throughout (a
+# chunk's million rows: ~0.3 s), and with it the event loop; between two calls it can run.
+CONVERT_ROWS: Final = 10_000
+
+
+def _sliced_array(rows: Sequence[Any], convert: Callable[[Any], Any], dtype: Any) -> Any:
+    """``np.array([convert(row) for row in rows], dtype)``, ``CONVERT_ROWS`` at a time."""
+    np = det.numpy()
+    return np.concatenate(
+        [
+            np.array([convert(row) for row in rows[start : start + CONVERT_ROWS]], dtype=dtype)
+            for start in range(0, len(rows), CONVERT_ROWS)
+        ]
+    )
 
 
 def _bin_mask(intervals: Sequence[tuple[datetime, datetime]], first_bin: int, width: int) -> Any:
@@ -437,20 +478,15 @@ async def prepare_chunk(
         session, state, ids, context_bin, end_bin, first_day - HISTORY_BINS if refresh else None
     )
     day_baselines: dict[str, list[tuple[int, int, BucketBaseline]]] = {}
-    shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
+    fresh: dict[int, dict[str, BucketBaseline]] = {}
+    if history is not None:
+        shifts = np.array([device.shift_bins for device in devices], dtype=np.int64)
+        missing = [day for day in days if cached[day] is None]
+        fresh = await compute(_history_baselines, history, missing, shifts)
     for day in days:
         baselines = cached[day]
-        if baselines is None and history is not None:
-            past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
-            baselines = {
-                spec.name: det.bucket_baseline(
-                    history.values[spec.name][:, past],
-                    day - HISTORY_BINS,
-                    shifts,
-                    spec.scale_floor,
-                )
-                for spec in det.METRICS
-            }
+        if baselines is None and day in fresh:
+            baselines = fresh[day]
             state.baselines.put(ids, day, baselines)
         if baselines is None:  # the server, before this chunk's turn: yesterday's will do
             baselines = state.baselines.get(ids, day - det.BINS_PER_DAY)
@@ -487,6 +523,23 @@ async def prepare_chunk(
     return chunk, day_baselines
 
 
+def _history_baselines(
+    history: _Bins, days: Sequence[int], shifts: IntArray
+) -> dict[int, dict[str, BucketBaseline]]:
+    """Each day's hour-of-week baselines of every metric, from the ``HISTORY_BINS`` before
+    it in ``history``: the bulk of a chunk's first pass, computed off the event loop."""
+    baselines = {}
+    for day in days:
+        past = slice(day - HISTORY_BINS - history.first_bin, day - history.first_bin)
+        baselines[day] = {
+            spec.name: det.bucket_baseline(
+                history.values[spec.name][:, past], day - HISTORY_BINS, shifts, spec.scale_floor
+            )
+            for spec in det.METRICS
+        }
+    return baselines
+
+
 async def _scan_chunk(
     session: AsyncSession,
     fleet: _Fleet,
@@ -519,7 +572,8 @@ async def _scan_chunk(
     chunk, day_baselines = await prepare_chunk(
         session, fleet, devices, span, state, budget, known_silent
     )
-    episodes, _ = det.detect(chunk, det.CONTEXT_BINS, day_baselines)
+    # The chunk is plain arrays and dataclasses; its memo is this pass's alone until it ends.
+    episodes, _ = await compute(det.detect, chunk, det.CONTEXT_BINS, day_baselines)
     reconcile(
         session,
         stored,
