@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 API = "/api/v1"
+# How long the live server may take to stop (its lifespan's shutdown included).
+STOP_SECONDS = 60
 
 
 @dataclass
@@ -92,7 +95,15 @@ async def live(settings: Settings) -> AsyncIterator[LiveServer]:
 async def serve(app: FastAPI) -> AsyncIterator[LiveServer]:
     """Serve ``app`` over HTTP on a free local port, its lifespan running, until exit."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            # The browser may still hold a request when the server stops: close it after 5 s.
+            timeout_graceful_shutdown=5,
+        )
     )
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -107,7 +118,14 @@ async def serve(app: FastAPI) -> AsyncIterator[LiveServer]:
             yield LiveServer(app=app, base_url=base_url, client=client)
     finally:
         server.should_exit = True
-        await serving
+        try:
+            await asyncio.wait_for(asyncio.shield(serving), STOP_SECONDS)
+        except TimeoutError:
+            # Say what still runs (a hung shutdown once held a whole CI worker), then fail.
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            serving.cancel()
+            pytest.fail(f"the live server did not stop within {STOP_SECONDS} s; tasks on stderr")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
