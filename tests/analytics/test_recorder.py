@@ -121,6 +121,40 @@ async def test_postgresql_builds_each_batch_while_the_one_before_is_copied(
     assert during == [False, False, True, True, True]
 
 
+async def test_a_flush_whose_caller_gives_up_still_finishes_its_write(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller cancelled while it waits for flush() (its client went away, a timeout) does
+    not cut the write off halfway: a cancelled aiosqlite call left its connection wedged,
+    and every later flush and the shutdown waited for it forever."""
+    recorder = Recorder(engine, _settings(tmp_path, batch_size=50))
+    writing, release = asyncio.Event(), asyncio.Event()
+    cancelled: list[bool] = []
+    write = recorder._write
+
+    async def slow_write(batch: list[tuple[str, dict[str, object]]]) -> None:
+        writing.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        await write(batch)
+
+    monkeypatch.setattr(recorder, "_write", slow_write)
+    ids = _record_metrics(recorder, 120)
+    caller = asyncio.create_task(recorder.flush())
+    await asyncio.wait_for(writing.wait(), 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    await asyncio.wait_for(recorder.flush(), 30)
+    assert cancelled == []
+    assert await _metric_ids(engine) == ids
+    assert recorder.snapshot()["queued"] == 0
+
+
 async def test_outage_spills_to_disk_and_replays_in_order_without_loss_or_duplicates(
     engine: AsyncEngine, backend: str, tmp_path: Path
 ) -> None:

@@ -154,6 +154,8 @@ class Recorder:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # Flushes under way (see flush): referenced until done, whoever stopped waiting.
+        self._flushes: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._clock = clock
         self._next_replay_at = 0.0
@@ -327,7 +329,19 @@ class Recorder:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write (or spool) every queued event now, after trying to replay the spool."""
+        """Write (or spool) every queued event now, after trying to replay the spool.
+
+        The flush runs as a task of its own: a caller cancelled while it waits (a request
+        whose client went away, a timeout) does not cancel it. A database call cut off in
+        the middle can leave its connection wedged (aiosqlite: forever, holding the lock
+        every later flush waits for), so no write is ever cancelled halfway.
+        """
+        flushing = asyncio.ensure_future(self._flush_now())
+        self._flushes.add(flushing)
+        flushing.add_done_callback(self._flushes.discard)
+        await asyncio.shield(flushing)
+
+    async def _flush_now(self) -> None:
         async with self._lock:
             self._next_replay_at = 0.0
             await self._drain()
@@ -451,7 +465,8 @@ class Recorder:
         while (write := await writes.get()) is not None:
             written = not failed and await self._write_with_retry(write.batch)
             failed = not written
-            write.written.set_result(written)
+            if not write.written.done():  # cancelled: its drain stopped waiting
+                write.written.set_result(written)
 
     def _remove(self, start: int, count: int) -> None:
         """Take ``count`` queued events off the queue from position ``start``."""
