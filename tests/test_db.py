@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homepot.config import DatabaseSettings, Settings
-from homepot.db import Failure, classify_failure
+from homepot.db import Failure, classify_failure, create_engine
 from homepot.main import create_app
 from tests.faults.servers import free_port
 from tests.helpers import create_registered_device
@@ -105,3 +108,81 @@ async def test_no_free_connection_in_the_pool_is_a_503_not_a_500(
     assert "no database connection became free" in response.json()["detail"]
     response = await client.post("/api/v1/agent/heartbeat", json={"status": "ok"}, headers=device)
     assert response.status_code == 200, response.text
+
+
+async def _backend_gone(admin: AsyncConnection, pid: int) -> None:
+    """Wait until the backend ``pid`` has ended (pg_terminate_backend only signals it)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        await admin.rollback()  # pg_stat_activity is a snapshot per transaction
+        if not await admin.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ):
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the backend did not end"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_pooled_connection_is_pinged_when_it_idled_and_a_dropped_one_is_replaced(
+    backend: str, database_url: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite opens its file as asked; the pool and its ping are PostgreSQL's")
+    engine = create_engine(
+        database_url, settings=DatabaseSettings(pool_size=1, pool_ping_after_idle_seconds=0.5)
+    )
+    admin_engine = create_engine(database_url)
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+
+    def counted_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+    backend_pid = text("SELECT pg_backend_pid()")
+    try:
+        async with engine.connect() as connection:  # a new connection: not pinged
+            first = await connection.scalar(backend_pid)
+        async with engine.connect() as connection:  # used a moment ago: trusted
+            assert await connection.scalar(backend_pid) == first
+        assert pings == []
+        await asyncio.sleep(0.6)
+        async with engine.connect() as connection:  # idled: pinged, and alive
+            assert await connection.scalar(backend_pid) == first
+        assert len(pings) == 1
+        # The database drops the idle connection (a restart, a firewall's idle timeout).
+        async with admin_engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            await _backend_gone(admin, first)
+        await asyncio.sleep(0.6)
+        async with engine.connect() as connection:  # the ping finds it dead: replaced
+            replacement = await connection.scalar(backend_pid)
+        assert replacement != first
+        assert len(pings) == 2
+    finally:
+        await engine.dispose()
+        await admin_engine.dispose()
+
+
+async def test_with_no_idle_allowance_every_checkout_is_pinged(
+    backend: str, database_url: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite opens its file as asked; the pool and its ping are PostgreSQL's")
+    engine = create_engine(database_url, settings=DatabaseSettings(pool_ping_after_idle_seconds=0))
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+
+    def counted_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        assert len(pings) == 2  # all but the first: a new connection is not pinged
+    finally:
+        await engine.dispose()

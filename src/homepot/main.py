@@ -174,6 +174,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry=registry,
     )
     install_error_handlers(app)
+    # First the devices' routes, which take most requests: a request is matched against the
+    # routers in order, route by route (measured: ~100 us of CPU to reach /agent/report from
+    # tenth place). No other router has a path under /api/v1/agent, so the order changes
+    # nothing else.
+    app.include_router(fleet_router)
+    app.include_router(job_agent_router)
     app.include_router(system_router)
     app.include_router(auth_router)
     # Before the analytics router, so that /analytics/quality is never read as a stream.
@@ -184,9 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(site_router)
     app.include_router(device_router)
     app.include_router(device_key_router)
-    app.include_router(fleet_router)
     app.include_router(job_router)
-    app.include_router(job_agent_router)
     app.include_router(overview_router)
     app.include_router(insights_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
