@@ -61,6 +61,27 @@ async def _on_standby(standby: OwnPostgres, statement: str) -> None:
         await connection.close()
 
 
+async def _replayed(primary: OwnPostgres, standby: OwnPostgres, within: float = 60) -> None:
+    """Wait until the standby has replayed everything the primary wrote so far (the new
+    database and its tables: read before that, they do not exist there yet)."""
+    connection = await asyncpg.connect(host="127.0.0.1", port=primary.port, user="postgres")
+    try:
+        written = await connection.fetchval("SELECT pg_current_wal_lsn()")
+    finally:
+        await connection.close()
+    connection = await asyncpg.connect(host="127.0.0.1", port=standby.port, user="postgres")
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not await connection.fetchval(
+            "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", written
+        ):
+            assert loop.time() < deadline, f"the standby did not replay {written} in {within} s"
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 @pytest.fixture
 async def client(
     replicated: tuple[OwnPostgres, OwnPostgres], tmp_path: Path
@@ -73,6 +94,7 @@ async def client(
     finally:
         await connection.close()
     await asyncio.to_thread(run_migrations, primary.url(database=name))
+    await _replayed(primary, standby)
     settings = Settings(
         database_url=primary.url(database=name),
         database_read_url=standby.url(database=name),
