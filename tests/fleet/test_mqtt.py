@@ -20,13 +20,8 @@ from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics, ErrorLog, JobOutcome
 from homepot.config import FleetSettings, Settings
 from homepot.device.models import Device, HealthCheck
-from homepot.fleet.mqtt import (
-    UPLINK_LEADERSHIP,
-    UPLINK_LEADERSHIP_CHECK_SECONDS,
-    MqttChannel,
-    PushUnavailableError,
-    UnavailableChannel,
-)
+from homepot.fleet.mqtt import UPLINK_LEADERSHIP, UPLINK_LEADERSHIP_CHECK_SECONDS
+from homepot.fleet.push import MqttChannel, PushUnavailableError, UnavailableChannel
 from homepot.job.models import ExecutionStatus, Job, JobExecution, JobStatus, JobTargetType
 from homepot.kit.keys import hash_key, new_device_key
 from homepot.kit.retry import Backoff

@@ -25,7 +25,8 @@ from homepot.auth.models import Role
 from homepot.config import Settings
 from homepot.device.models import Device, HealthCheck
 from homepot.fleet.device_keys import device_credentials_changed
-from homepot.fleet.mqtt import PushUnavailableError, share_group
+from homepot.fleet.mqtt import share_group
+from homepot.fleet.push import PushUnavailableError
 from homepot.kit.keys import new_device_key
 from homepot.main import create_app
 from homepot.protocol.messages import Heartbeat, JobCommand, topics

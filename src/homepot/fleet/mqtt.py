@@ -5,7 +5,7 @@ connection that does two things:
 
 - pushes jobs: ``app.state.push_channel`` is a :class:`MqttChannel` publishing each
   :class:`~homepot.protocol.messages.JobCommand`, signed with the device's secret, to
-  ``topics.jobs(device_id)``;
+  ``topics.jobs(device_id)`` (the channels are in :mod:`homepot.fleet.push`);
 - bridges the uplink: every device message (telemetry, heartbeat, job ack, job result,
   error report) is authenticated and handed to the same transport-independent services the
   HTTP endpoints call. Messages are stored in batches (:class:`UplinkBridge`): one query loads
@@ -57,7 +57,7 @@ import os
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +77,7 @@ from homepot.fleet.broker_accounts import (
 )
 from homepot.fleet.device_keys import DeviceKeyCache
 from homepot.fleet.mqtt_orphans import OrphanSessions, session_lock
+from homepot.fleet.push import PUBLISH_TIMEOUT_SECONDS, MqttChannel, UnavailableChannel
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
 from homepot.fleet.uplink_store import (
     DATABASE_PROBE_SECONDS,
@@ -91,13 +92,11 @@ from homepot.kit.retry import BROKER_RECONNECT, Backoff
 from homepot.kit.singleton import Leadership
 from homepot.protocol.channels import InProcessChannel, PushChannel
 from homepot.protocol.messages import (
-    JobCommand,
     topics,
 )
 from homepot.protocol.mqtt import (
     QOS,
     BrokerAddress,
-    SignedMessage,
     parse_broker_url,
     secret_from_key_hash,
 )
@@ -106,8 +105,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A push waits this long for the broker's PUBACK before the job is left for polling.
-PUBLISH_TIMEOUT_SECONDS = 5.0
 # Uplink messages are handled by this many workers (one on SQLite, which has one writer); one
 # device's messages always go to the same worker, so they keep the order the device sent them.
 BRIDGE_WORKERS = 8
@@ -132,56 +129,6 @@ UPLINK_LEADERSHIP_CHECK_SECONDS = 2.0
 # While another process drains this process's session (its predecessor's), the bridge asks
 # for the session's lock this often.
 SESSION_LOCK_RETRY_SECONDS = 1.0
-
-
-class PushUnavailableError(RuntimeError):
-    """The push transport cannot deliver now; the device will collect the job by polling."""
-
-
-SecretLookup = Callable[[str], Awaitable[bytes | None]]
-
-
-class MqttChannel:
-    """Pushes job commands to devices through the broker (QoS 1), each signed with its
-    device's secret, so that the device can tell them from a forgery."""
-
-    def __init__(self, client: aiomqtt.Client, secret_for: SecretLookup) -> None:
-        self._client = client
-        self._secret_for = secret_for
-
-    async def push(self, device_id: str, command: JobCommand) -> None:
-        secret = await self._secret_for(device_id)
-        if secret is None:
-            raise PushUnavailableError(
-                f"{device_id} has no API key, so job execution {command.execution_id} cannot"
-                " be signed for it; the device will collect it by polling once registered"
-            )
-        topic = topics.jobs(device_id)
-        try:
-            await self._client.publish(
-                topic,
-                SignedMessage.of(secret, topic, command).model_dump_json(),
-                qos=QOS,
-                timeout=PUBLISH_TIMEOUT_SECONDS,
-            )
-        except aiomqtt.MqttError as exc:
-            raise PushUnavailableError(
-                f"could not publish job execution {command.execution_id} to {device_id} "
-                f"over MQTT ({exc}); the device will collect it by polling"
-            ) from exc
-
-
-class UnavailableChannel:
-    """Stands in for the MQTT channel while the broker is unreachable: every push raises."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    async def push(self, device_id: str, command: JobCommand) -> None:
-        raise PushUnavailableError(
-            f"job execution {command.execution_id} for {device_id} was not pushed: "
-            f"{self.reason}; the device will collect it by polling"
-        )
 
 
 # -- the uplink bridge ---------------------------------------------------------------------
