@@ -21,23 +21,22 @@ from pathlib import Path
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 
 from homepot.agent.mqtt import DeviceMqttLink
 from homepot.analytics.models import DeviceMetrics
 from homepot.config import FleetSettings, Settings
 from homepot.db import create_engine
-from homepot.device.models import Device
 from homepot.fleet.models import MqttSession
 from homepot.fleet.mqtt_orphans import OrphanSessions, session_lock
 from homepot.fleet.uplink_spool import SpooledMessage, UplinkSpool
-from homepot.kit.keys import hash_key, new_device_key
 from homepot.kit.singleton import HOMEPOT_NAMESPACE, lock_key
 from homepot.main import create_app
 from homepot.protocol.messages import MetricSample, TelemetryBatch, topics
 from homepot.protocol.mqtt import SignedMessage, device_secret
 from tests.fleet.brokers import HOST, Broker, open_broker
-from tests.helpers import create_device, flush
+from tests.fleet.test_mqtt import _device_with_key
+from tests.helpers import flush
 
 __all__ = ["open_broker"]  # fixture
 
@@ -67,19 +66,7 @@ async def _running(app: FastAPI) -> AsyncIterator[FastAPI]:
 
 
 async def _devices(app: FastAPI, count: int) -> list[tuple[str, str]]:
-    devices = []
-    for _ in range(count):
-        device_id = await create_device(app, device_id=f"pos-{uuid.uuid4().hex[:10]}")
-        api_key = new_device_key()
-        async with app.state.session_factory() as session:
-            await session.execute(
-                update(Device)
-                .where(Device.device_id == device_id)
-                .values(api_key_hash=hash_key(api_key))
-            )
-            await session.commit()
-        devices.append((device_id, api_key))
-    return devices
+    return [await _device_with_key(app) for _ in range(count)]
 
 
 async def _publish(broker: Broker, devices: list[tuple[str, str]], per_device: int) -> None:
