@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from homepot.analytics.copy_writer import json_text
 from homepot.analytics.models import (
     ConfigurationHistory,
     DeviceMetrics,
@@ -462,6 +464,37 @@ async def test_values_json_cannot_encode_are_normalised_and_cost_no_batch(
         "7": "int key",
     }
     assert recorder.snapshot()["rejected"] == 0
+
+
+async def test_json_values_beyond_the_fast_encoder_are_stored_whole(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # orjson (the COPY path's JSON encoder) refuses ints beyond 64 bits; json takes them.
+    recorder = Recorder(engine, _settings(tmp_path))
+    extra = {"serial": 2**70, "negative": -(2**65), "ok": 1.5, "name": "Kasse 3 – Café"}
+    recorder.record(DeviceMetrics, device_id="pos-terminal-json", extra_metrics=extra)
+    recorder.record(DeviceMetrics, device_id="pos-terminal-json", extra_metrics={"plain": 1})
+    await recorder.flush()
+    async with engine.connect() as connection:
+        stored = (
+            (
+                await connection.execute(
+                    select(DeviceMetrics.extra_metrics).order_by(DeviceMetrics.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert stored == [extra, {"plain": 1}]
+    assert recorder.snapshot()["rejected"] == 0
+
+
+def test_json_text_falls_back_to_json_for_what_orjson_refuses() -> None:
+    assert json.loads(json_text({"a": [1, 2.5, None, True, "x"]})) == {
+        "a": [1, 2.5, None, True, "x"]
+    }
+    assert json.loads(json_text({"big": 2**70})) == {"big": 2**70}
+    assert json.loads(json_text({"s": "\ud800"})) == {"s": "\ud800"}
 
 
 async def test_a_value_the_database_refuses_costs_its_own_event_only(

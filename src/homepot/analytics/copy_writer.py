@@ -14,6 +14,7 @@ import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import PrimaryKeyConstraint, Table, UniqueConstraint
 from sqlalchemy.exc import DataError as SQLDataError
 
@@ -38,6 +39,21 @@ def conflict_columns(table: Table) -> tuple[str, ...]:
     return min(with_event_id, key=len)
 
 
+def json_text(value: Any) -> str:
+    """``value`` (JSON-safe already, see homepot.analytics.row_shapes.clean_json) as JSON
+    text for a ``jsonb`` column.
+
+    orjson, not ``json.dumps``: encoding ``extra_metrics`` was the largest part of the
+    writer's CPU per row (2.8 of 6.5 us), orjson takes 0.3. It refuses what ``json`` takes
+    (an int beyond 64 bits, a string with a lone surrogate); those go through ``json``, as
+    before.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return json.dumps(value)
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -48,8 +64,12 @@ class _CopyStatements:
     def __init__(self, shape: _TableShape) -> None:
         self.table = shape.table.name
         self.stage = f"homepot_stage_{self.table}"
-        self.columns = shape.columns
         self.json_columns = shape.json_columns
+        # The order COPY sends a complete row in: the JSON columns last, so that a record is
+        # one C call for the plain values and the encoded JSON added at its end.
+        plain = tuple(c for c in shape.columns if c not in shape.json_columns)
+        self._json_names = tuple(c for c in shape.columns if c in shape.json_columns)
+        self.columns = plain + self._json_names
         # No constraints and no defaults in the staging table: NOT NULL and the unique key
         # are checked where the rows land, in the INSERT, and nothing draws on the id
         # sequence twice. ON COMMIT DELETE ROWS leaves it empty for the next batch.
@@ -59,13 +79,14 @@ class _CopyStatements:
         )
         self._key = _column_list(conflict_columns(shape.table))
         self._inserts: dict[tuple[str, ...], str] = {}
-        # A complete row's values in column order, and where its JSON columns sit.
-        self._values: Callable[[Row], tuple[Any, ...]] = (
-            operator.itemgetter(*self.columns)
-            if len(self.columns) > 1
-            else lambda row: (row[self.columns[0]],)
+        # A complete row's plain values in COPY's order (one C call).
+        self._plain_values: Callable[[Row], tuple[Any, ...]] = (
+            operator.itemgetter(*plain)
+            if len(plain) > 1
+            else (lambda row: (row[plain[0]],))
+            if plain
+            else (lambda row: ())
         )
-        self._json_indexes = [i for i, c in enumerate(self.columns) if c in self.json_columns]
 
     def insert(self, columns: tuple[str, ...]) -> str:
         """INSERT ... SELECT of ``columns`` from the staging table; the table's defaults
@@ -80,30 +101,33 @@ class _CopyStatements:
         return statement
 
     def records_by_columns(self, rows: list[Row]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
-        """The rows as COPY records, grouped by the columns they have (in order)."""
+        """The rows as COPY records, grouped by the columns they have (in COPY's order)."""
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         complete = self.columns
         size = len(complete)
         full: list[tuple[Any, ...]] = []
+        plain_values = self._plain_values
+        json_names = self._json_names
+        encode = json_text
         for row in rows:
             if len(row) == size:
                 if not full:
                     groups[complete] = full  # groups keep the order they first appear in
-                full.append(self._values(row))  # nearly every row: all columns, in C
+                if json_names:
+                    encoded = tuple(
+                        None if (value := row[name]) is None else encode(value)
+                        for name in json_names
+                    )
+                    full.append(plain_values(row) + encoded)
+                else:
+                    full.append(plain_values(row))
             else:
                 columns = tuple(c for c in complete if c in row)
                 record = [row[name] for name in columns]
                 for index, name in enumerate(columns):
                     if record[index] is not None and name in self.json_columns:
-                        record[index] = json.dumps(record[index])
+                        record[index] = encode(record[index])
                 groups.setdefault(columns, []).append(tuple(record))
-        dumps = json.dumps
-        for index in self._json_indexes:
-            for position, values in enumerate(full):
-                if values[index] is not None:
-                    patched = list(values)
-                    patched[index] = dumps(values[index])
-                    full[position] = tuple(patched)
         return groups
 
 
