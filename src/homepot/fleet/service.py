@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +28,7 @@ from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
 from homepot.fleet.device_keys import device_credentials_changed
-from homepot.fleet.receipts import first_delivery
+from homepot.fleet.receipts import FirstDeliveryInsert, first_delivery
 from homepot.job import executions
 from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
@@ -286,13 +286,16 @@ async def revoke_device_key(
     await device_credentials_changed(fleet, device.device_id, None)
 
 
-# Built once: building the INSERT for every heartbeat cost more CPU than sending it. A plain
-# INSERT: the message receipt (fleet.receipts) has already kept a redelivery out. Of the
-# table, not the mapped class: the same statement and row, without the ORM's bulk-insert
-# machinery around one row (it was a tenth of a report's CPU with the receipt's insert).
+# Built once: building the INSERT for every heartbeat cost more CPU than sending it. Stored
+# only on the message's first delivery (its receipt, fleet.receipts; one statement with the
+# receipt on PostgreSQL). Of the table, not the mapped class: the same statement and row,
+# without the ORM's bulk-insert machinery around one row (it was a tenth of a report's CPU).
 _HEALTH_CHECKS = HealthCheck.__table__
 assert isinstance(_HEALTH_CHECKS, Table)
-_HEARTBEAT_INSERT = insert(_HEALTH_CHECKS)
+_HEARTBEAT_INSERT = FirstDeliveryInsert(
+    _HEALTH_CHECKS,
+    ("device_id", "timestamp", "status", "response_time_ms", "details", "event_id"),
+)
 
 
 async def record_heartbeat(
@@ -319,10 +322,8 @@ async def record_heartbeat(
         "config_version": heartbeat.config_version,
     }
     event_id = device_event_id(device.device_id, heartbeat.message_id)
-    if not await first_delivery(session, event_id, now=now):
-        return  # delivered before (MQTT redelivery, an HTTP resend): already applied
-    await session.execute(
-        _HEARTBEAT_INSERT,
+    first = await _HEARTBEAT_INSERT.execute(
+        session,
         {
             "device_id": device.device_id,
             "timestamp": now,
@@ -331,7 +332,10 @@ async def record_heartbeat(
             "details": {k: v for k, v in details.items() if v is not None} or None,
             "event_id": event_id,
         },
+        now=now,
     )
+    if not first:
+        return  # delivered before (MQTT redelivery, an HTTP resend): already applied
     last_seen = device.last_seen_at
     device.last_seen_at = now
     if heartbeat.firmware_version is not None:
