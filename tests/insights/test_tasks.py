@@ -130,3 +130,39 @@ async def test_a_fresh_server_scans_only_its_window_of_a_long_history(
         rows = await db_rows(application, Anomaly, metric="reporting")
         assert [(row.site_id, row.device_id) for row in rows] == [("site-old", None)]
         assert all(row.started_at < now - timedelta(days=29) for row in rows)
+
+
+async def test_a_pass_is_due_only_for_a_new_bin_or_rows_that_came_late(database_url: str) -> None:
+    from homepot.analytics.models import APIRequestLog, DeviceMetrics
+    from homepot.db import create_engine, create_session_factory
+    from homepot.insights.bins import bin_of, bin_start
+    from homepot.insights.tasks import NewRows
+
+    engine = create_engine(database_url)
+    factory = create_session_factory(engine)
+    now = utcnow()
+    current_bin = bin_start(bin_of(now))  # rows before it fall in bins a pass judged
+
+    async def add(model: type[Any], **values: Any) -> None:
+        async with factory() as session:
+            session.add(model(**values))
+            await session.commit()
+
+    seen = NewRows()
+    assert await seen.late_rows(engine, current_bin)  # nothing known yet: scan
+    assert not await seen.late_rows(engine, current_bin)
+    await add(DeviceMetrics, device_id="pos-t", timestamp=now, cpu_percent=5.0)
+    assert not await seen.late_rows(engine, current_bin)  # the current bin's: not judged yet
+    await add(DeviceMetrics, device_id="pos-t", timestamp=now - timedelta(minutes=7))
+    assert await seen.late_rows(engine, current_bin)  # a replayed outbox: judge again
+    assert not await seen.late_rows(engine, current_bin)
+    await add(
+        APIRequestLog,
+        timestamp=now - timedelta(minutes=6),
+        endpoint="/api/v1/sites",
+        method="GET",
+        status_code=200,
+        response_time_ms=3.0,
+    )
+    assert await seen.late_rows(engine, current_bin)  # a spooled request row replayed
+    await engine.dispose()
