@@ -101,6 +101,10 @@ async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
     With ``HOMEPOT_INSIGHTS__MODEL_PATH`` the trained model scores the devices that reported
     in the last 6 h (re-read when the file changes); without one, or while the file cannot be
     used, risk comes from active anomaly episodes and the rows say ``model = "anomalies"``.
+    The devices' baselines are kept between passes (``app.state.risk_baselines``,
+    homepot.insights.risk_reads), so that a pass reads the last 3 h of raw samples and the
+    day before only for the devices whose hourly anchor came; a process that takes the pass
+    over starts with none.
     An unusable model file is logged to ``error_logs`` (INSIGHTS_MODEL_UNUSABLE) once.
     """
     settings: Settings = app.state.settings
