@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy import delete, func, insert, select
 
 from homepot.analytics.models import DeviceMetrics, DeviceStateHistory, ErrorLog
@@ -284,3 +285,16 @@ async def test_the_server_keeps_the_baselines_between_its_passes(
         # Each device's baseline once (when it was created), not at every pass; the pass may
         # cross a device's hourly anchor meanwhile.
         assert cache.baselines_computed <= 2 + 2 * 2, (cache.baselines_computed, passes)
+        # And /metrics says what the passes read.
+        read_before = cache.rows_read
+        transport = ASGITransport(app=application)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+            text = (await http.get("/metrics")).text
+        published = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("homepot_risk_")
+        }
+        assert published["homepot_risk_metric_rows_read_total"] >= read_before > 0
+        assert published["homepot_risk_baselines_kept"] == 2
+        assert 2 <= published["homepot_risk_baselines_computed_total"] <= 6

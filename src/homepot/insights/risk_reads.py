@@ -93,6 +93,14 @@ class BaselineCache:
     def __len__(self) -> int:
         return len(self._known)
 
+    def snapshot(self) -> dict[str, int]:
+        """The totals for /metrics (homepot.system.metrics.RiskReadsCollector)."""
+        return {
+            "metric_rows_read": self.rows_read,
+            "baselines_computed": self.baselines_computed,
+            "kept": len(self._known),
+        }
+
     def due(self, device_ids: Sequence[str], at: float) -> list[str]:
         """The devices whose baseline at ``at`` is not known yet."""
         return [
