@@ -12,7 +12,7 @@ device at a moment ``t`` the features describe only what was known at ``t``:
   "the day before" is the device's *baseline* (:func:`baseline_at`): the 23 hours up to one
   hour before the device's latest hourly anchor, so that a server computes it once an hour
   per device and reads only the last three hours of raw samples in between
-  (homepot.insights.baselines);
+  (homepot.insights.risk_reads);
 - the hours until memory reaches 98 % at the slope of the last three hours;
 - error reports of the last hour (critical) and the last 6 h by severity, and
   external-service errors;
@@ -153,7 +153,7 @@ class DeviceHistory:
     open_intervals: list[tuple[float, float]] | None = None
     site: SiteEvents | None = None  # shared by the devices of its site
     # Baselines by anchor (computed from the arrays when first asked, or given by the
-    # server's cache, homepot.insights.baselines).
+    # server's cache, homepot.insights.risk_reads).
     baselines: dict[float, Baseline] = field(default_factory=dict)
     # The newest sample at or before the moment scored, when the arrays hold only the last
     # RECENT of the samples (a server's pass): a device silent for 3-6 h is still scored.
@@ -253,9 +253,9 @@ async def load_history(
     statement = metric_rows(start, until, include_simulated=include_simulated)
     metrics, count = await read_metrics(session, statement)
     for device_id, (times, values) in metrics.items():
-        entry = devices.get(device_id) or devices.setdefault(
-            device_id, DeviceHistory(device_id, None)
-        )
+        if device_id not in devices:  # samples of a device not (or no longer) registered
+            devices[device_id] = DeviceHistory(device_id, None)
+        entry = devices[device_id]
         entry.metric_times = times
         entry.metric_values.update(values)
     await read_events(session, devices, start, until, include_simulated=include_simulated)
