@@ -48,6 +48,7 @@ from homepot.system.metrics import (
     JetStreamUplinkCollector,
     LeadershipCollector,
     MqttBridgeCollector,
+    RiskReadsCollector,
 )
 from homepot.system.router import router as system_router
 from homepot.web.router import STATIC_DIR
@@ -146,6 +147,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reader.snapshot()
                 if (reader := getattr(app.state, "jetstream_uplink", None))
                 else None
+            )
+        )
+    )
+    registry.register(
+        RiskReadsCollector(
+            lambda: (
+                None
+                if (baselines := getattr(app.state, "risk_baselines", None)) is None
+                else baselines.snapshot()
             )
         )
     )

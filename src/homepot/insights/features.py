@@ -9,6 +9,10 @@ device at a moment ``t`` the features describe only what was known at ``t``:
   the last hour, the slope of the last three hours (per hour), how far the last hour is
   from the device's own normal over the day before (robust z: median and MAD), and how far
   it is above the highest the device usually reached that day (its 95th percentile);
+  "the day before" is the device's *baseline* (:func:`baseline_at`): the 23 hours up to one
+  hour before the device's latest hourly anchor, so that a server computes it once an hour
+  per device and reads only the last three hours of raw samples in between
+  (homepot.insights.risk_reads);
 - the hours until memory reaches 98 % at the slope of the last three hours;
 - error reports of the last hour (critical) and the last 6 h by severity, and
   external-service errors;
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -100,8 +105,15 @@ FEATURES: tuple[str, ...] = tuple(
 )
 DOWN_STATES = frozenset({"error", "offline"})
 SAMPLE_STEP = timedelta(minutes=15)
-# How much history before a moment its features read.
+# How much history before a moment its features read (the baseline, up to one
+# BASELINE_PERIOD older than the moment, reads this much before its anchor).
 HISTORY = timedelta(hours=24)
+# How often a device's baseline (its own normal of the day before) moves on: at its anchors,
+# one BASELINE_PERIOD apart, each device at its own phase within the period (from its id),
+# so that a server's passes recompute the baselines of a slice of the fleet at a time.
+BASELINE_PERIOD = timedelta(hours=1)
+# The raw samples the features read outside the baseline: the last three hours (the slope).
+RECENT = timedelta(hours=3)
 _HOUR = 3600.0
 _CAP_HOURS_SINCE_ONLINE = 72.0
 _CAP_MINUTES_SINCE_REPORT = 360.0
@@ -140,6 +152,27 @@ class DeviceHistory:
     # The site's opening hours as sorted (open, close) epoch seconds; None: always open.
     open_intervals: list[tuple[float, float]] | None = None
     site: SiteEvents | None = None  # shared by the devices of its site
+    # Baselines by anchor (computed from the arrays when first asked, or given by the
+    # server's cache, homepot.insights.risk_reads).
+    baselines: dict[float, Baseline] = field(default_factory=dict)
+    # The newest sample at or before the moment scored, when the arrays hold only the last
+    # RECENT of the samples (a server's pass): a device silent for 3-6 h is still scored.
+    last_report: float | None = None
+
+    @property
+    def reported(self) -> bool:
+        return bool(self.metric_times.size) or self.last_report is not None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A device's own normal over the day before its anchor: per metric (median, spread,
+    95th percentile) of ``(anchor - HISTORY, anchor - 1 h]``, None with fewer than 12
+    values; and its usual latency jitter (NaN with fewer than 12 samples)."""
+
+    anchor: float
+    levels: dict[str, tuple[float, float, float] | None]
+    jitter: float
 
 
 @dataclass
@@ -147,6 +180,54 @@ class History:
     devices: dict[str, DeviceHistory]
     since: datetime
     until: datetime
+    # device_metrics rows read to build it (what a risk pass costs the database).
+    metric_rows: int = 0
+
+
+def history_start(since: datetime) -> datetime:
+    """The oldest moment the features of moments from ``since`` on read: a day before the
+    baseline anchor, which is up to one BASELINE_PERIOD before the moment."""
+    return since - HISTORY - BASELINE_PERIOD
+
+
+def baseline_anchor(device_id: str, moment: float) -> float:
+    """The device's latest baseline anchor at or before ``moment`` (epoch seconds): anchors
+    come every BASELINE_PERIOD, at a phase within it fixed by the device's id."""
+    period = BASELINE_PERIOD.total_seconds()
+    phase = zlib.crc32(device_id.encode()) % int(period)
+    return math.floor((moment - phase) / period) * period + phase
+
+
+def compute_baseline(times: np.ndarray, values: dict[str, np.ndarray], anchor: float) -> Baseline:
+    """The baseline at ``anchor`` from sorted sample times and each metric's values (which
+    must hold every sample of ``(anchor - HISTORY, anchor - 1 h]``)."""
+    first = int(np.searchsorted(times, anchor - HISTORY.total_seconds(), side="right"))
+    end = int(np.searchsorted(times, anchor - _HOUR, side="right"))
+    levels: dict[str, tuple[float, float, float] | None] = {}
+    for name, _ in METRICS:
+        before = values.get(name, np.empty(0))[first:end]
+        before = before[~np.isnan(before)]
+        if before.size >= 12:
+            median = float(np.median(before))
+            spread = 1.4826 * float(np.median(np.abs(before - median)))
+            levels[name] = (median, spread, float(np.percentile(before, 95)))
+        else:
+            levels[name] = None
+    latency = values.get("latency", np.empty(0))
+    jitter = _jitter(latency[first:end]) if end - first >= 12 else math.nan
+    return Baseline(anchor=anchor, levels=levels, jitter=jitter)
+
+
+def baseline_at(entry: DeviceHistory, moment: float) -> Baseline:
+    """The device's baseline for the features at ``moment``: the one at its latest anchor,
+    computed from its arrays the first time it is asked for."""
+    anchor = baseline_anchor(entry.device_id, moment)
+    found = entry.baselines.get(anchor)
+    if found is None:
+        found = entry.baselines[anchor] = compute_baseline(
+            entry.metric_times, entry.metric_values, anchor
+        )
+    return found
 
 
 def _epoch(moment: datetime) -> float:
@@ -162,20 +243,97 @@ async def load_history(
 ) -> History:
     """Every device's rows needed to compute features over ``[since, until]``.
 
-    Reads ``HISTORY`` before ``since`` too, so that the first moments have their context.
-    Without ``include_simulated`` only real rows count (``source = device``) and simulated
-    terminals are left out, so that a model never learns the simulator for the real fleet.
+    Reads ``HISTORY`` and a ``BASELINE_PERIOD`` before ``since`` too, so that the first
+    moments have their context (:func:`history_start`). Without ``include_simulated`` only
+    real rows count (``source = device``) and simulated terminals are left out, so that a
+    model never learns the simulator for the real fleet.
     """
-    start = since - HISTORY
-    devices: dict[str, DeviceHistory] = {}
+    start = history_start(since)
+    devices = await fleet_histories(session, include_simulated=include_simulated)
+    statement = metric_rows(start, until, include_simulated=include_simulated)
+    metrics, count = await read_metrics(session, statement)
+    for device_id, (times, values) in metrics.items():
+        if device_id not in devices:  # samples of a device not (or no longer) registered
+            devices[device_id] = DeviceHistory(device_id, None)
+        entry = devices[device_id]
+        entry.metric_times = times
+        entry.metric_values.update(values)
+    await read_events(session, devices, start, until, include_simulated=include_simulated)
+    return History(devices=devices, since=since, until=until, metric_rows=count)
+
+
+async def fleet_histories(
+    session: AsyncSession, *, include_simulated: bool
+) -> dict[str, DeviceHistory]:
+    """An empty history for every device (real ones only, unless ``include_simulated``)."""
     fleet = select(Device.device_id, Device.site_id)
     if not include_simulated:
         fleet = fleet.where(Device.simulated.is_(False))
-    for device_id, site_id in (await session.execute(fleet)).all():
-        devices[device_id] = DeviceHistory(device_id, site_id)
+    return {
+        device_id: DeviceHistory(device_id, site_id)
+        for device_id, site_id in (await session.execute(fleet)).all()
+    }
+
+
+def metric_rows(
+    start: datetime,
+    until: datetime,
+    *,
+    include_simulated: bool,
+    start_inclusive: bool = True,
+    device_ids: Sequence[str] | None = None,
+) -> Any:
+    """The statement of the samples in ``[start, until]`` (``(start, until]`` without
+    ``start_inclusive``), of the given devices or all, ordered by device and time."""
+    columns = [getattr(DeviceMetrics, column) for _, column in METRICS]
+    after = DeviceMetrics.timestamp >= start if start_inclusive else DeviceMetrics.timestamp > start
+    statement = (
+        select(DeviceMetrics.device_id, DeviceMetrics.timestamp, *columns)
+        .where(after, DeviceMetrics.timestamp <= until)
+        .order_by(DeviceMetrics.device_id, DeviceMetrics.timestamp)
+    )
+    if not include_simulated:
+        statement = statement.where(DeviceMetrics.source == DEVICE)
+    if device_ids is not None:
+        statement = statement.where(DeviceMetrics.device_id.in_(device_ids))
+    return statement
+
+
+async def read_metrics(
+    session: AsyncSession, statement: Any
+) -> tuple[dict[str, tuple[np.ndarray, dict[str, np.ndarray]]], int]:
+    """The samples of a :func:`metric_rows` statement as each device's arrays, and how many
+    rows were read."""
+    # Every device's day of samples (5,000 devices: ~1 s of Python) made into arrays off the
+    # event loop, a slice of rows at a time: a million Row objects alive at once made every
+    # full garbage collection (it holds the GIL, so the loop) take 0.1-0.3 s.
+    metrics: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    count = 0
+    async for part in stream_in_slices(session, statement):
+        count += len(part)
+        for device_id, (times, values) in (await compute(_metric_arrays, part)).items():
+            if device_id in metrics:  # its rows began in the previous slice
+                earlier_times, earlier = metrics[device_id]
+                later = values
+                times = np.concatenate([earlier_times, times])
+                values = {name: np.concatenate([earlier[name], later[name]]) for name in later}
+            metrics[device_id] = (times, values)
+    return metrics, count
+
+
+async def read_events(
+    session: AsyncSession,
+    devices: dict[str, DeviceHistory],
+    start: datetime,
+    until: datetime,
+    *,
+    include_simulated: bool,
+) -> None:
+    """Each device's state changes, failures, errors, failed jobs and configuration changes
+    of ``[start, until]``, its site's opening hours, and its peers' events."""
     real: dict[type[Any], list[Any]] = {
         model: [] if include_simulated else [model.source == DEVICE]
-        for model in (DeviceMetrics, DeviceStateHistory, ErrorLog, JobOutcome, ConfigurationHistory)
+        for model in (DeviceStateHistory, ErrorLog, JobOutcome, ConfigurationHistory)
     }
 
     def history(device_id: str | None) -> DeviceHistory | None:
@@ -185,34 +343,9 @@ async def load_history(
             devices[device_id] = DeviceHistory(device_id, None)
         return devices[device_id]
 
-    columns = [getattr(DeviceMetrics, column) for _, column in METRICS]
-    statement = (
-        select(DeviceMetrics.device_id, DeviceMetrics.timestamp, *columns)
-        .where(DeviceMetrics.timestamp >= start, DeviceMetrics.timestamp <= until)
-        .where(*real[DeviceMetrics])
-        .order_by(DeviceMetrics.device_id, DeviceMetrics.timestamp)
-    )
-    # Every device's day of samples (5,000 devices: ~1 s of Python) made into arrays off the
-    # event loop, a slice of rows at a time: a million Row objects alive at once made every
-    # full garbage collection (it holds the GIL, so the loop) take 0.1-0.3 s.
-    metrics: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-    async for part in stream_in_slices(session, statement):
-        for device_id, (times, values) in (await compute(_metric_arrays, part)).items():
-            if device_id in metrics:  # its rows began in the previous slice
-                earlier_times, earlier = metrics[device_id]
-                later = values
-                times = np.concatenate([earlier_times, times])
-                values = {name: np.concatenate([earlier[name], later[name]]) for name in later}
-            metrics[device_id] = (times, values)
-    for device_id, (times, values) in metrics.items():
-        entry = history(device_id)
-        assert entry is not None
-        entry.metric_times = times
-        entry.metric_values.update(values)
-
     expected_downtime, opening = await _site_calendar(session)
-    for entry in devices.values():
-        entry.open_intervals = opening(entry.site_id, start, until + timedelta(days=1))
+    for device in devices.values():
+        device.open_intervals = opening(device.site_id, start, until + timedelta(days=1))
     for device_id, moment, new_state in (
         await session.execute(
             select(
@@ -283,7 +416,6 @@ async def load_history(
     for entry in devices.values():
         entry.failures.sort()
     _index_sites(devices.values())
-    return History(devices=devices, since=since, until=until)
 
 
 def _metric_arrays(
@@ -314,7 +446,7 @@ def _index_sites(entries: Iterable[DeviceHistory]) -> None:
         if entry.site_id is None:
             continue
         site = entry.site = sites.setdefault(entry.site_id, SiteEvents())
-        if entry.metric_times.size:
+        if entry.reported:
             site.devices.add(entry.device_id)
         site.failures += [(at, entry.device_id) for at in entry.failures]
         for at, severity, category in entry.errors:
@@ -447,8 +579,8 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
     times = entry.metric_times
     last_index = int(np.searchsorted(times, moment, side="right"))
     hour_start = int(np.searchsorted(times, moment - _HOUR, side="right"))
-    three_hours = int(np.searchsorted(times, moment - 3 * _HOUR, side="right"))
-    day_start = int(np.searchsorted(times, moment - 24 * _HOUR, side="right"))
+    three_hours = int(np.searchsorted(times, moment - RECENT.total_seconds(), side="right"))
+    baseline = baseline_at(entry, moment)
     memory_mean = memory_slope = math.nan
     for name, _ in METRICS:
         series = entry.metric_values.get(name, np.empty(0))
@@ -457,13 +589,11 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
         last = float(recent[-1]) if recent.size else math.nan
         mean = float(recent.mean()) if recent.size else math.nan
         slope = _slope(times[three_hours:last_index], series[three_hours:last_index])
-        before = series[day_start:hour_start]
-        before = before[~np.isnan(before)]
-        if before.size >= 12 and recent.size:
-            median = float(np.median(before))
-            spread = 1.4826 * float(np.median(np.abs(before - median)))
+        level = baseline.levels.get(name)
+        if level is not None and recent.size:
+            median, spread, highest = level
             deviation = (mean - median) / max(spread, 0.5)
-            excess = mean - float(np.percentile(before, 95))
+            excess = mean - highest
         else:
             deviation = excess = math.nan
         values += [last, mean, slope, deviation, excess]
@@ -510,14 +640,15 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
         if online
         else _CAP_HOURS_SINCE_ONLINE
     )
+    reported = _last_report(entry, moment, last_index)
     values.append(
-        min((moment - float(times[last_index - 1])) / 60, _CAP_MINUTES_SINCE_REPORT)
-        if last_index
+        min((moment - reported) / 60, _CAP_MINUTES_SINCE_REPORT)
+        if reported is not None
         else _CAP_MINUTES_SINCE_REPORT
     )
     values.append(_hours_until_close(entry.open_intervals, moment))
     latency = entry.metric_values.get("latency", np.empty(0))
-    usual = _jitter(latency[day_start:hour_start]) if hour_start - day_start >= 12 else math.nan
+    usual = baseline.jitter
     half_hour = int(np.searchsorted(times, moment - _HOUR / 2, side="right"))
     for first in (half_hour, hour_start):
         recent_jitter = _jitter(latency[first:last_index])
@@ -525,6 +656,15 @@ def features_at(entry: DeviceHistory, moment: float) -> list[float]:
     values += _warning_counts(entry, moment)
     values += _peer_features(entry, moment)
     return values
+
+
+def _last_report(entry: DeviceHistory, moment: float, last_index: int) -> float | None:
+    """When the device last reported at or before ``moment`` (None: not in its history)."""
+    if last_index:
+        return float(entry.metric_times[last_index - 1])
+    if entry.last_report is not None and entry.last_report <= moment:
+        return entry.last_report
+    return None
 
 
 def _hours_until_close(intervals: list[tuple[float, float]] | None, moment: float) -> float:
@@ -587,9 +727,12 @@ def current_features(history: History, device_ids: Iterable[str], moment: dateti
     ids: list[str] = []
     for device_id in device_ids:
         entry = history.devices.get(device_id)
-        if entry is None or entry.metric_times.size == 0:
+        if entry is None:
             continue
-        if at - float(entry.metric_times[-1]) > 6 * _HOUR:
+        reported = _last_report(
+            entry, at, int(np.searchsorted(entry.metric_times, at, side="right"))
+        )
+        if reported is None or at - reported > 6 * _HOUR:
             continue
         rows.append(features_at(entry, at))
         ids.append(device_id)

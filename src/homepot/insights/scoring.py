@@ -17,6 +17,7 @@ from homepot.kit.offload import compute, fetch_in_slices
 if TYPE_CHECKING:
     from homepot.insights.features import History
     from homepot.insights.risk import RiskModel
+    from homepot.insights.risk_reads import BaselineCache
 
 
 @dataclass(frozen=True)
@@ -191,15 +192,26 @@ def _anomaly_scores(devices: Mapping[str, str | None], active: Sequence[Any]) ->
     return scores
 
 
-async def score_devices(session: AsyncSession, model: RiskModel, now: datetime) -> int:
+async def score_devices(
+    session: AsyncSession,
+    model: RiskModel,
+    now: datetime,
+    *,
+    baselines: BaselineCache | None = None,
+) -> int:
     """Score every device that reported in the last 6 h with the trained model.
 
-    Returns how many rows were stored (a device whose risk did not move keeps its row).
+    ``baselines``: the devices' baselines kept from this process's earlier passes (the
+    server's), so that the pass reads the last 3 h of raw samples and the day before only
+    for the devices whose baseline moves on (homepot.insights.risk_reads); without it, or
+    cold, it reads every device's day. Returns how many rows were stored (a device whose
+    risk did not move keeps its row).
     """
-    from homepot.insights.features import load_history
+    from homepot.insights.risk_reads import BaselineCache, load_scoring_history
 
     # Every device is scored, simulated ones too: the demo's operators see its risk.
-    history = await load_history(session, now - timedelta(hours=1), now, include_simulated=True)
+    cache = baselines if baselines is not None else BaselineCache()
+    history = await load_scoring_history(session, now, cache)
     # Features, prediction and explanations are pure computation (~0.7 ms a device), done
     # off the event loop; the history is this pass's own.
     scores = await compute(_model_scores, history, model, now)

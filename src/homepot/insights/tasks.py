@@ -156,6 +156,10 @@ async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
     With ``HOMEPOT_INSIGHTS__MODEL_PATH`` the trained model scores the devices that reported
     in the last 6 h (re-read when the file changes); without one, or while the file cannot be
     used, risk comes from active anomaly episodes and the rows say ``model = "anomalies"``.
+    The devices' baselines are kept between passes (``app.state.risk_baselines``,
+    homepot.insights.risk_reads), so that a pass reads the last 3 h of raw samples and the
+    day before only for the devices whose hourly anchor came; a process that takes the pass
+    over starts with none.
     An unusable model file is logged to ``error_logs`` (INSIGHTS_MODEL_UNUSABLE) once.
     """
     settings: Settings = app.state.settings
@@ -164,10 +168,14 @@ async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
         return
     from homepot.analytics.error_logger import record_error
     from homepot.insights.risk import ModelError, RiskModel, load_model
+    from homepot.insights.risk_reads import BaselineCache
     from homepot.insights.scoring import score_devices, score_from_anomalies
 
     path = settings.insights.model_path
     loaded: dict[str, object] = {}
+    # Each device's baseline, kept between this process's passes (cold in a process that
+    # takes the pass over: its first pass reads every device's day).
+    baselines = app.state.risk_baselines = BaselineCache()
 
     def current_model() -> RiskModel | None:
         if path is None:
@@ -196,7 +204,16 @@ async def run_risk_scoring(app: FastAPI) -> AsyncIterator[None]:
         model = current_model()
         async with app.state.session_factory() as session:
             if model is not None:
-                await score_devices(session, model, utcnow())
+                await score_devices(session, model, utcnow(), baselines=baselines)
+                reads = baselines.last_pass
+                if reads is not None:
+                    logger.debug(
+                        "risk: %d device_metrics rows read (%d recent, %d for %d baselines)",
+                        reads.rows,
+                        reads.recent_rows,
+                        reads.baseline_rows,
+                        reads.baselines_computed,
+                    )
             else:
                 await score_from_anomalies(session, utcnow())
             await session.commit()

@@ -1,5 +1,5 @@
-"""Which background singletons this process runs, and its MQTT bridge's counters, as
-Prometheus metrics read at scrape time."""
+"""Which background singletons this process runs, its MQTT bridge's counters and what its
+risk passes read, as Prometheus metrics read at scrape time."""
 
 from __future__ import annotations
 
@@ -113,4 +113,22 @@ class JetStreamUplinkCollector(_UplinkCollector):
             "held",
         ),
         "homepot_jetstream_connected": ("1 while this process is connected to NATS", "connected"),
+    }
+
+
+class RiskReadsCollector(_UplinkCollector):
+    """What this process's risk passes read (``homepot_risk_metric_rows_read_total``,
+    ``homepot_risk_baselines_computed_total``) and the baselines it keeps; nothing until
+    risk scoring runs here (homepot.insights.risk_reads)."""
+
+    PREFIX = "homepot_risk"
+    COUNTERS = {
+        "metric_rows_read": "device_metrics rows read by this process's risk passes",
+        "baselines_computed": "Device baselines recomputed (a day of samples read for each)",
+    }
+    GAUGES = {
+        "homepot_risk_baselines_kept": (
+            "Device baselines this process keeps between its risk passes",
+            "kept",
+        ),
     }
