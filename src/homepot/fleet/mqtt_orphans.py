@@ -22,12 +22,6 @@ and once it is quiet and everything is acknowledged, ends the session (a clean s
 session expiry 0), replays the session's spool when it is on this host, deletes the row and
 releases the lock.
 
-A session no row names (its process ran a version that did not record sessions) is found at
-start: each process asks the broker about its host's numbered client ids (``<base>-0`` to
-``<base>-7``) that nobody holds; the CONNACK of a connection resuming one says whether the
-broker keeps it. One kept is recorded and drained like the others; one made by the asking
-is ended at once.
-
 Races, decided by the lock: two processes finding the same orphan (one takes the lock, the
 other skips it); a restarted process whose slot gives it the client id being drained (it
 waits for the lock, then starts a new session: the old one is ended by then, and whatever
