@@ -18,12 +18,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from sqlalchemy import func, select, text
 
 from homepot.agent.mqtt import DeviceMqttLink
@@ -259,43 +256,6 @@ async def test_the_session_of_an_earlier_client_id_is_drained(
         await _all_stored_once(new, devices, expected=200)
         await _wait_ended(new, earlier)
         assert new.state.mqtt_bridge.stats["orphaned_messages"] == 200
-
-
-async def test_a_session_no_server_recorded_is_found_and_drained(
-    backend: str, settings: Settings, open_broker: Broker, tmp_path: Path
-) -> None:
-    """A worker of a version that did not record its session (slot 1, before an upgrade
-    that scaled down to one worker): the broker keeps its session in the group and queues
-    its share. The upgraded server finds it by asking the broker, and stores it all."""
-    _postgresql_only(backend)
-    async with _running(_server(settings, open_broker, tmp_path, "one")) as one:
-        devices = await _devices(one, 4)
-        bridge = one.state.mqtt_bridge
-        assert bridge.client_id == bridge.numbered_client_id(0)
-        unrecorded, group = bridge.numbered_client_id(1), bridge.group
-        assert unrecorded is not None
-        assert unrecorded not in await _recorded(one)
-    # What the old worker left: a persistent MQTT 5 session subscribed to the group.
-    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    connect.SessionExpiryInterval = 600
-    async with aiomqtt.Client(
-        HOST,
-        open_broker.port,
-        identifier=unrecorded,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=connect,
-    ) as old_worker:
-        await old_worker.subscribe([(f"$share/{group}/{topic}", 1) for topic in topics.UPLINK])
-    await _publish(open_broker, devices, per_device=50)  # half of it queued for the old one
-    async with _running(_server(settings, open_broker, tmp_path, "one")) as upgraded:
-        await _all_stored_once(upgraded, devices, expected=200)
-        await _wait_ended(upgraded, unrecorded)
-        stats = upgraded.state.mqtt_bridge.stats
-        assert stats["orphaned_sessions_ended"] == 1
-        assert 0 < stats["orphaned_messages"] < 200
-        # Slots without a session were asked and left nothing behind.
-        assert await _recorded(upgraded) == {upgraded.state.mqtt_bridge.client_id}
 
 
 async def test_a_restarted_worker_waits_while_its_predecessors_session_is_drained(

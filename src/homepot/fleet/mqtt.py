@@ -259,13 +259,6 @@ class UplinkBridge:
     def spool_directory(self, client_id: str) -> Path:
         return self._settings.analytics.spool_dir / "mqtt" / client_id
 
-    def numbered_client_id(self, slot: int) -> str | None:
-        """The client id of this host's process in ``slot`` (``<base>-<slot>``); None when this
-        process's id is not numbered (a configured client id, SQLite)."""
-        if self._settings.fleet.mqtt_client_id or self.client_id == self._base_client_id:
-            return None
-        return f"{self._base_client_id[:120]}-{slot}"
-
     def session_client(self, client_id: str, *, ending: bool = False) -> aiomqtt.Client:
         """A connection to another session of the group, to drain it (or, ``ending``, a
         clean start with session expiry 0 that ends it)."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiomqtt
 from sqlalchemy import delete, select
@@ -68,9 +68,6 @@ DRAIN_POLL_SECONDS = 0.05
 # After its owner took a session back (or the broker went away mid-drain), it is left alone
 # for this long: the owner takes its lock again meanwhile.
 TAKEN_BACK_PAUSE_SECONDS = 60.0
-# The numbered client ids of this host (``<base>-0`` ...) asked of the broker once at start,
-# for sessions no row names (left by a process of a version that did not record them).
-PROBE_SLOTS = 8
 
 
 def session_lock(client_id: str) -> str:
@@ -106,13 +103,9 @@ class OrphanSessions:
 
     async def run(self) -> None:
         """At start and every ``SCAN_SECONDS`` while connected; never raises."""
-        probed = False
         while True:
             await self._bridge.connected.wait()
             try:
-                if not probed:
-                    await self.probe_unrecorded()
-                    probed = True
                 await self.scan()
             except Exception as exc:  # the database or the broker away: the next scan retries
                 logger.warning("MQTT bridge: looking for orphaned sessions failed: %s", exc)
@@ -150,66 +143,6 @@ class OrphanSessions:
                 if distributed and leadership is not None:
                     await leadership.resign(lock)
         return ended
-
-    async def probe_unrecorded(self) -> list[str]:
-        """Ask the broker about this host's numbered client ids that no row names and no
-        process holds (``PROBE_SLOTS`` of them); record each session it still keeps, so that
-        the scan drains and ends it like any orphan. Returns the client ids found.
-
-        Such a session was left by a process that ran before sessions were recorded (an
-        upgrade after scaling down), or lost its row. A session of another host's id, or of
-        a client id configured before, cannot be guessed: the README says how to end one.
-        """
-        bridge = self._bridge
-        leadership = bridge.leadership
-        if leadership is None or not leadership.distributed:
-            return []
-        recorded = {client_id for client_id, _group in await self._recorded()}
-        found: list[str] = []
-        for slot in range(PROBE_SLOTS):
-            client_id = bridge.numbered_client_id(slot)
-            if client_id is None or client_id == bridge.client_id or client_id in recorded:
-                continue
-            lock = session_lock(client_id)
-            if not await leadership.holds(lock):
-                continue  # a live process: it records its own session
-            try:
-                if await self._session_present(client_id):
-                    await self._record(client_id)
-                    found.append(client_id)
-            finally:
-                await leadership.resign(lock)
-        if found:
-            logger.warning(
-                "MQTT bridge: the broker keeps sessions no server recorded: %s; ending them",
-                ", ".join(found),
-            )
-        return found
-
-    async def _session_present(self, client_id: str) -> bool:
-        """Whether the broker keeps a session of ``client_id``: the CONNACK of a connection
-        that resumes it says so. When it kept none, the one this connection made is ended.
-        What such a session holds stays unacknowledged in it (manual acknowledgement)."""
-        bridge = self._bridge
-        client = bridge.session_client(client_id)
-        present = False
-        paho = client._client  # aiomqtt keeps CONNACK's flags to itself
-        on_connect: Any = paho.on_connect
-
-        def note_flags(
-            mqtt_client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None
-        ) -> None:
-            nonlocal present
-            present = bool(flags.session_present)
-            on_connect(mqtt_client, userdata, flags, reason, properties)
-
-        paho.on_connect = note_flags
-        async with client:
-            pass
-        if not present:
-            async with bridge.session_client(client_id, ending=True):
-                pass
-        return present
 
     async def _adopt(self, client_id: str, group: str) -> bool:
         bridge = self._bridge
@@ -281,13 +214,10 @@ class OrphanSessions:
         return insert(MqttSession)
 
     async def _record_own(self) -> None:
-        await self._record(self._bridge.client_id)
-
-    async def _record(self, client_id: str) -> None:
         bridge = self._bridge
         async with bridge.session_factory() as session:
             statement = self._insert(session.get_bind().dialect.name).values(
-                client_id=client_id,
+                client_id=bridge.client_id,
                 broker=bridge.broker,
                 share_group=bridge.group,
                 seen_at=utcnow(),
