@@ -484,3 +484,68 @@ def test_a_stored_mqtt_message_keeps_its_topic() -> None:
     assert topic_of("$MQTT.msgs.homepot.v1.devices.pos-1.jobs.ack") == (
         "homepot/v1/devices/pos-1/jobs/ack"
     )
+
+
+def _uplink_with_fakes(ack_wait: int = 6) -> Any:
+    from homepot.fleet.jetstream import JetStreamUplink
+
+    fleet = FleetSettings(
+        uplink="jetstream", nats_urls="nats://127.0.0.1:4222", jetstream_ack_wait_seconds=ack_wait
+    )
+    settings = Settings(fleet=fleet, secret_key=TEST_SECRET)
+    app = SimpleNamespace(state=SimpleNamespace(settings=settings, session_factory=None))
+    return JetStreamUplink(app)  # type: ignore[arg-type]
+
+
+async def test_a_fetch_that_times_out_with_the_builtin_timeout_keeps_the_connection() -> None:
+    """nats-py ends an empty fetch with its own TimeoutError, or on some paths (its answer
+    late on a loaded machine) with the builtin one. Neither is an outage: the reader fetches
+    again on the same connection. Before, the builtin one closed the client, and the held
+    messages, no longer marked in progress, were given again after the ack wait (CI)."""
+    import nats.errors
+
+    uplink = _uplink_with_fakes()
+    fetches = 0
+
+    class Subscription:
+        async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 (nats-py's)
+            nonlocal fetches
+            fetches += 1
+            if fetches == 1:
+                raise TimeoutError
+            if fetches == 2:
+                raise nats.errors.TimeoutError
+            raise nats.errors.ConnectionClosedError
+
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await uplink._fetch(Subscription())
+    assert fetches == 3
+
+
+async def test_a_held_message_is_marked_in_progress_within_half_the_ack_wait() -> None:
+    """Fetched just after the keeper looked, a message is still marked before half the ack
+    wait has passed (looked at every sixth of it), then every third of it."""
+    from homepot.fleet.jetstream import Delivery
+    from homepot.fleet.uplink_store import IncomingMessage
+
+    uplink = _uplink_with_fakes(ack_wait=3)  # marks due every 1 s, looked at every 0.5 s
+    loop = asyncio.get_running_loop()
+    marks: list[float] = []
+
+    class Message:
+        async def in_progress(self) -> None:
+            marks.append(loop.time())
+
+    keeper = asyncio.create_task(uplink._keep_in_progress())
+    try:
+        await asyncio.sleep(0.05)  # just after the keeper's first look
+        fetched = loop.time()
+        uplink._held.add(Delivery(IncomingMessage("t", b"", qos=1), Message(), fetched))  # type: ignore[arg-type]
+        await asyncio.sleep(3.2)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    assert marks, "never marked in progress"
+    assert marks[0] - fetched <= 1.5 + 0.2
+    assert all(later - earlier >= 0.9 for earlier, later in zip(marks, marks[1:], strict=False))

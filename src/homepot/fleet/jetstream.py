@@ -87,6 +87,11 @@ class Delivery:
     incoming: IncomingMessage
     message: Msg
     fetched_at: float = field(default=0.0)
+    # When NATS was last told it is still being worked on (loop time; the fetch at first).
+    kept_at: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.kept_at = self.fetched_at
 
 
 class JetStreamUplink:
@@ -265,7 +270,12 @@ class JetStreamUplink:
             wanted = min(self._fleet.jetstream_fetch_batch, limit - len(self._held))
             try:
                 messages = await subscription.fetch(max(1, wanted), timeout=FETCH_WAIT_SECONDS)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to fetch. nats-py raises its own TimeoutError, and on some paths
+                # (the server's answer to the no-wait request came late, the deadline spent)
+                # the builtin one: neither is a broken connection. Closing the client for it
+                # left the held messages without their in-progress marks, and NATS gave them
+                # again after the ack wait.
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
                 raise
@@ -349,15 +359,18 @@ class JetStreamUplink:
             self._room.set()
 
     async def _keep_in_progress(self) -> None:
-        """Messages held for a third of the ack wait (a slow or absent database) are marked in
-        progress, so that NATS does not give them to another process meanwhile."""
-        interval = self._fleet.jetstream_ack_wait_seconds / 3
+        """Each message held for a third of the ack wait (a slow or absent database) is
+        marked in progress, and again every third of it, so that NATS does not give it to
+        another process meanwhile. Looking twice as often as that, a mark is at most half the
+        ack wait late."""
+        period = self._fleet.jetstream_ack_wait_seconds / 3
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(period / 2)
             now = loop.time()
             for delivery in list(self._held):
-                if now - delivery.fetched_at >= interval:
+                if now - delivery.kept_at >= period:
+                    delivery.kept_at = now
                     with contextlib.suppress(Exception):
                         await delivery.message.in_progress()
                         self.stats["kept_in_progress"] += 1
