@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from homepot.config import DatabaseSettings, Settings
 from homepot.db import Failure, classify_failure, create_engine
 from homepot.main import create_app
-from tests.faults.servers import free_port
+from tests.fleet.brokers import refused_port
 from tests.helpers import create_registered_device
 
 TELEMETRY = "/api/v1/agent/telemetry"
@@ -55,9 +55,9 @@ def test_a_file_error_outside_the_database_is_not_an_outage(tmp_path: Path) -> N
     assert classify_failure(raised.value) is None
 
 
-def _unreachable(backend: str, tmp_path: Path) -> str:
+def _unreachable(backend: str, port: int, tmp_path: Path) -> str:
     if backend == "postgresql":  # nothing listens there: the connection is refused
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/homepot"
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/homepot"
     return f"sqlite+aiosqlite:///{tmp_path}/missing-dir/homepot.db"
 
 
@@ -65,11 +65,13 @@ def _unreachable(backend: str, tmp_path: Path) -> str:
 async def unreachable_client(
     backend: str, settings: Settings, tmp_path: Path
 ) -> AsyncIterator[AsyncClient]:
-    app = create_app(settings.model_copy(update={"database_url": _unreachable(backend, tmp_path)}))
-    async with LifespanManager(app, shutdown_timeout=30):
-        transport = ASGITransport(app=app, client=("203.0.113.9", 50000))
-        async with AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
+    with refused_port() as port:
+        url = _unreachable(backend, port, tmp_path)
+        app = create_app(settings.model_copy(update={"database_url": url}))
+        async with LifespanManager(app, shutdown_timeout=30):
+            transport = ASGITransport(app=app, client=("203.0.113.9", 50000))
+            async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+                yield http
 
 
 async def test_a_database_that_cannot_be_reached_is_a_503_with_retry_after(

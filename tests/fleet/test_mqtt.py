@@ -41,7 +41,7 @@ from homepot.protocol.messages import (
     topics,
 )
 from homepot.protocol.mqtt import SignedMessage, broker_address, device_secret, sign
-from tests.fleet.brokers import Broker, open_broker
+from tests.fleet.brokers import Broker, open_broker, refused_port
 from tests.helpers import create_device, db_rows, flush
 
 __all__ = ["open_broker"]  # fixture
@@ -411,14 +411,16 @@ async def test_job_acks_and_results_over_mqtt_finish_the_execution(mqtt_app: Fas
 
 
 async def test_a_broker_that_does_not_answer_leaves_jobs_to_polling(settings: Settings) -> None:
-    with socket.socket() as spare:
-        spare.bind((BROKER_HOST, 0))
-        closed_port = spare.getsockname()[1]
-    application = create_app(
-        settings.model_copy(
-            update={"fleet": FleetSettings(mqtt_url=f"mqtt://{BROKER_HOST}:{closed_port}")}
+    with refused_port() as closed_port:
+        application = create_app(
+            settings.model_copy(
+                update={"fleet": FleetSettings(mqtt_url=f"mqtt://{BROKER_HOST}:{closed_port}")}
+            )
         )
-    )
+        await _polls_only(application, closed_port)
+
+
+async def _polls_only(application: FastAPI, closed_port: int) -> None:
     async with LifespanManager(application):
         channel = application.state.push_channel
         assert isinstance(channel, UnavailableChannel)

@@ -25,6 +25,7 @@ from homepot.analytics.models import (
 from homepot.auth.models import Role
 from homepot.db import Base, utcnow
 from homepot.quality.validate import STREAMS
+from tests.fleet.brokers import refused_port
 from tests.helpers import create_user
 from tests.quality.seed import insert, metric
 
@@ -138,7 +139,8 @@ async def test_validate_refuses_wrong_credentials_a_non_admin_and_a_server_that_
     assert refused.exit_code == 1
     assert "is viewer; the analytics endpoints need an admin" in refused.output
 
-    down = await validate(f"http://127.0.0.1:{free_port()}", "--password", "x")
+    with refused_port() as closed:
+        down = await validate(f"http://127.0.0.1:{closed}", "--password", "x")
     assert down.exit_code == 1
     assert "is not reachable" in down.output
 
