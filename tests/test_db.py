@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from homepot.config import DatabaseSettings, Settings
 from homepot.db import Failure, classify_failure, create_engine
 from homepot.main import create_app
-from tests.fleet.brokers import refused_port
 from tests.helpers import create_registered_device
+from tests.ports import refused_port
 
 TELEMETRY = "/api/v1/agent/telemetry"
 

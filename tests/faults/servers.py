@@ -16,7 +16,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,13 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 PG_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # pg_isready exit status of a server that is up but refuses connections (start-up phase).

@@ -11,36 +11,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from homepot.fleet.broker_accounts import PasswordFile, acl_rules
 from homepot.protocol.mqtt import SERVER_USERNAME
+from tests.ports import HOST, free_port, refused_port
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as spare:
-        spare.bind((HOST, 0))
-        return int(spare.getsockname()[1])
-
-
-@contextmanager
-def refused_port() -> Iterator[int]:
-    """A local port where a connection is refused, for as long as the block runs.
-
-    A port that was free a moment ago is not enough: another test may listen on it since,
-    and a connection to an unused port in the ephemeral range can connect to itself (TCP
-    simultaneous open, when the kernel picks that same port as the source): an MQTT client
-    then read its own CONNECT back ("Unrecognised command 16", CI 2026-12-02). Held bound and
-    not listening, the port refuses every connection and is no one's source port.
-    """
-    with socket.socket() as held:
-        held.bind((HOST, 0))
-        yield int(held.getsockname()[1])
+__all__ = ["HOST", "free_port", "refused_port"]
 
 
 def answers(port: int) -> bool:

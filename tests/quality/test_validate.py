@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -25,19 +24,13 @@ from homepot.analytics.models import (
 from homepot.auth.models import Role
 from homepot.db import Base, utcnow
 from homepot.quality.validate import STREAMS
-from tests.fleet.brokers import refused_port
 from tests.helpers import create_user
+from tests.ports import free_port, refused_port
 from tests.quality.seed import insert, metric
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "test-analytics.sh"
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

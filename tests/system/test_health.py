@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +17,7 @@ from homepot.config import AnalyticsSettings, Settings
 from homepot.db import create_engine, create_session_factory
 from homepot.main import create_app
 from tests.helpers import auth_headers, flush, rows
+from tests.ports import free_port
 
 HEALTH = "/api/v1/health"
 
@@ -96,17 +96,11 @@ async def test_a_hanging_database_makes_health_degraded_not_hang(
     assert with_token.json() == {"status": "degraded"}
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_recorded_errors_never_carry_a_database_urls_password(
     app: FastAPI, client: AsyncClient
 ) -> None:
     admin = await auth_headers(app, client, Role.admin)
-    url = f"postgresql+asyncpg://homepot:hunter2-db-pass@127.0.0.1:{_closed_port()}/homepot"
+    url = f"postgresql+asyncpg://homepot:hunter2-db-pass@127.0.0.1:{free_port()}/homepot"
     try:
         raise ConnectionRefusedError(f"could not connect to {url}")
     except ConnectionRefusedError as exc:
