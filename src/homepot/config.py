@@ -77,6 +77,7 @@ class AnalyticsSettings(BaseModel):
     # Only requests under these prefixes are API requests; the dashboard's pages are not.
     request_path_prefixes: list[str] = Field(default_factory=lambda: ["/api/"])
     queue_max_events: int = Field(default=100_000, ge=10)
+    # Rows per write; on PostgreSQL a batch grows while a backlog waits (recorder._batch_rows).
     batch_size: int = Field(default=500, ge=1, le=10_000)
     flush_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     retry_attempts: int = Field(default=3, ge=0, le=20)

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from homepot.analytics import recorder as recorder_module
 from homepot.analytics.copy_writer import json_text
 from homepot.analytics.models import (
     ConfigurationHistory,
@@ -94,6 +95,8 @@ async def test_postgresql_builds_each_batch_while_the_one_before_is_copied(
     if backend != "postgresql":
         pytest.skip("COPY is PostgreSQL's; SQLite takes one batch at a time")
     recorder = Recorder(engine, _settings(tmp_path, batch_size=100))
+    # Batches of batch_size (a backlog's larger batches are the next test's).
+    monkeypatch.setattr(recorder_module, "_BACKLOG_BATCH_FACTOR", 1)
     happened: list[str] = []
     copy_rows, built_batch = recorder._copy_rows, recorder._built_batch
 
@@ -121,6 +124,40 @@ async def test_postgresql_builds_each_batch_while_the_one_before_is_copied(
         if step == "build"
     ]
     assert during == [False, False, True, True, True]
+
+
+async def test_a_backlog_is_written_in_larger_batches_on_postgresql(
+    engine: AsyncEngine, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst costs fewer COPYs (each a commit): while a backlog waits, a batch takes half of
+    it, up to 8 x batch_size; a queue that keeps up is written batch_size at a time. SQLite
+    keeps batch_size (its INSERTs bind every value)."""
+    recorder = Recorder(engine, _settings(tmp_path, batch_size=100))
+    sizes: list[int] = []
+    built_batch = recorder._built_batch
+
+    def build(size: int, *, start: int = 0) -> list[tuple[str, dict[str, object]]]:
+        sizes.append(size)
+        return built_batch(size, start=start)
+
+    monkeypatch.setattr(recorder, "_built_batch", build)
+    ids = _record_metrics(recorder, 3_000)
+    await recorder.flush()
+    assert await _metric_ids(engine) == ids  # all of it, once, in order
+    assert sum(sizes) == 3_000
+    if backend == "postgresql":
+        # 3,000 waiting: 800 (8 x 100), then 800 of the 2,200 behind it, then half of what
+        # waits, down to batch_size.
+        assert sizes[:2] == [800, 800]
+        assert max(sizes) == 800
+        assert len(sizes) < 12
+    else:
+        assert set(sizes) == {100}
+    sizes.clear()
+    ids += _record_metrics(recorder, 150, start=3_000)
+    await recorder.flush()
+    assert sizes == [100, 50]  # no backlog: batch_size at a time
+    assert await _metric_ids(engine) == ids
 
 
 async def test_a_flush_whose_caller_gives_up_still_finishes_its_write(

@@ -86,6 +86,11 @@ _PAGE_ROWS = 25
 # PostgreSQL: batches in flight at once (one being copied, the next built and waiting for
 # it), so that Python builds a batch while the database copies the one before it.
 _WRITES_IN_FLIGHT = 2
+# PostgreSQL: while a backlog waits, a batch takes up to this many times ``batch_size``
+# rows (half the backlog at most), so that a burst costs fewer COPYs and commits; a queue
+# that keeps up still writes ``batch_size`` at a time.
+_BACKLOG_BATCH_FACTOR = 8
+_BACKLOG_BATCH_MAX_ROWS = 10_000
 
 _PENDING_KEY = "homepot.analytics.pending_events"
 
@@ -416,7 +421,7 @@ class Recorder:
             )
             if wanted and len(in_flight) < depth:
                 # Looked at, not taken: the batch leaves the queue once written or spooled.
-                taken = min(self.settings.batch_size, waiting)
+                taken = min(self._batch_rows(waiting), waiting)
                 batch = self._built_batch(taken, start=ahead)
                 owed -= taken  # built or rejected; rejected events left the queue
                 if batch:
@@ -441,6 +446,15 @@ class Recorder:
                     self._remove(kept, write.size)  # written after all: not kept twice
                 else:
                     kept += write.size
+
+    def _batch_rows(self, waiting: int) -> int:
+        """The rows the next batch takes of the ``waiting`` ones: ``batch_size``, and on
+        PostgreSQL more while a backlog waits (half of it, at most ``_BACKLOG_BATCH_FACTOR``
+        times ``batch_size``)."""
+        size = self.settings.batch_size
+        if not self._copy or waiting < 2 * size:
+            return size
+        return max(size, min(waiting // 2, size * _BACKLOG_BATCH_FACTOR, _BACKLOG_BATCH_MAX_ROWS))
 
     def _start_write(
         self, batch: list[QueuedEvent], writes: asyncio.Queue[_Write | None]
