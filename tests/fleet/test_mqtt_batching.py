@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,18 +35,30 @@ from homepot.protocol.messages import (
 )
 from homepot.protocol.mqtt import SignedMessage, device_secret
 from tests.fleet.brokers import Broker, open_broker
-from tests.fleet.test_mqtt import BROKER_HOST, BROKER_PORT, mqtt_fleet, requires_broker
+from tests.fleet.test_mqtt import (
+    BROKER_HOST,
+    BROKER_PORT,
+    BROKER_URL,
+    mqtt_fleet,
+    requires_broker,
+)
 from tests.helpers import create_device, db_rows, flush
 
 pytestmark = requires_broker
 __all__ = ["open_broker"]  # fixture
 
 
-@pytest.fixture
-async def mqtt_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings.model_copy(update={"fleet": mqtt_fleet()}))
+@asynccontextmanager
+async def _bridged(settings: Settings, broker_url: str) -> AsyncIterator[FastAPI]:
+    application = create_app(settings.model_copy(update={"fleet": mqtt_fleet(broker_url)}))
     async with LifespanManager(application):
         assert application.state.mqtt_bridge.connected.is_set()
+        yield application
+
+
+@pytest.fixture
+async def mqtt_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async with _bridged(settings, BROKER_URL) as application:
         yield application
 
 
@@ -140,9 +153,7 @@ async def _why_not_stored(
 async def burst_app(settings: Settings, open_broker: Broker) -> AsyncIterator[FastAPI]:
     """A server on a broker of its own, configured as the README says (its queue for a
     subscriber bounded far beyond a burst: ``max_queued_messages 1000000``)."""
-    application = create_app(settings.model_copy(update={"fleet": mqtt_fleet(open_broker.url)}))
-    async with LifespanManager(application):
-        assert application.state.mqtt_bridge.connected.is_set()
+    async with _bridged(settings, open_broker.url) as application:
         yield application
 
 
