@@ -361,8 +361,8 @@ class JetStreamUplink:
     async def _keep_in_progress(self) -> None:
         """Each message held for a third of the ack wait (a slow or absent database) is
         marked in progress, and again every third of it, so that NATS does not give it to
-        another process meanwhile. Looking twice as often as that, a mark is at most half the
-        ack wait late."""
+        another process meanwhile. Looked at twice as often as that, a held message goes at
+        most half the ack wait unmarked."""
         period = self._fleet.jetstream_ack_wait_seconds / 3
         loop = asyncio.get_running_loop()
         while True:
