@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from homepot.dbtools import TABLE_NAMES
-from tests.faults.servers import free_port
+from tests.ports import free_port
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import pytest
 
 from homepot.fleet.broker_accounts import PasswordFile, acl_rules
 from homepot.protocol.mqtt import SERVER_USERNAME
-from tests.ports import HOST, free_port, refused_port
+from tests.ports import HOST, free_port
 
-__all__ = ["HOST", "free_port", "refused_port"]
+__all__ = ["HOST"]  # the tests import it from here
 
 
 def answers(port: int) -> bool:

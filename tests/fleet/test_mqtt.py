@@ -41,8 +41,9 @@ from homepot.protocol.messages import (
     topics,
 )
 from homepot.protocol.mqtt import SignedMessage, broker_address, device_secret, sign
-from tests.fleet.brokers import Broker, open_broker, refused_port
+from tests.fleet.brokers import Broker, open_broker
 from tests.helpers import create_device, db_rows, flush
+from tests.ports import refused_port
 
 __all__ = ["open_broker"]  # fixture
 

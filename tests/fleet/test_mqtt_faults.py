@@ -43,10 +43,11 @@ from homepot.main import create_app
 from homepot.protocol.messages import Heartbeat, JobCommand
 from homepot.protocol.mqtt import SignedMessage, device_secret
 from tests.conftest import TEST_SECRET
-from tests.fleet.brokers import HOST, Broker, free_port, open_broker
+from tests.fleet.brokers import HOST, Broker, open_broker
 from tests.fleet.tcp_proxy import TcpProxy
 from tests.fleet.test_mqtt import _batch, _device_with_key, _eventually, mqtt_fleet
 from tests.helpers import auth_headers, create_bootstrap_key, create_site, db_rows, flush
+from tests.ports import free_port
 
 __all__ = ["open_broker"]  # fixture
 
