@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
 from httpx import AsyncClient
+from starlette.routing import BaseRoute
 
 from homepot.auth.models import Role
 from homepot.auth.service import create_user as create_user_row
@@ -155,3 +157,17 @@ async def create_registered_device(
     )
     assert response.status_code == 200, response.text
     return device_id, {"Authorization": f"Bearer {response.json()['api_key']}"}
+
+
+def all_routes(app: FastAPI) -> Iterator[BaseRoute]:
+    """Every route of ``app``, those of included routers too (FastAPI keeps them there)."""
+
+    def walk(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                yield from walk(included.routes)
+            else:
+                yield route
+
+    return walk(app.routes)

@@ -12,18 +12,17 @@ does not admit gets exactly 401 (not authenticated as what the route needs) or 4
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
 from datetime import timedelta
 
 import jwt
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from httpx import AsyncClient
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import Mount, Route
 
 from homepot.auth.models import Role
 from homepot.db import utcnow
-from tests.helpers import create_registered_device, create_site, create_user, login
+from tests.helpers import all_routes, create_registered_device, create_site, create_user, login
 
 
 class Access(enum.Enum):
@@ -166,18 +165,9 @@ def expected_status(access: Access, caller: str) -> int | None:
     return None if caller in admitted else 403
 
 
-def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            yield from _routes(included.routes)
-        else:
-            yield route
-
-
 def route_table(app: FastAPI) -> set[tuple[str, str]]:
     table: set[tuple[str, str]] = set()
-    for route in _routes(app.routes):
+    for route in all_routes(app):
         if isinstance(route, APIRoute | Route):
             table |= {(method, route.path) for method in route.methods or () if method != "HEAD"}
         elif isinstance(route, Mount):

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Every API route lives under this prefix. Routers carry it in their own APIRouter(prefix=...),
+# Every API route lives under this prefix. Routers carry it in their own api_router(prefix=...),
 # because FastAPI does not bake an include_router prefix into route.path, and the request log
 # reads the route template from route.path.
 API_PREFIX = "/api/v1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from homepot.audit import queries
 from homepot.audit.schemas import AuditLogQuery, AuditLogRead
@@ -13,8 +13,9 @@ from homepot.auth.deps import AdminUser
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit.pagination import CursorPage
+from homepot.kit.routing import api_router
 
-router = APIRouter(prefix=f"{API_PREFIX}/audit-logs", tags=["audit"])
+router = api_router(prefix=f"{API_PREFIX}/audit-logs", tags=["audit"])
 
 
 @router.get(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import HTTPException, Path, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.analytics import queries, route_summary
@@ -44,9 +44,10 @@ from homepot.config import API_PREFIX
 from homepot.db import ReadSessionDep, SessionDep
 from homepot.kit import streams
 from homepot.kit.pagination import CursorPage
+from homepot.kit.routing import api_router
 from homepot.kit.streams import StreamQuery
 
-router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
+router = api_router(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid bearer token"},

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import select
 
@@ -15,8 +15,9 @@ from homepot.auth.throttle import client_address, rate_limits, too_many
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit.query import NoParameters
+from homepot.kit.routing import api_router
 
-router = APIRouter(prefix=API_PREFIX, tags=["auth"])
+router = api_router(prefix=API_PREFIX, tags=["auth"])
 
 # The audit trail's author of a failed login whose e-mail matches no account.
 ANONYMOUS = "anonymous"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 
 from homepot.analytics.schemas import ConfigurationHistoryRead, DeviceStateHistoryRead
@@ -22,9 +22,10 @@ from homepot.device.schemas import (
     MetricsQuery,
 )
 from homepot.kit.pagination import CursorPage, Page, Position, decode_cursor
+from homepot.kit.routing import api_router
 from homepot.site.service import SiteNotFound
 
-router = APIRouter(prefix=API_PREFIX, tags=["devices"])
+router = api_router(prefix=API_PREFIX, tags=["devices"])
 
 
 async def _device_from_path(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
 from homepot.audit.service import Actor
@@ -14,8 +14,9 @@ from homepot.db import SessionDep
 from homepot.export import service
 from homepot.export.pseudonym import ExportKeyError, pseudonymizer_from
 from homepot.export.schemas import ExportCreate
+from homepot.kit.routing import api_router
 
-router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
+router = api_router(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
 
@@ -17,9 +17,10 @@ from homepot.fleet.auth import CurrentDevice, ensure_own_device
 from homepot.job import executions
 from homepot.job.schemas import AgentExecutionState, AgentResultAnswer
 from homepot.kit.query import StrictQuery
+from homepot.kit.routing import api_router
 from homepot.protocol.messages import JobAck, JobCommand, JobResult
 
-router = APIRouter(prefix=f"{API_PREFIX}/agent/jobs", tags=["agent"])
+router = api_router(prefix=f"{API_PREFIX}/agent/jobs", tags=["agent"])
 
 
 class PollQuery(StrictQuery):

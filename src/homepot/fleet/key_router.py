@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import HTTPException, Path, Request, status
 
 from homepot.audit.service import Actor
 from homepot.auth.deps import AdminUser
@@ -17,8 +17,9 @@ from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.device.models import Device
 from homepot.fleet import service
+from homepot.kit.routing import api_router
 
-router = APIRouter(prefix=API_PREFIX, tags=["devices"])
+router = api_router(prefix=API_PREFIX, tags=["devices"])
 
 DeviceId = Annotated[str, Path(description="The device's public id, e.g. pos-terminal-001")]
 

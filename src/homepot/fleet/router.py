@@ -8,7 +8,7 @@ the key's is refused with 403.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import HTTPException, Request, status
 from pydantic import BaseModel, Field
 
 from homepot.auth.throttle import client_address, limit_ingest, rate_limits, too_many
@@ -17,6 +17,7 @@ from homepot.db import SessionDep
 from homepot.device.models import DeviceStatus
 from homepot.fleet import service
 from homepot.fleet.auth import CurrentDevice, CurrentReportingDevice, ensure_own_device
+from homepot.kit.routing import api_router
 from homepot.protocol.messages import (
     DeviceErrorAccepted,
     DeviceErrorReport,
@@ -29,7 +30,7 @@ from homepot.protocol.messages import (
     TelemetryBatch,
 )
 
-router = APIRouter(prefix=f"{API_PREFIX}/agent", tags=["agent"])
+router = api_router(prefix=f"{API_PREFIX}/agent", tags=["agent"])
 
 
 class HeartbeatAccepted(BaseModel):

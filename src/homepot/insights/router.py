@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import HTTPException, Path, Query, Request, status
 
 from homepot.audit.service import Actor, write_audit_log
 from homepot.auth.deps import CurrentUser, OperatorUser
@@ -34,9 +34,10 @@ from homepot.insights.schemas import (
     RestoreGroup,
 )
 from homepot.kit.pagination import CursorPage
+from homepot.kit.routing import api_router
 from homepot.site.service import SiteNotFound
 
-router = APIRouter(prefix=f"{API_PREFIX}/insights", tags=["insights"])
+router = api_router(prefix=f"{API_PREFIX}/insights", tags=["insights"])
 
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid bearer token"},

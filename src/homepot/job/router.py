@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 
 from homepot.audit.service import Actor
@@ -12,8 +12,9 @@ from homepot.db import SessionDep
 from homepot.job import executions, service
 from homepot.job.schemas import JobCreate, JobDetail, JobListQuery, JobRead
 from homepot.kit.pagination import Page
+from homepot.kit.routing import api_router
 
-router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+router = api_router(prefix=API_PREFIX, tags=["jobs"])
 
 
 @router.post(

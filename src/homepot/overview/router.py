@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 
 from homepot.analytics import queries
 from homepot.analytics.schemas import ErrorLogQuery, ErrorLogRead
@@ -19,11 +19,12 @@ from homepot.auth.models import Role
 from homepot.config import API_PREFIX
 from homepot.db import ReadSessionDep, SessionDep
 from homepot.kit.pagination import CursorPage
+from homepot.kit.routing import api_router
 from homepot.overview import service
 from homepot.overview.cache import FleetMetricsCache
 from homepot.overview.schemas import FleetOverview
 
-router = APIRouter(prefix=API_PREFIX, tags=["overview"])
+router = api_router(prefix=API_PREFIX, tags=["overview"])
 
 
 def _metrics_cache(request: Request) -> FleetMetricsCache:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from homepot.auth.deps import AdminUser
 from homepot.config import API_PREFIX
 from homepot.db import ReadSessionDep
+from homepot.kit.routing import api_router
 from homepot.quality.schemas import QualityQuery
 from homepot.quality.service import QualityReport, assess_quality
 
-router = APIRouter(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
+router = api_router(prefix=f"{API_PREFIX}/analytics", tags=["analytics"])
 
 
 @router.get(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import Depends, HTTPException, Path, Query, Request, Response, status
 
 from homepot.analytics.models import SiteOperatingSchedule
 from homepot.audit.service import Actor
@@ -11,6 +11,7 @@ from homepot.auth.models import Role
 from homepot.config import API_PREFIX
 from homepot.db import SessionDep
 from homepot.kit.pagination import Page
+from homepot.kit.routing import api_router
 from homepot.site import service
 from homepot.site.models import Site
 from homepot.site.schemas import (
@@ -26,7 +27,7 @@ from homepot.site.schemas import (
     WeekScheduleWrite,
 )
 
-router = APIRouter(prefix=API_PREFIX, tags=["sites"])
+router = api_router(prefix=API_PREFIX, tags=["sites"])
 
 
 async def _site_from_path(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from homepot import __version__
 from homepot.auth.models import Role, User
 from homepot.auth.service import InvalidToken, decode_access_token
+from homepot.kit.routing import api_router
 from homepot.kit.urls import mask_url_credentials
 
-router = APIRouter(tags=["system"])
+router = api_router(tags=["system"])
 
 # The database probe and the admin check each get this long, side by side, so that health
 # answers within 2 s even when the database accepts connections and then never replies.
