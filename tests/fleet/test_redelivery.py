@@ -16,8 +16,25 @@ from sqlalchemy import select
 from homepot.analytics.models import ErrorLog
 from homepot.device.models import Device, HealthCheck, MessageReceipt
 from homepot.fleet import service
-from homepot.protocol.messages import DeviceErrorReport, ErrorSeverity, Heartbeat
+from homepot.protocol.messages import (
+    _DEVICE_EVENT_NAMESPACE,
+    DeviceErrorReport,
+    ErrorSeverity,
+    Heartbeat,
+    device_event_id,
+)
 from tests.helpers import create_registered_device, db_rows, flush
+
+
+def test_a_stored_event_id_is_the_uuid5_of_the_device_and_its_own_id() -> None:
+    # Stored ids must never change between versions: a sample sent again after an upgrade
+    # has to meet the id it was stored under.
+    for n in range(2000):
+        device_id, client_id = f"pos-{n:04d}", uuid.uuid4()
+        expected = uuid.uuid5(_DEVICE_EVENT_NAMESPACE, f"{device_id}/{client_id}").hex
+        assert device_event_id(device_id, client_id) == expected
+    fixed = uuid.UUID("00000000-0000-4000-8000-000000000000")
+    assert device_event_id("pos-0001", fixed) == "0708111cbca4573e8c234b4bef08ca11"
 
 
 async def test_a_heartbeat_and_an_error_sent_again_over_http_are_stored_once(

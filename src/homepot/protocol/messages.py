@@ -101,13 +101,17 @@ def device_event_id(device_id: str, client_event_id: uuid.UUID) -> str:
     """A stored event id unique per device, so two devices' ids can never collide.
 
     ``uuid.uuid5(namespace, f"{device_id}/{client_event_id}").hex``, computed without the
-    UUID objects (it runs for every sample a server takes).
+    UUID objects (it runs for every sample a server takes): the SHA-1 digest's first 32 hex
+    digits with the version digit set to 5 and the RFC 4122 variant in the 17th.
     """
-    name = f"{device_id}/{client_event_id}".encode()
-    digest = bytearray(hashlib.sha1(_DEVICE_EVENT_NAMESPACE_BYTES + name).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    return digest.hex()
+    digest = _sha1(_DEVICE_EVENT_NAMESPACE_BYTES + f"{device_id}/{client_event_id}".encode())
+    hexed = digest.hexdigest()
+    return hexed[:12] + "5" + hexed[13:16] + _RFC4122_VARIANT[hexed[16]] + hexed[17:32]
+
+
+_sha1 = hashlib.sha1
+# A hex digit with its two high bits set to 10 (the RFC 4122 variant), as a hex digit.
+_RFC4122_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class RegisterRequest(Strict):
