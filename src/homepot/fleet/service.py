@@ -14,9 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam, inspect, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from homepot.analytics.error_logger import record_error
 from homepot.analytics.models import DeviceMetrics
@@ -24,6 +25,7 @@ from homepot.analytics.recorder import Recorder
 from homepot.audit.service import Actor, write_audit_log
 from homepot.config import FleetSettings, Settings
 from homepot.db import utcnow
+from homepot.dbdriver import DriverStatement
 from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
@@ -520,9 +522,60 @@ async def record_report(
         for position, error in enumerate(report.errors)
     ]
     device.last_report_id = report_id
+    await _write_reported_columns(session, device)
     jobs = []
     if report.jobs_limit and jobs_waiting:
         jobs = await executions.poll_commands(
             session, device.device_id, report.jobs_limit, ack_timeout_seconds=ack_timeout_seconds
         )
     return ReportStored(duplicate, accepted, error_event_ids, jobs)
+
+
+# The device columns a report changes when its device's state stays as it was. On PostgreSQL
+# they are written by one UPDATE on the driver's connection (homepot.dbdriver), in the
+# request's transaction: the ORM's flush of the same row cost twice the CPU.
+_REPORTED_COLUMNS = frozenset({"last_seen_at", "last_report_id", "ip_address", "firmware_version"})
+_DEVICE_UPDATES: dict[frozenset[str], DriverStatement] = {}
+
+
+def _device_update(columns: frozenset[str]) -> DriverStatement:
+    statement = _DEVICE_UPDATES.get(columns)
+    if statement is None:
+        devices = Device.__table__
+        assert isinstance(devices, Table)
+        values = {
+            name: bindparam(name, type_=devices.c[name].type)
+            for name in sorted(columns | {"updated_at"})
+        }
+        statement = _DEVICE_UPDATES[columns] = DriverStatement(
+            update(devices)
+            .where(devices.c.device_id == bindparam("pk_device_id"))
+            .values(values)
+            .returning(devices.c.device_id)
+        )
+    return statement
+
+
+async def _write_reported_columns(session: AsyncSession, device: Device) -> None:
+    """Write the device's changed columns now when they are only a report's own
+    (:data:`_REPORTED_COLUMNS`) and the database is PostgreSQL; the object is then clean, as
+    after a flush. Anything else (a state change, SQLite) is left to the ORM's flush."""
+    state = inspect(device)
+    changed = state.committed_state.keys()
+    if (
+        not changed
+        or not changed <= _REPORTED_COLUMNS
+        or not state.persistent
+        or state.session is not session.sync_session
+        or session.get_bind().dialect.name != "postgresql"
+    ):
+        return
+    values = {name: state.dict[name] for name in changed}
+    values["updated_at"] = state.dict["updated_at"] = utcnow()
+    written = await _device_update(frozenset(changed)).fetchval(
+        session, {**values, "pk_device_id": device.device_id}
+    )
+    if written is None:
+        # What the ORM's flush says of a row that went away under it.
+        raise StaleDataError(f"device {device.device_id} was deleted while it reported")
+    state._commit_all(state.dict, session.sync_session.identity_map)
