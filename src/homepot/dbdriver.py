@@ -2,8 +2,8 @@
 
 On PostgreSQL a statement executed through SQLAlchemy (session or Core, it made no
 difference) cost ~0.75 ms of the server's CPU on the 2026-12-02 host; the same statement
-on the asyncpg connection underneath cost ~0.37 ms (benchmarks/README.md, "A report's writes
-on the driver's connection"). A terminal's report writes two rows (its heartbeat with the
+on the asyncpg connection underneath cost ~0.37 ms (benchmarks/README.md, "2026-12-02,
+morning"). A terminal's report writes two rows (its heartbeat with the
 message's receipt, and the device row), so those two go this way.
 
 :class:`DriverStatement` compiles a Core statement once with SQLAlchemy's own asyncpg
@@ -91,7 +91,7 @@ async def _as_sqlalchemy_error(
         lost = dialect.is_disconnect(translated, adapted, None)
         if lost:
             await connection.invalidate()
-        wrapped = DBAPIError.instance(
+        return DBAPIError.instance(
             sql,
             None,
             translated,
@@ -100,5 +100,4 @@ async def _as_sqlalchemy_error(
             connection_invalidated=lost,
             dialect=dialect,
         )
-        return wrapped
     return error

@@ -14,7 +14,7 @@ again by ``json.loads``, so every body gets exactly the answer it got before: th
 values, or the same 422 ``json_invalid`` naming the position, or the same clear refusal of a
 lone surrogate by the schema that holds it (homepot.kit.jsonlimits).
 
-Every router is made by :func:`api_router` (tests/test_routing.py checks each route of the
+Every router is made by :func:`api_router` (tests/kit/test_routing.py checks each route of the
 app), so no endpoint is left on the slower parser.
 """
 
