@@ -35,7 +35,9 @@ def parse_json_body(body: bytes) -> Any:
     """``json.loads(body)``, the same values and the same errors, faster for valid UTF-8
     JSON (see the module's docstring)."""
     try:
-        return from_json(body)
+        # Keys only in pydantic-core's process-wide string cache (the repeated field names
+        # are what it saves on); values, which may be passwords or keys, are never kept.
+        return from_json(body, cache_strings="keys")
     except ValueError:
         return json.loads(body)  # the standard library's answer, value or error
 
