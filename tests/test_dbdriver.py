@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import bindparam, event, insert, select, text
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -67,6 +68,31 @@ async def test_a_statement_on_the_driver_is_rolled_back_with_the_session(
             await INSERT_RECEIPT.fetchval(session, receipt)
             await session.commit()
         assert await _stored(pg_engine, receipt["event_id"])
+
+
+async def test_values_the_statement_carries_itself_are_bound_with_their_type(
+    pg_engine: AsyncEngine,
+) -> None:
+    receipt = _receipt()
+    later = receipt["received_at"] + timedelta(minutes=5)
+    touch = DriverStatement(
+        update(RECEIPTS)
+        .where(
+            RECEIPTS.c.event_id == bindparam("event_id"),
+            RECEIPTS.c.received_at > datetime(2000, 1, 1, tzinfo=UTC),  # a literal, typed
+        )
+        .values(received_at=bindparam("later"))
+        .returning(RECEIPTS.c.received_at)
+    )
+    sessions = async_sessionmaker(pg_engine)
+    async with sessions() as session:
+        await INSERT_RECEIPT.fetchval(session, receipt)
+        await session.execute(text("SELECT 1"))
+        assert (
+            await touch.fetchval(session, {"event_id": receipt["event_id"], "later": later})
+            == later
+        )
+        await session.commit()
 
 
 async def test_a_constraint_violation_on_the_driver_is_sqlalchemys_integrity_error(

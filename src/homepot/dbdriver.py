@@ -38,6 +38,8 @@ class DriverStatement:
         self._sql = ""
         self._names: tuple[str, ...] = ()
         self._processors: tuple[Callable[[Any], Any] | None, ...] = ()
+        # Values the statement carries itself (a literal compared with, e.g. status_1).
+        self._defaults: dict[str, Any] = {}
 
     def _compile(self, dialect: Dialect) -> None:
         compiled = self.statement.compile(dialect=dialect)
@@ -48,6 +50,10 @@ class DriverStatement:
         # A scalar's processor is a callable (a tuple type would have a sequence of them,
         # which no statement here binds).
         self._processors = tuple(_scalar_processor(processors.get(name)) for name in self._names)
+        binds = compiled.binds
+        self._defaults = {
+            name: binds[name].effective_value for name in self._names if not binds[name].required
+        }
         self._sql = compiled.string
 
     async def fetchval(self, session: AsyncSession, params: Mapping[str, Any]) -> Any:
@@ -61,8 +67,9 @@ class DriverStatement:
             return (await connection.execute(self.statement, dict(params))).scalar()
         if not self._sql:
             self._compile(connection.dialect)
+        values = self._defaults | dict(params) if self._defaults else params
         args = [
-            params[name] if process is None else process(params[name])
+            values[name] if process is None else process(values[name])
             for name, process in zip(self._names, self._processors, strict=True)
         ]
         try:
