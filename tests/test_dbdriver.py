@@ -170,3 +170,35 @@ async def test_a_steady_report_writes_its_device_row_and_heartbeat(
         assert written_by_sqlalchemy == []  # both on the driver's connection
     else:
         assert any(s.startswith("UPDATE devices") for s in statements)
+
+
+async def test_a_telemetry_batch_writes_its_device_row_on_the_driver(
+    app: FastAPI, client: AsyncClient, backend: str
+) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        sample = {
+            "event_id": str(uuid.uuid4()),
+            "timestamp": utcnow().isoformat(),
+            "collection_interval_seconds": 30,
+            "cpu_percent": 12.5,
+        }
+        answer = await client.post(
+            "/api/v1/agent/telemetry", json={"samples": [sample]}, headers=headers
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert answer.status_code == 202, answer.text
+    (device,) = await db_rows(app, Device, device_id=device_id)
+    assert device.last_seen_at is not None
+    assert device.updated_at >= device.last_seen_at
+    by_sqlalchemy = any(s.startswith("UPDATE devices") for s in statements)
+    assert by_sqlalchemy == (backend == "sqlite")

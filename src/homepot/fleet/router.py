@@ -108,7 +108,7 @@ async def heartbeat(
     responses={503: {"description": "The server is busy; send the same batch again later"}},
 )
 async def telemetry(
-    device: CurrentDevice, body: TelemetryBatch, request: Request
+    device: CurrentDevice, body: TelemetryBatch, request: Request, session: SessionDep
 ) -> TelemetryAccepted:
     # The device was loaded in the request's session, which saves its last_seen_at.
     ensure_own_device(device, body.device_id)
@@ -118,6 +118,7 @@ async def telemetry(
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
         ) from exc
+    await service.write_reported_columns(session, device)
     return TelemetryAccepted(accepted=accepted)
 
 

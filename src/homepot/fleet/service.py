@@ -522,7 +522,7 @@ async def record_report(
         for position, error in enumerate(report.errors)
     ]
     device.last_report_id = report_id
-    await _write_reported_columns(session, device)
+    await write_reported_columns(session, device)
     jobs = []
     if report.jobs_limit and jobs_waiting:
         jobs = await executions.poll_commands(
@@ -556,10 +556,11 @@ def _device_update(columns: frozenset[str]) -> DriverStatement:
     return statement
 
 
-async def _write_reported_columns(session: AsyncSession, device: Device) -> None:
-    """Write the device's changed columns now when they are only a report's own
-    (:data:`_REPORTED_COLUMNS`) and the database is PostgreSQL; the object is then clean, as
-    after a flush. Anything else (a state change, SQLite) is left to the ORM's flush."""
+async def write_reported_columns(session: AsyncSession, device: Device) -> None:
+    """Write the device's changed columns now when they are only what a report or a
+    telemetry batch changes (:data:`_REPORTED_COLUMNS`) and the database is PostgreSQL; the
+    object is then clean, as after a flush. Anything else (a state change, SQLite) is left
+    to the ORM's flush."""
     state = inspect(device)
     changed = state.committed_state.keys()
     if (
