@@ -110,7 +110,6 @@ async def heartbeat(
 async def telemetry(
     device: CurrentDevice, body: TelemetryBatch, request: Request, session: SessionDep
 ) -> TelemetryAccepted:
-    # The device was loaded in the request's session, which saves its last_seen_at.
     ensure_own_device(device, body.device_id)
     try:
         accepted = service.ingest_telemetry(request.app.state.recorder, device, body)
@@ -118,6 +117,7 @@ async def telemetry(
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": "5"}
         ) from exc
+    # The device's last_seen_at: written now on PostgreSQL, by the session's commit otherwise.
     await service.write_reported_columns(session, device)
     return TelemetryAccepted(accepted=accepted)
 
