@@ -4,8 +4,9 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,14 +134,9 @@ async def test_a_connection_lost_under_the_driver_is_an_outage_and_is_not_reused
     assert await _stored(pg_engine, receipt["event_id"])
 
 
-async def test_a_steady_report_writes_its_device_row_and_heartbeat(
-    app: FastAPI, client: AsyncClient, backend: str
-) -> None:
-    device_id, headers = await create_registered_device(app, client)
-    heartbeat = {"status": "ok", "firmware_version": "4.3.0", "uptime_seconds": 1.0}
-    first = {"report_id": str(uuid.uuid4()), "heartbeat": heartbeat}
-    assert (await client.post("/api/v1/agent/report", json=first, headers=headers)).is_success
-
+@contextlib.contextmanager
+def statements_through_sqlalchemy(app: FastAPI) -> Iterator[list[str]]:
+    """The SQL that SQLAlchemy sends while the block runs (the driver's own does not show)."""
     statements: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -149,13 +145,25 @@ async def test_a_steady_report_writes_its_device_row_and_heartbeat(
     engine = app.state.engine.sync_engine
     event.listen(engine, "before_cursor_execute", seen)
     try:
-        later = {
-            "report_id": str(uuid.uuid4()),
-            "heartbeat": {**heartbeat, "firmware_version": "4.4.0"},
-        }
-        answer = await client.post("/api/v1/agent/report", json=later, headers=headers)
+        yield statements
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+
+
+async def test_a_steady_report_writes_its_device_row_and_heartbeat(
+    app: FastAPI, client: AsyncClient, backend: str
+) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    heartbeat = {"status": "ok", "firmware_version": "4.3.0", "uptime_seconds": 1.0}
+    first = {"report_id": str(uuid.uuid4()), "heartbeat": heartbeat}
+    assert (await client.post("/api/v1/agent/report", json=first, headers=headers)).is_success
+
+    later = {
+        "report_id": str(uuid.uuid4()),
+        "heartbeat": {**heartbeat, "firmware_version": "4.4.0"},
+    }
+    with statements_through_sqlalchemy(app) as statements:
+        answer = await client.post("/api/v1/agent/report", json=later, headers=headers)
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "online"
@@ -176,25 +184,16 @@ async def test_a_telemetry_batch_writes_its_device_row_on_the_driver(
     app: FastAPI, client: AsyncClient, backend: str
 ) -> None:
     device_id, headers = await create_registered_device(app, client)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    engine = app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        sample = {
-            "event_id": str(uuid.uuid4()),
-            "timestamp": utcnow().isoformat(),
-            "collection_interval_seconds": 30,
-            "cpu_percent": 12.5,
-        }
+    sample = {
+        "event_id": str(uuid.uuid4()),
+        "timestamp": utcnow().isoformat(),
+        "collection_interval_seconds": 30,
+        "cpu_percent": 12.5,
+    }
+    with statements_through_sqlalchemy(app) as statements:
         answer = await client.post(
             "/api/v1/agent/telemetry", json={"samples": [sample]}, headers=headers
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
 
     assert answer.status_code == 202, answer.text
     (device,) = await db_rows(app, Device, device_id=device_id)
