@@ -201,3 +201,26 @@ async def test_a_telemetry_batch_writes_its_device_row_on_the_driver(
     assert device.updated_at >= device.last_seen_at
     by_sqlalchemy = any(s.startswith("UPDATE devices") for s in statements)
     assert by_sqlalchemy == (backend == "sqlite")
+
+
+async def test_a_steady_heartbeat_writes_its_device_row_on_the_driver(
+    app: FastAPI, client: AsyncClient, backend: str
+) -> None:
+    device_id, headers = await create_registered_device(app, client)
+    heartbeat = {"status": "ok", "firmware_version": "4.3.0"}
+    first = await client.post("/api/v1/agent/heartbeat", json=heartbeat, headers=headers)
+    assert first.json()["status"] == "online"  # a state change: the ORM's flush
+
+    with statements_through_sqlalchemy(app) as statements:
+        answer = await client.post(
+            "/api/v1/agent/heartbeat",
+            json={**heartbeat, "firmware_version": "4.4.0"},
+            headers=headers,
+        )
+
+    assert answer.status_code == 200, answer.text
+    (device,) = await db_rows(app, Device, device_id=device_id)
+    assert (device.status, device.firmware_version) == ("online", "4.4.0")
+    assert len(await db_rows(app, HealthCheck, device_id=device_id)) == 2
+    by_sqlalchemy = any(s.startswith("UPDATE devices") for s in statements)
+    assert by_sqlalchemy == (backend == "sqlite")

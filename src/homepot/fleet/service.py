@@ -346,6 +346,9 @@ async def record_heartbeat(
         device.ip_address = ip_address
     await _follow_heartbeat(session, recorder, device, reported, last_seen, now)
     if flush:
+        # The device row on the driver's connection when only its heartbeat columns changed
+        # (PostgreSQL); the flush then writes whatever else is pending (a state change).
+        await write_reported_columns(session, device)
         await session.flush()
 
 
@@ -531,9 +534,10 @@ async def record_report(
     return ReportStored(duplicate, accepted, error_event_ids, jobs)
 
 
-# The device columns a report changes when its device's state stays as it was. On PostgreSQL
-# they are written by one UPDATE on the driver's connection (homepot.dbdriver), in the
-# request's transaction: the ORM's flush of the same row cost twice the CPU.
+# The device columns a report (or a heartbeat, or a telemetry batch) changes when its
+# device's state stays as it was. On PostgreSQL they are written by one UPDATE on the
+# driver's connection (homepot.dbdriver), in the request's transaction: the ORM's flush of
+# the same row cost twice the CPU.
 _REPORTED_COLUMNS = frozenset({"last_seen_at", "last_report_id", "ip_address", "firmware_version"})
 _DEVICE_UPDATES: dict[frozenset[str], DriverStatement] = {}
 
@@ -557,8 +561,8 @@ def _device_update(columns: frozenset[str]) -> DriverStatement:
 
 
 async def write_reported_columns(session: AsyncSession, device: Device) -> None:
-    """Write the device's changed columns now when they are only what a report or a
-    telemetry batch changes (:data:`_REPORTED_COLUMNS`) and the database is PostgreSQL; the
+    """Write the device's changed columns now when they are only what a report, a heartbeat
+    or a telemetry batch changes (:data:`_REPORTED_COLUMNS`) and the database is PostgreSQL; the
     object is then clean, as after a flush. Anything else (a state change, SQLite) is left
     to the ORM's flush."""
     state = inspect(device)
