@@ -4,8 +4,8 @@ On PostgreSQL a statement executed through SQLAlchemy (session or Core, it made 
 difference) cost ~0.75 ms of the server's CPU on the 2026-12-02 host; the same statement
 on the asyncpg connection underneath cost ~0.37 ms (benchmarks/README.md, "2026-12-02,
 morning"). A terminal's report writes two rows (its heartbeat with the
-message's receipt, and the device row), a telemetry batch one (the device row): those go
-this way.
+message's receipt, and the device row); a heartbeat on its own and a telemetry batch write
+the device row (homepot.fleet.service.write_reported_columns): those go this way.
 
 :class:`DriverStatement` compiles a Core statement once with SQLAlchemy's own asyncpg
 dialect (the same SQL text, casts and bind processing as SQLAlchemy would send) and runs it
