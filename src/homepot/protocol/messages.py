@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from homepot.kit.ids import uuid7
 from homepot.kit.jsonlimits import JsonLimits, JsonObject
 from homepot.kit.timeranges import UtcDatetime, representable_utc
 
@@ -169,11 +170,15 @@ class DeviceScoped(Strict):
 # device, so that a message delivered twice (MQTT QoS 1 redelivers what was not acknowledged,
 # e.g. after the server was killed; an HTTP client resends when the answer was lost) is
 # stored once. Absent (an older client): a new one, and a resent message is stored again.
-MESSAGE_ID_DESCRIPTION = "Client-generated, unique per message; a message sent again is stored once"
+MESSAGE_ID_DESCRIPTION = (
+    "Client-generated, unique per message; a message sent again is stored once. A UUID "
+    "version 7 (the default) also says when the message was made, which keeps the cost of "
+    "recognising it again low; any other UUID works"
+)
 
 
 class Heartbeat(DeviceScoped):
-    message_id: uuid.UUID = Field(default_factory=uuid.uuid4, description=MESSAGE_ID_DESCRIPTION)
+    message_id: uuid.UUID = Field(default_factory=uuid7, description=MESSAGE_ID_DESCRIPTION)
     status: HealthStatus | None = Field(
         default=None, description="The device's own view of its health (default ok)"
     )
@@ -261,7 +266,7 @@ class ErrorSeverity(StrEnum):
 class DeviceErrorReport(DeviceScoped):
     """An error the device saw itself (e.g. its payment gateway timing out), for ``error_logs``."""
 
-    message_id: uuid.UUID = Field(default_factory=uuid.uuid4, description=MESSAGE_ID_DESCRIPTION)
+    message_id: uuid.UUID = Field(default_factory=uuid7, description=MESSAGE_ID_DESCRIPTION)
 
     category: ErrorCategory = ErrorCategory.external_service
     severity: ErrorSeverity
