@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, event, func, select
+import pytest
+from sqlalchemy import Table, event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homepot.db import create_engine, create_session_factory, utcnow
-from homepot.device.models import Device, HealthCheck, MessageReceipt
-from homepot.fleet.receipts import FirstDeliveryInsert
+from homepot.device.models import RECEIPT_DAYS, Device, HealthCheck, MessageReceipt
+from homepot.fleet.receipts import FirstDeliveryInsert, filing_time, first_delivery
+from homepot.kit.ids import uuid7
+from homepot.protocol.messages import DeviceErrorReport, Heartbeat
+from homepot.retention.partitions import maintain_partitions
 from homepot.site.models import Site
 
 HEALTH_CHECKS = HealthCheck.__table__
@@ -86,4 +92,112 @@ async def test_a_rolled_back_first_delivery_leaves_no_receipt(database_url: str)
         await session.commit()
     async with factory() as session:
         assert await session.scalar(select(func.count()).select_from(HealthCheck)) == 1
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("filed", [True, False], ids=["filed-by-message-time", "searched"])
+async def test_a_redelivery_days_later_is_recognised(
+    database_url: str, backend: str, filed: bool
+) -> None:
+    """On PostgreSQL the receipts are daily partitions: a message delivered again on the
+    next days is still recognised, by both ways of taking a receipt, whether the receipt is
+    filed under the message's own time (a UUIDv7 id: every delivery goes to one partition)
+    or under its first arrival (other ids: the partitions are searched)."""
+    engine = await _with_device(database_url)
+    first = datetime.now(UTC).replace(hour=23, minute=59, second=50, microsecond=0)
+    await maintain_partitions(engine, first)
+    store = FirstDeliveryInsert(HEALTH_CHECKS, COLUMNS)
+    factory = create_session_factory(engine)
+    heartbeat, error_report = uuid.uuid4().hex, uuid.uuid4().hex
+    filed_at = first if filed else None
+    outcomes = []
+    for days in range(3):
+        now = first + timedelta(days=days, seconds=20 * days)
+        row = {
+            "device_id": "pos-r",
+            "timestamp": now,
+            "status": "ok",
+            "response_time_ms": None,
+            "details": None,
+            "event_id": heartbeat,
+        }
+        async with factory() as session:
+            outcomes.append(
+                (
+                    await store.execute(session, row, now=now, filed_at=filed_at),
+                    await first_delivery(session, error_report, now=now, filed_at=filed_at),
+                )
+            )
+            await session.commit()
+    assert outcomes == [(True, True), (False, False), (False, False)]
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(HealthCheck)) == 1
+        receipts = select(MessageReceipt.event_id, MessageReceipt.received_at)
+        assert sorted(await connection.execute(receipts)) == sorted(
+            [(heartbeat, first), (error_report, first)]
+        )
+        if backend == "postgresql":
+            where = text("SELECT DISTINCT tableoid::regclass::text FROM message_receipts")
+            assert list(await connection.scalars(where)) == [f"message_receipts_p{first:%Y%m%d}"]
+    await engine.dispose()
+
+
+async def test_a_receipt_filed_by_message_time_is_found_by_a_search(database_url: str) -> None:
+    """A message whose id's time was in range on its first delivery and out of it on a later
+    one (delivered again after RECEIPT_DAYS - 1 days) is still recognised by the search."""
+    engine = await _with_device(database_url)
+    factory = create_session_factory(engine)
+    now = utcnow()
+    message_id = uuid7(now - timedelta(hours=1))
+    event_id = uuid.uuid4().hex
+    filed_at = filing_time(message_id, now)
+    assert filed_at is not None
+    async with factory() as session:
+        assert await first_delivery(session, event_id, now=now, filed_at=filed_at)
+        await session.commit()
+    later = now + timedelta(days=RECEIPT_DAYS - 1)
+    assert filing_time(message_id, later) is None
+    async with factory() as session:
+        assert not await first_delivery(session, event_id, now=later, filed_at=None)
+    await engine.dispose()
+
+
+def test_a_receipt_is_filed_under_the_message_time_only_when_its_id_says_it_plausibly() -> None:
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    made = now - timedelta(minutes=5)
+    assert filing_time(uuid7(made), now) == made
+    assert filing_time(uuid.uuid4(), now) is None  # an older client's id: no time in it
+    assert filing_time(uuid7(now + timedelta(hours=23)), now) is not None
+    assert filing_time(uuid7(now + timedelta(days=1, seconds=1)), now) is None  # clock ahead
+    assert filing_time(uuid7(now - timedelta(days=RECEIPT_DAYS - 1)), now) is not None
+    # Older: its receipt would be dropped before a redelivery could come; filed on arrival.
+    assert filing_time(uuid7(now - timedelta(days=RECEIPT_DAYS - 1, seconds=1)), now) is None
+
+
+def test_devices_send_time_ordered_message_ids_by_default() -> None:
+    assert Heartbeat().message_id.version == 7
+    report = DeviceErrorReport(severity="error", error_code="E", message="m")
+    assert report.message_id.version == 7
+
+
+@pytest.mark.parametrize("filed", [True, False], ids=["filed-by-message-time", "searched"])
+async def test_a_delivery_waits_for_one_in_flight_and_is_then_refused(
+    database_url: str, backend: str, filed: bool
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the second delivery cannot start")
+    engine = await _with_device(database_url)
+    factory = create_session_factory(engine)
+    event_id = uuid.uuid4().hex
+    filed_at = utcnow() if filed else None
+    async with factory() as first, factory() as second:
+        assert await first_delivery(first, event_id, filed_at=filed_at)
+        again = asyncio.create_task(first_delivery(second, event_id, filed_at=filed_at))
+        await asyncio.sleep(0.3)
+        assert not again.done()  # waits on the first one's receipt in the partition's index
+        await first.commit()
+        assert await asyncio.wait_for(again, 10) is False
+        await second.rollback()
+    async with factory() as session:
+        assert await session.scalar(select(func.count()).select_from(MessageReceipt)) == 1
     await engine.dispose()

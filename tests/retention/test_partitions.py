@@ -5,18 +5,20 @@ expired partitions and keeps newer rows, and a time-bounded query reads one part
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.analytics.models import APIRequestLog, DeviceMetrics, ErrorLog
 from homepot.config import Settings
-from homepot.db import Base, create_engine, run_migrations
+from homepot.db import Base, create_engine, migrations_config, run_migrations
 from homepot.device.models import HealthCheck, MessageReceipt
 from homepot.retention.partitions import PARTITIONED_BY_NAME, maintain_partitions
 from homepot.retention.policy import resolve_policy
@@ -106,13 +108,27 @@ async def _fill_old_schema(url: str, days: list[datetime]) -> dict[str, int]:
     return {table: len(days) * 3 for table in inserts}
 
 
-@pytest.mark.skipif("postgresql" not in BACKENDS, reason="PostgreSQL is not tested")
-async def test_the_migration_converts_a_populated_database_keeping_every_row() -> None:
+_IS_PARTITIONED = (
+    "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c "
+    "ON c.oid = p.partrelid WHERE c.relname = '{table}'"
+)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_postgresql() -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     name = f"homepot_partitions_{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(_pg_admin, f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+    finally:
+        await asyncio.to_thread(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="PostgreSQL is not tested")
+async def test_the_migration_converts_a_populated_database_keeping_every_row() -> None:
+    async with throwaway_postgresql() as url:
         run_migrations(url, BEFORE)
         now = datetime.now(UTC).replace(second=0, microsecond=0)
         days = [now - timedelta(days=40), now - timedelta(days=3), now - timedelta(hours=1)]
@@ -132,14 +148,7 @@ async def test_the_migration_converts_a_populated_database_keeping_every_row() -
                 == ids_before[table]
             )
             assert table in PARTITIONED_BY_NAME
-            assert (
-                await scalar(
-                    engine,
-                    f"SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c "
-                    f"ON c.oid = p.partrelid WHERE c.relname = '{table}'",
-                )
-                == 1
-            )
+            assert await scalar(engine, _IS_PARTITIONED.format(table=table)) == 1
             # Every row sits in a partition of its period; none in the default one.
             assert await scalar(engine, f"SELECT count(*) FROM {table}_default") == 0
         old_day = PARTITIONED_BY_NAME["device_metrics"].start_of(days[0])
@@ -149,6 +158,9 @@ async def test_the_migration_converts_a_populated_database_keeping_every_row() -
         # The rows of the last 8 days that carry an event id got their receipts (a message
         # delivered again right after the upgrade is still recognised): error_logs' 6.
         assert await scalar(engine, "SELECT count(*) FROM message_receipts") == 6
+        # ... in daily partitions of their own (6c1e8b3f5a27), none in the default one.
+        assert await scalar(engine, _IS_PARTITIONED.format(table="message_receipts")) == 1
+        assert await scalar(engine, "SELECT count(*) FROM message_receipts_default") == 0
         # Ids go on from where they were; the foreign key of health_checks still holds.
         async with engine.begin() as connection:
             new_id = await connection.scalar(
@@ -161,8 +173,56 @@ async def test_the_migration_converts_a_populated_database_keeping_every_row() -
         assert new_id > max(ids_before["device_metrics"])  # type: ignore[arg-type]
         assert await scalar(engine, "SELECT count(*) FROM health_checks") == 0
         await engine.dispose()
-    finally:
-        await asyncio.to_thread(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="PostgreSQL is not tested")
+async def test_receipts_go_back_to_a_plain_table_and_into_partitions_again() -> None:
+    async with throwaway_postgresql() as url:
+        run_migrations(url)
+        engine = create_engine(url)
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        receipts = [
+            ("a", midnight - timedelta(days=2)),
+            ("b", midnight - timedelta(seconds=1)),
+            # The one duplicate partitions can hold: two deliveries in flight at midnight.
+            ("b", midnight + timedelta(seconds=1)),
+            ("c", midnight + timedelta(hours=1)),
+        ]
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("INSERT INTO message_receipts (event_id, received_at) VALUES (:e, :t)"),
+                [{"e": event_id, "t": at} for event_id, at in receipts],
+            )
+        await engine.dispose()
+
+        # Down to the revision before 6c1e8b3f5a27 (env.py runs a loop of its own: a thread).
+        await asyncio.to_thread(command.downgrade, migrations_config(url), "f1c7d3e9a2b6")
+
+        engine = create_engine(url)
+        assert await scalar(engine, _IS_PARTITIONED.format(table="message_receipts")) == 0
+        plain = await scalar(
+            engine, "SELECT array_agg(event_id ORDER BY event_id) FROM message_receipts"
+        )
+        assert plain == ["a", "b", "c"]  # one receipt an id: the latest
+        assert await scalar(
+            engine, "SELECT received_at FROM message_receipts WHERE event_id = 'b'"
+        ) == midnight + timedelta(seconds=1)
+        await engine.dispose()
+
+        run_migrations(url)
+
+        engine = create_engine(url)
+        assert await scalar(engine, _IS_PARTITIONED.format(table="message_receipts")) == 1
+        assert await scalar(engine, "SELECT count(*) FROM message_receipts") == 3
+        assert await scalar(engine, "SELECT count(*) FROM message_receipts_default") == 0
+        assert (
+            await scalar(
+                engine,
+                f"SELECT count(*) FROM message_receipts_p{midnight - timedelta(days=2):%Y%m%d}",
+            )
+            == 1
+        )
+        await engine.dispose()
 
 
 @pytest.mark.skipif("sqlite" not in BACKENDS, reason="SQLite is not tested")
@@ -198,6 +258,7 @@ async def test_partitions_are_created_ahead(engine: AsyncEngine) -> None:
         assert f"device_metrics_p{day}" in report.created
         assert f"api_request_logs_p{day}" in report.created
         assert f"health_checks_p{day}" in report.created
+        assert f"message_receipts_p{day}" in report.created
     # Weekly tables: the week holding now (from Monday) and the two after it.
     for week in ("20310303", "20310310", "20310317"):
         assert f"user_activities_p{week}" in report.created
@@ -316,6 +377,34 @@ async def test_retention_drops_whole_partitions_of_health_checks_and_error_logs(
         assert await scalar(engine, f"SELECT to_regclass('{name}')") is None
     assert await scalar(engine, "SELECT array_agg(id) FROM health_checks") == [checks[2].id]
     assert await scalar(engine, "SELECT array_agg(id) FROM error_logs") == [errors[2].id]
+
+
+async def test_retention_drops_whole_days_of_receipts(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    only_postgresql(engine)
+    as_of = datetime(2024, 9, 20, 12, 0, tzinfo=UTC)
+    old = as_of - timedelta(days=10)
+    await add(
+        engine,
+        [
+            MessageReceipt(event_id="old-1", received_at=old),
+            MessageReceipt(event_id="old-2", received_at=old + timedelta(hours=2)),
+            MessageReceipt(event_id="new", received_at=as_of - timedelta(days=1)),
+        ],
+    )
+    await maintain_partitions(engine, as_of)  # the late receipts move into their days
+    old_partition = f"message_receipts_p{old:%Y%m%d}"
+    assert await scalar(engine, f"SELECT count(*) FROM {old_partition}") == 2
+
+    report = await apply_retention(
+        engine, resolve_policy(settings), actor=SYSTEM_ACTOR, batch_size=100, as_of=as_of
+    )
+
+    outcome = {o.table: o for o in report.outcomes}["message_receipts"]
+    assert (outcome.partitions, outcome.rows, outcome.batches) == ((old_partition,), 2, 0)
+    assert await scalar(engine, f"SELECT to_regclass('{old_partition}')") is None
+    assert await scalar(engine, "SELECT array_agg(event_id) FROM message_receipts") == ["new"]
 
 
 async def test_receipts_are_kept_eight_days_whatever_the_retention(

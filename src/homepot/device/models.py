@@ -105,6 +105,14 @@ class MessageReceipt(Base):
     receipt is inserted in the transaction that stores the row (``ON CONFLICT DO NOTHING
     RETURNING``), and a message whose receipt exists is not stored again. Retention drops
     receipts after RECEIPT_DAYS (homepot.retention.policy).
+
+    On PostgreSQL the table is partitioned by day of ``received_at`` (as many rows as
+    heartbeats; retention drops a day whole): the primary key there is ``(event_id,
+    received_at)``, and each partition has its own unique index on ``event_id``.
+    ``received_at`` is the time the receipt is filed under: the message's own time when its
+    id is a UUID version 7 (every delivery then lands in the same partition), else its
+    arrival, and the partitions are searched first (homepot.fleet.receipts). SQLite keeps
+    this plain table, keyed by ``event_id``.
     """
 
     __tablename__ = "message_receipts"

@@ -30,7 +30,7 @@ from homepot.device.models import Device, DeviceStatus, HealthCheck
 from homepot.device.states import SYSTEM, describe_duration, transition
 from homepot.fleet.auth import bootstrap_key_matches, device_key_matches
 from homepot.fleet.device_keys import device_credentials_changed
-from homepot.fleet.receipts import FirstDeliveryInsert, first_delivery
+from homepot.fleet.receipts import FirstDeliveryInsert, filing_time, first_delivery
 from homepot.job import executions
 from homepot.kit.keycache import device_key_changed
 from homepot.kit.keys import hash_key, new_device_key
@@ -335,6 +335,7 @@ async def record_heartbeat(
             "event_id": event_id,
         },
         now=now,
+        filed_at=filing_time(heartbeat.message_id, now),
     )
     if not first:
         return  # delivered before (MQTT redelivery, an HTTP resend): already applied
@@ -450,7 +451,9 @@ async def record_device_error(
     if recorder.queued >= recorder.settings.queue_max_events:
         raise ErrorReportNotQueued()
     event_id = event_id or device_event_id(device.device_id, report.message_id)
-    if not await first_delivery(session, event_id):
+    if not await first_delivery(
+        session, event_id, filed_at=filing_time(report.message_id, utcnow())
+    ):
         return event_id  # delivered before: stored once, under this id
     context: dict[str, Any] = {"source": "device", "site_id": device.site_id}
     context |= report.context or {}

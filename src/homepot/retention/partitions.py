@@ -7,7 +7,8 @@ volume (5,000 terminals at a 30 s interval write ~14 M device_metrics rows a day
 
 - daily: ``device_metrics``, ``api_request_logs`` and ``health_checks`` (each row a
   sample, a request or a heartbeat: millions a day at fleet scale), and the minute rollups
-  (``device_metrics_minute``, ``api_request_minute``: one row per device or route a minute);
+  (``device_metrics_minute``, ``api_request_minute``: one row per device or route a minute),
+  and ``message_receipts`` (by ``received_at``: a receipt per heartbeat, kept 8 days);
 - weekly: ``user_activities`` (people: thousands a day) and ``error_logs`` (errors: a few
   per terminal a day), so that a 90-day retention keeps ~13 partitions of them instead of
   90 small ones.
@@ -15,8 +16,11 @@ volume (5,000 terminals at a 30 s interval write ~14 M device_metrics rows a day
 Their unique keys hold the timestamp, ``(event_id, timestamp)``. A heartbeat, and a device's
 error report naming no time of its own, is stamped by the server when it arrives, so a
 redelivered one has another timestamp and that key would store it twice: the message's
-receipt (``message_receipts``, plain, homepot.fleet.receipts) keeps it out instead
-(migration 20261201_b8f4a2d6e1c5).
+receipt (``message_receipts``, homepot.fleet.receipts) keeps it out instead (migration
+20261201_b8f4a2d6e1c5). The receipts are as many as the heartbeats and kept 8 days, so they
+are daily partitions by ``received_at`` too (migration 20261202_6c1e8b3f5a27): each partition
+holds an event id at most once (its own unique index on ``event_id``), and a receipt is filed
+under the message's own time when its id carries one (homepot.fleet.receipts).
 
 Every table also has a ``<table>_default`` partition, so that a row no partition covers (a
 terminal replaying last month's buffered telemetry, a backfill of history, a clock far in
@@ -58,6 +62,17 @@ class PartitionedTable:
     column: str = "timestamp"
     # Periods created ahead of the current one.
     ahead: int = 3
+    # Columns unique within each partition (PostgreSQL has no unique key over all of them
+    # without the partition column): each partition, the default one too, gets its own index.
+    unique_in_partition: tuple[str, ...] = ()
+
+    def unique_index(self, partition: str) -> str | None:
+        """The statement creating ``partition``'s own unique index, if the table has one."""
+        if not self.unique_in_partition:
+            return None
+        columns = ", ".join(f'"{c}"' for c in self.unique_in_partition)
+        key = "_".join(self.unique_in_partition)
+        return f"CREATE UNIQUE INDEX {partition}_{key}_key ON {partition} ({columns})"
 
     @property
     def default_partition(self) -> str:
@@ -89,6 +104,9 @@ PARTITIONED_TABLES: Final[tuple[PartitionedTable, ...]] = (
     PartitionedTable("error_logs", "week", ahead=2),
     PartitionedTable("device_metrics_minute", "day", column="bucket"),
     PartitionedTable("api_request_minute", "day", column="bucket"),
+    PartitionedTable(
+        "message_receipts", "day", column="received_at", unique_in_partition=("event_id",)
+    ),
 )
 PARTITIONED_BY_NAME: Final = {table.name: table for table in PARTITIONED_TABLES}
 
@@ -174,6 +192,8 @@ async def create_partition(engine: AsyncEngine, table: PartitionedTable, start: 
         await connection.execute(
             text(f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS)")
         )
+        if (unique_index := table.unique_index(name)) is not None:
+            await connection.execute(text(unique_index))
         moved = await connection.execute(
             text(
                 f"WITH moved AS (DELETE FROM {table.default_partition} "
