@@ -134,6 +134,13 @@ class FleetSettings(BaseModel):
     # comma-separated; one is enough (the client learns the others from the cluster), more
     # let a process start while a node is down.
     nats_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A NATS cluster's users file (an ``authorization { users = [...] }`` block every node
+    # includes) HOMEPOT keeps in step with the devices' keys, as it keeps Mosquitto's
+    # password file (homepot.fleet.nats_accounts), and the nodes' pid files, to make each
+    # reload (SIGHUP; comma-separated or a JSON list). Empty: NATS's users are managed
+    # elsewhere.
+    nats_auth_file: Path | None = None
+    nats_pid_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # The durable consumer the server processes share (all processes on one database use one).
     jetstream_consumer: str = Field(default="homepot-uplink", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # A message fetched and not acknowledged within this long (its process or node died) is
@@ -174,7 +181,7 @@ class FleetSettings(BaseModel):
     error_rate_margin_ratio: float = Field(default=0.2, ge=0)
     latency_margin_ratio: float = Field(default=0.2, ge=0)
 
-    @field_validator("nats_urls", mode="before")
+    @field_validator("nats_urls", "nats_pid_files", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -248,3 +248,68 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+class SecuredNatsNode:
+    """One nats-server with JetStream and MQTT on free loopback ports whose users come from
+    an included file (``users``) that HOMEPOT keeps (homepot.fleet.nats_accounts), holding
+    the server's own account from the start; ``pid_file`` makes it reload."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.client_port, self.mqtt_port = free_port(), free_port()
+        self.users = directory / "users.conf"
+        self.pid_file = directory / "nats.pid"
+        self.server_password = secrets.token_hex(16)
+        self.users.write_text(
+            "authorization {\n  users = [\n"
+            f'    {{ user: "{SERVER_USERNAME}", password: "{self.server_password}" }}\n'
+            "  ]\n}\n"
+        )
+        self.config = directory / "node.conf"
+        self.config.write_text(
+            "server_name: secured\n"
+            f"listen: {HOST}:{self.client_port}\n"
+            f'pid_file: "{self.pid_file}"\n'
+            f'jetstream {{ store_dir: "{directory / "store"}",'
+            " max_memory_store: 64MB, max_file_store: 256MB }\n"
+            f"mqtt {{ listen: {HOST}:{self.mqtt_port} }}\n"
+            f'include "{self.users.name}"\n'
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> str:
+        return (self.directory / "node.log").read_text(errors="replace")
+
+    def start(self) -> None:
+        log = (self.directory / "node.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while not (answers(self.mqtt_port) and self.pid_file.exists()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"nats-server did not answer within 30 s:\n{self.log}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def secured_nats_node(tmp_path: Path) -> Iterator[SecuredNatsNode]:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        pytest.skip("nats-server is not installed; install Debian's nats-server package")
+    directory = tmp_path / "secured-nats"
+    directory.mkdir()
+    node = SecuredNatsNode(binary, directory)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()

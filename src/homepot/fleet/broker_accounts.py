@@ -25,14 +25,16 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from homepot.config import FleetSettings
 from homepot.device.models import Device
+from homepot.fleet.nats_accounts import NatsAuthFile
 from homepot.protocol.messages import topics
 from homepot.protocol.mqtt import SERVER_USERNAME, broker_password, secret_from_key_hash
 
@@ -150,13 +152,42 @@ class PasswordFile:
             )
 
 
-def password_file(settings: FleetSettings) -> PasswordFile | None:
-    if settings.mqtt_password_file is None:
+class AccountFile(Protocol):
+    """A broker's accounts file (Mosquitto's :class:`PasswordFile`, a NATS cluster's
+    :class:`~homepot.fleet.nats_accounts.NatsAuthFile`)."""
+
+    def update(self, set_passwords: Mapping[str, str], remove: Iterable[str] = ()) -> bool:
+        """Set these users' passwords and remove those users; True when the file changed."""
+        ...
+
+
+class AccountFiles:
+    """Several brokers' account files kept in step as one (a Mosquitto and a NATS cluster
+    side by side, e.g. while moving from one to the other)."""
+
+    def __init__(self, files: Sequence[AccountFile]) -> None:
+        self.files = tuple(files)
+
+    def update(self, set_passwords: Mapping[str, str], remove: Iterable[str] = ()) -> bool:
+        removed = list(remove)
+        changed = [account_file.update(set_passwords, removed) for account_file in self.files]
+        return any(changed)
+
+
+def account_files(settings: FleetSettings) -> AccountFile | None:
+    """The broker account files HOMEPOT keeps (``mqtt_password_file``, ``nats_auth_file``);
+    None when it keeps none."""
+    files: list[AccountFile] = []
+    if settings.mqtt_password_file is not None:
+        files.append(PasswordFile(settings.mqtt_password_file, settings.mqtt_broker_pid_file))
+    if settings.nats_auth_file is not None:
+        files.append(NatsAuthFile(settings.nats_auth_file, settings.nats_pid_files))
+    if not files:
         return None
-    return PasswordFile(settings.mqtt_password_file, settings.mqtt_broker_pid_file)
+    return files[0] if len(files) == 1 else AccountFiles(files)
 
 
-def device_account_update(accounts: PasswordFile, device_id: str, key_hash: str | None) -> None:
+def device_account_update(accounts: AccountFile, device_id: str, key_hash: str | None) -> None:
     """One device's broker account: its password from its key, or gone when it has none."""
     if key_hash is None:
         accounts.update({}, remove=[device_id])
@@ -165,7 +196,7 @@ def device_account_update(accounts: PasswordFile, device_id: str, key_hash: str 
 
 
 async def sync_device_accounts(
-    session: AsyncSession, accounts: PasswordFile, device_ids: set[str] | None = None
+    session: AsyncSession, accounts: AccountFile, device_ids: set[str] | None = None
 ) -> int:
     """Broker accounts from the database: of ``device_ids`` (a device no longer in the
     database loses its account), or of every device. Returns how many have one."""
@@ -196,7 +227,7 @@ class DeviceAccountKeeper:
     """
 
     def __init__(
-        self, accounts: PasswordFile, session_factory: async_sessionmaker[AsyncSession]
+        self, accounts: AccountFile, session_factory: async_sessionmaker[AsyncSession]
     ) -> None:
         self._accounts = accounts
         self._session_factory = session_factory

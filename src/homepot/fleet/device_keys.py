@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homepot.config import FleetSettings
 from homepot.device.models import Device
-from homepot.fleet.broker_accounts import device_account_update, password_file
+from homepot.fleet.broker_accounts import account_files, device_account_update
 from homepot.kit.keycache import add_key_cache_invalidator
 
 _CACHES: weakref.WeakSet[DeviceKeyCache] = weakref.WeakSet()
@@ -112,7 +112,7 @@ async def device_credentials_changed(
     account (password file, broker reload) when HOMEPOT manages one."""
     for cache in list(_CACHES):
         cache.forget(device_id)
-    accounts = password_file(settings)
+    accounts = account_files(settings)
     if accounts is not None:
         await asyncio.to_thread(device_account_update, accounts, device_id, key_hash)
 

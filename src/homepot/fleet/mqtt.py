@@ -72,7 +72,7 @@ from homepot.config import Settings
 from homepot.error_logger import record_error
 from homepot.fleet.broker_accounts import (
     DeviceAccountKeeper,
-    password_file,
+    account_files,
     sync_device_accounts,
 )
 from homepot.fleet.device_keys import DeviceKeyCache
@@ -201,7 +201,7 @@ class UplinkBridge:
         self._uplinks = UplinkStore(app, self.keys)
         self.spool = UplinkSpool(self.spool_directory(self.client_id))
         self._spool_wake = asyncio.Event()
-        self._accounts = password_file(self._settings.fleet)
+        self._accounts = account_files(self._settings.fleet)
         # Which connection is current: acknowledgements are for that connection's messages.
         self._generation = 0
         self._client_now: aiomqtt.Client | None = None
