@@ -16,14 +16,23 @@ import aiomqtt
 import nats
 import nats.errors
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from typer.testing import CliRunner
 
-from homepot.config import FleetSettings
+from homepot import cli
+from homepot.config import FleetSettings, Settings
+from homepot.db import create_engine
+from homepot.device.models import Device
 from homepot.fleet.broker_accounts import AccountFiles, PasswordFile, account_files
 from homepot.fleet.device_keys import device_credentials_changed
 from homepot.fleet.nats_accounts import DEVICE_MARKER, NatsAuthFile, nats_subject
+from homepot.fleet.prepare import ConsumerState, prepare_brokers
+from homepot.kit.keys import hash_key, new_device_key
 from homepot.protocol.messages import topics
-from homepot.protocol.mqtt import SERVER_USERNAME, broker_password
+from homepot.protocol.mqtt import SERVER_USERNAME, broker_password, secret_from_key_hash
+from homepot.site.models import Site
 from tests.fleet.brokers import HOST, SecuredNatsNode, secured_nats_node
+from tests.ports import free_port
 
 __all__ = ["secured_nats_node"]  # the fixture, imported for pytest
 
@@ -183,3 +192,70 @@ async def test_a_device_reaches_its_own_topics_only_and_loses_them_when_revoked(
         with pytest.raises(aiomqtt.MqttError):
             async with _mqtt(node, user, password):
                 pass
+
+
+# --- homepot broker prepare ------------------------------------------------------------------
+
+
+async def test_prepare_writes_the_accounts_and_a_new_cluster_keeps_messages_before_any_server(
+    secured_nats_node: SecuredNatsNode, settings: Settings
+) -> None:
+    node = secured_nats_node
+    engine = create_engine(settings.database_url)
+    key_hash = hash_key(new_device_key())
+    async with AsyncSession(engine) as session, session.begin():
+        session.add(Site(site_id="store-n", name="Store"))
+        await session.flush()
+        session.add(
+            Device(device_id="pos-n1", site_id="store-n", name="Till", api_key_hash=key_hash)
+        )
+    server = f"{SERVER_USERNAME}:{node.server_password}@{HOST}"
+    settings = settings.model_copy(
+        update={
+            "fleet": FleetSettings(
+                uplink="jetstream",
+                nats_urls=[f"nats://{server}:{node.client_port}"],
+                mqtt_url=f"mqtt://{server}:{node.mqtt_port}",
+                mqtt_protocol="3.1.1",
+                mqtt_shared_subscription=False,
+                nats_auth_file=node.users,
+                nats_pid_files=[node.pid_file],
+            )
+        }
+    )
+
+    prepared = await prepare_brokers(settings, engine, wait_seconds=20)
+
+    assert prepared.account_files == (str(node.users),)
+    assert prepared.device_accounts == 1
+    assert prepared.consumer == ConsumerState("homepot-uplink", True, 0, 0)
+    await _wait_for_reload(node, 1)
+    # A terminal sends before any server process ever ran: NATS keeps it for the servers.
+    password = broker_password(secret_from_key_hash(key_hash))
+    async with _mqtt(node, "pos-n1", password) as device:
+        await device.publish(f"{topics.PREFIX}/pos-n1/telemetry", b"before any server", qos=1)
+    again = await prepare_brokers(settings, engine, wait_seconds=20)
+    assert again.consumer == ConsumerState("homepot-uplink", True, 1, 0)
+    await engine.dispose()
+
+
+def test_prepare_on_the_command_line(database_url: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    plain = runner.invoke(cli.app, ["--database-url", database_url, "broker", "prepare"])
+    assert plain.exit_code == 0, plain.output
+    assert "nothing written" in plain.output
+    assert "uplink: mqtt" in plain.output
+
+    env = {
+        "HOMEPOT_FLEET__UPLINK": "jetstream",
+        "HOMEPOT_FLEET__NATS_URLS": f"nats://user:secret@{HOST}:{free_port()}",
+        "HOMEPOT_FLEET__NATS_AUTH_FILE": str(tmp_path / "users.conf"),
+    }
+    unreachable = runner.invoke(
+        cli.app, ["--database-url", database_url, "broker", "prepare", "--json"], env=env
+    )
+    assert unreachable.exit_code == 1
+    assert "cannot reach NATS" in unreachable.output
+    assert "secret" not in unreachable.output
+    # The accounts were written before NATS was tried (an empty fleet: none).
+    assert NatsAuthFile(tmp_path / "users.conf").devices() == {}

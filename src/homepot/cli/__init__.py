@@ -1,5 +1,6 @@
 """The ``homepot`` command: serve the API, set up and inspect the database, manage users, run
-the agent or a simulated fleet, apply retention, check data quality and export.
+the agent or a simulated fleet, prepare the brokers, apply retention, check data quality and
+export.
 
 One module per command group; each command is a thin call into the domain modules, async work
 runs with ``asyncio.run``. The database comes from the settings (HOMEPOT_DATABASE_URL, default
@@ -16,6 +17,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from homepot.cli.agent import agent
+from homepot.cli.broker import broker_app
 from homepot.cli.common import EXIT_USAGE, SUPPORTED_DRIVERS, URL_FORMS, fail
 from homepot.cli.db import db_app
 from homepot.cli.export import export
@@ -74,3 +76,4 @@ app.add_typer(users_app, name="users")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(retention_app, name="retention")
 app.add_typer(insights_app, name="insights")
+app.add_typer(broker_app, name="broker")

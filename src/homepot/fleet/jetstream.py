@@ -80,6 +80,38 @@ def topic_of(subject: str) -> str:
     return subject.removeprefix(MQTT_SUBJECT_PREFIX).replace(".", "/")
 
 
+def consumer_config(fleet: FleetSettings) -> ConsumerConfig:
+    """The shared durable consumer of the devices' messages, as the settings say."""
+    return ConsumerConfig(
+        durable_name=fleet.jetstream_consumer,
+        description="HOMEPOT server processes: the devices' messages",
+        filter_subject=DEVICE_SUBJECTS,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=fleet.jetstream_ack_wait_seconds,
+        max_ack_pending=fleet.jetstream_max_ack_pending,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, fleet: FleetSettings) -> bool:
+    """Create the shared consumer on ``$MQTT_msgs``, or find it (every process asks with the
+    same settings; NATS applies changed settings where it can: the ack wait, the pending
+    limit). False when it exists with settings NATS refuses to change: it is used as it is."""
+    try:
+        await js.add_consumer(MQTT_STREAM, consumer_config(fleet))
+        return True
+    except nats.js.errors.BadRequestError as exc:
+        existing = await js.consumer_info(MQTT_STREAM, fleet.jetstream_consumer)
+        logger.warning(
+            "JetStream uplink: the consumer %s exists with other settings that NATS"
+            " refuses to change (%s); reading it as it is: %s",
+            fleet.jetstream_consumer,
+            exc.description,
+            existing.config,
+        )
+        return False
+
+
 @dataclass(eq=False)
 class Delivery:
     """A message fetched from the consumer, on its way into the database."""
@@ -237,28 +269,7 @@ class JetStreamUplink:
                         MQTT_STREAM,
                     )
                 await asyncio.sleep(1)
-        config = ConsumerConfig(
-            durable_name=name,
-            description="HOMEPOT server processes: the devices' messages",
-            filter_subject=DEVICE_SUBJECTS,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._fleet.jetstream_ack_wait_seconds,
-            max_ack_pending=self._fleet.jetstream_max_ack_pending,
-        )
-        try:
-            # Creates it, or finds it as it is (every process asks with the same settings);
-            # NATS applies changed settings where it can (the ack wait, the pending limit).
-            await js.add_consumer(MQTT_STREAM, config)
-        except nats.js.errors.BadRequestError as exc:
-            existing = await js.consumer_info(MQTT_STREAM, name)
-            logger.warning(
-                "JetStream uplink: the consumer %s exists with other settings that NATS"
-                " refuses to change (%s); reading it as it is: %s",
-                name,
-                exc.description,
-                existing.config,
-            )
+        await ensure_consumer(js, self._fleet)
         return await js.pull_subscribe_bind(name, stream=MQTT_STREAM)
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> None:
