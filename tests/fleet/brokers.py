@@ -235,14 +235,18 @@ class NatsCluster:
             self.kill(node)
 
 
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+def _nats_binary() -> str:
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not Path(binary).exists():
         pytest.skip("nats-server is not installed; install Debian's nats-server package")
+    return binary
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     directory = tmp_path / "nats"
     directory.mkdir()
-    cluster = NatsCluster(binary, directory)
+    cluster = NatsCluster(_nats_binary(), directory)
     try:
         cluster.start()
         yield cluster
@@ -302,12 +306,9 @@ class SecuredNatsNode:
 
 @pytest.fixture
 def secured_nats_node(tmp_path: Path) -> Iterator[SecuredNatsNode]:
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(binary).exists():
-        pytest.skip("nats-server is not installed; install Debian's nats-server package")
     directory = tmp_path / "secured-nats"
     directory.mkdir()
-    node = SecuredNatsNode(binary, directory)
+    node = SecuredNatsNode(_nats_binary(), directory)
     try:
         node.start()
         yield node
