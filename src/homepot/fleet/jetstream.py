@@ -34,8 +34,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,30 @@ def consumer_config(fleet: FleetSettings) -> ConsumerConfig:
         ack_wait=fleet.jetstream_ack_wait_seconds,
         max_ack_pending=fleet.jetstream_max_ack_pending,
     )
+
+
+async def wait_for_mqtt_stream(
+    js: JetStreamContext,
+    *,
+    on_first_miss: Callable[[], Awaitable[None]],
+    seconds: float | None = None,
+) -> bool:
+    """Until NATS has ``$MQTT_msgs`` (its MQTT side makes it when the account's first MQTT
+    client connects); ``on_first_miss`` runs when it is missing the first time. False when
+    it is still missing after ``seconds`` (None: waits as long as it takes)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    missed = False
+    while True:
+        try:
+            await js.stream_info(MQTT_STREAM)
+            return True
+        except nats.js.errors.NotFoundError:
+            if not missed:
+                missed = True
+                await on_first_miss()
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
 
 
 async def ensure_consumer(js: JetStreamContext, fleet: FleetSettings) -> bool:
@@ -254,23 +279,17 @@ class JetStreamUplink:
 
     async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """The shared durable consumer, created by whichever process comes first."""
-        name = self._fleet.jetstream_consumer
-        waited = False
-        while True:
-            try:
-                await js.stream_info(MQTT_STREAM)
-                break
-            except nats.js.errors.NotFoundError:
-                if not waited:
-                    waited = True
-                    logger.warning(
-                        "JetStream uplink: NATS has no %s stream yet (its MQTT side makes it"
-                        " when the first MQTT client connects); waiting",
-                        MQTT_STREAM,
-                    )
-                await asyncio.sleep(1)
+
+        async def log_waiting() -> None:
+            logger.warning(
+                "JetStream uplink: NATS has no %s stream yet (its MQTT side makes it"
+                " when the first MQTT client connects); waiting",
+                MQTT_STREAM,
+            )
+
+        await wait_for_mqtt_stream(js, on_first_miss=log_waiting)
         await ensure_consumer(js, self._fleet)
-        return await js.pull_subscribe_bind(name, stream=MQTT_STREAM)
+        return await js.pull_subscribe_bind(self._fleet.jetstream_consumer, stream=MQTT_STREAM)
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> None:
         """Fetch batches while there is room; hand each message to its device's worker."""

@@ -15,24 +15,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from dataclasses import dataclass
 
 import aiomqtt
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from homepot.config import FleetSettings, Settings
-from homepot.fleet.broker_accounts import (
-    AccountFiles,
-    PasswordFile,
-    account_files,
-    sync_device_accounts,
-)
-from homepot.fleet.nats_accounts import NatsAuthFile
+from homepot.fleet.broker_accounts import account_files, sync_device_accounts
 from homepot.protocol.mqtt import parse_broker_url
 
 logger = logging.getLogger(__name__)
@@ -58,11 +50,8 @@ class PreparedBrokers:
 
 
 def _paths(fleet: FleetSettings) -> tuple[str, ...]:
-    files = account_files(fleet)
-    members = files.files if isinstance(files, AccountFiles) else (files,) if files else ()
-    return tuple(
-        str(member.path) for member in members if isinstance(member, PasswordFile | NatsAuthFile)
-    )
+    """The account files :func:`account_files` keeps, as the settings name them."""
+    return tuple(str(p) for p in (fleet.mqtt_password_file, fleet.nats_auth_file) if p)
 
 
 async def prepare_brokers(
@@ -85,9 +74,8 @@ async def prepare_brokers(
 async def _prepare_consumer(fleet: FleetSettings, wait_seconds: float) -> ConsumerState:
     import nats  # only servers (and this command) configured for JetStream load it
     import nats.errors
-    import nats.js.errors
 
-    from homepot.fleet.jetstream import MQTT_STREAM, ensure_consumer
+    from homepot.fleet.jetstream import MQTT_STREAM, ensure_consumer, wait_for_mqtt_stream
 
     try:
         # Each node tried twice, not nats-py's default of 60 times 2 s.
@@ -102,23 +90,14 @@ async def _prepare_consumer(fleet: FleetSettings, wait_seconds: float) -> Consum
         raise BrokerNotReady(f"cannot reach NATS at {_shown(fleet.nats_urls)}: {exc}") from exc
     try:
         js = client.jetstream()
-        deadline = time.monotonic() + wait_seconds
-        poked = False
-        while True:
-            try:
-                await js.stream_info(MQTT_STREAM)
-                break
-            except nats.js.errors.NotFoundError:
-                if not poked:
-                    # NATS makes its MQTT streams when an MQTT client of the account comes.
-                    await _connect_mqtt_once(fleet)
-                    poked = True
-                if time.monotonic() > deadline:
-                    raise BrokerNotReady(
-                        f"NATS has no {MQTT_STREAM} stream after {wait_seconds:.0f} s; is MQTT"
-                        " enabled on the cluster (mqtt { listen: ... }) and JetStream too?"
-                    ) from None
-                await asyncio.sleep(0.5)
+        # NATS makes its MQTT streams when an MQTT client of the account comes.
+        if not await wait_for_mqtt_stream(
+            js, on_first_miss=lambda: _connect_mqtt_once(fleet), seconds=wait_seconds
+        ):
+            raise BrokerNotReady(
+                f"NATS has no {MQTT_STREAM} stream after {wait_seconds:.0f} s; is MQTT"
+                " enabled on the cluster (mqtt { listen: ... }) and JetStream too?"
+            )
         applied = await ensure_consumer(js, fleet)
         info = await js.consumer_info(MQTT_STREAM, fleet.jetstream_consumer)
         return ConsumerState(
