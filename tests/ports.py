@@ -48,6 +48,16 @@ def free_port() -> int:
     raise RuntimeError(f"no free local port between {LOWEST} and {top}")
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports (free_port twice may pick the same one)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @contextmanager
 def refused_port() -> Iterator[int]:
     """A local port where a connection is refused, for as long as the block runs.

@@ -17,7 +17,7 @@ import pytest
 
 from homepot.fleet.broker_accounts import PasswordFile, acl_rules
 from homepot.protocol.mqtt import SERVER_USERNAME
-from tests.ports import HOST, free_port
+from tests.ports import HOST, free_port, free_ports
 
 __all__ = ["HOST"]  # the tests import it from here
 
@@ -177,17 +177,25 @@ class NatsCluster:
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
         self.directory = directory
-        self.client_ports = [free_port() for _ in range(self.NODES)]
-        self.route_ports = [free_port() for _ in range(self.NODES)]
-        self.mqtt_ports = [free_port() for _ in range(self.NODES)]
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.NODES
+        self.attempt = 0
+        self._configure()
+
+    def _configure(self) -> None:
+        """Nine different ports and a fresh store for each node (a new attempt's too)."""
+        ports = free_ports(3 * self.NODES)
+        self.client_ports = ports[0 : self.NODES]
+        self.route_ports = ports[self.NODES : 2 * self.NODES]
+        self.mqtt_ports = ports[2 * self.NODES :]
         routes = ", ".join(f"nats-route://{HOST}:{port}" for port in self.route_ports)
         self.configs: list[Path] = []
         for node in range(self.NODES):
-            config = directory / f"node{node}.conf"
+            config = self.directory / f"node{node}.conf"
+            store = self.directory / f"store{node}-{self.attempt}"
             config.write_text(
                 f"server_name: node{node}\n"
                 f"listen: {HOST}:{self.client_ports[node]}\n"
-                f'jetstream {{ store_dir: "{directory / f"store{node}"}",'
+                f'jetstream {{ store_dir: "{store}",'
                 " max_memory_store: 64MB, max_file_store: 256MB }\n"
                 f"cluster {{ name: homepot-test, listen: {HOST}:{self.route_ports[node]},"
                 f" routes: [{routes}] }}\n"
@@ -197,7 +205,6 @@ class NatsCluster:
                 ' ack_wait: "2s" }\n'
             )
             self.configs.append(config)
-        self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.NODES
 
     def url(self, node: int) -> str:
         return f"mqtt://{HOST}:{self.mqtt_ports[node]}"
@@ -212,17 +219,41 @@ class NatsCluster:
             if process and process.poll() is None
         ]
 
+    ATTEMPTS = 3
+
     def start(self) -> None:
-        for node, config in enumerate(self.configs):
-            log = (self.directory / f"node{node}.log").open("ab")
-            self.processes[node] = subprocess.Popen(
-                [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while not all(answers(port) for port in self.mqtt_ports):
-            if time.monotonic() > deadline:
-                pytest.fail("the NATS cluster's MQTT ports did not answer within 30 s")
-            time.sleep(0.1)
+        """Start the nodes and wait for every MQTT port. A node that exits meanwhile (a port
+        taken between choosing and binding it) makes a new attempt on other ports; the
+        failure, if it comes, quotes each attempt's logs."""
+        for attempt in range(self.ATTEMPTS):
+            if attempt:
+                self.stop()
+                self.attempt = attempt
+                self._configure()
+            for node, config in enumerate(self.configs):
+                log = (self.directory / f"node{node}.log").open("ab")
+                log.write(f"--- attempt {attempt}\n".encode())
+                log.flush()
+                self.processes[node] = subprocess.Popen(
+                    [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+                )
+            deadline = time.monotonic() + 30
+            while len(self.alive()) == self.NODES:
+                if all(answers(port) for port in self.mqtt_ports):
+                    return
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        "the NATS cluster's MQTT ports did not answer within 30 s\n" + self.logs()
+                    )
+                time.sleep(0.1)
+        pytest.fail(f"a NATS node exited at start, {self.ATTEMPTS} times\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"node{node}.log:\n"
+            + (self.directory / f"node{node}.log").read_text(errors="replace")[-3000:]
+            for node in range(self.NODES)
+        )
 
     def kill(self, node: int) -> None:
         process = self.processes[node]
@@ -262,7 +293,7 @@ class SecuredNatsNode:
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
         self.directory = directory
-        self.client_port, self.mqtt_port = free_port(), free_port()
+        self.client_port, self.mqtt_port = free_ports(2)
         self.users = directory / "users.conf"
         self.pid_file = directory / "nats.pid"
         self.server_password = secrets.token_hex(16)
