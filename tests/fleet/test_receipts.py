@@ -57,8 +57,10 @@ async def test_a_row_is_stored_on_the_first_delivery_only(database_url: str, bac
     for delivery in range(3):
         async with factory() as session:
             statements.clear()
-            outcomes.append(await store.execute(session, row, now=utcnow()))
-            # PostgreSQL: the receipt and the row in one statement (one round trip).
+            now = utcnow()
+            outcomes.append(await store.execute(session, row, now=now, filed_at=now))
+            # PostgreSQL: the receipt and the row in one statement (one round trip) when the
+            # receipt is filed under the message's time, as the agent's messages are.
             assert len(statements) == (1 if backend == "postgresql" else 2 - (delivery > 0))
             await session.commit()
     assert outcomes == [True, False, False]
@@ -172,6 +174,52 @@ def test_a_receipt_is_filed_under_the_message_time_only_when_its_id_says_it_plau
     assert filing_time(uuid7(now - timedelta(days=RECEIPT_DAYS - 1)), now) is not None
     # Older: its receipt would be dropped before a redelivery could come; filed on arrival.
     assert filing_time(uuid7(now - timedelta(days=RECEIPT_DAYS - 1, seconds=1)), now) is None
+
+
+@pytest.mark.parametrize("way", ["receipt", "receipt-and-row"])
+async def test_deliveries_in_flight_across_midnight_store_the_message_once(
+    database_url: str, backend: str, way: str
+) -> None:
+    """An id without a time of its own files its receipt under its arrival: two deliveries
+    in flight at once on either side of midnight UTC go to two days' partitions, where no
+    unique index sees both. The second waits for the first and is then refused."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the second delivery cannot start")
+    engine = await _with_device(database_url)
+    before = datetime.now(UTC).replace(hour=23, minute=59, second=59, microsecond=900_000)
+    after = before + timedelta(milliseconds=200)
+    await maintain_partitions(engine, before)
+    factory = create_session_factory(engine)
+    event_id = uuid.uuid4().hex
+    store = FirstDeliveryInsert(HEALTH_CHECKS, COLUMNS)
+
+    async def deliver(session: Any, now: datetime) -> bool:
+        if way == "receipt":
+            return await first_delivery(session, event_id, now=now)
+        row = {
+            "device_id": "pos-r",
+            "timestamp": now,
+            "status": "ok",
+            "response_time_ms": None,
+            "details": None,
+            "event_id": event_id,
+        }
+        return await store.execute(session, row, now=now)
+
+    async with factory() as first, factory() as second:
+        assert await deliver(first, before)
+        again = asyncio.create_task(deliver(second, after))
+        await asyncio.sleep(0.3)
+        assert not again.done()  # waits for the first delivery's transaction
+        await first.commit()
+        assert await asyncio.wait_for(again, 10) is False
+        await second.commit()
+    async with engine.connect() as connection:
+        receipts = select(MessageReceipt.event_id, MessageReceipt.received_at)
+        assert list(await connection.execute(receipts)) == [(event_id, before)]
+        stored = await connection.scalar(select(func.count()).select_from(HealthCheck))
+        assert stored == (1 if way == "receipt-and-row" else 0)
+    await engine.dispose()
 
 
 def test_devices_send_time_ordered_message_ids_by_default() -> None:
