@@ -8,7 +8,7 @@ filled with the same ``--days`` x ``--rows-per-day`` receipts:
   own unique index on ``event_id``, taken by the server's own two statements: ``filed``, a
   receipt filed under the message's own time (a UUIDv7 message id: ``ON CONFLICT DO
   NOTHING`` in that day's partition), and ``searched``, one filed under its arrival (any
-  other id: ``NOT EXISTS`` over the partitions first);
+  other id: the advisory lock on the id, then ``NOT EXISTS`` over the partitions);
 - the plain table it was before 6c1e8b3f5a27 (``event_id`` primary key, an index on
   ``received_at``), taken by the statement of before (``ON CONFLICT (event_id) DO
   NOTHING``).
@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.dialects.postgresql import insert
 
 from homepot.db import create_engine
-from homepot.fleet.receipts import _FILED, _SEARCHED
+from homepot.fleet.receipts import _FILED, _ONE_AT_A_TIME, _SEARCHED, RECEIPT_LOCK_NAMESPACE
 from homepot.retention.partitions import PARTITIONED_BY_NAME, create_partitions_between
 from homepot.retention.service import _delete_older_by_hour
 
@@ -66,10 +66,12 @@ PLAIN_INSERT = _statement(
     .on_conflict_do_nothing(index_elements=[_PLAIN_TABLE.c.event_id])
     .returning(_PLAIN_TABLE.c.event_id)
 )
-LAYOUTS = (
-    ("plain", PLAIN_INSERT),
-    ("partitioned, filed", _statement(_FILED)),
-    ("partitioned, searched", _statement(_SEARCHED)),
+# A searched receipt is taken after the advisory lock on its id (a statement before it).
+LOCK = _statement(_ONE_AT_A_TIME)
+LAYOUTS: tuple[tuple[str, str, str | None], ...] = (
+    ("plain", PLAIN_INSERT, None),
+    ("partitioned, filed", _statement(_FILED), None),
+    ("partitioned, searched", _statement(_SEARCHED), LOCK),
 )
 
 
@@ -104,15 +106,23 @@ async def fill(
 
 
 async def take(
-    connection: asyncpg.Connection, pid: int, sql: str, receipts: list[Receipt]
+    connection: asyncpg.Connection,
+    pid: int,
+    sql: str,
+    lock: str | None,
+    receipts: list[Receipt],
 ) -> tuple[float, float, int]:
     """Take each receipt, one statement (and transaction) at a time, as the server does for
-    a heartbeat; (PostgreSQL CPU µs, wall µs) per receipt, and how many were new."""
+    a heartbeat, after the ``lock`` statement when there is one; (PostgreSQL CPU µs, wall
+    µs) per receipt, and how many were new."""
     prepared = await connection.prepare(sql)
+    locking = await connection.prepare(lock) if lock else None
     new = 0
     cpu, wall = backend_cpu(pid), time.perf_counter()
     for event_id, at in receipts:
         async with connection.transaction():
+            if locking is not None:
+                await locking.fetchval(RECEIPT_LOCK_NAMESPACE, event_id)
             if await prepared.fetchval(event_id, at) is not None:
                 new += 1
     cpu, wall = backend_cpu(pid) - cpu, time.perf_counter() - wall
@@ -155,9 +165,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
             fresh = [(uuid.uuid4().hex, now) for _ in range(args.receipts)]
             held = receipts_by_day[1 + round_ % (len(receipts_by_day) - 1)]
             again = held[:: max(1, len(held) // args.receipts)][: args.receipts]
-            for layout, sql in LAYOUTS:
+            for layout, sql, lock in LAYOUTS:
                 for delivery, receipts in (("first", fresh), ("again", again)):
-                    cpu, wall, new = await take(connection, pid, sql, receipts)
+                    cpu, wall, new = await take(connection, pid, sql, lock, receipts)
                     expected = len(receipts) if delivery == "first" else 0
                     assert new == expected, f"{layout} {delivery}: {new} new, {expected} expected"
                     key = (layout, delivery)
@@ -165,7 +175,7 @@ async def run(url: str, args: argparse.Namespace) -> None:
                     table.add_row(layout, delivery, f"{cpu:.1f}", f"{wall:.1f}", f"{new:,}")
                 fresh = [(uuid.uuid4().hex, now) for _ in range(args.receipts)]
         console.print(table)
-        for layout, _sql in LAYOUTS[1:]:
+        for layout, _sql, _lock in LAYOUTS[1:]:
             for delivery in ("first", "again"):
                 ratio = figures[(layout, delivery)] / figures[("plain", delivery)]
                 console.print(

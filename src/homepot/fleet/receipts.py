@@ -19,8 +19,9 @@ and each partition has its own unique index on ``event_id``. Where a receipt is 
   delivery waits for the first one's transaction).
 - **Under its arrival** otherwise (an older client's ``uuid4``, a clock far off): the
   partitions are searched first (``NOT EXISTS``: an index probe in each of ~12), so that a
-  delivery on a later day is still recognised. Measured 1.2-1.8 times PostgreSQL's CPU of the
-  plain table's receipt, against 1.1 times when filed under the message's time
+  delivery on a later day is still recognised. With the lock below, measured 2.3 times
+  PostgreSQL's CPU of the plain table's receipt for a first delivery and 1.5 times for a
+  redelivery, against 1.2 and 1.1 times when filed under the message's time
   (benchmarks/receipts.py). Two deliveries of such a message in flight at once could file
   under two days (either side of midnight UTC) where no unique index sees both, so the
   search runs under a transaction-level advisory lock on the id (:func:`_one_at_a_time`):
