@@ -34,6 +34,18 @@ async def _with_device(database_url: str) -> AsyncEngine:
     return engine
 
 
+def _heartbeat_row(event_id: str, at: datetime) -> dict[str, Any]:
+    """A plain heartbeat's ``health_checks`` row (no response time, no details)."""
+    return {
+        "device_id": "pos-r",
+        "timestamp": at,
+        "status": "ok",
+        "response_time_ms": None,
+        "details": None,
+        "event_id": event_id,
+    }
+
+
 async def test_a_row_is_stored_on_the_first_delivery_only(database_url: str, backend: str) -> None:
     engine = await _with_device(database_url)
     statements: list[str] = []
@@ -77,14 +89,7 @@ async def test_a_row_is_stored_on_the_first_delivery_only(database_url: str, bac
 async def test_a_rolled_back_first_delivery_leaves_no_receipt(database_url: str) -> None:
     engine = await _with_device(database_url)
     store = FirstDeliveryInsert(HEALTH_CHECKS, COLUMNS)
-    row = {
-        "device_id": "pos-r",
-        "timestamp": utcnow(),
-        "status": "ok",
-        "response_time_ms": None,
-        "details": None,
-        "event_id": uuid.uuid4().hex,
-    }
+    row = _heartbeat_row(uuid.uuid4().hex, utcnow())
     factory = create_session_factory(engine)
     async with factory() as session:
         assert await store.execute(session, row, now=utcnow())
@@ -115,14 +120,7 @@ async def test_a_redelivery_days_later_is_recognised(
     outcomes = []
     for days in range(3):
         now = first + timedelta(days=days, seconds=20 * days)
-        row = {
-            "device_id": "pos-r",
-            "timestamp": now,
-            "status": "ok",
-            "response_time_ms": None,
-            "details": None,
-            "event_id": heartbeat,
-        }
+        row = _heartbeat_row(heartbeat, now)
         async with factory() as session:
             outcomes.append(
                 (
@@ -196,15 +194,7 @@ async def test_deliveries_in_flight_across_midnight_store_the_message_once(
     async def deliver(session: Any, now: datetime) -> bool:
         if way == "receipt":
             return await first_delivery(session, event_id, now=now)
-        row = {
-            "device_id": "pos-r",
-            "timestamp": now,
-            "status": "ok",
-            "response_time_ms": None,
-            "details": None,
-            "event_id": event_id,
-        }
-        return await store.execute(session, row, now=now)
+        return await store.execute(session, _heartbeat_row(event_id, now), now=now)
 
     async with factory() as first, factory() as second:
         assert await deliver(first, before)
