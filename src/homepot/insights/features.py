@@ -198,6 +198,42 @@ def baseline_anchor(device_id: str, moment: float) -> float:
     return math.floor((moment - phase) / period) * period + phase
 
 
+def median_of(values: np.ndarray) -> float:
+    """``np.median`` of a 1-d array without NaN, the same value: the middle of the sorted
+    values, or the mean of the two middle ones (their sum halved, as ``np.mean`` computes
+    it); only a zero's sign may differ where -0.0 and 0.0 tie in the middle. ``np.median``
+    spends most of its time in its wrappers on a device's arrays (tens of values to a few
+    thousand): a risk pass called it 13 times a device (benchmarks/risk_baselines.py)."""
+    ordered = np.sort(values)
+    return median_of_sorted(ordered)
+
+
+def median_of_sorted(ordered: np.ndarray) -> float:
+    """:func:`median_of` values already sorted."""
+    middle = ordered.size // 2
+    if ordered.size % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
+def percentile_of_sorted(ordered: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (its default, linear interpolation) of values already
+    sorted and without NaN, the same value: the same virtual index ``(n - 1) * q / 100``,
+    and the same two-sided interpolation between its neighbours (from the upper one when
+    the fraction is at least one half, as numpy's ``_lerp`` does)."""
+    last = ordered.size - 1
+    virtual = last * (q / 100)
+    below = math.floor(virtual)
+    if below >= last:
+        return float(ordered[last])
+    lower, upper = float(ordered[below]), float(ordered[below + 1])
+    fraction = virtual - below
+    difference = upper - lower
+    if fraction >= 0.5:
+        return upper - difference * (1 - fraction)
+    return lower + difference * fraction
+
+
 def compute_baseline(times: np.ndarray, values: dict[str, np.ndarray], anchor: float) -> Baseline:
     """The baseline at ``anchor`` from sorted sample times and each metric's values (which
     must hold every sample of ``(anchor - HISTORY, anchor - 1 h]``)."""
@@ -208,9 +244,10 @@ def compute_baseline(times: np.ndarray, values: dict[str, np.ndarray], anchor: f
         before = values.get(name, np.empty(0))[first:end]
         before = before[~np.isnan(before)]
         if before.size >= 12:
-            median = float(np.median(before))
-            spread = 1.4826 * float(np.median(np.abs(before - median)))
-            levels[name] = (median, spread, float(np.percentile(before, 95)))
+            ordered = np.sort(before)
+            middle = median_of_sorted(ordered)
+            spread = 1.4826 * median_of(np.abs(before - middle))
+            levels[name] = (middle, spread, percentile_of_sorted(ordered, 95))
         else:
             levels[name] = None
     latency = values.get("latency", np.empty(0))
@@ -526,7 +563,7 @@ def _jitter(values: np.ndarray) -> float:
     values = values[values > 0]  # NaN compares False: dropped too
     if values.size < 3:
         return math.nan
-    return float(np.median(np.abs(np.diff(np.log(values)))))
+    return median_of(np.abs(np.diff(np.log(values))))
 
 
 def _peer_events(
