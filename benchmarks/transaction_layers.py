@@ -110,27 +110,26 @@ async def run(url: str, args: argparse.Namespace) -> None:
             await driver.execute(_UPDATE, utcnow(), DEVICE)
             await session.commit()
 
-    async def on_orm() -> None:
-        async with factory() as session:
-            device = (await session.execute(_DEVICE_BY_ID, {"device_id": DEVICE, **window})).first()
-            assert device is not None
-            device[0].last_seen_at = utcnow()
-            await write_reported_columns(session, device[0])
-            await session.commit()
+    def on_orm(*, on_driver: bool) -> Callable[[], Awaitable[None]]:
+        """The device as an ORM object, its row written on the driver's connection (the
+        report's way) or by the ORM's flush at commit."""
 
-    async def on_orm_flush() -> None:
-        async with factory() as session:
-            device = (await session.execute(_DEVICE_BY_ID, {"device_id": DEVICE, **window})).first()
-            assert device is not None
-            device[0].last_seen_at = utcnow()
-            await session.commit()
+        async def transaction() -> None:
+            async with factory() as session:
+                row = (await session.execute(_DEVICE_BY_ID, {"device_id": DEVICE, **window})).one()
+                row[0].last_seen_at = utcnow()
+                if on_driver:
+                    await write_reported_columns(session, row[0])
+                await session.commit()
+
+        return transaction
 
     stacks: dict[str, Callable[[], Awaitable[None]]] = {
         "asyncpg": on_asyncpg,
         "pool": on_pool,
         "session": on_session,
-        "orm": on_orm,
-        "orm-flush": on_orm_flush,
+        "orm": on_orm(on_driver=True),
+        "orm-flush": on_orm(on_driver=False),
     }
     cpu: dict[str, list[float]] = {name: [] for name in stacks}
     calls: dict[str, float] = {}
