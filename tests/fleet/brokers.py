@@ -178,11 +178,10 @@ class NatsCluster:
         self.binary = binary
         self.directory = directory
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.NODES
-        self.attempt = 0
-        self._configure()
+        self._configure(attempt=0)
 
-    def _configure(self) -> None:
-        """Nine different ports and a fresh store for each node (a new attempt's too)."""
+    def _configure(self, *, attempt: int) -> None:
+        """Nine different ports and a fresh store for each node (each attempt's own)."""
         ports = free_ports(3 * self.NODES)
         self.client_ports = ports[0 : self.NODES]
         self.route_ports = ports[self.NODES : 2 * self.NODES]
@@ -191,7 +190,7 @@ class NatsCluster:
         self.configs: list[Path] = []
         for node in range(self.NODES):
             config = self.directory / f"node{node}.conf"
-            store = self.directory / f"store{node}-{self.attempt}"
+            store = self.directory / f"store{node}-{attempt}"
             config.write_text(
                 f"server_name: node{node}\n"
                 f"listen: {HOST}:{self.client_ports[node]}\n"
@@ -228,15 +227,14 @@ class NatsCluster:
         for attempt in range(self.ATTEMPTS):
             if attempt:
                 self.stop()
-                self.attempt = attempt
-                self._configure()
+                self._configure(attempt=attempt)
             for node, config in enumerate(self.configs):
-                log = (self.directory / f"node{node}.log").open("ab")
-                log.write(f"--- attempt {attempt}\n".encode())
-                log.flush()
-                self.processes[node] = subprocess.Popen(
-                    [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
-                )
+                with (self.directory / f"node{node}.log").open("ab") as log:
+                    log.write(f"--- attempt {attempt}\n".encode())
+                    log.flush()
+                    self.processes[node] = subprocess.Popen(
+                        [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+                    )
             deadline = time.monotonic() + 30
             while len(self.alive()) == self.NODES:
                 if all(answers(port) for port in self.mqtt_ports):

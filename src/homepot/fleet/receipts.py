@@ -24,7 +24,7 @@ and each partition has its own unique index on ``event_id``. Where a receipt is 
   redelivery, against 1.2 and 1.1 times when filed under the message's time
   (benchmarks/receipts.py). Two deliveries of such a message in flight at once could file
   under two days (either side of midnight UTC) where no unique index sees both, so the
-  search runs under a transaction-level advisory lock on the id (:func:`_one_at_a_time`):
+  search runs under a transaction-level advisory lock on the id (:func:`_searched`):
   the second delivery waits for the first one's transaction, and its search, a statement
   of its own in READ COMMITTED, then sees the first one's receipt. A message whose id's
   time was a day or more ahead of the server's clock on its first delivery and in range on
@@ -97,12 +97,17 @@ RECEIPT_LOCK_NAMESPACE = int.from_bytes(b"HPRC", "big", signed=True)
 _ONE_AT_A_TIME = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:event_id))")
 
 
-async def _one_at_a_time(session: AsyncSession, event_id: str) -> None:
-    """Wait until no other transaction is taking a searched receipt of ``event_id`` (held
-    to the end of this transaction; two ids may share a key: one then waits a moment)."""
+async def _searched(session: AsyncSession, event_id: str, filed_at: datetime | None) -> bool:
+    """Whether the receipt of ``event_id`` is taken by searching the partitions (no
+    ``filed_at``); if so, first wait until no other transaction is taking one of it (the
+    lock is held to the end of this transaction; two ids may share a key: one then waits
+    a moment)."""
+    if filed_at is not None:
+        return False
     await session.execute(
         _ONE_AT_A_TIME, {"namespace": RECEIPT_LOCK_NAMESPACE, "event_id": event_id}
     )
+    return True
 
 
 _FILED = _receipt_postgresql(searched=False)
@@ -126,10 +131,7 @@ async def first_delivery(
     that has not committed yet, which this one then waits for). ``filed_at``: the message's
     own time (:func:`filing_time`), else the receipt is filed under ``now``."""
     if session.get_bind().dialect.name == "postgresql":
-        statement = _FILED
-        if filed_at is None:
-            await _one_at_a_time(session, event_id)
-            statement = _SEARCHED
+        statement = _SEARCHED if await _searched(session, event_id, filed_at) else _FILED
     else:
         statement = _SQLITE
     received_at = filed_at or now or utcnow()
@@ -183,10 +185,8 @@ class FirstDeliveryInsert:
         this was the first delivery (the row is inserted). ``filed_at`` as for
         :func:`first_delivery`."""
         if session.get_bind().dialect.name == "postgresql":
-            statement = self._filed
-            if filed_at is None:
-                await _one_at_a_time(session, values["event_id"])
-                statement = self._searched
+            searched = await _searched(session, values["event_id"], filed_at)
+            statement = self._searched if searched else self._filed
             stored = await statement.fetchval(session, {**values, "received_at": filed_at or now})
             return stored is not None
         if not await first_delivery(session, values["event_id"], now=now, filed_at=filed_at):
