@@ -31,6 +31,8 @@ terminals at 30 s with the server under one core.
     .venv/bin/python benchmarks/fleet_capacity.py                       # about 12 minutes
     .venv/bin/python benchmarks/fleet_capacity.py --terminals 500,1000 --window 30 --no-ingest
     .venv/bin/python benchmarks/fleet_capacity.py --no-capacity         # ingest only
+    .venv/bin/python benchmarks/fleet_capacity.py --passes on,off --no-ingest   # the analysis
+        # passes (insights, rollups, retention) on and off for each size: what reports cost alone
 """
 
 from __future__ import annotations
@@ -147,12 +149,14 @@ class Server(ServerProcess):
         mqtt: bool,
         pin: bool,
         bridge_batch: int | None = None,
+        passes: bool = True,
     ) -> None:
         env = server_environment(
             database_url,
             workdir,
             secret="fleet-benchmark-secret-key-long-enough-for-hs256",
             HOMEPOT_FLEET__MQTT_URL=f"mqtt://{BROKER[0]}:{BROKER[1]}" if mqtt else "",
+            **({} if passes else PASSES_OFF),
         )
         before_start = None
         if bridge_batch is not None:
@@ -165,6 +169,16 @@ class Server(ServerProcess):
             pin_cpu=SERVER_CPU if pin else None,
             before_start=before_start,
         )
+
+
+# The passes that analyse the fleet's data rather than run the fleet (the insights scan and
+# the risk scoring, the chart rollups, retention): off for the runs that measure what the
+# reports cost alone. The watchdog, the orchestrator and the impact evaluator stay on.
+PASSES_OFF = {
+    "HOMEPOT_INSIGHTS__ENABLED": "false",
+    "HOMEPOT_ROLLUPS__ENABLED": "false",
+    "HOMEPOT_RETENTION__ENABLED": "false",
+}
 
 
 async def make_admin(database_url: str) -> None:
@@ -423,6 +437,14 @@ def main() -> None:
         type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
         help="the ingest rates' transports, comma-separated (http, mqtt)",
     )
+    parser.add_argument(
+        "--passes",
+        default="on",
+        type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
+        help="the server's analysis passes (insights scan and risk, rollups, retention) during "
+        "the capacity runs: on, off, or on,off to measure each size both ways and print what "
+        "the passes cost next to what the reports cost",
+    )
     parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load")
     parser.add_argument(
@@ -434,6 +456,8 @@ def main() -> None:
         "pushed, a poll now and then for a missed push)",
     )
     args = parser.parse_args()
+    if not args.passes or set(args.passes) - {"on", "off"}:
+        parser.error(f"--passes: {','.join(args.passes)} (on, off or on,off)")
     unknown = set(args.ingest_transports) - {"http", "mqtt"}
     if unknown:
         parser.error(f"--ingest-transports: {', '.join(sorted(unknown))} (http or mqtt)")
@@ -456,20 +480,22 @@ def main() -> None:
     ingest: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="homepot-fleet-bench-") as tmp:
         workdir = Path(tmp)
-        for terminals in sizes:
+        for terminals, passes in [(n, p) for n in sizes for p in args.passes]:
             with benchmark_database("postgresql", args.postgres_server, "fleet") as url:
                 asyncio.run(make_admin(url))
                 fleet_mqtt = args.fleet_transport == "mqtt"
-                with Server(url, workdir, mqtt=fleet_mqtt, pin=pin) as server:
+                with Server(
+                    url, workdir, mqtt=fleet_mqtt, pin=pin, passes=passes == "on"
+                ) as server:
                     busy = wait_for_quiet(args.wait_quiet)
                     console.print(
-                        f"capacity: {terminals} terminals on {describe_database(url)} "
-                        f"({busy:.2f} cores busy before) ..."
+                        f"capacity: {terminals} terminals, analysis passes {passes}, on "
+                        f"{describe_database(url)} ({busy:.2f} cores busy before) ..."
                     )
                     result = asyncio.run(
                         capacity_run(server, url, terminals, args.window, args.max_in_flight)
                     )
-                    capacity.append(result)
+                    capacity.append(result | {"passes": passes})
                     console.print(
                         f"  {result['reports_per_s']:.0f} of {result['expected_per_s']:.0f} "
                         f"reports/s, server {result['server_cores']:.2f} cores, "
@@ -544,6 +570,7 @@ def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int, transport
     )
     for heading in (
         "terminals",
+        "analysis passes",
         "server CPU (cores)",
         "load CPU (cores)",
         "reports/s (expected)",
@@ -560,6 +587,7 @@ def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int, transport
     for r in capacity:
         table.add_row(
             f"{r['terminals']:,}",
+            r["passes"],
             f"{r['server_cores']:.2f}",
             f"{r['load_cores']:.2f}",
             f"{r['reports_per_s']:.0f} ({r['expected_per_s']:.0f})",
@@ -577,9 +605,18 @@ def print_capacity(capacity: list[dict[str, Any]], max_in_flight: int, transport
         cost = r["server_cores"] * 1000 / r["reports_per_s"]
         verdict = "met" if cost <= REPORT_CPU_TARGET_MS else "missed"
         console.print(
-            f"{r['terminals']:,} terminals: {cost:.2f} ms server CPU per report "
-            f"(target <= {REPORT_CPU_TARGET_MS:g} ms: {verdict})"
+            f"{r['terminals']:,} terminals, analysis passes {r['passes']}: {cost:.2f} ms server "
+            f"CPU per report (target <= {REPORT_CPU_TARGET_MS:g} ms: {verdict})"
         )
+    for terminals in sorted({r["terminals"] for r in capacity}):
+        both = {r["passes"]: r for r in capacity if r["terminals"] == terminals}
+        if {"on", "off"} <= both.keys():
+            added = both["on"]["server_cores"] - both["off"]["server_cores"]
+            console.print(
+                f"{terminals:,} terminals: the analysis passes added {added:+.3f} cores "
+                f"({added * 1000 / terminals:+.3f} ms of CPU a second per terminal), "
+                "on a fleet with no history before the run"
+            )
     if any(r["load_cores"] > 0.9 for r in capacity):
         console.print(
             "Rows with load CPU near 1.0: the load generator (one core, httpx) was the limit, "
